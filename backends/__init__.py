@@ -1,0 +1,8 @@
+"""Solver backends (installed as ``qprune.backends``): a registry of :class:`dimod.Sampler` factories."""
+
+from qprune.backends.registry import BackendInfo, available, get, info, register
+
+# Built-in backends register themselves on import.
+from qprune.backends import classical as _classical  # noqa: F401,E402
+
+__all__ = ["BackendInfo", "available", "get", "info", "register"]

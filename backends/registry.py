@@ -1,0 +1,116 @@
+"""Name -> sampler-factory registry, extensible through the ``qprune.backends`` entry-point group.
+
+A backend is a :class:`dimod.Sampler` (``sample(bqm, **params) -> dimod.SampleSet``). Factories
+import their optional dependencies lazily so that listing backends never imports qiskit or jax.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+import dimod
+
+from qprune.errors import BackendUnavailable, QpruneError
+
+SamplerFactory = Callable[..., dimod.Sampler]
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What ``qprune backends`` prints about one backend."""
+
+    name: str
+    factory: SamplerFactory = field(repr=False)
+    description: str = ""
+    requires: tuple[str, ...] = ()  # importable module names that must be present
+    extra: str | None = None  # pip extra that installs ``requires``
+    needs_token: bool = False  # needs cloud credentials (e.g. D-Wave Leap)
+    max_variables: int | None = None  # hard size limit, if any
+
+    @property
+    def installed(self) -> bool:
+        """True when every module in ``requires`` can be imported."""
+        return all(_module_present(m) for m in self.requires)
+
+
+_REGISTRY: dict[str, BackendInfo] = {}
+_ENTRY_POINTS_LOADED = False
+
+
+def _module_present(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def register(
+    name: str,
+    factory: SamplerFactory,
+    *,
+    description: str = "",
+    requires: tuple[str, ...] = (),
+    extra: str | None = None,
+    needs_token: bool = False,
+    max_variables: int | None = None,
+    replace: bool = False,
+) -> BackendInfo:
+    """Register ``factory(**config) -> dimod.Sampler`` under ``name``.
+
+    Third-party packages do the same through the ``qprune.backends`` entry-point group, whose
+    entries point at a zero-argument callable that calls :func:`register`.
+    """
+    if not name or not isinstance(name, str):
+        raise QpruneError(f"backend name must be a non-empty string, got {name!r}")
+    if name in _REGISTRY and not replace:
+        raise QpruneError(f"backend {name!r} is already registered (pass replace=True to override)")
+    info = BackendInfo(name, factory, description, tuple(requires), extra, needs_token, max_variables)
+    _REGISTRY[name] = info
+    return info
+
+
+def _load_entry_points() -> None:
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    for ep in entry_points(group="qprune.backends"):
+        hook = ep.load()
+        if callable(hook):
+            hook()
+
+
+def info(name: str) -> BackendInfo:
+    """The :class:`BackendInfo` of ``name``; unknown names raise with the list of known ones."""
+    _load_entry_points()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise QpruneError(f"unknown backend {name!r}; known backends: {known}") from None
+
+
+def available() -> list[BackendInfo]:
+    """Every registered backend, installed or not, sorted by name."""
+    _load_entry_points()
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+
+
+def get(name: str | dimod.Sampler, **config: Any) -> dimod.Sampler:
+    """A ready sampler for ``name`` (a sampler instance passes through unchanged).
+
+    Raises :class:`BackendUnavailable` with the pip extra to install when a dependency is missing.
+    """
+    if isinstance(name, dimod.Sampler):
+        return name
+    entry = info(name)
+    missing = [m for m in entry.requires if not _module_present(m)]
+    if missing:
+        hint = f"pip install 'qprune[{entry.extra}]'" if entry.extra else "install " + ", ".join(missing)
+        raise BackendUnavailable(
+            f"backend {name!r} needs {', '.join(missing)} which is not installed; run: {hint}"
+        )
+    return entry.factory(**config)

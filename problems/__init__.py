@@ -1,0 +1,1 @@
+"""Workloads to prune (installed as ``qprune.problems``)."""
