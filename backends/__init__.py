@@ -4,5 +4,8 @@ from qprune.backends.registry import BackendInfo, available, get, info, register
 
 # Built-in backends register themselves on import.
 from qprune.backends import classical as _classical  # noqa: F401,E402
+from qprune.backends import openjij as _openjij  # noqa: F401,E402
+from qprune.backends import dwave as _dwave  # noqa: F401,E402
+from qprune.backends import qaoa as _qaoa  # noqa: F401,E402
 
 __all__ = ["BackendInfo", "available", "get", "info", "register"]

@@ -1,0 +1,211 @@
+"""The Problem protocol, batching helpers and the one training loop every problem shares."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from qprune.errors import QpruneError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@runtime_checkable
+class Problem(Protocol):
+    """A workload to prune: model + data + loss + metric (see docs/architecture.md)."""
+
+    name: str
+    config: dict
+    primary_metric: str
+
+    def build_model(self) -> nn.Module: ...
+    def calibration_batches(self) -> list[Batch]: ...
+    def validation_batches(self) -> list[Batch]: ...
+    def test_batches(self) -> list[Batch]: ...
+    def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+    def metric(self, out: torch.Tensor, target: torch.Tensor) -> float: ...
+    def metrics(self, out: torch.Tensor, target: torch.Tensor) -> dict[str, float]: ...
+    def example_inputs(self) -> torch.Tensor: ...
+    def prunable(self, model: nn.Module) -> dict: ...
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`BaseProblem.train` returns; ``meta`` goes into the checkpoint as is."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def batched(x: torch.Tensor, y: torch.Tensor, batch_size: int, limit: int | None = None) -> list[Batch]:
+    """Consecutive batches of ``batch_size`` (the last may be smaller), at most ``limit`` of them."""
+    n = int(x.shape[0])
+    out = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
+    return out if limit is None else out[:limit]
+
+
+def set_seed(seed: int) -> None:
+    """Seed torch (CPU) so model initialisation and training order are reproducible."""
+    torch.manual_seed(seed)
+
+
+class BaseProblem:
+    """Shared machinery: fixed batches, evaluation and the training loop.
+
+    Subclasses define ``name``, ``primary_metric``, ``build_model``, ``loss``, ``metrics``,
+    ``example_inputs``, ``prunable``, ``_split_tensors(split) -> (inputs, targets)`` and
+    ``_train_epoch_batches(epoch, rng) -> Iterator[Batch]``; ``config`` must be a plain dict
+    (JSON-like) that ``qprune.problems.get(name, **config)`` accepts.
+    """
+
+    name: ClassVar[str] = ""
+    primary_metric: ClassVar[str] = ""
+    config: dict
+
+    # ----- data (subclass hooks)
+    def _split_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _train_epoch_batches(self, epoch: int, rng: np.random.Generator) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def _train_epoch_len(self) -> int:
+        raise NotImplementedError
+
+    # ----- fixed batches
+    def _fixed(self, split: str, count_key: str) -> list[Batch]:
+        x, y = self._split_tensors(split)
+        return batched(x, y, int(self.config["batch_size"]), self.config.get(count_key))
+
+    def calibration_batches(self) -> list[Batch]:
+        """``calib_batches`` batches from the training split (seeded order, no augmentation)."""
+        x, y = self._split_tensors("train")
+        # A seeded shuffle so calibration sees many scenes, not just the first few.
+        perm = torch.from_numpy(np.random.default_rng([int(self.config["seed"]), 1]).permutation(len(x)))
+        return batched(x[perm], y[perm], int(self.config["batch_size"]), self.config.get("calib_batches"))
+
+    def validation_batches(self) -> list[Batch]:
+        """The first ``val_batches`` batches of the validation split (all when None)."""
+        return self._fixed("val", "val_batches")
+
+    def test_batches(self) -> list[Batch]:
+        """The first ``test_batches`` batches of the held-out test split (all when None)."""
+        return self._fixed("test", "test_batches")
+
+    def metric(self, out: torch.Tensor, target: torch.Tensor) -> float:
+        """The headline metric (higher is better)."""
+        return self.metrics(out, target)[self.primary_metric]
+
+    def metrics(self, out: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        raise NotImplementedError
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def baseline_metrics(self, batches: Sequence[Batch]) -> dict[str, float] | None:
+        """Metrics of a trivial predictor (e.g. the noisy input itself), or None."""
+        return None
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Sequence[Batch] | None = None) -> dict[str, float]:
+        """Batch-size-weighted mean of :meth:`metrics` over ``batches`` (default: test batches)."""
+        batches = self.test_batches() if batches is None else batches
+        was_training = model.training
+        model.eval()
+        totals: dict[str, float] = {}
+        count = 0
+        for x, y in batches:
+            n = int(x.shape[0])
+            for k, v in self.metrics(model(x), y).items():
+                totals[k] = totals.get(k, 0.0) + float(v) * n
+            count += n
+        model.train(was_training)
+        return {k: v / max(count, 1) for k, v in totals.items()}
+
+    # ----- training
+    def train(self, model: nn.Module | None = None, *, epochs: int = 10, lr: float = 1e-3, seed: int = 0,
+              schedule: str = "cosine", weight_decay: float = 0.0, progress: bool = True,
+              log: Callable[[str], None] | None = None) -> TrainResult:
+        """Train with Adam (the paper's optimiser) and return the model plus checkpoint metadata.
+
+        ``schedule``: ``"cosine"`` (anneals to 0 over the run; best for short CPU runs) or
+        ``"step"`` (the paper's StepLR: halve every 10 epochs). The final model is kept (as in the
+        paper), not the best-on-validation one. ``meta`` holds epochs, seed, lr, wall time and the
+        final validation/test metrics, plus the trivial baseline's test metrics when there is one.
+        """
+        from tqdm.auto import tqdm
+
+        if epochs < 1:
+            raise QpruneError(f"epochs must be >= 1, got {epochs}")
+        if schedule not in ("cosine", "step"):
+            raise QpruneError(f"schedule must be 'cosine' or 'step', got {schedule!r}")
+        set_seed(seed)
+        model = self.build_model() if model is None else model
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        steps_per_epoch = self._train_epoch_len()
+        total = epochs * steps_per_epoch
+        if schedule == "cosine":
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** ((s // steps_per_epoch) // 10))
+        rng = np.random.default_rng(seed)
+        val = self.validation_batches()
+        history: list[dict[str, float]] = []
+        t0 = time.perf_counter()
+        bar = tqdm(total=total, disable=not progress, desc=f"train {self.name}", unit="batch", leave=False)
+        for epoch in range(epochs):
+            model.train()
+            running, seen = 0.0, 0
+            for x, y in self._train_epoch_batches(epoch, rng):
+                opt.zero_grad(set_to_none=True)
+                loss = self.loss(model(x), y)
+                if not torch.isfinite(loss):
+                    raise QpruneError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr")
+                loss.backward()
+                opt.step()
+                sched.step()
+                running += float(loss.detach()) * x.shape[0]
+                seen += int(x.shape[0])
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{running / seen:.4g}")
+            row = {"epoch": epoch + 1, "train_loss": running / max(seen, 1)}
+            row.update({f"val_{k}": v for k, v in self.evaluate(model, val).items()})
+            history.append(row)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{row['train_loss']:.4g}",
+                            val=f"{row.get('val_' + self.primary_metric, float('nan')):.4g}")
+            if log is not None:
+                line = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+                # tqdm.write keeps the progress bar intact below the log lines.
+                if progress:
+                    bar.write(line)
+                else:
+                    log(line)
+        bar.close()
+        seconds = time.perf_counter() - t0
+        test = self.test_batches()
+        meta: dict[str, Any] = {
+            "epochs": epochs, "seed": seed, "lr": lr, "schedule": schedule, "weight_decay": weight_decay,
+            "train_seconds": round(seconds, 1), "torch": torch.__version__,
+            "val_metrics": self.evaluate(model, val),
+            "test_metrics": self.evaluate(model, test),
+            "test_samples": sum(int(x.shape[0]) for x, _ in test),
+        }
+        base = self.baseline_metrics(test)
+        if base is not None:
+            meta["test_baseline_metrics"] = base
+        return TrainResult(model, meta, history)
+
+    def summary(self, meta: Mapping[str, Any]) -> str:
+        """One human line about the held-out result in ``meta`` (as printed by ``qprune train``)."""
+        test = meta.get("test_metrics", {})
+        return "held-out test split: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items())

@@ -1,0 +1,91 @@
+"""Arguments and loading shared by the pruning commands (prune, export, apply, compare)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from qprune.errors import QpruneError
+
+
+def add_problem_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--problem", help="workload name (denoise, classify); read from the checkpoint if omitted")
+    p.add_argument("--checkpoint", "-c", help="checkpoint from `qprune train` (default: the shipped one)")
+    p.add_argument("--data", help="dataset path for the problem (default: its bundled data)")
+
+
+def add_space_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layers", type=int, help="restrict to the first N prunable layers (paper: 4, 8, 16)")
+    p.add_argument("--min-keep", type=int, default=1, help="channels every layer keeps (default 1)")
+
+
+def add_solver_args(p: argparse.ArgumentParser, *, method: bool = True) -> None:
+    if method:
+        p.add_argument("--method", "-m", default="hybrid-qubo", help="pruning method (default hybrid-qubo)")
+    p.add_argument("--sparsity", "-s", type=float, help="fraction of prunable units to remove")
+    p.add_argument("--k", type=int, help="number of units to remove (instead of --sparsity)")
+    p.add_argument("--backend", "-b", default="neal", help="solver backend (see `qprune backends`)")
+    p.add_argument("--strategy", choices=("gamma", "layerwise"), default="gamma",
+                   help="exact-k strategy: gamma bisection (paper) or per-layer solves + DP")
+    p.add_argument("--fisher", choices=("taylor", "weight", "channel", "both"), default="channel",
+                   help="Fisher term of the hybrid preset")
+    p.add_argument("--weights", help="QUBO weights as JSON, e.g. '{\"alpha\": 2.0}', or a JSON file")
+    p.add_argument("--seed", type=int, default=0, help="seed for every random step (default 0)")
+    p.add_argument("--refine", choices=("tt",), help="refine the QUBO mask with tensor-train search")
+    p.add_argument("--tt-budget", type=int, default=2000, help="metric evaluations for --refine tt")
+
+
+def load_problem_and_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """(problem, trained model, checkpoint path) from --problem/--checkpoint/--data."""
+    from qprune import problems
+
+    if args.checkpoint:
+        path = Path(args.checkpoint)
+        if not path.is_file():
+            raise QpruneError(f"checkpoint {str(path)!r} does not exist")
+        problem, model = problems.load_checkpoint(path, data=getattr(args, "data", None))
+        if args.problem and args.problem != problem.name:
+            raise QpruneError(
+                f"checkpoint {str(path)!r} holds problem {problem.name!r}, not {args.problem!r}"
+            )
+        return problem, model, str(path)
+    if not args.problem:
+        raise QpruneError("give --checkpoint, or --problem to use its shipped checkpoint")
+    path = problems.default_checkpoint(args.problem)
+    problem, model = problems.load_checkpoint(path, data=getattr(args, "data", None))
+    return problem, model, str(path)
+
+
+def parse_weights(text: str | None) -> Any:
+    """--weights as inline JSON or a JSON file (e.g. hpsearch's best-weights file)."""
+    from dataclasses import fields
+
+    from qprune.formulation import Weights
+
+    if not text:
+        return None
+    src = Path(text)
+    try:
+        raw = json.loads(src.read_text()) if src.is_file() else json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise QpruneError(f"--weights is neither a JSON object nor a JSON file: {exc.msg}") from None
+    if isinstance(raw, dict) and "best_weights" in raw:
+        raw = raw["best_weights"]
+    if not isinstance(raw, dict):
+        raise QpruneError(f"--weights must be a JSON object, got {type(raw).__name__}")
+    names = {f.name for f in fields(Weights)}
+    bad = sorted(set(raw) - names)
+    if bad:
+        raise QpruneError(f"unknown weight(s) {bad} in --weights; known: {sorted(names)}")
+    return Weights(**{k: float(v) for k, v in raw.items()})
+
+
+def check_output(path: str | None, flag: str) -> None:
+    """Fail before any work if an output's directory cannot be written."""
+    if path is None:
+        return
+    parent = Path(path).resolve().parent
+    if parent.exists() and not parent.is_dir():
+        raise QpruneError(f"{flag} {path!r}: {str(parent)!r} is not a directory")

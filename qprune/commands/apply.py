@@ -1,0 +1,51 @@
+"""`qprune apply`: score an externally solved sample on the network and save the pruned model."""
+
+from __future__ import annotations
+
+import argparse
+
+from qprune.commands._common import add_problem_args, add_space_args, check_output, load_problem_and_model
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("apply", help="apply a solved sample (JSON/CSV/bitstring) to a checkpoint",
+                              description="Match a sample to the model's filters by label, prune them, "
+                                          "report the metrics and optionally save the smaller model.")
+    add_problem_args(p)
+    add_space_args(p)
+    p.add_argument("--sample", required=True, help="sample file: JSON, CSV (label,value) or a bitstring file")
+    p.add_argument("--output", "-o", help="pruned model file")
+    p.add_argument("--report", help="report file: .md or .json")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from qprune import qubo_io
+    from qprune.model_io import save_pruned
+    from qprune.pipeline import as_workload, finish
+    from qprune.report import render_markdown, summarize, write_report
+    from qprune.space import build_space
+
+    check_output(args.output, "--output")
+    check_output(args.report, "--report")
+    problem, model, ckpt = load_problem_and_model(args)
+    work = as_workload(model, problem)
+    kwargs = dict(work.space_kwargs, min_keep=args.min_keep)
+    if args.layers is not None:
+        kwargs["layers"] = args.layers
+    model.eval()
+    space = build_space(model, problem.example_inputs(), **kwargs)
+    sample = qubo_io.load_sample(args.sample, space.labels)
+    mask = np.array([int(sample[label]) for label in space.labels], dtype=bool)
+    result = finish(model, space, mask, work, remove=args.output is not None or args.report is not None)
+    result.method, result.k = "external sample", int(mask.sum())
+    summary = summarize(result, extra={"problem": problem.name, "checkpoint": ckpt, "sample_file": args.sample})
+    if args.output:
+        save_pruned(result.pruned_model, args.output, example_inputs=problem.example_inputs(),
+                    meta={"problem": problem.name, "checkpoint": ckpt, "sample": result.sample})
+    if args.report:
+        write_report(args.report, summary, title=f"qprune apply: {problem.name}")
+    print(render_markdown(summary, title=f"qprune apply: {problem.name}"))
+    return 0

@@ -1,0 +1,56 @@
+"""`qprune compare`: the paper-style table of methods at equal k, as Markdown, JSON and a plot."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _floats(text: str) -> list[float]:
+    return [float(t) for t in text.split(",") if t.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from qprune.commands._common import add_problem_args, add_space_args
+
+    p = subparsers.add_parser("compare", help="compare pruning methods at equal k (table + JSON + plot)",
+                              description="Run several methods on one checkpoint at the same k and write "
+                                          "compare.md, compare.json and compare.png.")
+    add_problem_args(p)
+    add_space_args(p)
+    p.add_argument("--methods", default="random,l1-greedy,taylor-greedy,l1-qubo,hybrid-qubo",
+                   help="comma-separated methods")
+    p.add_argument("--sparsity", "-s", type=_floats, default=[0.36],
+                   help="fraction(s) of prunable units, comma-separated (default 0.36)")
+    p.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
+    p.add_argument("--backend", "-b", default="neal")
+    p.add_argument("--strategy", choices=("gamma", "layerwise"), default="gamma")
+    p.add_argument("--fisher", choices=("taylor", "weight", "channel", "both"), default="channel")
+    p.add_argument("--weights", help="QUBO weights as JSON or a JSON file")
+    p.add_argument("--refine", choices=("tt",), help="refine every QUBO method's mask with TT search")
+    p.add_argument("--tt-budget", type=int, default=2000)
+    p.add_argument("--out", default="out/compare", help="output directory (default out/compare)")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qprune.commands._common import load_problem_and_model, parse_weights
+    from qprune.compare import compare_methods
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    weights = parse_weights(args.weights)
+    problem, model, ckpt = load_problem_and_model(args)
+    table = compare_methods(
+        model, problem, methods=methods, sparsities=args.sparsity, seeds=args.seeds, backend=args.backend,
+        strategy=args.strategy, fisher=args.fisher, weights=weights, refine=args.refine,
+        tt_budget=args.tt_budget, layers=args.layers, min_keep=args.min_keep, progress=not args.quiet,
+        out_dir=Path(args.out), extra={"checkpoint": ckpt},
+    )
+    print(table)
+    print(f"wrote {args.out}/compare.md, compare.json, compare.png")
+    return 0

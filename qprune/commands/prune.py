@@ -1,0 +1,48 @@
+"""`qprune prune`: prune a trained checkpoint and write the smaller model plus a report."""
+
+from __future__ import annotations
+
+import argparse
+
+from qprune.commands._common import (
+    add_problem_args, add_solver_args, add_space_args, check_output, load_problem_and_model, parse_weights,
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("prune", help="prune a checkpoint; write the pruned model and a report",
+                              description="Prune exactly k filters of a trained model and save the smaller model.")
+    add_problem_args(p)
+    add_solver_args(p)
+    add_space_args(p)
+    p.add_argument("--output", "-o", help="pruned model file (loadable without qprune's search code)")
+    p.add_argument("--report", help="report file: .md (Markdown) or .json")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qprune.model_io import save_pruned
+    from qprune.pipeline import method_spec, prune
+    from qprune.report import render_markdown, summarize, write_report
+
+    method_spec(args.method)  # fail on a bad method before loading anything
+    check_output(args.output, "--output")
+    check_output(args.report, "--report")
+    weights = parse_weights(args.weights)
+    problem, model, ckpt = load_problem_and_model(args)
+    result = prune(
+        model, problem, sparsity=args.sparsity, k=args.k, method=args.method, backend=args.backend,
+        strategy=args.strategy, refine=args.refine, weights=weights, fisher=args.fisher,
+        layers=args.layers, min_keep=args.min_keep, seed=args.seed, tt_budget=args.tt_budget,
+        remove=args.output is not None or args.report is not None, progress=not args.quiet,
+    )
+    summary = summarize(result, backend=str(args.backend), extra={"problem": problem.name, "checkpoint": ckpt})
+    if args.output:
+        save_pruned(result.pruned_model, args.output, example_inputs=problem.example_inputs(),
+                    meta={"problem": problem.name, "checkpoint": ckpt, "method": args.method, "k": result.k,
+                          "sample": result.sample})
+    if args.report:
+        write_report(args.report, summary, title=f"qprune prune: {problem.name}")
+    print(render_markdown(summary, title=f"qprune prune: {problem.name}"))
+    return 0

@@ -1,0 +1,104 @@
+"""Methods side by side at exactly the same k: rows for the paper-style tables.
+
+Signals are collected once per model and filter space (the union of what the methods need), so a
+comparison of N methods costs one calibration pass, not N.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from tqdm.auto import tqdm
+
+from qprune.atomic import atomic_open, write_json
+from qprune.errors import QpruneError
+from qprune.pipeline import method_spec, prepare, run_method
+from qprune.report import aggregate, compare_markdown, machine_info, plot_metric_vs_sparsity
+
+
+def compare_rows(
+    model: Any,
+    problem: Any,
+    *,
+    methods: Sequence[str],
+    sparsities: Sequence[float],
+    seeds: Sequence[int] = (0,),
+    layers: int | Sequence[str] | None = None,
+    min_keep: int = 1,
+    setting: str | None = None,
+    remove: bool = True,
+    progress: bool = True,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """One row per (sparsity, method, seed): metrics after pruning, params, MACs, latency, time."""
+    for m in methods:
+        method_spec(m)
+    if not methods:
+        raise QpruneError("give at least one method")
+    for s in sparsities:
+        if not 0.0 <= s < 1.0:
+            raise QpruneError(f"sparsity={s} must be a fraction in [0, 1)")
+    prep = prepare(model, problem, methods=methods, layers=layers, min_keep=min_keep, progress=progress)
+    setting = setting or (f"{layers} layers" if layers is not None else "full model")
+    rows: list[dict[str, Any]] = []
+    jobs = [(s, m, seed) for s in sparsities for m in methods for seed in seeds]
+    # deterministic methods give the same mask for every seed: run them once, reuse the row
+    done: dict[tuple[float, str], dict[str, Any]] = {}
+    bar = tqdm(jobs, desc="compare", disable=not progress)
+    for sparsity, method, seed in bar:
+        bar.set_postfix_str(f"{method} s={sparsity:g} seed={seed}")
+        spec = method_spec(method)
+        if spec.kind == "greedy" and (sparsity, method) in done:
+            rows.append(dict(done[(sparsity, method)], seed=seed))
+            continue
+        t0 = time.perf_counter()
+        result = run_method(prep, method, sparsity=sparsity, seed=seed, remove=remove, **options)
+        elapsed = time.perf_counter() - t0
+        row: dict[str, Any] = {
+            "setting": setting, "method": method, "sparsity": sparsity, "seed": seed, "k": result.k,
+            "units": prep.space.N, "energy": result.energy, "gamma": result.gamma,
+            "method_seconds": elapsed, "signals_seconds": prep.timings.get("signals"),
+        }
+        row.update({f"{name}": v for name, v in result.metrics_after.items()})
+        row.update({f"{name}_before": v for name, v in result.metrics_before.items()})
+        row.update({f"{name}": v for name, v in result.stats_after.items()})
+        row.update({f"{name}_before": v for name, v in result.stats_before.items()})
+        rows.append(row)
+        done[(sparsity, method)] = row
+    return rows
+
+
+def compare_methods(
+    model: Any,
+    problem: Any,
+    *,
+    methods: Sequence[str],
+    sparsities: Sequence[float],
+    seeds: Sequence[int] = (0,),
+    out_dir: Path | None = None,
+    extra: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> str:
+    """Run :func:`compare_rows`, write compare.{md,json,png} to ``out_dir`` and return the table."""
+    rows = compare_rows(model, problem, methods=methods, sparsities=sparsities, seeds=seeds, **kwargs)
+    metric_keys = [k for k in _METRIC_ORDER if k in rows[0]]
+    keys = metric_keys + [k for k in ("params", "macs", "latency_ms", "method_seconds") if k in rows[0]]
+    agg = aggregate(rows, keys)
+    title = f"qprune compare: {getattr(problem, 'name', 'model')}, sparsity {', '.join(map(str, sparsities))}"
+    table = compare_markdown(agg, keys, title=title)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_open(out_dir / "compare.md") as fh:
+            fh.write(table)
+        write_json(out_dir / "compare.json", {
+            "problem": getattr(problem, "name", None), "methods": list(methods), "sparsities": list(sparsities),
+            "seeds": list(seeds), "rows": rows, "aggregate": agg, "machine": machine_info(), **(extra or {}),
+        })
+        if metric_keys:
+            plot_metric_vs_sparsity(rows, metric_keys[0], out_dir / "compare.png", title=title)
+    return table
+
+
+_METRIC_ORDER = ("psnr", "ssim", "accuracy", "metric")

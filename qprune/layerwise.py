@@ -1,0 +1,695 @@
+"""Layer-decomposed exact-k: per-layer "best energy for every count" curves + an exact DP over layers.
+
+The pruning QUBO is block-diagonal by layer, and a count constraint sum(x) = k couples the layers only
+through how many units each layer gives up. So:
+
+1. For each block b, find C_b(c) = min { E_b(x_b) : |x_b| = c } for every count c = 0..cap_b.
+   Blocks of <= ``brute_force_max`` variables are enumerated (exact). Larger blocks are solved with
+   the chosen backend: per-block uniform shifts lambda (the Lagrange multiplier of the block's own
+   count: E_b(x) - lambda |x| differs from E_b by a constant at fixed count, so ANY read of the
+   shifted problem is a valid count-c candidate) spread the reads over all counts; the best read of
+   each count is kept, then improved with count-preserving swap descent and propagated to c +- 1
+   (add the cheapest unit / drop the dearest, then swap descent) until no count improves.
+   Heuristic blocks are batched into one BQM per lambda step (they are independent), so a backend
+   call costs one sampler overhead for many layers.
+2. min sum_b C_b(c_b) subject to sum_b c_b = k and c_b <= cap_b is a knapsack-style DP over layers
+   (O(B k c_max), milliseconds), exact given the curves; the result has exactly k ones by construction.
+
+Gamma: ``energy`` is E at a gamma. Given ``gamma=``, that gamma is used (e.g. the gamma search's final
+one, to compare both strategies on the same BQM). Otherwise the default is the gamma where the exact
+per-layer Lagrangian relaxation first prunes >= k units — what the gamma search looks for, found here
+on the curves without any extra sampling: within a layer whose units share a capacity reward, the
+gamma term is -gamma * r_b * c at count c, so the curves at gamma = 0 give the curves at any gamma.
+
+Cross-layer couplings (``formulation.cross``) are handled exactly by merging the layers they connect
+into one block (its count curve then covers the merged layers; per-layer caps are enforced inside the
+block). That is exact but makes the merged block larger, so keep such couplings rare.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import dimod
+import numpy as np
+
+from qprune.errors import QpruneError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from qprune.cardinality import ExactKResult
+    from qprune.formulation import Formulation
+
+__all__ = ["block_count_curve", "solve", "solve_layerwise"]
+
+BRUTE_FORCE_MAX = 20  # 2^20 states x 20^2 flops: ~0.2 s per block, exact
+_CHUNK = 1 << 15  # states enumerated per numpy batch (bounded memory: 32k x 20 floats)
+_INF = np.inf
+
+
+# ------------------------------------------------------------------------------------------ blocks
+
+
+@dataclass
+class _Block:
+    """One (possibly merged) layer block of the QUBO at a fixed gamma."""
+
+    layers: tuple[int, ...]  # layer ids it covers
+    idx: np.ndarray  # global variable indices
+    h: np.ndarray  # linear biases at the solve's gamma
+    M: np.ndarray  # dense symmetric couplings, zero diagonal: E = h.x + x.M.x / 2
+    sub: np.ndarray  # position of each variable's layer in ``layers``
+    caps: np.ndarray  # max ones per layer of ``layers``
+
+    @property
+    def m(self) -> int:
+        return int(self.idx.size)
+
+    @property
+    def cap(self) -> int:
+        return int(min(self.m, int(self.caps.sum())))
+
+    @property
+    def merged(self) -> bool:
+        return len(self.layers) > 1
+
+
+def _energies(X: np.ndarray, h: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """E(x) = h.x + x.M.x / 2 for a batch of 0/1 rows."""
+    Xf = X.astype(np.float64, copy=False)
+    return Xf @ h + 0.5 * np.einsum("bi,bi->b", Xf @ M, Xf)
+
+
+def _feasible(X: np.ndarray, sub: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    """Rows whose ones respect every per-layer cap."""
+    if caps.size == 1:
+        return X.sum(axis=1) <= caps[0]
+    counts = np.stack([X[:, sub == s].sum(axis=1) for s in range(caps.size)], axis=1)
+    return (counts <= caps[None, :]).all(axis=1)
+
+
+# ------------------------------------------------------------------------------- exact small blocks
+
+
+def block_count_curve(h: np.ndarray, M: np.ndarray, *, sub: np.ndarray | None = None,
+                      caps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``C(c) = min {h.x + x.M.x/2 : |x| = c}`` for c = 0..m by enumerating all 2^m states.
+
+    Args:
+        h: linear biases [m].
+        M: symmetric couplings [m, m] with zero diagonal.
+        sub, caps: optional layer of each variable and max ones per layer (infeasible states skipped).
+
+    Returns:
+        (energies [m+1] with inf where no feasible state has that count, states int8 [m+1, m]).
+    """
+    h = np.asarray(h, float)
+    M = np.asarray(M, float)
+    m = h.size
+    if m > 26:
+        raise QpruneError(f"refusing to enumerate 2^{m} states; use the heuristic block solver")
+    sub = np.zeros(m, np.int64) if sub is None else np.asarray(sub)
+    caps = np.array([m]) if caps is None else np.asarray(caps)
+    best = np.full(m + 1, _INF)
+    arg = np.zeros(m + 1, dtype=np.int64)
+    bits = (1 << np.arange(m, dtype=np.int64))
+    for start in range(0, 1 << m, _CHUNK):
+        codes = np.arange(start, min(start + _CHUNK, 1 << m), dtype=np.int64)
+        X = ((codes[:, None] & bits[None, :]) != 0).astype(np.int8)
+        E = _energies(X, h, M)
+        if caps.size > 1 or caps[0] < m:
+            E[~_feasible(X, sub, caps)] = _INF
+        cnt = X.sum(axis=1)
+        order = np.lexsort((E, cnt))  # by count, then energy: the first of each count is its min
+        first = np.r_[0, np.flatnonzero(np.diff(cnt[order])) + 1]
+        for pos in first:
+            c, e = int(cnt[order[pos]]), float(E[order[pos]])
+            if e < best[c]:
+                best[c], arg[c] = e, codes[order[pos]]
+    states = ((arg[:, None] & bits[None, :]) != 0).astype(np.int8)
+    return best, states
+
+
+# ---------------------------------------------------------------------------- heuristic big blocks
+
+
+def _polish(x: np.ndarray, b: _Block, max_steps: int | None = None) -> tuple[np.ndarray, float]:
+    """Best-improvement swap descent at fixed count (remove one unit, add another), caps respected."""
+    x = x.astype(bool).copy()
+    h, M = b.h, b.M
+    g = h + M @ x  # cost of adding j (x_j = 0) / saving of removing i (x_i = 1); M_ii = 0
+    tol = 1e-12 * (1.0 + float(np.abs(h).sum()))
+    steps = max_steps if max_steps is not None else 4 * b.m
+    for _ in range(steps):
+        ones, zeros = np.flatnonzero(x), np.flatnonzero(~x)
+        if ones.size == 0 or zeros.size == 0:
+            break
+        D = g[zeros][None, :] - g[ones][:, None] - M[np.ix_(ones, zeros)]
+        if b.merged:
+            counts = np.bincount(b.sub[ones], minlength=b.caps.size)
+            full = counts[b.sub[zeros]] >= b.caps[b.sub[zeros]]
+            # moving a unit into a full layer is allowed only when it leaves that same layer
+            D[(b.sub[ones][:, None] != b.sub[zeros][None, :]) & full[None, :]] = _INF
+        flat = int(np.argmin(D))
+        if not D.flat[flat] < -tol:
+            break
+        i, j = ones[flat // zeros.size], zeros[flat % zeros.size]
+        x[i], x[j] = False, True
+        g += M[:, j] - M[:, i]
+    xi = x.astype(np.int8)
+    return xi, float(_energies(xi[None, :], h, M)[0])
+
+
+def _step(x: np.ndarray, b: _Block, up: bool) -> np.ndarray | None:
+    """Add the cheapest feasible unit (up) or drop the dearest one; None when impossible."""
+    g = b.h + b.M @ x
+    if up:
+        cand = np.flatnonzero(x == 0)
+        if b.merged and cand.size:
+            counts = np.bincount(b.sub[x == 1], minlength=b.caps.size)
+            cand = cand[counts[b.sub[cand]] < b.caps[b.sub[cand]]]
+        if cand.size == 0:
+            return None
+        j = cand[int(np.argmin(g[cand]))]
+    else:
+        cand = np.flatnonzero(x == 1)
+        if cand.size == 0:
+            return None
+        j = cand[int(np.argmax(g[cand]))]
+    y = x.copy()
+    y[j] ^= 1
+    return y
+
+
+def _greedy_marginals(b: _Block) -> np.ndarray:
+    """Marginal cost of each greedy addition 1..cap: the lambda at which that count becomes optimal."""
+    x = np.zeros(b.m, np.int8)
+    out = []
+    for _ in range(b.cap):
+        y = _step(x, b, up=True)
+        if y is None:
+            break
+        j = int(np.flatnonzero(y != x)[0])
+        out.append(float(b.h[j] + b.M[j] @ x))
+        x = y
+    return np.asarray(out)
+
+
+def _refine_curve(b: _Block, E: np.ndarray, X: np.ndarray, max_passes: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Swap-polish every count's best state and propagate c -> c+-1 until nothing improves."""
+    cap = b.cap
+    tol = 1e-12 * (1.0 + float(np.abs(b.h).sum()))
+    for c in np.flatnonzero(np.isfinite(E)):
+        X[c], E[c] = _polish(X[c], b)
+    dirty_up = np.isfinite(E)
+    dirty_down = dirty_up.copy()
+    for _ in range(max_passes):
+        changed = False
+        for c in range(cap):  # upward: c -> c + 1
+            if not dirty_up[c] or not np.isfinite(E[c]):
+                continue
+            dirty_up[c] = False
+            y = _step(X[c], b, up=True)
+            if y is None:
+                continue
+            y, e = _polish(y, b)
+            if e < E[c + 1] - tol:
+                X[c + 1], E[c + 1] = y, e
+                dirty_up[c + 1] = dirty_down[c + 1] = changed = True
+        for c in range(cap, 0, -1):  # downward: c -> c - 1
+            if not dirty_down[c] or not np.isfinite(E[c]):
+                continue
+            dirty_down[c] = False
+            y = _step(X[c], b, up=False)
+            if y is None:
+                continue
+            y, e = _polish(y, b)
+            if e < E[c - 1] - tol:
+                X[c - 1], E[c - 1] = y, e
+                dirty_up[c - 1] = dirty_down[c - 1] = changed = True
+        if not changed:
+            break
+    return E, X
+
+
+def _harvest(blocks: list[_Block], sampler: dimod.Sampler, seed: int, steps: int, reads: int,
+             sampler_params: Mapping[str, Any]) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """Best state of every count of every block from ``steps`` lambda-shifted solves of the batch."""
+    sizes = [b.m for b in blocks]
+    offs = np.r_[0, np.cumsum(sizes)]
+    n = int(offs[-1])
+    rows, cols, vals = [], [], []
+    for b, o in zip(blocks, offs):
+        iu, ju = np.triu_indices(b.m, 1)
+        v = b.M[iu, ju]
+        nz = v != 0.0
+        rows.append(iu[nz] + o)
+        cols.append(ju[nz] + o)
+        vals.append(v[nz])
+    quad = (np.concatenate(rows), np.concatenate(cols), np.concatenate(vals))
+    best_E = [np.full(b.cap + 1, _INF) for b in blocks]
+    best_X = [np.zeros((b.cap + 1, b.m), np.int8) for b in blocks]
+    for bi, b in enumerate(blocks):  # the empty state is always available and exact at count 0
+        best_E[bi][0] = 0.0
+
+    # lambda targets: the greedy marginal at evenly spread counts (where that count is near-optimal)
+    marg = [_greedy_marginals(b) for b in blocks]
+    accepted = set(sampler.parameters)
+    params = {k: v for k, v in (("num_reads", reads),) if k in accepted}
+    params.update(sampler_params)
+    rng = np.random.default_rng(seed)
+    calls = 0
+    for s in range(steps):
+        lin = np.empty(n)
+        for b, o, mg in zip(blocks, offs, marg):
+            if mg.size:
+                c = min(mg.size - 1, int(round((s + 0.5) / steps * mg.size)))
+                lam = mg[c]
+            else:
+                lam = 0.0
+            lin[o:o + b.m] = b.h - lam
+        bqm = dimod.BinaryQuadraticModel.from_numpy_vectors(lin, quad, 0.0, dimod.BINARY)
+        call = dict(params)
+        if "seed" in accepted and "seed" not in sampler_params:
+            call["seed"] = int(rng.integers(0, 2**31 - 1))
+        ss = sampler.sample(bqm, **call)
+        calls += 1
+        cols_of = [ss.variables.index(v) for v in range(n)]
+        S = np.asarray(ss.record.sample)[:, cols_of]
+        if ss.vartype is dimod.SPIN:
+            S = (S + 1) // 2
+        for bi, (b, o) in enumerate(zip(blocks, offs)):
+            Xb = S[:, o:o + b.m].astype(np.int8)
+            E = _energies(Xb, b.h, b.M)
+            cnt = Xb.sum(axis=1)
+            ok = (cnt <= b.cap) & (_feasible(Xb, b.sub, b.caps) if b.merged else True)
+            for r in np.flatnonzero(ok):
+                c = int(cnt[r])
+                if E[r] < best_E[bi][c]:
+                    best_E[bi][c], best_X[bi][c] = float(E[r]), Xb[r]
+    return best_E, best_X, calls
+
+
+def _solve_group(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """Curves for one group of blocks (runs in a worker; everything in ``task`` is picklable)."""
+    blocks: list[_Block] = task["blocks"]
+    out: list[dict[str, Any]] = [{} for _ in blocks]
+    heavy = [i for i, b in enumerate(blocks) if b.m > task["brute_force_max"]]
+    for i, b in enumerate(blocks):
+        if i in heavy:
+            continue
+        t0 = time.perf_counter()
+        E, X = block_count_curve(b.h, b.M, sub=b.sub, caps=b.caps)
+        out[i] = {"E": E[: b.cap + 1], "X": X[: b.cap + 1], "exact": True, "time_s": time.perf_counter() - t0}
+    if heavy:
+        sampler = task["sampler"]
+        if isinstance(sampler, str):
+            from qprune.backends import get
+
+            sampler = get(sampler)
+        hb = [blocks[i] for i in heavy]
+        t0 = time.perf_counter()
+        Es, Xs, calls = _harvest(hb, sampler, task["seed"], task["steps"], task["reads"], task["sampler_params"])
+        share = (time.perf_counter() - t0) / max(1, sum(b.m for b in hb))
+        for i, b, E, X in zip(heavy, hb, Es, Xs):
+            t1 = time.perf_counter()
+            E, X = _refine_curve(b, E, X)
+            out[i] = {"E": E, "X": X, "exact": False, "calls": calls,
+                      "time_s": share * b.m + time.perf_counter() - t1}
+    return out
+
+
+# ---------------------------------------------------------------------------------------- the DP
+
+
+def _dp(curves: Sequence[np.ndarray], k: int) -> tuple[float, list[int]]:
+    """min sum_b curves[b][c_b] s.t. sum_b c_b = k; returns (energy, counts)."""
+    D = np.full(k + 1, _INF)
+    D[0] = 0.0
+    choice = np.zeros((len(curves), k + 1), dtype=np.int32)
+    for bi, C in enumerate(curves):
+        new = np.full(k + 1, _INF)
+        pick = np.zeros(k + 1, dtype=np.int32)
+        for c in range(min(len(C), k + 1)):
+            if not np.isfinite(C[c]):
+                continue
+            cand = D[: k + 1 - c] + C[c]
+            better = cand < new[c:]
+            new[c:][better] = cand[better]
+            pick[c:][better] = c
+        D, choice[bi] = new, pick
+    if not np.isfinite(D[k]):
+        raise QpruneError(f"no combination of per-layer counts reaches k={k} within the per-layer caps")
+    counts, s = [], k
+    for bi in range(len(curves) - 1, -1, -1):
+        c = int(choice[bi][s])
+        counts.append(c)
+        s -= c
+    return float(D[k]), counts[::-1]
+
+
+def _lagrangian_gamma(curves0: Sequence[np.ndarray], rbar: np.ndarray, k: int) -> float:
+    """Smallest gamma at which sum_b argmin_c (C_b(c) - gamma r_b c) reaches k (bisection)."""
+    ar = [np.arange(len(C)) for C in curves0]
+
+    def count(g: float) -> int:
+        return int(sum(int(np.argmin(np.where(np.isfinite(C), C - g * r * a, _INF)))
+                       for C, r, a in zip(curves0, rbar, ar)))
+
+    lo, hi = -1.0, 1.0
+    for _ in range(200):
+        if count(hi) >= k:
+            break
+        hi *= 2.0
+    for _ in range(200):
+        if count(lo) < k or lo < -1e300:
+            break
+        lo *= 2.0
+    if count(lo) >= k:  # k = 0 or counts that never go below k: any gamma this low will do
+        return lo
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if count(mid) >= k:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+            break
+    return hi
+
+
+# ------------------------------------------------------------------------------------ public API
+
+
+def _caps_by_layer(max_per_layer: Any, layers: np.ndarray, sizes: dict[int, int]) -> dict[int, int]:
+    """Normalise ``max_per_layer`` (None, int, array indexed by layer id, or mapping) to a dict."""
+    if max_per_layer is None:
+        return dict(sizes)
+    if isinstance(max_per_layer, Mapping):
+        return {int(l): int(min(sizes[int(l)], max_per_layer.get(int(l), sizes[int(l)]))) for l in layers}
+    arr = np.asarray(max_per_layer)
+    if arr.ndim == 0:
+        return {int(l): int(min(sizes[int(l)], int(arr))) for l in layers}
+    if arr.ndim != 1 or int(layers.max()) >= arr.size or int(layers.min()) < 0:
+        raise QpruneError(f"max_per_layer must be an int, a mapping, or an array indexed by layer id "
+                          f"(length > {int(layers.max())}); got shape {arr.shape}")
+    return {int(l): int(min(sizes[int(l)], int(arr[int(l)]))) for l in layers}
+
+
+def _components(formulation: Formulation, layers: np.ndarray) -> list[list[int]]:
+    """Groups of layer ids connected by cross-layer couplings (singletons when there are none)."""
+    parent = {int(l): int(l) for l in layers}
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    C = formulation.cross
+    if C is not None and C.nnz:
+        lid = np.asarray(formulation.layer_ids)
+        for a, b in set(zip(lid[C.row].tolist(), lid[C.col].tolist())):
+            ra, rb = find(int(a)), find(int(b))
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for l in layers:
+        groups.setdefault(find(int(l)), []).append(int(l))
+    return sorted(groups.values())
+
+
+def _build_blocks(formulation: Formulation, gamma: float, caps: dict[int, int]) -> list[_Block]:
+    """One :class:`_Block` per group of connected layers, at ``gamma``."""
+    lid = np.asarray(formulation.layer_ids)
+    layers = np.unique(lid)
+    h_all = np.asarray(formulation.linear, float) - float(gamma) * np.asarray(formulation.reward, float)
+    n = lid.size
+    pos_in = np.full(n, -1, np.int64)
+    dense: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for idx, Mb in formulation.blocks:
+        idx = np.asarray(idx)
+        if idx.size:
+            dense[int(lid[idx[0]])] = (idx, np.asarray(Mb, float))
+    blocks = []
+    C = formulation.cross.tocoo() if formulation.cross is not None and formulation.cross.nnz else None
+    for group in _components(formulation, layers):
+        parts = [dense.get(l, (np.flatnonzero(lid == l), None)) for l in group]
+        idx = np.concatenate([p[0] for p in parts])
+        m = idx.size
+        M = np.zeros((m, m))
+        o = 0
+        for pidx, Mb in parts:
+            if Mb is not None:
+                M[o:o + pidx.size, o:o + pidx.size] = Mb
+            o += pidx.size
+        if len(group) > 1 and C is not None:
+            pos_in[idx] = np.arange(m)
+            sel = (pos_in[C.row] >= 0) & (pos_in[C.col] >= 0)
+            r, c, v = pos_in[C.row[sel]], pos_in[C.col[sel]], C.data[sel]
+            np.add.at(M, (r, c), v)
+            np.add.at(M, (c, r), v)
+            pos_in[idx] = -1
+        sub = np.concatenate([np.full(p[0].size, i) for i, p in enumerate(parts)])
+        blocks.append(_Block(tuple(group), idx, h_all[idx], M, sub, np.array([caps[l] for l in group])))
+    return blocks
+
+
+def _check_blocks_cover(formulation: Formulation) -> None:
+    lid = np.asarray(formulation.layer_ids)
+    for idx, _ in formulation.blocks:
+        idx = np.asarray(idx)
+        if idx.size and np.unique(lid[idx]).size != 1:
+            raise QpruneError("layerwise needs one block per layer: a formulation block spans several "
+                              "layer ids")
+
+
+def _curves(blocks: list[_Block], backend: Any, seed: int, *, brute_force_max: int, steps: int, reads: int,
+            sampler_params: Mapping[str, Any], n_jobs: int | None, batch_variables: int,
+            progress: bool) -> list[dict[str, Any]]:
+    """Per-block curves, groups of blocks solved in a pool; the grouping does not depend on n_jobs."""
+    order = sorted(range(len(blocks)), key=lambda i: blocks[i].m <= brute_force_max)
+    groups: list[list[int]] = []
+    size = 0
+    for i in order:  # heavy blocks first, packed into groups of <= batch_variables variables
+        if not groups or (size + blocks[i].m > batch_variables and groups[-1]):
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += blocks[i].m
+    ss = np.random.SeedSequence(0 if seed is None else int(seed))
+    child_seeds = [int(s.generate_state(1)[0] % (2**31 - 1)) for s in ss.spawn(len(groups))]
+    tasks = [{"blocks": [blocks[i] for i in g], "sampler": backend, "seed": child_seeds[j],
+              "steps": steps, "reads": reads, "sampler_params": dict(sampler_params),
+              "brute_force_max": brute_force_max} for j, g in enumerate(groups)]
+    heavy_vars = sum(b.m for b in blocks if b.m > brute_force_max)
+    brute_vars = sum(b.m for b in blocks if b.m <= brute_force_max)
+    if n_jobs is None:  # a pool pays off only with a few seconds of work
+        n_jobs = min(os.cpu_count() or 1, len(tasks)) if heavy_vars >= 1500 or brute_vars >= 200 else 1
+    n_jobs = max(1, min(int(n_jobs), len(tasks)))
+    results: list[list[dict[str, Any]]]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(tasks), desc="layerwise", unit="group")
+    if n_jobs == 1:
+        results = []
+        for t in tasks:
+            results.append(_solve_group(t))
+            if bar is not None:
+                bar.update(1)
+    else:
+        # processes for a named backend (each worker builds its own sampler); threads for a sampler
+        # instance, which may not pickle (e.g. a cloud client)
+        pool: Executor = (ProcessPoolExecutor(n_jobs) if isinstance(backend, str) else ThreadPoolExecutor(n_jobs))
+        with pool:
+            futures = [pool.submit(_solve_group, t) for t in tasks]
+            results = []
+            for f in futures:
+                results.append(f.result())
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    out: list[dict[str, Any]] = [{} for _ in blocks]
+    for g, res in zip(groups, results):
+        for i, r in zip(g, res):
+            out[i] = r
+    return out
+
+
+def _default_batch(backend: str | dimod.Sampler) -> int:
+    """Variables per batched backend call: one block per call on a QPU (each block embeds once and
+    its embedding is reused across the lambda steps), the backend's size limit, or 1,024."""
+    from qprune.backends.dwave import CachedEmbeddingSampler
+
+    if backend == "dwave" or isinstance(backend, CachedEmbeddingSampler):
+        return 1
+    if isinstance(backend, str):
+        from qprune.backends import info as backend_info
+
+        limit = backend_info(backend).max_variables
+        if limit is not None:
+            return int(limit)
+    return 1024
+
+
+def solve_layerwise(
+    formulation: Formulation,
+    k: int,
+    backend: str | dimod.Sampler = "neal",
+    seed: int | None = 0,
+    *,
+    gamma: float | None = None,
+    max_per_layer: int | np.ndarray | Mapping[int, int] | None = None,
+    n_jobs: int | None = None,
+    sampler_params: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    brute_force_max: int = BRUTE_FORCE_MAX,
+    steps: int = 8,
+    reads: int = 10,
+    batch_variables: int | None = None,
+) -> ExactKResult:
+    """Exactly-k solve of a block-diagonal :class:`~qprune.formulation.Formulation`, layer by layer.
+
+    Args:
+        formulation: the QUBO; its blocks must be per layer (``Formulation.blocks``). Cross-layer
+            couplings are handled exactly by merging the layers they join into one block.
+        k: number of units to prune (ones in the result).
+        backend: registered backend name or a dimod sampler, used for blocks larger than
+            ``brute_force_max`` (smaller ones are enumerated exactly).
+        seed: seeds every backend call (the same seed gives the same mask, whatever ``n_jobs``).
+        gamma: the capacity weight the energy is minimised at; None: the gamma at which the exact
+            per-layer Lagrangian relaxation first prunes k units (see the module docstring).
+        max_per_layer: max units pruned per layer: an int, an array indexed by layer id, or a mapping.
+        n_jobs: worker count (None: all cores when there is enough work, else 1). Named backends run
+            in processes, sampler instances in threads.
+        sampler_params: extra keyword arguments for every backend call (e.g. ``num_sweeps``).
+        progress: show a progress bar over block groups.
+        brute_force_max: blocks of at most this many variables are enumerated (2^m states).
+        steps: lambda-shifted backend solves per heavy block (spread over the counts).
+        reads: ``num_reads`` per backend solve (when the backend takes it).
+        batch_variables: heavy blocks are batched into one BQM of at most this many variables
+            (None: 1,024, or the backend's ``max_variables`` when it has one).
+
+    Returns:
+        :class:`qprune.cardinality.ExactKResult` with exactly k ones, ``bqm = formulation.bqm(gamma)``,
+        and ``info`` holding ``strategy="layerwise"``, the per-layer counts, per-layer times, which
+        blocks were exact, the gamma and how it was chosen.
+    """
+    from qprune.cardinality import ExactKResult
+
+    t_start = time.perf_counter()
+    for attr in ("blocks", "layer_ids", "linear", "reward", "labels"):
+        if not hasattr(formulation, attr):
+            raise QpruneError("strategy 'layerwise' needs a qprune Formulation (its per-layer blocks); "
+                              f"got {type(formulation).__name__}")
+    n = len(formulation.labels)
+    k = int(k)
+    if not 0 <= k <= n:
+        raise QpruneError(f"k={k} must lie in [0, {n}]")
+    _check_blocks_cover(formulation)
+    lid = np.asarray(formulation.layer_ids)
+    layers, sizes_arr = np.unique(lid, return_counts=True)
+    sizes = {int(l): int(s) for l, s in zip(layers, sizes_arr)}
+    caps = _caps_by_layer(max_per_layer, layers, sizes)
+    if sum(caps.values()) < k:
+        raise QpruneError(f"k={k} exceeds the {sum(caps.values())} units the per-layer caps allow")
+    sampler_params = dict(sampler_params or {})
+    reads = int(sampler_params.pop("num_reads", reads))
+    if batch_variables is None:
+        batch_variables = _default_batch(backend)
+    if isinstance(backend, str):
+        from qprune.backends import get
+
+        get(backend)  # fail now (missing extra, no token) rather than inside a worker
+    opts = dict(brute_force_max=int(brute_force_max), steps=int(steps), reads=reads,
+                sampler_params=sampler_params, n_jobs=n_jobs, batch_variables=int(batch_variables),
+                progress=progress)
+
+    reward = np.asarray(formulation.reward, float)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if gamma is not None:
+        gamma_used, gamma_source = float(gamma), "given"
+        blocks = _build_blocks(formulation, gamma_used, caps)
+        results = _curves(blocks, backend, seed, **opts)
+    else:
+        # curves at gamma = 0, then the Lagrangian gamma; a layer whose units share one reward needs
+        # no re-solve (its gamma term is -gamma r c at count c), any other is solved again at gamma*
+        blocks0 = _build_blocks(formulation, 0.0, caps)
+        results0 = _curves(blocks0, backend, seed, **opts)
+        rbar = np.array([reward[b.idx].mean() for b in blocks0])
+        gamma_used = _lagrangian_gamma([r["E"] for r in results0], rbar, k)
+        gamma_source = "lagrangian"
+        blocks = _build_blocks(formulation, gamma_used, caps)
+        uniform = [bool(np.ptp(reward[b.idx]) <= 1e-12 * max(1e-300, abs(float(rbar[i]))))
+                   for i, b in enumerate(blocks0)]
+        results = [None] * len(blocks)
+        for i, (b, r) in enumerate(zip(blocks0, results0)):
+            if uniform[i]:
+                c = np.arange(r["E"].size)
+                results[i] = {**r, "E": r["E"] - gamma_used * rbar[i] * c}
+        redo = [i for i, u in enumerate(uniform) if not u]
+        if redo:
+            again = _curves([blocks[i] for i in redo], backend, seed, **opts)
+            for i, r in zip(redo, again):
+                results[i] = r
+    timings["curves_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    _, counts = _dp([r["E"] for r in results], k)
+    timings["dp_s"] = time.perf_counter() - t0
+
+    x = np.zeros(n, np.int8)
+    for b, r, c in zip(blocks, results, counts):
+        x[b.idx] = r["X"][c]
+    if int(x.sum()) != k:  # the DP picks one state of count c per block: cannot happen
+        raise RuntimeError(f"layerwise assembled {int(x.sum())} ones, expected {k}")
+    bqm = formulation.bqm(gamma_used)
+    labels = list(formulation.labels)
+    sample = dict(zip(labels, x.tolist()))
+    energy = float(formulation.energy(x, gamma_used))
+    objective = float(formulation.energy(x, 0.0))
+    timings["total_s"] = time.perf_counter() - t_start
+
+    per_layer_counts: dict[int, int] = {}
+    per_layer_time: dict[int, float] = {}
+    for b, r in zip(blocks, results):
+        for j, l in enumerate(b.layers):
+            per_layer_counts[l] = int(x[b.idx[b.sub == j]].sum())
+            per_layer_time[l] = float(r.get("time_s", 0.0)) / len(b.layers)
+    info = {
+        "strategy": "layerwise",
+        "gamma": gamma_used,
+        "gamma_source": gamma_source,
+        "per_layer_counts": per_layer_counts,
+        "per_layer_time_s": per_layer_time,
+        "exact_blocks": int(sum(bool(r.get("exact")) for r in results)),
+        "heuristic_blocks": int(sum(not r.get("exact") for r in results)),
+        "merged_blocks": [list(b.layers) for b in blocks if b.merged],
+        "backend": backend if isinstance(backend, str) else type(backend).__name__,
+        "seed": seed,
+        "times": timings,
+        "repaired": False,
+    }
+    return ExactKResult(labels=labels, x=x, sample=sample, energy=energy, objective=objective,
+                        gamma=gamma_used, bqm=bqm, info=info)
+
+
+def solve(formulation: Formulation, k: int, backend: str | dimod.Sampler = "neal", *,
+          strategy: str = "gamma", seed: int | None = 0, **options: Any) -> ExactKResult:
+    """Exact-k with either strategy: ``"gamma"`` (:func:`qprune.cardinality.solve_exact_k`) or
+    ``"layerwise"`` (:func:`solve_layerwise`); ``options`` go to the chosen function."""
+    if strategy == "layerwise":
+        return solve_layerwise(formulation, k, backend, seed, **options)
+    if strategy == "gamma":
+        from qprune.cardinality import solve_exact_k
+
+        return solve_exact_k(formulation, k, backend, seed, **options)
+    raise QpruneError(f"unknown strategy {strategy!r}; choose 'gamma' or 'layerwise'")

@@ -1,0 +1,157 @@
+"""Reports: one run as Markdown/JSON, and the paper-style comparison table with a plot."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from qprune.atomic import atomic_open, write_json
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a figure was measured: written next to every benchmark and comparison."""
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def summarize(result: Any, *, backend: str | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """JSON-ready summary of a :class:`qprune.pipeline.PruneResult`."""
+    info = {k: v for k, v in result.solver_info.items() if _jsonable(v)}
+    out = {
+        "method": result.method,
+        "backend": backend,
+        "k": result.k,
+        "units": result.space.N,
+        "seed": result.seed,
+        "metrics_before": result.metrics_before,
+        "metrics_after": result.metrics_after,
+        "stats_before": result.stats_before,
+        "stats_after": result.stats_after,
+        "energy": result.energy,
+        "gamma": result.gamma,
+        "timings": result.timings,
+        "per_layer": result.per_layer(),
+        "solver_info": info,
+    }
+    if extra:
+        out.update(extra)
+    return out
+
+
+def _jsonable(v: Any) -> bool:
+    return isinstance(v, (str, int, float, bool, type(None), list, dict, tuple))
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.{digits}g}"
+    return str(v)
+
+
+def render_markdown(summary: Mapping[str, Any], *, title: str = "qprune report") -> str:
+    """Human-readable Markdown of :func:`summarize`'s output."""
+    lines = [f"# {title}", ""]
+    lines += [
+        f"- method: `{summary['method']}`" + (f" on backend `{summary['backend']}`" if summary.get("backend") else ""),
+        f"- pruned units: {summary['k']} of {summary['units']} "
+        f"({100.0 * summary['k'] / max(summary['units'], 1):.1f} %), seed {summary['seed']}",
+        f"- QUBO energy of the chosen mask: {_fmt(summary.get('energy'), 8)}; gamma: {_fmt(summary.get('gamma'), 6)}",
+    ]
+    if summary["solver_info"].get("repaired") is not None:
+        lines.append(f"- k-preserving repair used: {summary['solver_info'].get('repaired')}")
+    lines += ["", "## Quality and size", "", "| | before | after |", "|---|---|---|"]
+    for name in summary["metrics_before"]:
+        lines.append(f"| {name} | {_fmt(summary['metrics_before'][name])} | {_fmt(summary['metrics_after'].get(name))} |")
+    for name in summary["stats_before"]:
+        lines.append(f"| {name} | {_fmt(summary['stats_before'][name])} | {_fmt(summary['stats_after'].get(name))} |")
+    lines += ["", "## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in summary["timings"].items()]
+    lines += ["", "## Per layer", "", "| layer | units | pruned | kept |", "|---|---|---|---|"]
+    lines += [f"| `{r['layer']}` | {r['units']} | {r['pruned']} | {r['kept']} |" for r in summary["per_layer"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(path: str | os.PathLike[str], summary: Mapping[str, Any], *, title: str = "qprune report") -> None:
+    """Markdown to ``path`` (``.md``) or JSON (``.json``), atomically."""
+    if Path(path).suffix.lower() == ".json":
+        write_json(path, dict(summary))
+        return
+    with atomic_open(path) as fh:
+        fh.write(render_markdown(summary, title=title))
+
+
+# --------------------------------------------------------------------------- comparison tables
+
+
+def aggregate(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """Mean and spread (sample std) of ``keys`` per (setting, method) over seeds."""
+    groups: dict[tuple[Any, str], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r.get("setting"), r["method"]), []).append(r)
+    out = []
+    for (setting, method), rs in groups.items():
+        agg: dict[str, Any] = {"setting": setting, "method": method, "seeds": [r.get("seed") for r in rs], "k": rs[0]["k"]}
+        for key in keys:
+            vals = np.array([r[key] for r in rs if r.get(key) is not None], dtype=float)
+            agg[key] = float(vals.mean()) if vals.size else None
+            agg[key + "_std"] = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+        out.append(agg)
+    return out
+
+
+def compare_markdown(agg: Sequence[Mapping[str, Any]], keys: Sequence[str], *, title: str) -> str:
+    """The paper-style table: one row per (setting, method), mean ± std over seeds."""
+    head = ["setting", "method", "k"] + list(keys)
+    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in agg:
+        cells = [str(r["setting"]), f"`{r['method']}`", str(r["k"])]
+        for key in keys:
+            v, s = r.get(key), r.get(key + "_std", 0.0)
+            cells.append("–" if v is None else (f"{v:.4g} ± {s:.2g}" if len(r["seeds"]) > 1 else f"{v:.4g}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_metric_vs_sparsity(
+    rows: Sequence[Mapping[str, Any]], metric: str, path: str | os.PathLike[str], *, title: str = ""
+) -> None:
+    """PNG of ``metric`` against sparsity, one line per method (mean over seeds, std as error bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    by_method: dict[str, dict[float, list[float]]] = {}
+    for r in rows:
+        if r.get(metric) is None:
+            continue
+        by_method.setdefault(r["method"], {}).setdefault(float(r["sparsity"]), []).append(float(r[metric]))
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for method, points in sorted(by_method.items()):
+        xs = sorted(points)
+        means = [float(np.mean(points[s])) for s in xs]
+        errs = [float(np.std(points[s], ddof=1)) if len(points[s]) > 1 else 0.0 for s in xs]
+        ax.errorbar([100 * s for s in xs], means, yerr=errs, marker="o", capsize=3, label=method)
+    ax.set_xlabel("pruned units (%)")
+    ax.set_ylabel(metric)
+    ax.set_title(title or f"{metric} vs sparsity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png")
+    plt.close(fig)
