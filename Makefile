@@ -49,5 +49,16 @@ bench-paper: $(STAMP)
 
 bench: bench-qubo bench-speed bench-backends bench-tt bench-paper
 
+# The paper-size denoiser (F = 64) on the SIDD-Small folder; the checkpoint is cached outside git.
+# Paper recipe: Adam, StepLR every 10 epochs, 100 epochs; CUDA is used when torch sees one
+# (on 2 CPU cores an epoch takes about a quarter of an hour). Override e.g. SIDD_EPOCHS=1.
+SIDD_DATA   ?= ../shared/data/sidd_small_256
+SIDD_CKPT   ?= $(HOME)/.cache/qprune/denoise_sidd_f64.pt
+SIDD_EPOCHS ?= 100
+
+train-sidd: $(STAMP)
+	$(VENV)/bin/qprune train --problem denoise --width 64 --data $(SIDD_DATA) --epochs $(SIDD_EPOCHS) \
+	    --schedule step --device auto -o $(SIDD_CKPT)
+
 clean:
 	rm -rf $(VENV) out *.egg-info

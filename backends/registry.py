@@ -7,6 +7,7 @@ import their optional dependencies lazily so that listing backends never imports
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable
@@ -38,6 +39,7 @@ class BackendInfo:
 
 _REGISTRY: dict[str, BackendInfo] = {}
 _ENTRY_POINTS_LOADED = False
+_BROKEN: dict[str, str] = {}  # entry-point name -> why it failed to load
 
 
 def _module_present(name: str) -> bool:
@@ -72,15 +74,36 @@ def register(
     return info
 
 
+def unregister(name: str) -> None:
+    """Remove ``name`` from the registry (no error if it is absent)."""
+    _REGISTRY.pop(name, None)
+
+
 def _load_entry_points() -> None:
+    """Load the ``qprune.backends`` entry points once.
+
+    An entry point names either a zero-argument hook that calls :func:`register`, or a
+    :class:`dimod.Sampler` subclass, registered under the entry point's name. A plugin that fails to
+    load gives a warning and is reported when someone asks for it; it never breaks the others.
+    """
     global _ENTRY_POINTS_LOADED
     if _ENTRY_POINTS_LOADED:
         return
     _ENTRY_POINTS_LOADED = True
     for ep in entry_points(group="qprune.backends"):
-        hook = ep.load()
-        if callable(hook):
-            hook()
+        try:
+            target = ep.load()
+            if isinstance(target, type) and issubclass(target, dimod.Sampler):
+                if ep.name not in _REGISTRY:
+                    register(ep.name, target, description=(target.__doc__ or "").strip().split("\n")[0])
+            elif callable(target):
+                target()
+            else:
+                raise TypeError(f"{ep.value} is neither a registration hook nor a dimod.Sampler class")
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the registry down
+            _BROKEN[ep.name] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"qprune backend plugin {ep.name!r} ({ep.value}) failed to load: {exc}",
+                          RuntimeWarning, stacklevel=2)
 
 
 def info(name: str) -> BackendInfo:
@@ -89,6 +112,8 @@ def info(name: str) -> BackendInfo:
     try:
         return _REGISTRY[name]
     except KeyError:
+        if name in _BROKEN:
+            raise BackendUnavailable(f"backend plugin {name!r} failed to load: {_BROKEN[name]}") from None
         known = ", ".join(sorted(_REGISTRY))
         raise QpruneError(f"unknown backend {name!r}; known backends: {known}") from None
 

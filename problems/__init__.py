@@ -22,6 +22,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -78,6 +79,27 @@ def get(name: str, **config: Any) -> Problem:
     return _factory(name)(**config)
 
 
+def _plain(obj: Any) -> Any:
+    """``obj`` as built-in types only, so ``torch.load(weights_only=True)`` accepts the file.
+
+    str/float subclasses (``torch.__version__`` is a ``TorchVersion``), numpy scalars and tuples
+    would each make the safe loader refuse the whole checkpoint.
+    """
+    if obj is None or type(obj) in (bool, int, float, str) or isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, bool):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj)
+    return str(obj)
+
+
 def save_checkpoint(path: str | Path, problem: Problem, model: nn.Module,
                     meta: Mapping[str, Any] | None = None) -> Path:
     """Write ``model``'s weights with the problem name, its full config and ``meta``."""
@@ -85,7 +107,7 @@ def save_checkpoint(path: str | Path, problem: Problem, model: nn.Module,
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "problem": problem.name,
-                "config": dict(problem.config), "state_dict": state, "meta": dict(meta or {})}, path)
+                "config": _plain(problem.config), "state_dict": state, "meta": _plain(meta or {})}, path)
     return path
 
 

@@ -84,12 +84,23 @@ class BaseProblem:
         x, y = self._split_tensors(split)
         return batched(x, y, int(self.config["batch_size"]), self.config.get(count_key))
 
+    def _split_len(self, split: str) -> int:
+        return int(self._split_tensors(split)[0].shape[0])
+
+    def _take(self, split: str, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self._split_tensors(split)
+        t = torch.from_numpy(idx)
+        return x[t], y[t]
+
     def calibration_batches(self) -> list[Batch]:
         """``calib_batches`` batches from the training split (seeded order, no augmentation)."""
-        x, y = self._split_tensors("train")
+        bs, count = int(self.config["batch_size"]), self.config.get("calib_batches")
         # A seeded shuffle so calibration sees many scenes, not just the first few.
-        perm = torch.from_numpy(np.random.default_rng([int(self.config["seed"]), 1]).permutation(len(x)))
-        return batched(x[perm], y[perm], int(self.config["batch_size"]), self.config.get("calib_batches"))
+        perm = np.random.default_rng([int(self.config["seed"]), 1]).permutation(self._split_len("train"))
+        if count is not None:
+            perm = perm[:count * bs]
+        x, y = self._take("train", perm)
+        return batched(x, y, bs)
 
     def validation_batches(self) -> list[Batch]:
         """The first ``val_batches`` batches of the validation split (all when None)."""
@@ -122,10 +133,12 @@ class BaseProblem:
         batches = self.test_batches() if batches is None else batches
         was_training = model.training
         model.eval()
+        device = next(model.parameters()).device
         totals: dict[str, float] = {}
         count = 0
         for x, y in batches:
             n = int(x.shape[0])
+            x, y = x.to(device), y.to(device)
             for k, v in self.metrics(model(x), y).items():
                 totals[k] = totals.get(k, 0.0) + float(v) * n
             count += n
@@ -134,13 +147,14 @@ class BaseProblem:
 
     # ----- training
     def train(self, model: nn.Module | None = None, *, epochs: int = 10, lr: float = 1e-3, seed: int = 0,
-              schedule: str = "cosine", weight_decay: float = 0.0, progress: bool = True,
-              log: Callable[[str], None] | None = None) -> TrainResult:
+              schedule: str = "cosine", weight_decay: float = 0.0, device: str = "cpu",
+              progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
         """Train with Adam (the paper's optimiser) and return the model plus checkpoint metadata.
 
         ``schedule``: ``"cosine"`` (anneals to 0 over the run; best for short CPU runs) or
         ``"step"`` (the paper's StepLR: halve every 10 epochs). The final model is kept (as in the
-        paper), not the best-on-validation one. ``meta`` holds epochs, seed, lr, wall time and the
+        paper), not the best-on-validation one. ``device``: ``"cpu"``, ``"cuda"`` or ``"auto"``
+        (CUDA when available); the returned model is on the CPU either way. ``meta`` holds epochs, seed, lr, wall time and the
         final validation/test metrics, plus the trivial baseline's test metrics when there is one.
         """
         from tqdm.auto import tqdm
@@ -149,8 +163,12 @@ class BaseProblem:
             raise QpruneError(f"epochs must be >= 1, got {epochs}")
         if schedule not in ("cosine", "step"):
             raise QpruneError(f"schedule must be 'cosine' or 'step', got {schedule!r}")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise QpruneError(f"device {device!r} requested but torch sees no CUDA device; use --device cpu")
         set_seed(seed)
-        model = self.build_model() if model is None else model
+        model = (self.build_model() if model is None else model).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
         steps_per_epoch = self._train_epoch_len()
         total = epochs * steps_per_epoch
@@ -167,6 +185,7 @@ class BaseProblem:
             model.train()
             running, seen = 0.0, 0
             for x, y in self._train_epoch_batches(epoch, rng):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 opt.zero_grad(set_to_none=True)
                 loss = self.loss(model(x), y)
                 if not torch.isfinite(loss):
@@ -192,10 +211,11 @@ class BaseProblem:
                     log(line)
         bar.close()
         seconds = time.perf_counter() - t0
+        model = model.cpu()
         test = self.test_batches()
         meta: dict[str, Any] = {
             "epochs": epochs, "seed": seed, "lr": lr, "schedule": schedule, "weight_decay": weight_decay,
-            "train_seconds": round(seconds, 1), "torch": torch.__version__,
+            "train_seconds": round(seconds, 1), "device": device, "torch": str(torch.__version__),
             "val_metrics": self.evaluate(model, val),
             "test_metrics": self.evaluate(model, test),
             "test_samples": sum(int(x.shape[0]) for x, _ in test),

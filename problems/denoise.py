@@ -46,7 +46,9 @@ def _resolve(config: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise QpruneError(f"unknown denoise option(s) {unknown}; known: {sorted(DEFAULTS)}")
-    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None or k in ("test_batches", "limit")}}
+    # For these None is a real value ("all" / "automatic"); for the rest it means "the default".
+    nullable = ("patch", "mode", "calib_batches", "val_batches", "test_batches", "limit")
+    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None or k in nullable}}
     data = cfg["data"]
     if data is None or str(data) == BUNDLED:
         cfg["data"] = BUNDLED
@@ -142,6 +144,14 @@ class DenoiseProblem(BaseProblem):
         key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(self.config.items())
                     if k in _DATA_KEYS)
         return _load_splits(key)
+
+    def _split_len(self, split: str) -> int:
+        return len(self.splits()[split])
+
+    def _take(self, split: str, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        # Convert only the selected patches: the whole SIDD training split is ~200 MB as float.
+        p = self.splits()[split]
+        return _to_float(p.noisy[idx]), _to_float(p.clean[idx])
 
     def _split_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split not in self._cache:

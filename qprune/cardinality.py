@@ -17,8 +17,12 @@ reliable and cheap:
 * **repair and polish**: if no exact-k state was found, k-preserving repair (cheapest removals /
   additions), then a steepest pair-swap local search, exact and vectorised over a sparse matrix.
 
-Every candidate is compared on the objective ``build(0.0)``: at a fixed count the gamma term is a
-constant for a uniform reward, so this is the constrained problem ``min objective s.t. sum(x) = k``.
+Candidates are compared on one common score, the energy on ``BQM(gamma*)`` at the final gamma. For a
+uniform reward the gamma term is a constant at fixed k, so this is exactly ``min objective s.t.
+sum(x) = k``. For the capacity reward of a Formulation (D_i = P_i / sum P, different per layer) it
+keeps what the paper's final solve keeps: the preference for pruning parameter-heavy units. Scoring
+on the objective alone would throw that away (on the synthetic Half-UNet the pair swaps then move
+hundreds of pruned units into the cheapest layers).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ BuildFn = Callable[[float], dimod.BinaryQuadraticModel]
 # Components this small are solved by enumeration (2^10 states); their library is exact.
 _SMALL_COMPONENT = 10
 
-__all__ = ["ExactKResult", "QuboArrays", "repair_to_k", "solve_exact_k", "swap_polish"]
+__all__ = ["ExactKResult", "QuboArrays", "lagrangian", "repair_to_k", "solve_exact_k", "swap_polish"]
 
 
 @dataclass
@@ -124,6 +128,12 @@ class QuboArrays:
         """Energy on ``BQM(gamma)``: objective minus ``gamma * reward.x``."""
         Xf = np.asarray(X, dtype=np.float64)
         return self.objective(Xf) - gamma * (Xf @ self.reward)
+
+    def at(self, gamma: float) -> QuboArrays:
+        """The arrays of ``BQM(gamma)``: linear ``h - gamma * reward`` (J shared, not copied)."""
+        if gamma == 0.0:
+            return self
+        return QuboArrays(self.labels, self.h - gamma * self.reward, self.J, self.offset, self.reward)
 
     def field(self, x: np.ndarray) -> np.ndarray:
         """Local field ``g = h + J x``: flipping x_i from 0 to 1 changes the objective by g_i."""
@@ -286,44 +296,45 @@ class _LocalState:
 def _best_uncoupled(J: sp.csr_matrix, g: np.ndarray, ones: np.ndarray, zeros: np.ndarray) -> tuple[float, int, int]:
     """min over uncoupled pairs (i in ones, j in zeros, J_ij == 0) of g_j - g_i, exactly.
 
-    Only the T most promising of each side are examined; any pair outside that grid is no better than
-    the bound below, so the grid's minimum is exact once it beats the bound (T doubles otherwise).
+    For each i (largest g_i first) its best partner is the first j in ascending-g order that is not
+    its neighbour, found among at most deg(i) + 1 positions. ``g_min(zeros) - g_i`` bounds every pair
+    of i, and it only grows along the order, so the scan stops as soon as it cannot win.
     """
     if len(ones) == 0 or len(zeros) == 0:
         return (np.inf, -1, -1)
     oi = ones[np.argsort(-g[ones], kind="stable")]
     zj = zeros[np.argsort(g[zeros], kind="stable")]
-    t = 8
-    while True:
-        ti, tj = min(t, len(oi)), min(t, len(zj))
-        I, Jx = oi[:ti], zj[:tj]
-        vals = g[Jx][None, :] - g[I][:, None]
-        coupled = J[I][:, Jx].toarray() != 0
-        vals = np.where(coupled, np.inf, vals)
-        a = np.unravel_index(int(np.argmin(vals)), vals.shape)
-        v = float(vals[a])
-        bound = np.inf
-        if tj < len(zj):
-            bound = min(bound, g[zj[tj]] - g[oi[0]])
-        if ti < len(oi):
-            bound = min(bound, g[zj[0]] - g[oi[ti]])
-        if v <= bound or (ti == len(oi) and tj == len(zj)):
-            if not np.isfinite(v):
-                return (np.inf, -1, -1)
-            return (v, int(I[a[0]]), int(Jx[a[1]]))
-        t *= 4
+    pos = np.full(len(g), -1, dtype=np.int64)
+    pos[zj] = np.arange(len(zj))
+    best = (np.inf, -1, -1)
+    for i in oi:
+        if g[zj[0]] - g[i] >= best[0]:
+            break
+        p = pos[J.indices[J.indptr[i]:J.indptr[i + 1]]]
+        p = p[p >= 0]
+        m = len(p)
+        taken = np.zeros(m + 1, dtype=bool)
+        taken[p[p <= m]] = True
+        q = int(np.argmin(taken))  # first position that is not a neighbour (pigeonhole: <= len(p))
+        if q >= len(zj):
+            continue
+        v = float(g[zj[q]] - g[i])
+        if v < best[0]:
+            best = (v, int(i), int(zj[q]))
+    return best
 
 
 def repair_to_k(
-    arrs: QuboArrays, x: np.ndarray, k: int, caps: _Caps | None = None
+    arrs: QuboArrays, x: np.ndarray, k: int, caps: _Caps | None = None, gamma: float = 0.0
 ) -> tuple[np.ndarray, int]:
     """Bring ``x`` to exactly ``k`` ones (and within the group caps) by the cheapest single flips.
 
+    Costs are energies on ``BQM(gamma)`` (``gamma=0``: the objective).
     Over-full groups first lose their cheapest members, then surplus ones are removed (the largest
     local field first) or missing ones added (the smallest field first, only where the group has room).
     Returns the new state (int8) and the number of flips.
     """
-    st = _LocalState(arrs, x, caps)
+    st = _LocalState(arrs.at(gamma), x, caps)
     moves = 0
     if caps is not None:
         while True:
@@ -347,13 +358,18 @@ def repair_to_k(
 
 
 def swap_polish(
-    arrs: QuboArrays, x: np.ndarray, caps: _Caps | None = None, max_moves: int | None = None
+    arrs: QuboArrays,
+    x: np.ndarray,
+    caps: _Caps | None = None,
+    gamma: float = 0.0,
+    max_moves: int | None = None,
 ) -> tuple[np.ndarray, int, float]:
-    """Steepest-descent pair swaps (one 1 -> 0 and one 0 -> 1) on the objective until none improves.
+    """Steepest-descent pair swaps (one 1 -> 0 and one 0 -> 1) on ``BQM(gamma)`` until none improves.
 
     Keeps the count and the group caps. Each step finds the best pair exactly (coupled pairs from the
-    sparse matrix, uncoupled ones from the sorted local fields). Returns (state, moves, objective gain).
+    sparse matrix, uncoupled ones from the sorted local fields). Returns (state, moves, energy gain).
     """
+    arrs = arrs.at(gamma)
     st = _LocalState(arrs, x, caps)
     eps = 1e-10 * arrs.scale()
     limit = 50 * max(1, arrs.n) if max_moves is None else max_moves
@@ -395,7 +411,12 @@ def _greedy_gamma(arrs: QuboArrays, k: int) -> float:
 
 
 class _Library:
-    """Per connected component and per count, the best (objective) state seen; DP over counts."""
+    """Per connected component and per count, the best state seen; a DP over counts combines them.
+
+    An entry is replaced when a new state is better at the gamma of the solve that produced it; the
+    DP then scores entries at the final gamma. Within one layer the reward is constant (same P_i), so
+    at a fixed count the ranking does not depend on gamma at all.
+    """
 
     def __init__(self, arrs: QuboArrays, caps: _Caps | None, recombine: bool) -> None:
         self.arrs = arrs
@@ -430,7 +451,8 @@ class _Library:
             else:
                 self.large.append(np.sort(m))
         # library of the large components
-        self.cost = [np.full(len(m) + 1, np.inf) for m in self.large]
+        self.cost = [np.full(len(m) + 1, np.inf) for m in self.large]  # objective
+        self.rsum = [np.zeros(len(m) + 1) for m in self.large]  # reward . state
         self.states: list[dict[int, np.ndarray]] = [{} for _ in self.large]
         if self.large:
             col = np.concatenate(self.large)
@@ -447,9 +469,6 @@ class _Library:
             self.group_to_comp = sp.csr_matrix(
                 (np.ones(len(gl)), (gl, gc[gl])), shape=(len(caps.cap), len(self.large))
             )
-        # singles: exact, the cheapest first
-        self.singles_order = self.singles[np.argsort(arrs.h[self.singles], kind="stable")]
-        self.singles_cost = np.concatenate([[0.0], np.cumsum(arrs.h[self.singles_order])])
 
     def _enumerate(self, idx: np.ndarray) -> dict[str, Any]:
         m = len(idx)
@@ -464,38 +483,49 @@ class _Library:
             grp = self.caps.group[idx]
             for gname in np.unique(grp):
                 valid &= S[:, grp == gname].sum(axis=1) <= self.caps.cap[gname]
+        return {"idx": idx, "S": S, "obj": obj, "rsum": Sf @ self.arrs.reward[idx], "cnt": cnt, "valid": valid}
+
+    def _small_options(self, comp: dict[str, Any], gamma: float) -> tuple[np.ndarray, np.ndarray]:
+        """(energy at gamma, state row) of the best valid state per count of an enumerated component."""
+        m = comp["S"].shape[1]
+        e = comp["obj"] - gamma * comp["rsum"]
         cost = np.full(m + 1, np.inf)
         best = np.full(m + 1, -1)
-        for b in np.flatnonzero(valid)[np.lexsort((obj[valid], cnt[valid]))]:
-            if best[cnt[b]] < 0:
-                best[cnt[b]] = b
-                cost[cnt[b]] = obj[b]
-        return {"idx": idx, "S": S, "obj": obj, "rsum": Sf @ self.arrs.reward[idx], "cost": cost, "best": best}
+        v = np.flatnonzero(comp["valid"])
+        for b in v[np.lexsort((e[v], comp["cnt"][v]))]:
+            if best[comp["cnt"][b]] < 0:
+                best[comp["cnt"][b]] = b
+                cost[comp["cnt"][b]] = e[b]
+        return cost, best
 
-    def update(self, X: np.ndarray, JX: np.ndarray) -> None:
-        """Fold reads ``X`` [B, N] (and ``J @ X.T`` transposed, [B, N]) into the library."""
+    def update(self, X: np.ndarray, JX: np.ndarray, gamma: float) -> None:
+        """Fold reads ``X`` [B, N] (and ``J @ X.T`` transposed, [B, N]) solved at ``gamma``."""
         if not self.large:
             return
         Xf = X.astype(np.float64)
         V = Xf * (self.arrs.h[None, :] + 0.5 * JX)
         costs = (self.P.T @ V.T).T
+        rsums = (self.P.T @ (Xf * self.arrs.reward[None, :]).T).T
         counts = np.rint((self.P.T @ Xf.T).T).astype(np.int64)
         valid = np.ones(counts.shape, dtype=bool)
         if self.caps is not None and self.caps_local:
             over = (self.G.T @ Xf.T).T > self.caps.cap[None, :]
             valid = ~((self.group_to_comp.T @ over.T.astype(np.float64)).T > 0)
         for c, idx in enumerate(self.large):
-            cnt, cst, ok = counts[:, c], costs[:, c], valid[:, c]
+            cnt, ok = counts[:, c], valid[:, c]
             if not ok.any():
                 continue
+            e = costs[:, c] - gamma * rsums[:, c]
             rows = np.flatnonzero(ok)
-            rows = rows[np.lexsort((cst[rows], cnt[rows]))]
+            rows = rows[np.lexsort((e[rows], cnt[rows]))]
             first = np.ones(len(rows), dtype=bool)
             first[1:] = cnt[rows][1:] != cnt[rows][:-1]
             for r in rows[first]:
                 nn = int(cnt[r])
-                if cst[r] < self.cost[c][nn] - 1e-12 * (1.0 + abs(cst[r])):
-                    self.cost[c][nn] = cst[r]
+                old = self.cost[c][nn] - gamma * self.rsum[c][nn]
+                if e[r] < old - 1e-12 * (1.0 + abs(e[r])):
+                    self.cost[c][nn] = costs[r, c]
+                    self.rsum[c][nn] = rsums[r, c]
                     self.states[c][nn] = X[r, idx].astype(np.int8)
 
     def component_best_rows(self, X: np.ndarray, JX: np.ndarray, gamma: float) -> np.ndarray:
@@ -527,15 +557,18 @@ class _Library:
             x[s] = (arrs.h[s] - gamma * arrs.reward[s] < 0).astype(np.int8)
         return x
 
-    def best_k(self, k: int) -> np.ndarray | None:
-        """The best state with exactly k ones that the library can assemble, or None."""
+    def best_k(self, k: int, gamma: float) -> np.ndarray | None:
+        """The lowest-energy state at ``gamma`` with exactly k ones the library can assemble, or None."""
         parts: list[tuple[str, Any, np.ndarray]] = []
         for c, idx in enumerate(self.large):
-            parts.append(("large", c, self.cost[c]))
+            parts.append(("large", c, self.cost[c] - gamma * self.rsum[c]))
         for comp in self.small:
-            parts.append(("small", comp, comp["cost"]))
+            cost, best = self._small_options(comp, gamma)
+            parts.append(("small", (comp, best), cost))
         if len(self.singles):
-            parts.append(("singles", None, self.singles_cost))
+            hs = self.arrs.h[self.singles] - gamma * self.arrs.reward[self.singles]
+            singles_order = self.singles[np.argsort(hs, kind="stable")]
+            parts.append(("singles", singles_order, np.concatenate([[0.0], np.cumsum(np.sort(hs))])))
         dp = np.full(k + 1, np.inf)
         dp[0] = 0.0
         choice = []
@@ -560,9 +593,10 @@ class _Library:
             if kind == "large":
                 x[self.large[ref]] = self.states[ref][nn]
             elif kind == "small":
-                x[ref["idx"]] = ref["S"][ref["best"][nn]]
+                comp, best = ref
+                x[comp["idx"]] = comp["S"][best[nn]]
             else:
-                x[self.singles_order[:nn]] = 1
+                x[ref[:nn]] = 1
         return x
 
 
@@ -671,7 +705,8 @@ def solve_exact_k(
 
     warm: list[np.ndarray] = []
 
-    def solve(gamma: float, reads: int, phase: str) -> tuple[np.ndarray, np.ndarray]:
+    def solve(gamma: float, reads: int, phase: str) -> tuple[int, int, bool]:
+        """One sampler call at ``gamma``; returns (count of the best read, recombined count, any read with k)."""
         bqm = bqm_at(gamma)
         kw: dict[str, Any] = dict(user_kwargs)
         if "num_reads" in accepted:
@@ -681,7 +716,11 @@ def solve_exact_k(
         else:
             rng.integers(0, 2**31 - 1)  # keep the stream aligned whatever the backend
         if warm_start and warm and "initial_states" in accepted and "num_reads" in accepted:
-            init = np.unique(np.array(warm, dtype=np.int8), axis=0)[: max(1, reads // 3)]
+            # the most promising (appended last) first; the sampler fills the other reads at random
+            seen: dict[bytes, np.ndarray] = {}
+            for state in reversed(warm):
+                seen.setdefault(np.asarray(state, dtype=np.int8).tobytes(), np.asarray(state, dtype=np.int8))
+            init = np.array(list(seen.values())[: max(1, reads // 3)], dtype=np.int8)
             kw["initial_states"] = (init, arrs.labels)
         t0 = time.perf_counter()
         ss = sampler.sample(bqm, **kw)
@@ -698,7 +737,7 @@ def solve_exact_k(
             X = X_all[s0:s0 + chunk]
             Xf = X.astype(np.float64)
             JX = (arrs.J @ Xf.T).T
-            lib.update(X, JX)
+            lib.update(X, JX, gamma)
             counts = X.sum(axis=1, dtype=np.int64)
             energy = arrs.offset + Xf @ (arrs.h - gamma * arrs.reward) + 0.5 * np.einsum("bn,bn->b", Xf, JX)
             b = int(np.argmin(energy))
@@ -717,8 +756,8 @@ def solve_exact_k(
             "count_min": cmin, "count_max": cmax, "reads_with_k": n_exact, "energy_best": best_e,
         }
         info["iterations"].append(row)
-        warm[:] = [rec, best_x.copy()]
-        return X_all, np.array([int(best_x.sum()), int(rec.sum()), int(n_exact > 0)])
+        warm[:] = [best_x.copy(), rec]
+        return int(best_x.sum()), int(rec.sum()), n_exact > 0
 
     from tqdm.auto import tqdm
 
@@ -728,16 +767,16 @@ def solve_exact_k(
     trivial = k in (0, n) and (caps is None or caps.ok(np.full(n, int(k == n))))
     if not trivial and n:
         lo, hi = [g_zero, -float(k)], [g_full, float(n - k)]  # (gamma, count - k)
-        gamma = min(max(_greedy_gamma(arrs, k), g_zero), g_full)
+        gamma = gamma_final = min(max(_greedy_gamma(arrs, k), g_zero), g_full)
         info["gamma_estimate"] = gamma
         last_side = 0
         history: list[tuple[float, int]] = []
         for _ in range(max_iter):
-            _, stats = solve(gamma, search_reads, "search")
+            count_best, count_rec, any_k = solve(gamma, search_reads, "search")
             bar.update(1)
-            c = int(stats[1] if recombine else stats[0])
+            c = count_rec if recombine else count_best
             history.append((gamma, c))
-            if c == k or stats[2]:
+            if c == k or any_k:
                 hit = True
                 break
             # Illinois regula falsi on f = count - k: robust to the count curve's shape
@@ -759,9 +798,9 @@ def solve_exact_k(
         if history:
             gamma_final = gamma if hit else min(history, key=lambda p: (abs(p[1] - k), -p[0]))[0]
         if final_reads:
-            best_k = lib.best_k(k)
+            best_k = lib.best_k(k, gamma_final)
             if best_k is not None:
-                warm.append(best_k)
+                warm.append(best_k)  # last = first in line for the initial states
             solve(gamma_final, final_reads, "final")
             bar.update(1)
     bar.close()
@@ -773,18 +812,18 @@ def solve_exact_k(
         x = np.full(n, 1 if k == n else 0, dtype=np.int8)
         source = "trivial"
     else:
-        x = lib.best_k(k)
+        x = lib.best_k(k, gamma_final)
         source = "recombined" if recombine else "read"
         if x is not None and caps is not None and not caps.ok(x):
-            x, repair_moves = repair_to_k(arrs, x, k, caps)
+            x, repair_moves = repair_to_k(arrs, x, k, caps, gamma_final)
             repaired = True
         if x is None:
-            start = _closest_state(arrs, warm, info, k)
-            x, repair_moves = repair_to_k(arrs, start, k, caps)
+            start = _closest_state(arrs.at(gamma_final), warm, k)
+            x, repair_moves = repair_to_k(arrs, start, k, caps, gamma_final)
             repaired, source = True, "repair"
     polish_moves, polish_gain = 0, 0.0
     if polish and 0 < k < n:
-        x, polish_moves, polish_gain = swap_polish(arrs, x, caps)
+        x, polish_moves, polish_gain = swap_polish(arrs, x, caps, gamma_final)
     assert int(x.sum()) == k and (caps is None or caps.ok(x)), "exact-k invariant broken"
 
     bqm_final = bqm_at(gamma_final) if n else bqm0
@@ -837,8 +876,29 @@ def _columns(ss: dimod.SampleSet, record: np.recarray, labels: list[Hashable]) -
     return X.astype(np.int8)
 
 
-def _closest_state(arrs: QuboArrays, warm: list[np.ndarray], info: dict[str, Any], k: int) -> np.ndarray:
+def _closest_state(arrs: QuboArrays, warm: list[np.ndarray], k: int) -> np.ndarray:
     # the last solve's recombined best and best read: start from the one nearest to k
     if not warm:
         return np.zeros(arrs.n, dtype=np.int8)
     return min(warm, key=lambda s: (abs(int(s.sum()) - k), float(arrs.objective(s))))
+
+
+def lagrangian(
+    bqm: dimod.BinaryQuadraticModel, reward: np.ndarray | Mapping[Hashable, float] | None = None
+) -> BuildFn:
+    """``gamma -> bqm - gamma * sum_i reward_i x_i`` (reward default 1): a ``build`` for a plain BQM.
+
+    ``bqm`` is the objective; the returned BQMs are binary, labelled like ``bqm``, built from numpy
+    vectors (cheap) and ``bqm`` itself is never modified.
+    """
+    arrs = QuboArrays.from_bqm(bqm, reward)
+    coo = arrs.J.tocoo()
+    upper = coo.row < coo.col
+    quad = (coo.row[upper], coo.col[upper], coo.data[upper])
+
+    def build(gamma: float) -> dimod.BinaryQuadraticModel:
+        return dimod.BinaryQuadraticModel.from_numpy_vectors(
+            arrs.h - float(gamma) * arrs.reward, quad, arrs.offset, dimod.BINARY, variable_order=arrs.labels
+        )
+
+    return build

@@ -40,7 +40,8 @@ def compare_rows(
     for s in sparsities:
         if not 0.0 <= s < 1.0:
             raise QpruneError(f"sparsity={s} must be a fraction in [0, 1)")
-    prep = prepare(model, problem, methods=methods, layers=layers, min_keep=min_keep, progress=progress)
+    prep = prepare(model, problem, methods=methods, layers=layers, min_keep=min_keep,
+                   fisher=options.get("fisher", "channel"), weights=options.get("weights"), progress=progress)
     setting = setting or (f"{layers} layers" if layers is not None else "full model")
     rows: list[dict[str, Any]] = []
     jobs = [(s, m, seed) for s in sparsities for m in methods for seed in seeds]

@@ -18,10 +18,10 @@ from torch import nn
 
 from qprune.baselines import greedy_prune, random_prune
 from qprune.errors import QpruneError
-from qprune.formulation import Formulation, Weights, formulate
+from qprune.formulation import Formulation, Weights, formulate, preset_terms
 from qprune.signals import Signals, collect_signals
 from qprune.space import FilterSpace, build_space
-from qprune.terms import compute_terms
+from qprune.terms import compute_terms, term_requirements
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -35,12 +35,10 @@ class MethodSpec:
     needs: frozenset[str] = frozenset()  # signals to collect
     score: str | None = None  # greedy: the Signals field ranked (lowest pruned first)
     preset: str | None = None  # qubo: formulation preset
-    terms: tuple[str, ...] = ()  # qubo: term providers
     refine: bool = False  # "+tt" variants
     description: str = ""
 
 
-_QUBO_L1_TERMS = ("l1_redundancy", "capacity")
 METHODS: dict[str, MethodSpec] = {
     m.name: m
     for m in (
@@ -50,21 +48,23 @@ METHODS: dict[str, MethodSpec] = {
                    description="Molchanov et al. 2019: smallest Taylor importance first"),
         MethodSpec("fisher-greedy", "greedy", frozenset({"channel_fisher"}), score="channel_fisher",
                    description="smallest channel-Fisher importance first"),
-        MethodSpec("l1-qubo", "qubo", preset="l1", terms=_QUBO_L1_TERMS,
-                   description="Wang et al.: L1 redundancy QUBO"),
-        MethodSpec("gradient-qubo", "qubo", frozenset({"taylor"}), preset="gradient",
-                   terms=_QUBO_L1_TERMS + ("taylor",), description="L1 redundancy + Taylor QUBO"),
-        MethodSpec("hybrid-qubo", "qubo", frozenset({"taylor", "channel_fisher", "activations"}),
-                   preset="hybrid",
-                   terms=_QUBO_L1_TERMS + ("taylor", "channel_fisher", "activation_similarity"),
+        MethodSpec("l1-qubo", "qubo", preset="l1", description="Wang et al.: L1 redundancy QUBO"),
+        MethodSpec("gradient-qubo", "qubo", preset="gradient", description="L1 redundancy + Taylor QUBO"),
+        MethodSpec("hybrid-qubo", "qubo", preset="hybrid",
                    description="Taylor + Fisher + activation similarity QUBO (the paper's method)"),
+        MethodSpec("hybrid-qubo+tt", "qubo", preset="hybrid", refine=True,
+                   description="hybrid QUBO seed refined by tensor-train (PROTES) search on the validation metric"),
     )
 }
-METHODS["hybrid-qubo+tt"] = MethodSpec(
-    "hybrid-qubo+tt", "qubo", METHODS["hybrid-qubo"].needs, preset="hybrid",
-    terms=METHODS["hybrid-qubo"].terms, refine=True,
-    description="hybrid QUBO seed refined by tensor-train (PROTES) search on the validation metric",
-)
+_SIGNALS = frozenset({"taylor", "weight_fisher", "channel_fisher", "activations"})
+
+
+def method_needs(spec: MethodSpec, fisher: str = "channel", weights: Weights | None = None) -> frozenset[str]:
+    """The calibration signals a method reads (l1 comes from the weights and is always there)."""
+    if spec.kind != "qubo":
+        return spec.needs
+    names = preset_terms(spec.preset or "hybrid", fisher, weights)
+    return frozenset(term_requirements(names)) & _SIGNALS
 
 
 def method_spec(name: str) -> MethodSpec:
@@ -220,6 +220,8 @@ def prepare(
     layers: Sequence[str] | int | None = None,
     exclude: Sequence[str] = (),
     min_keep: int = 1,
+    fisher: str = "channel",
+    weights: Weights | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     metric_fn: Callable[[torch.Tensor, torch.Tensor], Mapping[str, float] | float] | None = None,
     progress: bool = True,
@@ -238,7 +240,7 @@ def prepare(
     space_kwargs["min_keep"] = min_keep
     space = build_space(model, work.calibration[0][0][:1], **space_kwargs)
     timings["space"] = time.perf_counter() - t0
-    needs = frozenset().union(*(s.needs for s in specs))
+    needs = frozenset().union(*(method_needs(s, fisher, weights) for s in specs))
     t0 = time.perf_counter()
     signals = collect_signals(model, space, work.calibration, work.loss, needs=needs, progress=progress)
     timings["signals"] = time.perf_counter() - t0
@@ -294,7 +296,7 @@ def prune(
     spec = method_spec(method)
     _check_choices(refine, strategy)
     prep = prepare(model, problem_or_batches, methods=[method], layers=layers, exclude=exclude,
-                   min_keep=min_keep, loss_fn=loss_fn, metric_fn=metric_fn, progress=progress)
+                   min_keep=min_keep, fisher=fisher, weights=weights, loss_fn=loss_fn, metric_fn=metric_fn, progress=progress)
     return run_method(prep, spec.name, sparsity=sparsity, k=k, backend=backend, strategy=strategy,
                       refine=refine, weights=weights, fisher=fisher, seed=seed, remove=remove,
                       tt_budget=tt_budget, sampler_params=sampler_params, solver_options=solver_options,
@@ -332,7 +334,7 @@ def select_mask(
     if k > int(caps.sum()):
         raise QpruneError(f"k={k} exceeds the {int(caps.sum())} units that may go while keeping "
                           f"min_keep={space.min_keep} per layer")
-    missing = [n for n in spec.needs if getattr(signals, n, None) is None]
+    missing = sorted(n for n in method_needs(spec, fisher, weights) if getattr(signals, n, None) is None)
     if missing:
         raise QpruneError(f"method {method!r} needs signals {missing} that prepare() did not collect")
     do_refine = spec.refine or refine == "tt"
@@ -420,9 +422,10 @@ def build_formulation(
         "params": space.params,
         "layer_ids": space.layer_ids,
     }
-    terms = compute_terms(list(spec.terms), inputs)
+    preset = spec.preset or "hybrid"
+    terms = compute_terms(list(preset_terms(preset, fisher, weights)), inputs)
     return formulate(
-        terms, preset=spec.preset or "hybrid", weights=weights or Weights(), fisher=fisher,
+        terms, preset=preset, weights=weights or Weights(), fisher=fisher,
         labels=space.labels, layer_ids=space.layer_ids,
     )
 
@@ -486,4 +489,54 @@ def finish(
         method="", k=int(mask.sum()), space=space, mask=mask, gated_model=gated, pruned_model=pruned,
         metrics_before=metrics_before, metrics_after=metrics_after, stats_before=stats_before,
         stats_after=stats_after, timings=timings,
+    )
+
+
+def validation_score(prep: Prepared, mask: np.ndarray) -> float:
+    """The headline metric of the gated model on the validation batches (higher is better)."""
+    from qprune.masking import apply_mask
+
+    gated = apply_mask(copy.deepcopy(prep.model), prep.space, np.asarray(mask, dtype=bool), mode="gate")
+    values = evaluate(gated, prep.work.validation, prep.work.metrics)
+    if not values:
+        raise QpruneError("tuning needs a metric: give a problem or metric_fn")
+    key = prep.work.primary if prep.work.primary in values else next(iter(values))
+    return float(values[key])
+
+
+def tune_weights(
+    prep: Prepared,
+    method: str,
+    k: int,
+    *,
+    n_trials: int | None = 20,
+    timeout: float | None = None,
+    sampler: str = "tpe",
+    storage: str | None = None,
+    study_name: str | None = None,
+    save_best: str | None = None,
+    seed: int | None = 0,
+    progress: bool = True,
+    **options: Any,
+) -> Any:
+    """Search the QUBO weights of ``method`` for the best validation metric at exactly ``k``.
+
+    gamma is found by the exact-k search inside every trial; only the weights that the method's
+    preset reads are searched. Returns :class:`qprune.hpsearch.SearchResult`.
+    """
+    from qprune.hpsearch import DEFAULT_SPACE, PRESET_WEIGHTS, search_weights
+
+    spec = method_spec(method)
+    if spec.kind != "qubo":
+        raise QpruneError(f"method {method!r} has no QUBO weights to tune")
+    space = {name: DEFAULT_SPACE[name] for name in PRESET_WEIGHTS[spec.preset or "hybrid"]}
+    options.pop("weights", None)
+
+    def score(weights: Weights) -> float:
+        x, _ = select_mask(prep, method, k, weights=weights, seed=seed, **options)
+        return validation_score(prep, x)
+
+    return search_weights(
+        score, n_trials=n_trials, timeout=timeout, sampler=sampler, space=space, storage=storage,
+        study_name=study_name or f"qprune-{method}-k{k}", seed=seed, progress=progress, save_best=save_best,
     )

@@ -36,10 +36,8 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -47,6 +45,7 @@ import dimod
 import numpy as np
 from dimod.sym import Sense
 
+from qprune.atomic import atomic_open
 from qprune.errors import QpruneError
 
 FORMATS: dict[str, tuple[str, ...]] = {
@@ -509,24 +508,8 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         raise QpruneError(f"cannot write {str(path)!r}: directory {str(parent)!r} does not exist")
     if path.is_dir():
         raise QpruneError(f"cannot write {str(path)!r}: it is a directory")
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_open(path, "wb") as f:
+        write(f)
 
 
 def _format_of(path: Path, format: str | None, table: Mapping[str, tuple[str, ...]], what: str) -> str:

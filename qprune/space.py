@@ -394,12 +394,29 @@ def build_dependency_graph(model: nn.Module, example_inputs: Any) -> Any:
     for m in model.modules():
         if isinstance(m, (nn.PixelShuffle, nn.PixelUnshuffle)):
             hooks.append(m.register_forward_hook(record))
+    outputs: set[Any] = set()
+
+    def forward(mod: nn.Module, xs: tuple) -> Any:
+        out = mod(*xs)
+        # torch-pruning adds an output node only where no module produced the output tensor; keep
+        # the grad_fns of all outputs so a conv whose output IS the model output is recognised too
+        stack = [out]
+        while stack:
+            o = stack.pop()
+            if isinstance(o, torch.Tensor):
+                outputs.add(o.grad_fn)
+            elif isinstance(o, (list, tuple)):
+                stack.extend(o)
+            elif isinstance(o, Mapping):
+                stack.extend(o.values())
+        return out
+
     was_training = model.training
     try:
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=inputs, verbose=False,
+                model, example_inputs=inputs, verbose=False, forward_fn=forward,
                 customized_pruners={nn.PixelShuffle: pruner, nn.PixelUnshuffle: pruner},
             )
     finally:
@@ -418,6 +435,8 @@ def build_dependency_graph(model: nn.Module, example_inputs: Any) -> Any:
             for dep in node.dependencies:
                 if dep.target is in_node:
                     dep.index_mapping[0] = _FlattenIndexMapping(stride=stride, reverse=not down)
+    outputs.discard(None)
+    dg._qprune_outputs = outputs
     return dg
 
 
@@ -504,21 +523,21 @@ def _is_depthwise(m: nn.Module) -> bool:
             and m.groups == m.in_channels == m.out_channels)
 
 
-def _analyse(group: Any, dg: Any, names: Mapping[Any, str]) -> _GroupInfo:
-    """Members, gate positions, parameter slices and blocking reasons of one pruning group."""
+def _analyse(items: Iterable[tuple[Any, list[int]]], dg: Any, names: Mapping[Any, str]) -> _GroupInfo:
+    """Members, gate positions, parameter slices and blocking reasons of one unit's group items."""
     from torch_pruning import ops
 
     info = _GroupInfo()
+    outputs = getattr(dg, "_qprune_outputs", set())
 
     def add(pname: str, dim: int, idxs: Iterable[int]) -> None:
         info.slices.setdefault((pname, dim), set()).update(int(i) for i in idxs)
 
-    for item in group.items:
-        dep, idxs = item.dep, list(item.idxs)
+    for dep, idxs in items:
         node, m = dep.target, dep.target.module
         out_side = dg.is_out_channel_pruning_fn(dep.handler)
         name = names.get(m, None)
-        if isinstance(m, ops._OutputOp):
+        if isinstance(m, ops._OutputOp) or (out_side and node.grad_fn in outputs):
             info.reasons.append((0, "its channels reach the model output"))
         elif isinstance(m, nn.Parameter):
             pname = dg._param_to_name.get(m)
@@ -577,6 +596,22 @@ def _analyse(group: Any, dg: Any, names: Mapping[Any, str]) -> _GroupInfo:
     return info
 
 
+def _one_to_one(group: Any) -> bool:
+    from torch_pruning import ops
+
+    many = (ops.OPTYPE.SPLIT, ops.OPTYPE.UNBIND, ops.OPTYPE.RESHAPE, ops.OPTYPE.SLICE, ops.OPTYPE.EXPAND,
+            ops.OPTYPE.CUSTOMIZED)
+    return not any(it.dep.target.type in many for it in group.items)
+
+
+def _split_by_root(group: Any) -> dict[int, list[tuple[Any, list[int]]]]:
+    out: dict[int, dict[Any, list[int]]] = defaultdict(dict)
+    for it in group.items:
+        for idx, root in zip(it.idxs, it.root_idxs):
+            out[int(root)].setdefault(it.dep, []).append(int(idx))
+    return {r: list(d.items()) for r, d in out.items()}
+
+
 def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
 
@@ -590,6 +625,7 @@ def build_space(
     include_linear: bool = False,
     min_keep: int = 1,
     verify: bool = True,
+    _fast: bool = True,
 ) -> FilterSpace:
     """Discover the prunable units of ``model`` (see the module docstring for every rule).
 
@@ -642,11 +678,26 @@ def build_space(
         n_out = pruner.get_out_channels(root) if pruner is not None else None
         if not n_out:
             continue
-        for r in range(int(n_out)):
+        todo = [r for r in range(int(n_out)) if (root_name, r) not in covered]
+        if not todo:
+            continue
+        per_channel = None
+        if _fast:
+            # One group for all channels, split by root index: exact when every index mapping in
+            # the group is one-to-one, i.e. no split/chunk, reshape, slice or shuffle can make two
+            # root channels share a channel downstream (torch-pruning would merge them silently).
+            full = dg.get_pruning_group(root, pruner.prune_out_channels, todo)
+            if _one_to_one(full):
+                per_channel = _split_by_root(full)
+        for r in todo:
             if (root_name, r) in covered:
                 continue
-            group = dg.get_pruning_group(root, pruner.prune_out_channels, [r])
-            info = _analyse(group, dg, names)
+            if per_channel is not None:
+                items = per_channel.get(r, [])
+            else:
+                group = dg.get_pruning_group(root, pruner.prune_out_channels, [r])
+                items = [(it.dep, list(it.idxs)) for it in group.items]
+            info = _analyse(items, dg, names)
             for m, c in info.members:
                 covered.add((names[m], c))
             covered.add((root_name, r))

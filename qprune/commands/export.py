@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     weights = parse_weights(args.weights)
     problem, model, _ = load_problem_and_model(args)
     prep = prepare(model, problem, methods=[args.method], layers=args.layers, min_keep=args.min_keep,
-                   progress=not args.quiet)
+                   fisher=args.fisher, weights=weights, progress=not args.quiet)
     k = resolve_k(prep.space.N, args.sparsity, args.k)
     x, out = select_mask(prep, args.method, k, backend=args.backend, strategy=args.strategy, weights=weights,
                          fisher=args.fisher, seed=args.seed)

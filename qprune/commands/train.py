@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patch", type=int, help="denoise: patch size, a multiple of 8 (bundled 64, SIDD 128)")
     p.add_argument("--limit", type=int, help="use only the first N images/scenes (quick runs)")
     p.add_argument("--config", help="more problem options as JSON, e.g. '{\"photons\": 200}'")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (CUDA when available)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -68,10 +70,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     problem = problems.get(args.problem, **_config(args))
     result = problem.train(epochs=args.epochs, lr=args.lr, seed=args.seed, schedule=args.schedule,
-                           progress=not args.quiet, log=print)
+                           device=args.device, progress=not args.quiet,
+                           log=lambda line: print(line, flush=True))
     print(problem.summary(result.meta))
-    meta = {**result.meta, "history": result.history,
-            "command": "qprune train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None}
+    # Recorded so a checkpoint says how to remake it (None when called from Python, not the CLI).
+    command = "qprune " + shlex.join(sys.argv[1:]) if "train" in sys.argv[1:] else None
+    meta = {**result.meta, "history": result.history, "command": command}
     problems.save_checkpoint(out, problem, result.model, meta=meta)
     print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB; problem {problem.name}, "
           f"{sum(p.numel() for p in result.model.parameters()):,} parameters, {result.meta['train_seconds']} s)")

@@ -1,0 +1,618 @@
+"""Fast, exact scoring of many candidate pruning masks on a model's validation metric.
+
+:class:`MaskScorer` maps masks ``[B, N]`` (1 = pruned) to one metric value per mask, each equal
+(up to float rounding) to what :func:`naive_score` -- one gated forward pass per mask -- gives:
+the mean over the validation batches of ``metric(model(x), y)``, weighted by batch size, with the
+model in eval mode and the units of the mask gated off (``qprune.masking.Gates`` semantics).
+
+Where the speed comes from, all exact:
+
+* **Many masks per forward pass.** A batch of ``b`` images is replicated once per distinct
+  computation and every replica gets its own per-sample gates (``Gates.set(masks [B, N])``), so
+  per-call overhead is paid once per group of masks instead of once per mask.
+* **Shared prefixes (a prefix tree over the masks).** A unit's gate acts at the output of its
+  module, so everything the model computes before that module's first call is the same for two
+  masks that agree on every unit gated earlier. The scorer records the model's module-call trace
+  once (forward hooks), sorts the candidate masks by their bits in execution order, and runs the
+  forward in *stages* between the points where the masks branch: a stage runs once per distinct
+  prefix, not once per mask. Resuming a forward in the middle of a general ``nn.Module`` works
+  without knowing its graph: every module call that completed before the resume point is
+  *replayed* (its ``forward`` is temporarily replaced by one that returns the stored output, and
+  the calls inside it are skipped), the Python glue between module calls simply runs again on
+  the replayed tensors, and the stage ends by raising from the pre-hook of the call where the
+  next branch starts. Stored outputs are the module's raw output (recorded by a hook that runs
+  before the gate hooks, which then gate the replayed tensor again). Requirements: the call
+  sequence must not depend on the data or the gates (checked: a mismatch switches the prefix
+  tree off and falls back to plain batching), and the heavy work must sit inside modules.
+* **Repeated masks** are served from a cache keyed by the mask's bit pattern.
+* **Fixed validation subset**: the batches are taken once, at construction.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from qprune.errors import QpruneError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Metric = Callable[[Any, torch.Tensor], float]
+
+__all__ = ["MaskScorer", "naive_score"]
+
+
+# --------------------------------------------------------------------------------------------
+# gates
+
+
+def _gates_class() -> type:
+    """``qprune.masking.Gates`` -- per-sample gates over a batch replicated once per mask."""
+    try:
+        from qprune.masking import Gates
+    except ImportError as exc:  # pragma: no cover - masking ships with qprune
+        raise QpruneError(f"qprune.masking.Gates is unavailable: {exc}") from exc
+    return Gates
+
+
+def _as_masks(masks: Any, n: int) -> np.ndarray:
+    X = masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+    if X.ndim == 1:
+        X = X[None, :]
+    if X.ndim != 2 or X.shape[1] != n:
+        raise QpruneError(f"masks must have shape [B, {n}], got {tuple(X.shape)}")
+    if X.size and not np.all((X == 0) | (X == 1)):
+        raise QpruneError("masks must contain only 0 and 1 (1 = pruned)")
+    return np.ascontiguousarray(X, dtype=np.int8)
+
+
+def _replicate(x: torch.Tensor, copies: int) -> torch.Tensor:
+    """``copies`` copies of a batch, mask-major: rows ``[j*b, (j+1)*b)`` belong to mask ``j``."""
+    if copies == 1:
+        return x
+    return x.unsqueeze(0).expand(copies, *x.shape).reshape(copies * x.shape[0], *x.shape[1:])
+
+
+def _split(out: Any, copies: int, j: int) -> Any:
+    """Mask ``j``'s share of a model output on a replicated batch (tensors, tuples, dicts)."""
+    if isinstance(out, torch.Tensor):
+        b = out.shape[0] // copies
+        return out[j * b:(j + 1) * b]
+    if isinstance(out, (tuple, list)):
+        return type(out)(_split(o, copies, j) for o in out)
+    if isinstance(out, dict):
+        return {key: _split(o, copies, j) for key, o in out.items()}
+    return out
+
+
+def _weighted_mean(values: Sequence[float], weights: Sequence[int]) -> float:
+    return float(sum(v * w for v, w in zip(values, weights)) / max(sum(weights), 1))
+
+
+@torch.inference_mode()
+def naive_score(
+    model: nn.Module,
+    space: Any,
+    batches: Iterable[Batch],
+    metric: Metric,
+    masks: Any,
+) -> np.ndarray:
+    """The reference: for each mask, one gated forward pass per validation batch.
+
+    Returns ``float64 [B]``: per mask, the batch-size-weighted mean of ``metric(model(x), y)``.
+    """
+    batches = list(batches)
+    X = _as_masks(masks, space.N)
+    was_training = model.training
+    model.eval()
+    gates = _gates_class()(model, space)
+    try:
+        scores = np.empty(X.shape[0], dtype=np.float64)
+        for j, mask in enumerate(X):
+            gates.set(mask)  # one mask, unreplicated batch: what apply_mask(mode="gate") does
+            values = [float(metric(model(x), y)) for x, y in batches]
+            scores[j] = _weighted_mean(values, [int(x.shape[0]) for x, _ in batches])
+    finally:
+        gates.remove()
+        model.train(was_training)
+    return scores
+
+
+# --------------------------------------------------------------------------------------------
+# the module-call trace
+
+
+class _Abort(Exception):
+    """Raised from a pre-hook to end a forward pass at a stage boundary."""
+
+
+class _TraceMismatch(RuntimeError):
+    """The model's call sequence differed from the recorded trace."""
+
+
+@dataclass
+class _Call:
+    module: nn.Module
+    name: str
+    index: int  # the module's call count before this call, within one forward
+    start: int  # event positions (one counter for starts and ends)
+    end: int = -1
+    parent: int = -1  # call id of the enclosing call, -1 = the root forward
+    skipped: dict[int, int] = field(default_factory=dict)  # id(module) -> calls nested inside
+
+
+class _Trace:
+    """The ordered module calls of one forward pass."""
+
+    def __init__(self, calls: list[_Call]) -> None:
+        self.calls = calls
+        self.by_key = {(id(c.module), c.index): cid for cid, c in enumerate(calls)}
+        self.start_index = {c.start: cid for cid, c in enumerate(calls)}
+        for cid, c in enumerate(calls):  # what a replay of call cid must count as called
+            p = c.parent
+            while p >= 0:
+                skipped = calls[p].skipped
+                skipped[id(c.module)] = skipped.get(id(c.module), 0) + 1
+                p = calls[p].parent
+
+    def call_at(self, pos: int) -> int:
+        """The call starting at event position ``pos``."""
+        return self.start_index[pos]
+
+    def open_at(self, cid: int, pos: int) -> bool:
+        """Whether call ``cid`` (or the root, -1) is running at event position ``pos``."""
+        return cid < 0 or self.calls[cid].start < pos < self.calls[cid].end
+
+    def replayed_at(self, pos: int) -> list[int]:
+        """The maximal calls completed before ``pos``: what a forward resumed there replays."""
+        return [
+            cid for cid, c in enumerate(self.calls) if c.end < pos and self.open_at(c.parent, pos)
+        ]
+
+    def recorded_in(self, lo: int, hi: int | None) -> list[int]:
+        """Calls completing in ``(lo, hi)`` whose parent is still running at ``hi``: the stored
+        outputs a later stage may replay (none after the last stage)."""
+        if hi is None:
+            return []
+        return [
+            cid for cid, c in enumerate(self.calls)
+            if lo < c.end < hi and self.open_at(c.parent, hi)
+        ]
+
+
+class _Recorder:
+    """Hooks on every submodule: call counting, trace recording, replay, recording, abort."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.modules = [(name, m) for name, m in model.named_modules() if m is not model]
+        self.handles: list[Any] = []
+        self.mode = "off"
+        self.trace: _Trace | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.counter: dict[int, int] = {}
+        self.stack: list[int] = []
+        self.pos = 0
+        self.calls: list[_Call] = []
+        self.replay: dict[int, torch.Tensor] = {}
+        self.record: set[int] = set()
+        self.stored: dict[int, torch.Tensor] = {}
+        self.stop_at: int | None = None
+        self.replayed = 0
+
+    def install(self) -> None:
+        for name, m in self.modules:
+            self.handles.append(m.register_forward_pre_hook(self._pre))
+            # prepend: see the raw output, before any gate hook changes it
+            self.handles.append(m.register_forward_hook(self._post, prepend=True))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        for _, m in self.modules:
+            m.__dict__.pop("forward", None)
+
+    # ----- hooks
+    def _pre(self, module: nn.Module, args: Any) -> None:
+        if self.mode == "off":
+            return
+        key = id(module)
+        index = self.counter.get(key, 0)
+        self.counter[key] = index + 1
+        if self.mode == "trace":
+            self.pos += 1
+            self.calls.append(_Call(module, "", index, self.pos,
+                                    parent=self.stack[-1] if self.stack else -1))
+            self.stack.append(len(self.calls) - 1)
+            return
+        assert self.trace is not None
+        cid = self.trace.by_key.get((key, index))
+        if cid is None:
+            raise _TraceMismatch(f"unexpected call #{index} of {type(module).__name__}")
+        if cid == self.stop_at:
+            raise _Abort
+        if cid in self.replay:
+            for mid, count in self.trace.calls[cid].skipped.items():
+                self.counter[mid] = self.counter.get(mid, 0) + count
+        self.stack.append(cid)
+
+    def _post(self, module: nn.Module, args: Any, out: Any) -> None:
+        if self.mode == "off":
+            return
+        cid = self.stack.pop()
+        if self.mode == "trace":
+            self.pos += 1
+            self.calls[cid].end = self.pos
+            return
+        if cid in self.record:
+            if not isinstance(out, torch.Tensor):
+                raise _TraceMismatch(f"{type(module).__name__} returned {type(out).__name__}")
+            # a clone: later in-place ops (ReLU(inplace=True), gate hooks) must not change it
+            self.stored[cid] = out.clone()
+
+    def _replaying_forward(self, module: nn.Module) -> Callable[..., Any]:
+        original = type(module).forward.__get__(module)
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            cid = self.stack[-1]
+            if cid in self.replay:
+                self.replayed += 1
+                return self.replay[cid]
+            return original(*args, **kwargs)
+
+        return forward
+
+    # ----- runs
+    def record_trace(self, run: Callable[[], Any]) -> _Trace:
+        self._reset()
+        self.mode = "trace"
+        try:
+            run()
+        finally:
+            self.mode = "off"
+        names = {id(m): name for name, m in self.modules}
+        for c in self.calls:
+            c.name = names.get(id(c.module), "?")
+        trace = _Trace(self.calls)
+        self._reset()
+        return trace
+
+    def run_stage(
+        self, trace: _Trace, run: Callable[[], Any], replay: dict[int, torch.Tensor],
+        record: set[int], stop_at: int | None,
+    ) -> tuple[Any, dict[int, torch.Tensor]]:
+        """One forward from a resume point: returns (model output or None, stored outputs)."""
+        self._reset()
+        self.trace, self.replay, self.record, self.stop_at = trace, replay, record, stop_at
+        patched = {id(trace.calls[cid].module): trace.calls[cid].module for cid in replay}
+        for m in patched.values():
+            m.forward = self._replaying_forward(m)
+        self.mode = "stage"
+        out = None
+        try:
+            try:
+                out = run()
+            except _Abort:
+                pass
+            else:
+                if stop_at is not None:
+                    raise _TraceMismatch("the forward ended before the stage boundary")
+            if self.replayed != len(replay):
+                raise _TraceMismatch("not every replayed call was reached")
+            if self.stored.keys() != record:
+                raise _TraceMismatch("not every recorded call was reached")
+            return out, self.stored
+        finally:
+            self.mode = "off"
+            for m in patched.values():
+                m.__dict__.pop("forward", None)
+
+
+# --------------------------------------------------------------------------------------------
+# the scorer
+
+
+@dataclass
+class ScorerStats:
+    """What a :class:`MaskScorer` did so far."""
+
+    calls: int = 0
+    masks: int = 0  # masks asked for
+    cache_hits: int = 0
+    evaluated: int = 0  # distinct masks scored
+    forwards: int = 0  # forward passes (whole or partial)
+    replicas: int = 0  # batch copies pushed through those passes
+    work: float = 0.0  # sum over passes of copies x fraction of the call trace run
+    batches: int = 1
+    time: float = 0.0
+    prefix_tree: bool = True
+    best: float = -math.inf
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        # 1.0 = one whole forward per mask and batch (no sharing); the prefix tree makes it < 1
+        denom = self.evaluated * self.batches
+        d["work_vs_naive"] = self.work / denom if denom else None
+        return d
+
+
+class MaskScorer:
+    """Exact, batched, cached scores of pruning masks: ``scorer(masks [B, N]) -> float64 [B]``.
+
+    Args:
+        model: the network (put in eval mode while scoring, restored afterwards; hooks are
+            attached only during a call).
+        space: its :class:`qprune.space.FilterSpace`.
+        batches: validation ``(input, target)`` batches, fixed at construction.
+        metric: ``metric(output, target) -> float``, higher is better (e.g. PSNR in dB).
+        chunk: most masks (batch replicas) in one forward pass; ``None`` picks the largest count
+            whose biggest activation stays under ``target_mb`` (on CPU a pass over a batch too
+            large for the caches costs MORE per image: measured 21 ms/image for one 64x64 image
+            vs 38 ms/image for 16 on the F=64 Half-UNet).
+        cache: serve repeated masks (same bit pattern) from a cache.
+        prefix: share the computation of masks that agree on the units gated first (the prefix
+            tree, see the module docstring); ``False`` is plain batching.
+        target_mb: see ``chunk``.
+        progress: progress bar over masks with the best score so far.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        space: Any,
+        batches: Iterable[Batch],
+        metric: Metric,
+        *,
+        chunk: int | None = None,
+        cache: bool = True,
+        prefix: bool = True,
+        target_mb: float = 32.0,
+        progress: bool = True,
+    ) -> None:
+        self.model, self.space, self.metric = model, space, metric
+        self.batches = [(x, y) for x, y in batches]
+        if not self.batches:
+            raise QpruneError("MaskScorer needs at least one validation batch")
+        if chunk is not None and chunk < 1:
+            raise QpruneError(f"chunk must be >= 1, got {chunk}")
+        self.weights = [int(x.shape[0]) for x, _ in self.batches]
+        self.chunk, self.use_cache, self.prefix = chunk, cache, prefix
+        self.target_mb, self.progress = target_mb, progress
+        self.cache: dict[bytes, float] = {}
+        self.n = int(space.N)
+        self._stats = ScorerStats(prefix_tree=prefix, batches=len(self.batches))
+        self._traces: dict[tuple, _Trace] = {}
+        self._levels: dict[tuple, tuple[np.ndarray, list[np.ndarray]]] = {}
+        self._sample_bytes: dict[tuple, int] = {}
+        self._bar = None
+
+    # ----- public
+    def __call__(self, masks: Any) -> np.ndarray:
+        """Scores of the rows of ``masks`` (``[B, N]`` or ``[N]``, 1 = pruned)."""
+        t0 = time.perf_counter()
+        X = _as_masks(masks, self.n)
+        keys = [np.packbits(row).tobytes() for row in X]
+        todo: dict[bytes, int] = {}
+        for i, key in enumerate(keys):
+            if (not self.use_cache or key not in self.cache) and key not in todo:
+                todo[key] = i
+        st = self._stats
+        st.calls += 1
+        st.masks += len(keys)
+        st.cache_hits += len(keys) - len(todo)
+        fresh: dict[bytes, float] = {}
+        if todo:
+            rows = np.fromiter(todo.values(), dtype=np.int64)
+            values = self._score(X[rows])
+            st.evaluated += len(rows)
+            fresh = dict(zip(todo, values.tolist()))
+            if self.use_cache:
+                self.cache.update(fresh)
+            st.best = max(st.best, float(np.max(values)))
+            self._progress(len(rows))
+        st.time += time.perf_counter() - t0
+        lookup = self.cache if self.use_cache else fresh
+        return np.array([lookup[key] for key in keys], dtype=np.float64)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: masks asked for, cache hits, distinct masks scored, forward passes, time,
+        and ``work_vs_naive`` (forward work per scored mask and batch; 1.0 = no sharing)."""
+        return self._stats.as_dict()
+
+    def close(self) -> None:
+        """Close the progress bar."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    # ----- internals
+    def _progress(self, count: int) -> None:
+        if not self.progress:
+            return
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(desc="score masks", unit="mask", leave=False)
+        self._bar.update(count)
+        self._bar.set_postfix(best=f"{self._stats.best:.4f}", refresh=False)
+
+    @torch.inference_mode()
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        was_training = self.model.training
+        self.model.eval()
+        gates = _gates_class()(self.model, self.space)
+        recorder = _Recorder(self.model) if self.prefix else None
+        try:
+            if recorder is not None:
+                recorder.install()
+            per_batch = [self._score_batch(X, x, y, gates, recorder) for x, y in self.batches]
+        finally:
+            if recorder is not None:
+                recorder.remove()
+            gates.remove()
+            self.model.train(was_training)
+        return np.array(
+            [_weighted_mean([v[j] for v in per_batch], self.weights) for j in range(len(X))]
+        )
+
+    def _score_batch(
+        self, X: np.ndarray, x: torch.Tensor, y: torch.Tensor, gates: Any, recorder: _Recorder | None
+    ) -> np.ndarray:
+        if recorder is not None and self.prefix:
+            try:
+                return self._tree(X, x, y, gates, recorder)
+            except _TraceMismatch as exc:
+                self._disable_prefix(recorder, exc)
+        out = np.empty(len(X), dtype=np.float64)
+        chunk = self._chunk_for(x, gates)
+        for lo in range(0, len(X), chunk):
+            out[lo:lo + chunk] = self._plain(X[lo:lo + chunk], x, y, gates)
+        return out
+
+    def _disable_prefix(self, recorder: _Recorder, exc: Exception) -> None:
+        warnings.warn(
+            f"MaskScorer: prefix sharing switched off ({exc}); scoring with plain batching",
+            RuntimeWarning, stacklevel=3,
+        )
+        self.prefix = False
+        self._stats.prefix_tree = False
+        recorder.remove()
+
+    def _chunk_for(self, x: torch.Tensor, gates: Any) -> int:
+        if self.chunk is not None:
+            return self.chunk
+        per_sample = self._sample_bytes.get(tuple(x.shape))
+        if per_sample is None:  # measure once: the largest activation of one forward
+            biggest = [0]
+
+            def watch(module: nn.Module, args: Any, out: Any) -> None:
+                if isinstance(out, torch.Tensor):
+                    biggest[0] = max(biggest[0], out.numel() * out.element_size())
+
+            gates.clear()
+            handle = torch.nn.modules.module.register_module_forward_hook(watch)
+            try:
+                self.model(x[:1])
+            finally:
+                handle.remove()
+            per_sample = self._sample_bytes[tuple(x.shape)] = biggest[0]
+        fit = int(self.target_mb * 2**20 // max(per_sample * int(x.shape[0]), 1))
+        return max(1, min(128, fit))
+
+    def _plain(self, X: np.ndarray, x: torch.Tensor, y: torch.Tensor, gates: Any) -> np.ndarray:
+        """All masks of ``X`` in one forward pass over the replicated batch."""
+        D = len(X)
+        gates.set(X)
+        result = self.model(_replicate(x, D))
+        self._count(D, 1.0)
+        return np.array([float(self.metric(_split(result, D, j), y)) for j in range(D)])
+
+    def _count(self, copies: int, span: float) -> None:
+        self._stats.forwards += 1
+        self._stats.replicas += copies
+        self._stats.work += copies * span
+
+    # ----- the prefix tree
+    def _prepare(self, x: torch.Tensor, gates: Any, recorder: _Recorder) -> None:
+        shape = tuple(x.shape)
+        if shape in self._traces:
+            return
+        gates.set(np.zeros(self.n, dtype=np.int8))
+        trace = recorder.record_trace(lambda: self.model(x))
+        first: dict[str, int] = {}
+        for c in trace.calls:
+            first.setdefault(c.name, c.start)
+        # where each unit's gate first acts: the first call of any of its consumers
+        # (``Unit.inputs``; Gates zero the unit at their inputs)
+        pos = np.empty(self.n, dtype=np.int64)
+        for u, unit in enumerate(self.space.units):
+            starts = [first[name] for name, _ in (unit.inputs or unit.members) if name in first]
+            if not starts:
+                raise _TraceMismatch(f"unit {unit.label}: none of its gated modules is in the trace")
+            pos[u] = min(starts)
+        levels = np.unique(pos)
+        self._traces[shape] = trace
+        self._levels[shape] = (levels, [np.flatnonzero(pos == p) for p in levels])
+
+    def _tree(
+        self, X: np.ndarray, x: torch.Tensor, y: torch.Tensor, gates: Any, recorder: _Recorder
+    ) -> np.ndarray:
+        """Depth-first over the prefix tree of the (distinct) masks ``X`` on one batch.
+
+        A node is a set of masks that agree on every unit whose gate acts before ``start``,
+        with ``ctx`` the outputs of the calls completed before ``start`` (one copy of the
+        batch). It runs, once, the forward from ``start`` to the first level where its masks
+        disagree, then splits there. Children holding a single mask finish the forward
+        together, ``chunk`` masks per pass; the others recurse. Memory: one path of contexts.
+        """
+        self._prepare(x, gates, recorder)
+        shape = tuple(x.shape)
+        trace = self._traces[shape]
+        levels, cols = self._levels[shape]
+        total = float(max(c.end for c in trace.calls) + 1)
+        chunk = self._chunk_for(x, gates)
+        out = np.full(len(X), np.nan)
+
+        def run(masks: np.ndarray, start: int, stop: int | None, ctx: dict[int, torch.Tensor]) -> Any:
+            """Forward ``len(masks)`` replicas from ``start`` to ``stop`` (None: the end)."""
+            D = len(masks)
+            replay = {}
+            for cid in (trace.replayed_at(start) if start > 0 else []):
+                # a fresh copy every time: the model may work in place on what it is given
+                replay[cid] = _replicate(ctx[cid], D) if D > 1 else ctx[cid].clone()
+            stop_call = trace.call_at(stop) if stop is not None else None
+            record = set(trace.recorded_in(start, stop))
+            gates.set(masks)
+            result, stored = recorder.run_stage(
+                trace, lambda: self.model(_replicate(x, D)), replay, record, stop_call
+            )
+            self._count(D, ((stop if stop is not None else total) - start) / total)
+            return result, stored
+
+        def finish(rows: np.ndarray, start: int, ctx: dict[int, torch.Tensor]) -> None:
+            for lo in range(0, len(rows), chunk):
+                part = rows[lo:lo + chunk]
+                result, _ = run(X[part], start, None, ctx)
+                for j, r in enumerate(part):
+                    out[r] = float(self.metric(_split(result, len(part), j), y))
+
+        # explicit stack (rows, first level not yet known to agree, start position, context)
+        stack: list[tuple[np.ndarray, int, int, dict[int, torch.Tensor]]] = [
+            (np.arange(len(X)), 0, 0, {})
+        ]
+        while stack:
+            rows, j, start, ctx = stack.pop()
+            sub = X[rows]
+            while j < len(levels) and not np.any(sub[:, cols[j]] != sub[0, cols[j]]):
+                j += 1
+            if j == len(levels):  # one mask left (rows are distinct masks)
+                finish(rows, start, ctx)
+                continue
+            stop = int(levels[j])
+            if stop > start:  # shared work before the split: run it once
+                _, stored = run(sub[:1], start, stop, ctx)
+                keep = trace.replayed_at(stop)
+                ctx = {cid: t for cid, t in {**ctx, **stored}.items() if cid in keep}
+            # split on the bits of level j; singletons finish together
+            _, group = np.unique(sub[:, cols[j]], axis=0, return_inverse=True)
+            group = group.reshape(-1)
+            singles = []
+            for g in range(int(group.max()) + 1):
+                members = rows[group == g]
+                if len(members) == 1:
+                    singles.append(int(members[0]))
+                else:
+                    stack.append((members, j + 1, stop, ctx))
+            if singles:
+                finish(np.asarray(singles), stop, ctx)
+        assert not np.isnan(out).any()
+        return out

@@ -1,0 +1,44 @@
+"""The checkpoints shipped in problems/checkpoints/ load and do their job on the held-out split."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qprune import problems
+from qprune.errors import QpruneError
+
+
+def test_shipped_denoiser_beats_the_noisy_input() -> None:
+    problem, model = problems.load_pretrained("denoise")
+    assert problem.config["data"] == "bundled" and problem.config["width"] == 16
+    batches = problem.test_batches()  # the whole held-out split: two photographs never seen in training
+    noisy = problem.baseline_metrics(batches)
+    with torch.no_grad():
+        denoised = problem.evaluate(model, batches)
+    print(f"noisy input PSNR {noisy['psnr']:.2f} dB -> model {denoised['psnr']:.2f} dB")
+    assert denoised["psnr"] > noisy["psnr"] + 3.0
+    assert denoised["ssim"] > noisy["ssim"] + 0.05
+    # The numbers recorded at training time reproduce: same data, noise and split from the config.
+    meta = problem.checkpoint_meta
+    assert denoised["psnr"] == pytest.approx(meta["test_metrics"]["psnr"], abs=0.05)
+    assert noisy["psnr"] == pytest.approx(meta["test_baseline_metrics"]["psnr"], abs=0.05)
+
+
+def test_shipped_classifier_beats_95_percent_on_digits() -> None:
+    problem, model = problems.load_pretrained("classify")
+    assert problem.config["data"] == "digits"
+    acc = problem.evaluate(model, problem.test_batches())["accuracy"]
+    assert sum(len(y) for _, y in problem.test_batches()) == 180
+    assert acc > 0.95
+    assert acc == pytest.approx(problem.checkpoint_meta["test_metrics"]["accuracy"])
+
+
+def test_shipped_checkpoints_are_small_and_documented() -> None:
+    readme = (problems.CHECKPOINT_DIR / "README.md").read_text()
+    for name in ("denoise", "classify"):
+        path = problems.pretrained_path(name)
+        assert path.stat().st_size < 5_000_000
+        assert path.name in readme and "qprune train" in readme
+    with pytest.raises(QpruneError, match="no shipped checkpoint"):
+        problems.pretrained_path("segment")
