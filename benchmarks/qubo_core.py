@@ -96,9 +96,10 @@ def paper_procedure(form: Any, k: int, seed: int, steps: int = 20, reads: int = 
 
     for _ in range(steps):
         gamma = 0.5 * (lo + hi)
+        t0 = time.perf_counter()
         x = best_read(gamma, reads)
         count = int(x.sum())
-        trace.append({"gamma": gamma, "count_best": count})
+        trace.append({"gamma": gamma, "count_best": count, "time_s": time.perf_counter() - t0})
         if count == k:
             hit_gamma = gamma
         if count < k:

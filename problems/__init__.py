@@ -47,8 +47,8 @@ PRETRAINED: dict[str, str] = {
 
 __all__ = [
     "Batch", "BaseProblem", "Problem", "TrainResult", "available", "get", "register",
-    "save_checkpoint", "load_checkpoint", "load_pretrained", "pretrained_path", "default_checkpoint", "read_checkpoint",
-    "PRETRAINED",
+    "save_checkpoint", "load_checkpoint", "load_pretrained", "pretrained_path", "default_checkpoint",
+    "read_checkpoint", "PRETRAINED",
 ]
 
 
@@ -119,14 +119,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a non-checkpoint file
-        raise QpruneError(f"{path} is not a qprune checkpoint (torch.load failed: {str(exc).splitlines()[0]})") from exc
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise QpruneError(f"{path} is not a qprune checkpoint (torch.load failed: {first})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "state_dict" not in ckpt:
         raise QpruneError(f"{path} is not a qprune checkpoint (no 'format': {CHECKPOINT_FORMAT!r} entry); "
                           "create one with `qprune train`")
     if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:
-        raise QpruneError(f"{path} is checkpoint version {ckpt['version']}; this qprune reads <= {CHECKPOINT_VERSION}")
+        raise QpruneError(f"{path} is checkpoint version {ckpt['version']}; "
+                          f"this qprune reads <= {CHECKPOINT_VERSION}")
     if ckpt.get("problem") not in _REGISTRY:
-        raise QpruneError(f"{path} is for unknown problem {ckpt.get('problem')!r}; available: {', '.join(available())}")
+        raise QpruneError(f"{path} is for unknown problem {ckpt.get('problem')!r}; "
+                          f"available: {', '.join(available())}")
     return ckpt
 
 
@@ -134,7 +137,8 @@ def load_checkpoint(path: str | Path, **overrides: Any) -> tuple[Problem, nn.Mod
     """``(problem, model)`` from a checkpoint; the model is in eval mode.
 
     ``overrides`` replace config entries, e.g. ``data=...`` when the dataset moved, or smaller
-    ``val_batches``; a None override is ignored. Options that change the model (``width``...) must match the weights.
+    ``val_batches``; a None override is ignored. Options that change the model (``width``...)
+    must match the weights.
     """
     ckpt = read_checkpoint(path)
     # None means "keep the checkpoint's value" so CLI flags that were not given pass straight through.
@@ -154,7 +158,8 @@ def load_checkpoint(path: str | Path, **overrides: Any) -> tuple[Problem, nn.Mod
 def pretrained_path(name: str) -> Path:
     """Path of the checkpoint shipped for ``name`` (``"denoise"`` or ``"classify"``)."""
     if name not in PRETRAINED:
-        raise QpruneError(f"no shipped checkpoint for problem {name!r}; shipped: {', '.join(sorted(PRETRAINED))}")
+        raise QpruneError(f"no shipped checkpoint for problem {name!r}; "
+                          f"shipped: {', '.join(sorted(PRETRAINED))}")
     path = CHECKPOINT_DIR / PRETRAINED[name]
     if not path.is_file():
         raise QpruneError(f"shipped checkpoint {path} is missing from this install")

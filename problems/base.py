@@ -154,8 +154,9 @@ class BaseProblem:
         ``schedule``: ``"cosine"`` (anneals to 0 over the run; best for short CPU runs) or
         ``"step"`` (the paper's StepLR: halve every 10 epochs). The final model is kept (as in the
         paper), not the best-on-validation one. ``device``: ``"cpu"``, ``"cuda"`` or ``"auto"``
-        (CUDA when available); the returned model is on the CPU either way. ``meta`` holds epochs, seed, lr, wall time and the
-        final validation/test metrics, plus the trivial baseline's test metrics when there is one.
+        (CUDA when available); the returned model is on the CPU either way. ``meta`` holds epochs,
+        seed, lr, wall time and the final validation/test metrics, plus the trivial baseline's test
+        metrics when there is one.
         """
         from tqdm.auto import tqdm
 
@@ -173,7 +174,8 @@ class BaseProblem:
         steps_per_epoch = self._train_epoch_len()
         total = epochs * steps_per_epoch
         if schedule == "cosine":
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** ((s // steps_per_epoch) // 10))
         rng = np.random.default_rng(seed)

@@ -2,9 +2,13 @@
 
 Architecture (paper appendix; NAFBlock after Chen et al. 2022, Half-UNet after Lu et al. 2022)::
 
-    x ─ intro (3x3, 3→F) ─ enc1 (2 NAFBlocks) ─┬─ maxpool ─ enc2 ─┬─ maxpool ─ enc3 ─┬─ maxpool ─┐
-                                               │ skip1            │ skip2            │ skip3     │
-    out = x + ending(d1)  ◄── d1 = up1(d2) + skip1 ◄── d2 = up2(d3) + skip2 ◄── d3 = up3(p3) + skip3
+    s1 = enc1(intro(x))          intro: 3x3 conv 3→F; encN: two NAFBlocks of width F
+    s2 = enc2(maxpool(s1))       H/2
+    s3 = enc3(maxpool(s2))       H/4
+    d3 = up3(maxpool(s3)) + s3   H/8 → H/4   (skip connections: add)
+    d2 = up2(d3) + s2            H/2
+    d1 = up1(d2) + s1            H
+    out = x + ending(d1)         ending: 3x3 conv F→3
 
 Every stage keeps the width F (Half-UNet's channel unification), so F is the one size knob. The
 decoder has no blocks of its own: each ``up`` is a 1x1 conv F→4F followed by ``PixelShuffle(2)``,

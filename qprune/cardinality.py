@@ -152,6 +152,8 @@ class QuboArrays:
         """
         neg = np.asarray(self.J.minimum(0).sum(axis=1)).ravel()
         pos = np.asarray(self.J.maximum(0).sum(axis=1)).ravel()
+        if self.n == 0:
+            return 0.0, 0.0
         g0 = float(np.min((self.h + 0.5 * neg) / self.reward))
         g1 = float(np.max((self.h + pos) / self.reward))
         return g0, max(g1, g0)
@@ -430,9 +432,9 @@ class _Library:
         # group caps are enforced inside a component only when every group lies inside one component
         self.caps = caps
         self.caps_local = False
-        if caps is not None:
-            per_group = [np.unique(comp[caps.group == g]) for g in range(len(caps.cap))]
-            self.caps_local = all(len(c) <= 1 for c in per_group)
+        if caps is not None and n:
+            pairs = np.unique(np.stack([caps.group, comp]), axis=1)
+            self.caps_local = bool(np.bincount(pairs[0]).max() <= 1)
         order = np.argsort(comp, kind="stable")
         bounds = np.cumsum(np.concatenate([[0], sizes]))
         members = [order[bounds[c]:bounds[c + 1]] for c in range(len(sizes))]

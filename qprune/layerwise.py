@@ -237,14 +237,17 @@ def _greedy_marginals(b: _Block) -> np.ndarray:
     return np.asarray(out)
 
 
-def _refine_curve(b: _Block, E: np.ndarray, X: np.ndarray, max_passes: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Swap-polish every count's best state and propagate c -> c+-1 until nothing improves."""
+def _refine_curve(b: _Block, E: np.ndarray, X: np.ndarray, dirty: np.ndarray | None = None,
+                  max_passes: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Swap-polish the best state of the ``dirty`` counts (default: all), then propagate
+    c -> c +- 1 (add the cheapest unit / drop the dearest, polish) until no count improves."""
     cap = b.cap
     tol = 1e-12 * (1.0 + float(np.abs(b.h).sum()))
-    for c in np.flatnonzero(np.isfinite(E)):
+    dirty = np.isfinite(E) if dirty is None else (dirty & np.isfinite(E))
+    for c in np.flatnonzero(dirty):
         X[c], E[c] = _polish(X[c], b)
-    dirty_up = np.isfinite(E)
-    dirty_down = dirty_up.copy()
+    dirty_up = dirty.copy()
+    dirty_down = dirty.copy()
     for _ in range(max_passes):
         changed = False
         for c in range(cap):  # upward: c -> c + 1
@@ -301,9 +304,43 @@ def _sa_beta_range(lin: np.ndarray, quad: tuple[np.ndarray, np.ndarray, np.ndarr
     return [hot, cold]
 
 
-def _harvest(blocks: list[_Block], sampler: dimod.Sampler, seed: int, steps: int, reads: int,
-             sampler_params: Mapping[str, Any]) -> tuple[list[np.ndarray], list[np.ndarray], int]:
-    """Best state of every count of every block from ``steps`` lambda-shifted solves of the batch."""
+def _spread_lambdas(blocks: list[_Block], steps: int) -> np.ndarray:
+    """[steps, blocks] shifts: the greedy marginal cost at evenly spread counts, where that count is
+    (roughly) the optimum of the shifted block, so the reads cover every count."""
+    lam = np.zeros((steps, len(blocks)))
+    for i, b in enumerate(blocks):
+        mg = _greedy_marginals(b)
+        for s in range(steps):
+            if mg.size:
+                lam[s, i] = mg[min(mg.size - 1, int(round((s + 0.5) / steps * mg.size)))]
+    return lam
+
+
+def _focus_lambdas(E: np.ndarray, c: int, steps: int) -> np.ndarray:
+    """Shifts at which count ``c`` is optimal on the curve's hull: strictly between its left slope
+    E(c) - E(c-1) and right slope E(c+1) - E(c), so the reads land on c and its neighbours."""
+    left = E[c] - E[c - 1] if c >= 1 and np.isfinite(E[c - 1]) else None
+    right = E[c + 1] - E[c] if c + 1 < E.size and np.isfinite(E[c + 1]) else None
+    if left is None and right is None:
+        return np.zeros(steps)
+    if left is None or right is None:
+        one = left if right is None else right
+        span = 0.5 * (abs(one) + 1e-12)
+        lo, hi = (one, one + span) if right is None else (one - span, one)
+    else:
+        lo, hi = min(left, right), max(left, right)
+    return lo + (np.arange(steps) + 1.0) / (steps + 1.0) * (hi - lo)
+
+
+def _harvest(blocks: list[_Block], sampler: dimod.Sampler, seed: int, lambdas: np.ndarray, reads: int,
+             sampler_params: Mapping[str, Any], init: list[tuple[np.ndarray, np.ndarray]] | None = None,
+             ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], int]:
+    """Best state per count of every block from one batched backend solve per row of ``lambdas``.
+
+    Block i is shifted by ``-lambdas[s, i]`` per unit at step s: at fixed count that is a constant,
+    so every read of every step is a valid candidate for its count. Returns (energies, states,
+    improved-count masks, backend calls); ``init`` curves are merged (kept unless beaten).
+    """
     sizes = [b.m for b in blocks]
     offs = np.r_[0, np.cumsum(sizes)]
     n = int(offs[-1])
@@ -316,28 +353,24 @@ def _harvest(blocks: list[_Block], sampler: dimod.Sampler, seed: int, steps: int
         cols.append(ju[nz] + o)
         vals.append(v[nz])
     quad = (np.concatenate(rows), np.concatenate(cols), np.concatenate(vals))
-    best_E = [np.full(b.cap + 1, _INF) for b in blocks]
-    best_X = [np.zeros((b.cap + 1, b.m), np.int8) for b in blocks]
-    for bi, b in enumerate(blocks):  # the empty state is always available and exact at count 0
-        best_E[bi][0] = 0.0
+    if init is None:
+        best_E = [np.full(b.cap + 1, _INF) for b in blocks]
+        best_X = [np.zeros((b.cap + 1, b.m), np.int8) for b in blocks]
+        for E in best_E:  # the empty state is always available and exact at count 0
+            E[0] = 0.0
+    else:
+        best_E = [E.copy() for E, _ in init]
+        best_X = [X.copy() for _, X in init]
+    improved = [np.zeros(b.cap + 1, bool) for b in blocks]
 
-    # lambda targets: the greedy marginal at evenly spread counts (where that count is near-optimal)
-    marg = [_greedy_marginals(b) for b in blocks]
     accepted = set(sampler.parameters)
     params = {k: v for k, v in (("num_reads", reads),) if k in accepted}
     params.update(sampler_params)
     rng = np.random.default_rng(seed)
     fast_sa = type(sampler).__module__.startswith("dwave.samplers.sa") and "beta_range" in accepted
     calls = 0
-    for s in range(steps):
-        lin = np.empty(n)
-        for b, o, mg in zip(blocks, offs, marg):
-            if mg.size:
-                c = min(mg.size - 1, int(round((s + 0.5) / steps * mg.size)))
-                lam = mg[c]
-            else:
-                lam = 0.0
-            lin[o:o + b.m] = b.h - lam
+    for lam in lambdas:
+        lin = np.concatenate([b.h - lam[i] for i, b in enumerate(blocks)])
         bqm = dimod.BinaryQuadraticModel.from_numpy_vectors(lin, quad, 0.0, dimod.BINARY)
         call = dict(params)
         if fast_sa and "beta_range" not in call:
@@ -355,39 +388,52 @@ def _harvest(blocks: list[_Block], sampler: dimod.Sampler, seed: int, steps: int
             E = _energies(Xb, b.h, b.M)
             cnt = Xb.sum(axis=1)
             ok = (cnt <= b.cap) & (_feasible(Xb, b.sub, b.caps) if b.merged else True)
+            tol = 1e-12 * (1.0 + float(np.abs(b.h).sum()))
             for r in np.flatnonzero(ok):
                 c = int(cnt[r])
-                if E[r] < best_E[bi][c]:
+                if E[r] < best_E[bi][c] - tol:
                     best_E[bi][c], best_X[bi][c] = float(E[r]), Xb[r]
-    return best_E, best_X, calls
+                    improved[bi][c] = True
+    return best_E, best_X, improved, calls
 
 
 def _solve_group(task: dict[str, Any]) -> list[dict[str, Any]]:
-    """Curves for one group of blocks (runs in a worker; everything in ``task`` is picklable)."""
+    """One group of blocks (runs in a worker; everything in ``task`` is picklable).
+
+    ``task["focus"]`` is None for the first pass (enumerate the small blocks, sample the large ones
+    over all counts) or a [steps, blocks] shift matrix for a focus pass, whose curves it improves.
+    """
     blocks: list[_Block] = task["blocks"]
+    focus = task.get("focus")
     out: list[dict[str, Any]] = [{} for _ in blocks]
-    heavy = [i for i, b in enumerate(blocks) if b.m > task["brute_force_max"]]
+    heavy = [i for i, b in enumerate(blocks) if focus is not None or b.m > task["brute_force_max"]]
     for i, b in enumerate(blocks):
         if i in heavy:
             continue
         t0 = time.perf_counter()
         E, X = block_count_curve(b.h, b.M, sub=b.sub, caps=b.caps)
         out[i] = {"E": E[: b.cap + 1], "X": X[: b.cap + 1], "exact": True, "time_s": time.perf_counter() - t0}
-    if heavy:
-        sampler = task["sampler"]
-        if isinstance(sampler, str):
-            from qprune.backends import get
+    if not heavy:
+        return out
+    sampler = task["sampler"]
+    if isinstance(sampler, str):
+        from qprune.backends import get
 
-            sampler = get(sampler)
-        hb = [blocks[i] for i in heavy]
-        t0 = time.perf_counter()
-        Es, Xs, calls = _harvest(hb, sampler, task["seed"], task["steps"], task["reads"], task["sampler_params"])
-        share = (time.perf_counter() - t0) / max(1, sum(b.m for b in hb))
-        for i, b, E, X in zip(heavy, hb, Es, Xs):
-            t1 = time.perf_counter()
-            E, X = _refine_curve(b, E, X)
-            out[i] = {"E": E, "X": X, "exact": False, "calls": calls,
-                      "time_s": share * b.m + time.perf_counter() - t1}
+        sampler = get(sampler)
+    hb = [blocks[i] for i in heavy]
+    t0 = time.perf_counter()
+    if focus is None:
+        lambdas, init = _spread_lambdas(hb, task["steps"]), None
+    else:
+        lambdas, init = focus, [(r["E"], r["X"]) for r in task["curves"]]
+    Es, Xs, improved, calls = _harvest(hb, sampler, task["seed"], lambdas, task["reads"],
+                                       task["sampler_params"], init)
+    share = (time.perf_counter() - t0) / max(1, sum(b.m for b in hb))
+    for j, (i, b) in enumerate(zip(heavy, hb)):
+        t1 = time.perf_counter()
+        E, X = _refine_curve(b, Es[j], Xs[j], None if focus is None else improved[j])
+        out[i] = {"E": E, "X": X, "exact": False, "calls": calls,
+                  "time_s": share * b.m + time.perf_counter() - t1}
     return out
 
 
@@ -536,59 +582,104 @@ def _check_blocks_cover(formulation: Formulation) -> None:
                               "layer ids")
 
 
-def _curves(blocks: list[_Block], backend: Any, seed: int, *, brute_force_max: int, steps: int, reads: int,
-            sampler_params: Mapping[str, Any], n_jobs: int | None, batch_variables: int,
-            progress: bool) -> list[dict[str, Any]]:
-    """Per-block curves, groups of blocks solved in a pool; the grouping does not depend on n_jobs."""
-    order = sorted(range(len(blocks)), key=lambda i: blocks[i].m <= brute_force_max)
+def _pack(blocks: list[_Block], order: list[int], batch_variables: int) -> list[list[int]]:
+    """Consecutive groups of block positions with at most ``batch_variables`` variables each."""
     groups: list[list[int]] = []
     size = 0
-    for i in order:  # heavy blocks first, packed into groups of <= batch_variables variables
+    for i in order:
         if not groups or (size + blocks[i].m > batch_variables and groups[-1]):
             groups.append([])
             size = 0
         groups[-1].append(i)
         size += blocks[i].m
-    ss = np.random.SeedSequence(0 if seed is None else int(seed))
-    child_seeds = [int(s.generate_state(1)[0] % (2**31 - 1)) for s in ss.spawn(len(groups))]
-    tasks = [{"blocks": [blocks[i] for i in g], "sampler": backend, "seed": child_seeds[j],
-              "steps": steps, "reads": reads, "sampler_params": dict(sampler_params),
-              "brute_force_max": brute_force_max} for j, g in enumerate(groups)]
-    heavy_vars = sum(b.m for b in blocks if b.m > brute_force_max)
-    brute_vars = sum(b.m for b in blocks if b.m <= brute_force_max)
-    if n_jobs is None:  # a pool pays off only with a few seconds of work
-        n_jobs = min(os.cpu_count() or 1, len(tasks)) if heavy_vars >= 1500 or brute_vars >= 200 else 1
-    n_jobs = max(1, min(int(n_jobs), len(tasks)))
-    results: list[list[dict[str, Any]]]
+    return groups
+
+
+def _run(tasks: list[dict[str, Any]], backend: Any, n_jobs: int, desc: str,
+         progress: bool) -> list[list[dict[str, Any]]]:
+    """Run ``_solve_group`` over tasks, in a pool when ``n_jobs`` > 1, results in task order."""
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(tasks), desc="layerwise", unit="group")
-    if n_jobs == 1:
-        results = []
+        bar = tqdm(total=len(tasks), desc=desc, unit="group", leave=False)
+    results: list[list[dict[str, Any]]] = []
+    if n_jobs <= 1 or len(tasks) <= 1:
         for t in tasks:
             results.append(_solve_group(t))
             if bar is not None:
                 bar.update(1)
     else:
         # processes for a named backend (each worker builds its own sampler); threads for a sampler
-        # instance, which may not pickle (e.g. a cloud client)
+        # instance, which may not pickle (a cloud client) and may cache state (an embedding)
         pool: Executor = (ProcessPoolExecutor(n_jobs) if isinstance(backend, str) else ThreadPoolExecutor(n_jobs))
         with pool:
-            futures = [pool.submit(_solve_group, t) for t in tasks]
-            results = []
-            for f in futures:
-                results.append(f.result())
+            for fut in [pool.submit(_solve_group, t) for t in tasks]:
+                results.append(fut.result())
                 if bar is not None:
                     bar.update(1)
     if bar is not None:
         bar.close()
+    return results
+
+
+def _auto_jobs(n_jobs: int | None, blocks: list[_Block], brute_force_max: int, n_tasks: int) -> int:
+    if n_jobs is None:  # a pool pays off only with a few seconds of work
+        heavy = sum(b.m for b in blocks if b.m > brute_force_max)
+        brute = sum(b.m for b in blocks if b.m <= brute_force_max)
+        n_jobs = (os.cpu_count() or 1) if heavy >= 1500 or brute >= 200 else 1
+    return max(1, min(int(n_jobs), n_tasks))
+
+
+def _curves(blocks: list[_Block], backend: Any, seed: int | None, *, brute_force_max: int, steps: int,
+            reads: int, sampler_params: Mapping[str, Any], n_jobs: int | None, batch_variables: int,
+            progress: bool, **_: Any) -> list[dict[str, Any]]:
+    """First pass: every block's curve; the grouping (and so the result) does not depend on n_jobs."""
+    order = sorted(range(len(blocks)), key=lambda i: blocks[i].m <= brute_force_max)  # heavy first
+    groups = _pack(blocks, order, batch_variables)
+    seeds = _child_seeds(seed, "curves", len(groups))
+    tasks = [{"blocks": [blocks[i] for i in g], "sampler": backend, "seed": seeds[j], "steps": steps,
+              "reads": reads, "sampler_params": dict(sampler_params), "brute_force_max": brute_force_max,
+              "focus": None} for j, g in enumerate(groups)]
+    results = _run(tasks, backend, _auto_jobs(n_jobs, blocks, brute_force_max, len(tasks)), "layer curves",
+                   progress)
     out: list[dict[str, Any]] = [{} for _ in blocks]
     for g, res in zip(groups, results):
         for i, r in zip(g, res):
             out[i] = r
     return out
+
+
+def _focus(blocks: list[_Block], results: list[dict[str, Any]], counts: list[int], backend: Any,
+           seed: int | None, round_: int, *, focus_steps: int, reads: int, sampler_params: Mapping[str, Any],
+           n_jobs: int | None, batch_variables: int, brute_force_max: int, progress: bool,
+           **_: Any) -> list[dict[str, Any]]:
+    """Re-sample the heuristic blocks with shifts at which their DP-chosen count is optimal, so the
+    reads concentrate where the solution is decided (as the gamma search's do), and re-polish."""
+    todo = [i for i, (r, c) in enumerate(zip(results, counts)) if not r.get("exact") and 0 < c]
+    if not todo or focus_steps < 1:
+        return results
+    groups = _pack(blocks, todo, batch_variables)
+    seeds = _child_seeds(seed, f"focus{round_}", len(groups))
+    tasks = []
+    for j, g in enumerate(groups):
+        lam = np.stack([_focus_lambdas(results[i]["E"], counts[i], focus_steps) for i in g], axis=1)
+        tasks.append({"blocks": [blocks[i] for i in g], "sampler": backend, "seed": seeds[j], "focus": lam,
+                      "curves": [results[i] for i in g], "reads": reads, "sampler_params": dict(sampler_params),
+                      "brute_force_max": brute_force_max})
+    done = _run(tasks, backend, _auto_jobs(n_jobs, [blocks[i] for i in todo], brute_force_max, len(tasks)),
+                "layer focus", progress)
+    out = list(results)
+    for g, res in zip(groups, done):
+        for i, r in zip(g, res):
+            out[i] = {**r, "time_s": results[i].get("time_s", 0.0) + r["time_s"]}
+    return out
+
+
+def _child_seeds(seed: int | None, tag: str, n: int) -> list[int]:
+    """``n`` independent seeds for the ``tag`` phase, derived from ``seed`` only."""
+    entropy = [0 if seed is None else int(seed), sum(map(ord, tag))]
+    return [int(s.generate_state(1)[0] % (2**31 - 1)) for s in np.random.SeedSequence(entropy).spawn(n)]
 
 
 def _default_batch(backend: str | dimod.Sampler) -> int:
@@ -619,8 +710,10 @@ def solve_layerwise(
     sampler_params: Mapping[str, Any] | None = None,
     progress: bool = False,
     brute_force_max: int = BRUTE_FORCE_MAX,
-    steps: int = 8,
+    steps: int = 4,
     reads: int = 10,
+    focus_rounds: int = 1,
+    focus_steps: int = 2,
     batch_variables: int | None = None,
 ) -> ExactKResult:
     """Exactly-k solve of a block-diagonal :class:`~qprune.formulation.Formulation`, layer by layer.
@@ -640,8 +733,10 @@ def solve_layerwise(
         sampler_params: extra keyword arguments for every backend call (e.g. ``num_sweeps``).
         progress: show a progress bar over block groups.
         brute_force_max: blocks of at most this many variables are enumerated (2^m states).
-        steps: lambda-shifted backend solves per heavy block (spread over the counts).
+        steps: first-pass backend solves per heavy block, their shifts spread over all counts.
         reads: ``num_reads`` per backend solve (when the backend takes it).
+        focus_rounds, focus_steps: then, per round, ``focus_steps`` solves per heavy block with
+            shifts at which the count the DP chose for it is optimal, and a new DP.
         batch_variables: heavy blocks are batched into one BQM of at most this many variables
             (None: 1,024, or the backend's ``max_variables`` when it has one).
 
@@ -677,42 +772,47 @@ def solve_layerwise(
 
         get(backend)  # fail now (missing extra, no token) rather than inside a worker
     opts = dict(brute_force_max=int(brute_force_max), steps=int(steps), reads=reads,
-                sampler_params=sampler_params, n_jobs=n_jobs, batch_variables=int(batch_variables),
-                progress=progress)
+                focus_steps=int(focus_steps), sampler_params=sampler_params, n_jobs=n_jobs,
+                batch_variables=int(batch_variables), progress=progress)
 
     reward = np.asarray(formulation.reward, float)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    # Each block comes with the shift its curve needs to be at the solve's gamma: 0 when the block
+    # was solved at that gamma, gamma * r_b when it was solved at gamma = 0 and all its units share
+    # the reward r_b (its gamma term is then -gamma r_b c at count c, for any state).
     if gamma is not None:
         gamma_used, gamma_source = float(gamma), "given"
         blocks = _build_blocks(formulation, gamma_used, caps)
         results = _curves(blocks, backend, seed, **opts)
+        shift = np.zeros(len(blocks))
     else:
-        # curves at gamma = 0, then the Lagrangian gamma; a layer whose units share one reward needs
-        # no re-solve (its gamma term is -gamma r c at count c), any other is solved again at gamma*
-        blocks0 = _build_blocks(formulation, 0.0, caps)
-        results0 = _curves(blocks0, backend, seed, **opts)
-        rbar = np.array([reward[b.idx].mean() for b in blocks0])
-        gamma_used = _lagrangian_gamma([r["E"] for r in results0], rbar, k)
+        blocks = _build_blocks(formulation, 0.0, caps)
+        results = _curves(blocks, backend, seed, **opts)
+        rbar = np.array([reward[b.idx].mean() for b in blocks])
+        gamma_used = _lagrangian_gamma([r["E"] for r in results], rbar, k)
         gamma_source = "lagrangian"
-        blocks = _build_blocks(formulation, gamma_used, caps)
-        uniform = [bool(np.ptp(reward[b.idx]) <= 1e-12 * max(1e-300, abs(float(rbar[i]))))
-                   for i, b in enumerate(blocks0)]
-        results = [None] * len(blocks)
-        for i, (b, r) in enumerate(zip(blocks0, results0)):
-            if uniform[i]:
-                c = np.arange(r["E"].size)
-                results[i] = {**r, "E": r["E"] - gamma_used * rbar[i] * c}
-        redo = [i for i, u in enumerate(uniform) if not u]
-        if redo:
-            again = _curves([blocks[i] for i in redo], backend, seed, **opts)
+        shift = gamma_used * rbar
+        redo = [i for i, b in enumerate(blocks)
+                if np.ptp(reward[b.idx]) > 1e-12 * max(1e-300, abs(float(rbar[i])))]
+        if redo:  # rewards that differ inside a block: solve those blocks again at gamma*
+            again_blocks = _build_blocks(formulation, gamma_used, caps)
+            again = _curves([again_blocks[i] for i in redo], backend, seed, **opts)
             for i, r in zip(redo, again):
-                results[i] = r
+                blocks[i], results[i], shift[i] = again_blocks[i], r, 0.0
     timings["curves_s"] = time.perf_counter() - t0
 
+    def at_gamma() -> list[np.ndarray]:
+        return [r["E"] - s * np.arange(r["E"].size) for r, s in zip(results, shift)]
+
     t0 = time.perf_counter()
-    _, counts = _dp([r["E"] for r in results], k)
-    timings["dp_s"] = time.perf_counter() - t0
+    dp_energy, counts = _dp(at_gamma(), k)
+    history = [dp_energy]
+    for round_ in range(int(focus_rounds)):
+        results = _focus(blocks, results, counts, backend, seed, round_, **opts)
+        dp_energy, counts = _dp(at_gamma(), k)
+        history.append(dp_energy)
+    timings["focus_s"] = time.perf_counter() - t0
 
     x = np.zeros(n, np.int8)
     for b, r, c in zip(blocks, results, counts):
@@ -741,6 +841,7 @@ def solve_layerwise(
         "exact_blocks": int(sum(bool(r.get("exact")) for r in results)),
         "heuristic_blocks": int(sum(not r.get("exact") for r in results)),
         "merged_blocks": [list(b.layers) for b in blocks if b.merged],
+        "dp_energy_per_round": history,
         "backend": backend if isinstance(backend, str) else type(backend).__name__,
         "seed": seed,
         "times": timings,

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -125,10 +126,10 @@ class Gates:
         if getattr(self.model, _ATTR, None) is self:
             delattr(self.model, _ATTR)
 
-    def __enter__(self) -> Gates:
+    def __enter__(self) -> Gates:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.remove()
 
     # ----- forward

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ def save_pruned(
     *,
     example_inputs: Any = None,
     meta: Mapping[str, Any] | None = None,
-    format: str = "torchscript",  # noqa: A002 - the natural name for the option
+    format: str = "torchscript",
 ) -> Path:
     """Write ``model`` (in eval mode) to ``path``; returns the path.
 
@@ -82,7 +83,7 @@ def save_pruned(
         try:
             scripted = torch.jit.script(model)
             info["format"] = "torchscript"
-        except Exception as exc:  # noqa: BLE001 - TorchScript raises many error types
+        except Exception as exc:
             if example_inputs is None:
                 raise QpruneError(f"torch.jit.script failed ({type(exc).__name__}); pass example_inputs "
                                   "to fall back to torch.jit.trace") from exc

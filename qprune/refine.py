@@ -579,9 +579,10 @@ def _search(
             info["stopped"] = "time limit"
             break
         with_seed = it < seed_iters
-        n_tt = n_tt_base - (1 if with_seed and n_tt_base > 1 else 0)
         key, sub = jax.random.split(key)
-        I = eng.draw(P, sub, n_tt)
+        I = eng.draw(P, sub, n_tt_base)  # one shape for every batch: jit compiles once
+        if with_seed and n_tt_base > 1:
+            I = I[:-1]  # the seed takes this sample's place
         if exact_k:
             I = feasible.repair(I, I.mean(axis=0), rng)
         parts = [I]

@@ -73,10 +73,22 @@ def _as_masks(masks: Any, n: int) -> np.ndarray:
 
 
 def _replicate(x: torch.Tensor, copies: int) -> torch.Tensor:
-    """``copies`` copies of a batch, mask-major: rows ``[j*b, (j+1)*b)`` belong to mask ``j``."""
+    """``copies`` copies of a batch, mask-major: rows ``[j*b, (j+1)*b)`` belong to mask ``j``
+    (the layout :class:`qprune.masking.Gates` expects)."""
     if copies == 1:
         return x
     return x.unsqueeze(0).expand(copies, *x.shape).reshape(copies * x.shape[0], *x.shape[1:])
+
+
+def _map(out: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """Apply ``fn`` to every tensor of a (nested tuple / list / dict) module output."""
+    if isinstance(out, torch.Tensor):
+        return fn(out)
+    if isinstance(out, (tuple, list)):
+        return type(out)(_map(o, fn) for o in out)
+    if isinstance(out, dict):
+        return {key: _map(o, fn) for key, o in out.items()}
+    return out
 
 
 def _split(out: Any, copies: int, j: int) -> Any:
@@ -218,8 +230,6 @@ class _Recorder:
         for h in self.handles:
             h.remove()
         self.handles.clear()
-        for _, m in self.modules:
-            m.__dict__.pop("forward", None)
 
     # ----- hooks
     def _pre(self, module: nn.Module, args: Any) -> None:
@@ -254,13 +264,11 @@ class _Recorder:
             self.calls[cid].end = self.pos
             return
         if cid in self.record:
-            if not isinstance(out, torch.Tensor):
-                raise _TraceMismatch(f"{type(module).__name__} returned {type(out).__name__}")
-            # a clone: later in-place ops (ReLU(inplace=True), gate hooks) must not change it
-            self.stored[cid] = out.clone()
+            # a clone: later in-place ops (ReLU(inplace=True), ...) must not change it
+            self.stored[cid] = _map(out, torch.Tensor.clone)
 
     def _replaying_forward(self, module: nn.Module) -> Callable[..., Any]:
-        original = type(module).forward.__get__(module)
+        original = module.__dict__.get("forward") or type(module).forward.__get__(module)
 
         def forward(*args: Any, **kwargs: Any) -> Any:
             cid = self.stack[-1]
@@ -294,6 +302,7 @@ class _Recorder:
         self._reset()
         self.trace, self.replay, self.record, self.stop_at = trace, replay, record, stop_at
         patched = {id(trace.calls[cid].module): trace.calls[cid].module for cid in replay}
+        saved = {key: m.__dict__.get("forward") for key, m in patched.items()}
         for m in patched.values():
             m.forward = self._replaying_forward(m)
         self.mode = "stage"
@@ -313,8 +322,11 @@ class _Recorder:
             return out, self.stored
         finally:
             self.mode = "off"
-            for m in patched.values():
-                m.__dict__.pop("forward", None)
+            for key, m in patched.items():  # put back exactly what was there
+                if saved[key] is None:
+                    m.__dict__.pop("forward", None)
+                else:
+                    m.forward = saved[key]
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,6 +345,8 @@ class ScorerStats:
     replicas: int = 0  # batch copies pushed through those passes
     work: float = 0.0  # sum over passes of copies x fraction of the call trace run
     batches: int = 1
+    tree_batches: int = 0  # (call, batch) pairs scored with the prefix tree
+    plain_batches: int = 0  # ... with plain batching (cheaper by the cost model, or no tree)
     time: float = 0.0
     prefix_tree: bool = True
     best: float = -math.inf
@@ -393,6 +407,7 @@ class MaskScorer:
         self._traces: dict[tuple, _Trace] = {}
         self._levels: dict[tuple, tuple[np.ndarray, list[np.ndarray]]] = {}
         self._sample_bytes: dict[tuple, int] = {}
+        self._costs: dict[tuple, tuple[float, float]] = {}
         self._bar = None
 
     # ----- public
@@ -467,13 +482,19 @@ class MaskScorer:
     def _score_batch(
         self, X: np.ndarray, x: torch.Tensor, y: torch.Tensor, gates: Any, recorder: _Recorder | None
     ) -> np.ndarray:
+        chunk = self._chunk_for(x, gates)
         if recorder is not None and self.prefix:
             try:
-                return self._tree(X, x, y, gates, recorder)
+                self._prepare(x, gates, recorder)
+                overhead, per_copy = self._costs[tuple(x.shape)]
+                plain = math.ceil(len(X) / chunk) * overhead + per_copy * len(X)
+                if self._tree(X, x, y, gates, recorder, dry=True) < plain:
+                    self._stats.tree_batches += 1
+                    return self._tree(X, x, y, gates, recorder)
             except _TraceMismatch as exc:
                 self._disable_prefix(recorder, exc)
+        self._stats.plain_batches += 1
         out = np.empty(len(X), dtype=np.float64)
-        chunk = self._chunk_for(x, gates)
         for lo in range(0, len(X), chunk):
             out[lo:lo + chunk] = self._plain(X[lo:lo + chunk], x, y, gates)
         return out
@@ -542,10 +563,35 @@ class MaskScorer:
         levels = np.unique(pos)
         self._traces[shape] = trace
         self._levels[shape] = (levels, [np.flatnonzero(pos == p) for p in levels])
+        self._costs[shape] = self._measure(x, gates)
+
+    def _measure(self, x: torch.Tensor, gates: Any) -> tuple[float, float]:
+        """``(overhead, per copy)`` seconds of a forward pass, ``t(D) = overhead + per copy * D``
+        fitted on D = 1 and D = min(chunk, 8) (best of a few runs), to choose between the
+        prefix tree (more, smaller passes) and plain batching (fewer, larger passes)."""
+        chunk = min(self._chunk_for(x, gates), 8)
+        gates.clear()
+
+        def best(copies: int, reps: int) -> float:
+            xs = _replicate(x, copies)
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                self.model(xs)
+                times.append(time.perf_counter() - t0)
+            return min(times)
+
+        t1 = best(1, 3)
+        if chunk == 1:  # one copy per pass either way: the tree can only save work
+            return 0.0, t1
+        tc = best(chunk, 2)
+        per_copy = max((tc - t1) / (chunk - 1), 1e-9)
+        return max(t1 - per_copy, 0.0), per_copy
 
     def _tree(
-        self, X: np.ndarray, x: torch.Tensor, y: torch.Tensor, gates: Any, recorder: _Recorder
-    ) -> np.ndarray:
+        self, X: np.ndarray, x: torch.Tensor, y: torch.Tensor, gates: Any, recorder: _Recorder,
+        dry: bool = False,
+    ) -> np.ndarray | float:
         """Depth-first over the prefix tree of the (distinct) masks ``X`` on one batch.
 
         A node is a set of masks that agree on every unit whose gate acts before ``start``,
@@ -553,35 +599,50 @@ class MaskScorer:
         batch). It runs, once, the forward from ``start`` to the first level where its masks
         disagree, then splits there. Children holding a single mask finish the forward
         together, ``chunk`` masks per pass; the others recurse. Memory: one path of contexts.
+        With ``dry=True`` nothing runs and the estimated cost (seconds) is returned.
         """
-        self._prepare(x, gates, recorder)
         shape = tuple(x.shape)
         trace = self._traces[shape]
         levels, cols = self._levels[shape]
+        b = int(x.shape[0])
         total = float(max(c.end for c in trace.calls) + 1)
         chunk = self._chunk_for(x, gates)
         out = np.full(len(X), np.nan)
+        overhead, per_copy = self._costs[shape]
+        cost = [0.0]
 
         def run(masks: np.ndarray, start: int, stop: int | None, ctx: dict[int, torch.Tensor]) -> Any:
             """Forward ``len(masks)`` replicas from ``start`` to ``stop`` (None: the end)."""
             D = len(masks)
+            span = ((stop if stop is not None else total) - start) / total
+            if dry:
+                cost[0] += overhead + per_copy * D * span
+                return None, {}
+
+            def grow(t: torch.Tensor) -> torch.Tensor:
+                if t.dim() == 0 or t.shape[0] != b:  # not per sample: cannot be replicated
+                    raise _TraceMismatch(f"a module output of shape {tuple(t.shape)} has no batch dim")
+                return _replicate(t, D)
+
             replay = {}
             for cid in (trace.replayed_at(start) if start > 0 else []):
                 # a fresh copy every time: the model may work in place on what it is given
-                replay[cid] = _replicate(ctx[cid], D) if D > 1 else ctx[cid].clone()
+                replay[cid] = _map(ctx[cid], grow if D > 1 else torch.Tensor.clone)
             stop_call = trace.call_at(stop) if stop is not None else None
             record = set(trace.recorded_in(start, stop))
             gates.set(masks)
             result, stored = recorder.run_stage(
                 trace, lambda: self.model(_replicate(x, D)), replay, record, stop_call
             )
-            self._count(D, ((stop if stop is not None else total) - start) / total)
+            self._count(D, span)
             return result, stored
 
         def finish(rows: np.ndarray, start: int, ctx: dict[int, torch.Tensor]) -> None:
             for lo in range(0, len(rows), chunk):
                 part = rows[lo:lo + chunk]
                 result, _ = run(X[part], start, None, ctx)
+                if dry:
+                    continue
                 for j, r in enumerate(part):
                     out[r] = float(self.metric(_split(result, len(part), j), y))
 
@@ -614,5 +675,7 @@ class MaskScorer:
                     stack.append((members, j + 1, stop, ctx))
             if singles:
                 finish(np.asarray(singles), stop, ctx)
+        if dry:
+            return cost[0]
         assert not np.isnan(out).any()
         return out

@@ -17,7 +17,7 @@ Per unit ``i`` (a :class:`qprune.space.Unit`; multi-member units SUM over their 
   average-pooled to ``activation_pool x activation_pool`` per input image (16 samples per image by
   default; linear inputs are pooled to ``activation_pool²`` bins), concatenated over images until
   ``max_activation_samples`` columns. Memory bound: ``4 bytes x N x max_activation_samples``
-  (N = units; 768 units x 4096 = 12.6 MB) plus one batch.
+  (float32; N = units; 768 units x 4096 = 12.6 MB) plus one batch; float64 models keep float64.
 
 "Averaged" means: the plain running mean over batches (``ema=None``) or an exponential moving
 average ``s <- ema·s + (1-ema)·v`` started at the first batch's value (``ema`` in [0, 1)); the same
@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +51,10 @@ ALL_SIGNALS = frozenset({"l1", "taylor", "weight_fisher", "channel_fisher", "act
 
 @dataclass
 class Signals:
-    """Per-unit calibration signals (numpy, float64, in the order of ``space.units``)."""
+    """Per-unit calibration signals (numpy float64 vectors in the order of ``space.units``).
+
+    ``activations[layer_id]`` rows follow the order of that layer's units in ``space.units``.
+    """
 
     l1: np.ndarray
     taylor: np.ndarray | None = None
@@ -210,6 +214,9 @@ def collect_signals(
         return fn
 
     handles = []
+    missing = [p for p in space.consumer_channels if p not in modules]
+    if missing:
+        raise QpruneError(f"model has no module {missing[0]!r} of the filter space (a different architecture?)")
     for p in space.consumer_channels:
         mod = modules[p]
         handles.append(mod.register_forward_pre_hook(hook(p, 1 if isinstance(mod, nn.modules.conv._ConvNd) else -1)))
@@ -362,7 +369,9 @@ class _ActivationSites:
                 continue
             mat = g["slots"]
             u, s = mat.shape
-            sel = x.index_select(cdim, mat.flatten().to(x.device)).float()
+            sel = x.index_select(cdim, mat.flatten().to(x.device))
+            if not sel.is_floating_point():
+                sel = sel.float()
             if cdim != 1:
                 sel = sel.movedim(-1, 1)  # [n, U*S, (T)]
             nb = sel.shape[0]
@@ -378,7 +387,9 @@ class _ActivationSites:
                 flat = sel.reshape(nb, u * s, -1)
                 flat = F.adaptive_avg_pool1d(flat, min(self.pool * self.pool, flat.shape[-1]))
                 r = flat.reshape(nb, u, -1)
-            r = r.permute(1, 0, 2).reshape(u, -1).double().cpu()
+            # float32 storage keeps the memory bound; float64 models keep their precision
+            keep = torch.float64 if r.dtype == torch.float64 else torch.float32
+            r = r.permute(1, 0, 2).reshape(u, -1).to(device="cpu", dtype=keep)
             take = min(r.shape[1], self.cap - g["cols"])
             g["chunks"].append(r[:, :take])
             g["cols"] += take

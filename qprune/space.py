@@ -76,8 +76,9 @@ import math
 import re
 import warnings
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,7 +135,7 @@ class FilterSpace:
 
     # ----- vectors over units
     @property
-    def N(self) -> int:  # noqa: N802 - the conventional name of the problem size
+    def N(self) -> int:
         """Number of units (QUBO variables)."""
         return len(self.units)
 
@@ -217,9 +218,9 @@ class FilterSpace:
                 f"{self.layers[lid]!r}; min_keep={self.min_keep} allows at most {int(self.max_pruned_per_layer[lid])}")
         return m
 
-    def random_mask(self, k: int | float, seed: int = 0) -> np.ndarray:
+    def random_mask(self, k: float, seed: int = 0) -> np.ndarray:
         """A uniformly random valid mask with ``k`` pruned units (a float in (0, 1) is a fraction of N)."""
-        kk = int(round(k * self.N)) if isinstance(k, float) and 0 < k < 1 else int(k)
+        kk = round(k * self.N) if isinstance(k, float) and 0 < k < 1 else int(k)
         cap = self.max_pruned_per_layer
         if not 0 <= kk <= int(cap.sum()):
             raise QpruneError(f"k={kk} outside [0, {int(cap.sum())}] (min_keep={self.min_keep})")
@@ -290,8 +291,8 @@ class FilterSpace:
 
     def summary(self) -> str:
         """A few lines: units per layer and why the other layers are out."""
-        lines = [f"FilterSpace: {self.N} units in {self.n_layers} layers, min_keep={self.min_keep}, "
-                 f"{self.total_params} parameters"]
+        lines = [(f"FilterSpace: {self.N} units in {self.n_layers} layers, min_keep={self.min_keep}, "
+                  f"{self.total_params} parameters")]
         for lid, (name, size, cap) in enumerate(zip(self.layers, self.layer_sizes, self.max_pruned_per_layer)):
             lines.append(f"  [{lid}] {name}: {int(size)} units (max {int(cap)} pruned)")
         for name, why in self.excluded.items():
@@ -568,7 +569,7 @@ def _analyse(items: Iterable[tuple[Any, list[int]]], dg: Any, names: Mapping[Any
             else:
                 info.inputs.extend((m, i) for i in idxs)
                 add(f"{name}.weight", 1, idxs)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm) or isinstance(m, nn.modules.instancenorm._InstanceNorm):
+        elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
             if m.affine:
                 add(f"{name}.weight", 0, idxs)
                 add(f"{name}.bias", 0, idxs)

@@ -23,7 +23,7 @@ from torch import nn
 
 from qprune.space import _as_tuple
 
-__all__ = ["compare_stats", "count_macs", "count_params", "measure_latency", "model_stats"]
+__all__ = ["compare_latency", "compare_stats", "count_macs", "count_params", "measure_latency", "model_stats"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -80,6 +80,52 @@ def measure_latency(
         "stdev_ms": statistics.stdev(times) if len(times) > 1 else 0.0,
         "repeats": float(repeats),
         "threads": float(threads if threads is not None else old_threads),
+    }
+
+
+def compare_latency(
+    models: dict[str, nn.Module],
+    example_inputs: Any,
+    *,
+    repeats: int = 10,
+    warmup: int = 2,
+    threads: int | None = 1,
+) -> dict[str, dict[str, float]]:
+    """Latency of several models measured side by side: each repeat times every model once, in turn.
+
+    Interleaving spreads a shared machine's load drift over all models alike, so the RATIOS are
+    trustworthy even when absolute times wander. Returns ``{name: measure_latency-style dict}``.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    xs = _as_tuple(example_inputs)
+    old_threads = torch.get_num_threads()
+    modes = {k: m.training for k, m in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    try:
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        with torch.inference_mode():
+            for m in models.values():
+                m.eval()
+                for _ in range(warmup):
+                    m(*xs)
+            for _ in range(repeats):
+                for k, m in models.items():
+                    t0 = time.perf_counter()
+                    m(*xs)
+                    times[k].append((time.perf_counter() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(old_threads)
+        for k, m in models.items():
+            m.train(modes[k])
+    return {
+        k: {
+            "median_ms": statistics.median(t), "min_ms": min(t), "mean_ms": statistics.fmean(t),
+            "stdev_ms": statistics.stdev(t) if len(t) > 1 else 0.0, "repeats": float(repeats),
+            "threads": float(threads if threads is not None else old_threads),
+        }
+        for k, t in times.items()
     }
 
 

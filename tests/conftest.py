@@ -57,3 +57,12 @@ def shared_data() -> Path:
 
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Two torch threads on a loaded 2-core machine (and under pytest-xdist's two workers) make small
+# convs 100x slower than one; tests measure correctness, so one thread each.
+try:
+    import torch as _torch
+
+    _torch.set_num_threads(1)
+except ImportError:
+    pass

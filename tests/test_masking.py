@@ -128,10 +128,9 @@ def test_batched_gates_equal_separate_forwards() -> None:
     assert float((batched[3] - ref).abs().max()) < 1e-5
     assert float((batched[0] - batched[1]).abs().max()) > 1e-3
     assert not any(isinstance(h, _GateHook) for mod in model.modules() for h in mod._forward_pre_hooks.values())
-    with pytest.raises(QpruneError, match="not a multiple"):
-        with Gates(model, space) as g2, torch.no_grad():
-            g2.set(masks[:3])
-            model(x)  # batch 2 cannot carry 3 masks
+    with pytest.raises(QpruneError, match="not a multiple"), Gates(model, space) as g2, torch.no_grad():
+        g2.set(masks[:3])
+        model(x)  # batch 2 cannot carry 3 masks
 
 
 def test_gate_mode_validation_and_copies() -> None:
@@ -184,7 +183,8 @@ def test_saved_model_loads_without_qprune(tmp_path, fmt: str) -> None:
         assert not [k for k in sys.modules if k.split(".")[0] == "qprune"], "qprune was imported"
         print("ERR", err)
     """)
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     assert float(run.stdout.split("ERR")[-1]) < 1e-5
     meta = load_meta(path)

@@ -49,7 +49,7 @@ def _setup(seed: int = 0):
         m.bn.running_mean.normal_(0, 0.1)
         m.bn.running_var.uniform_(0.5, 2.0)
         m.bn.weight.uniform_(0.5, 1.5)
-        m.bn.bias.normal_(0, 0.2)
+        m.bn.bias.uniform_(0.5, 1.0)  # keep every ReLU channel alive on these tiny inputs
     m.eval()
     batches = [(torch.randn(4, 3, 6, 6, dtype=torch.float64), torch.randn(4, 3, 6, 6, dtype=torch.float64))
                for _ in range(3)]
@@ -66,15 +66,15 @@ MEMBERS = {  # unit -> [(param prefix, output channel)] by hand
 def _brute(m: Tiny, batches, decay: float | None = None):
     """Per-batch Taylor, g² per weight and channel-Fisher derivatives by plain autograd."""
     names = [f"{p}.{w}" for p in ("conv1", "dw", "conv2") for w in ("weight", "bias")]
-    params = dict(m.named_parameters())
+    params = {n: p.detach() for n, p in m.named_parameters()}
+    live = dict(m.named_parameters())
     taylor, fisher, cf = [], [], []
     for x, y in batches:
         g, h = m.features(x)
-        g.retain_grad()
-        h.retain_grad()
         loss = F.mse_loss(m.conv3(h), y)
-        grads = dict(zip(names, torch.autograd.grad(loss, [params[n] for n in names] + [], retain_graph=True)))
-        loss.backward()
+        *pg, dg, dh = torch.autograd.grad(loss, [live[n] for n in names] + [g, h])
+        g, h = g.detach(), h.detach()
+        grads = dict(zip(names, [v.detach() for v in pg]))
         t = {}
         for label, members in MEMBERS.items():
             s = 0.0
@@ -86,10 +86,9 @@ def _brute(m: Tiny, batches, decay: float | None = None):
         fisher.append({n: grads[n] ** 2 for n in names})
         # channel Fisher: dL/dm for a gate m on the consumer's input channel, mean over batch and space
         n_hw = x.shape[0] * x.shape[2] * x.shape[3]
-        d = {f"conv1:{j}": float((g * g.grad)[:, j].sum()) / n_hw for j in range(4)}
-        d.update({f"conv2:{c}": float((h * h.grad)[:, c].sum()) / n_hw for c in range(6)})
+        d = {f"conv1:{j}": float((g * dg)[:, j].sum()) / n_hw for j in range(4)}
+        d.update({f"conv2:{c}": float((h * dh)[:, c].sum()) / n_hw for c in range(6)})
         cf.append(d)
-        m.zero_grad(set_to_none=True)
 
     def avg(values: list[float]) -> float:
         acc = values[0]
@@ -143,7 +142,7 @@ def test_l1_and_only_what_is_needed():
     j = 2
     by_hand = (w1[j].abs().sum() + w1[j + 4].abs().sum() + wd[j].abs().sum() + wd[j + 4].abs().sum()) / (27 + 27 + 9 + 9)
     assert sig.l1[j] == pytest.approx(float(by_hand), rel=1e-12)
-    assert sig.l1[4 + 5] == pytest.approx(float(m.conv2.weight[5].abs().mean()), rel=1e-12)
+    assert sig.l1[4 + 5] == pytest.approx(float(m.conv2.weight.detach()[5].abs().mean()), rel=1e-12)
     no_data = collect_signals(m, space, [], F.mse_loss, needs={"l1"}, progress=False)  # no pass at all
     assert no_data.n_batches == 0 and np.array_equal(no_data.l1, sig.l1)
     with pytest.raises(QpruneError, match="unknown signals"):
@@ -178,7 +177,6 @@ def test_identical_channels_have_similarity_one():
 
 def test_signals_on_real_networks_are_finite():
     import torchvision
-
     from qprune.problems.halfunet import HalfUNet
 
     torch.manual_seed(0)
@@ -194,3 +192,24 @@ def test_signals_on_real_networks_are_finite():
     ubatches = [(torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16))]
     usig = collect_signals(unet, uspace, ubatches, F.mse_loss, progress=False)
     assert np.all(np.isfinite(usig.channel_fisher)) and usig.activations[0].shape == (8, 32)
+
+
+def test_linear_units_and_flattened_sites():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                        nn.Linear(96, 16), nn.ReLU(), nn.Linear(16, 5)).double().eval()
+    space = build_space(net, torch.randn(1, 3, 8, 8, dtype=torch.float64), include_linear=True)
+    assert space.layers == ["0", "4"]
+    batches = [(torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.randint(0, 5, (3,)))]
+    sig = collect_signals(net, space, batches, F.cross_entropy, activation_pool=2, progress=False)
+    # conv units: 16 flattened features per channel pooled to 4 bins per image; linear units: 1 per image
+    assert sig.activations[0].shape == (6, 12) and sig.activations[1].shape == (16, 3)
+    h = net[:4](batches[0][0]).reshape(3, 6, 16)
+    pooled = F.adaptive_avg_pool1d(h, 4).permute(1, 0, 2).reshape(6, 12).detach().numpy()
+    np.testing.assert_allclose(sig.activations[0], pooled, rtol=1e-12)
+    # channel Fisher on a flattened site: mean over batch and the channel's 16 features
+    x, y = batches[0]
+    h = net[:4](x)
+    dh, = torch.autograd.grad(F.cross_entropy(net[4:](h), y), [h])
+    d = (h * dh).detach().reshape(3, 6, 16).sum(dim=(0, 2)) / (3 * 16)
+    np.testing.assert_allclose(sig.channel_fisher[:6], (d ** 2).numpy(), rtol=1e-9)

@@ -45,7 +45,7 @@ def resnet_space():
 
 
 def test_resnet18_trunk_is_one_unit_across_convs(resnet_space):
-    m, space = resnet_space
+    _, space = resnet_space
     u = space.units[space.labels.index("conv1:5")]
     assert ("conv1", 5) in u.members and ("layer1.0.conv2", 5) in u.members and ("layer1.1.conv2", 5) in u.members
     consumers = {p for p, _ in u.inputs}
@@ -131,7 +131,7 @@ def test_exclude_min_keep_and_mask_checks():
 
 
 def test_param_count_is_exact_pairwise(resnet_space):
-    m, space = resnet_space
+    _, space = resnet_space
     O = space.param_overlap().toarray()
     P = space.params
     rng = np.random.default_rng(0)
@@ -216,3 +216,37 @@ def test_to_dict_roundtrip(resnet_space):
     _, space = resnet_space
     back = FilterSpace.from_dict(json.loads(json.dumps(space.to_dict())))
     assert back == space
+
+
+class _Head(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc1 = nn.Linear(6 * 4 * 4, 16)
+        self.fc2 = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.conv(x)))
+        h = torch.flatten(nn.functional.adaptive_avg_pool2d(h, 4), 1)
+        return self.fc2(torch.relu(self.fc1(h)))
+
+
+def test_flatten_into_linear_and_linear_units():
+    torch.manual_seed(0)
+    m = _Head().eval()
+    with torch.no_grad():
+        m.bn.bias.normal_(0.0, 0.5)
+    x = torch.randn(2, 3, 8, 8)
+    assert build_space(m, x[:1]).layers == ["conv"]
+    space = build_space(m, x[:1], include_linear=True)
+    assert space.layers == ["conv", "fc1"] and "model output" in space.excluded["fc2"]
+    u = space.units[space.labels.index("conv:2")]
+    assert u.inputs == tuple(("fc1", k) for k in range(32, 48))  # channel 2 = 16 flattened features
+    assert u.params == 27 + 1 + 2 + 16 * 16
+    assert space.units[space.labels.index("fc1:3")].params == 96 + 1 + 5
+    mask = space.random_mask(0.4, seed=0)
+    pruned = apply_mask(m, space, mask, mode="remove", example_inputs=x[:1])
+    assert sum(p.numel() for p in pruned.parameters()) == space.predicted_params(mask)
+    err, scale = equivalence_error(m, space, mask, x)
+    assert err < 1e-5 and scale > 0.05

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                     + (f", repaired ({info['repair_moves']} moves)" if info["repaired"] else "")
                     + (f", polished ({info['polish_moves']} swaps)" if info["polished"] else ""))
     if args.out == "-":
-        print(summary, file=__import__("sys").stderr)
+        print(summary, file=sys.stderr)
         print(json.dumps(payload, indent=1, default=_json_default))
         return 0
     if args.out:
