@@ -609,7 +609,7 @@ class _Library:
 def _sampler_kwargs(sampler: dimod.Sampler, name: str, user: Mapping[str, Any]) -> tuple[set[str], dict[str, Any]]:
     try:
         accepted = set(sampler.parameters)
-    except Exception:  # a duck-typed sampler without .parameters: pass only what the user gave
+    except Exception:  # noqa: BLE001 - a duck-typed sampler without .parameters: pass what the user gave
         accepted = set()
     unknown = sorted(k for k in user if accepted and k not in accepted)
     if unknown:
@@ -753,7 +753,7 @@ def solve_exact_k(
             cands.append(X[lib.component_best_rows(X, JX, gamma)])
         rec = lib.recombined_best(np.concatenate(cands), gamma)
         row = {
-            "phase": phase, "gamma": gamma, "reads": int(len(X_all)), "time_s": dt,
+            "phase": phase, "gamma": gamma, "reads": len(X_all), "time_s": dt,
             "count_best": int(best_x.sum()), "count_recombined": int(rec.sum()),
             "count_min": cmin, "count_max": cmax, "reads_with_k": n_exact, "energy_best": best_e,
         }
@@ -826,7 +826,8 @@ def solve_exact_k(
     polish_moves, polish_gain = 0, 0.0
     if polish and 0 < k < n:
         x, polish_moves, polish_gain = swap_polish(arrs, x, caps, gamma_final)
-    assert int(x.sum()) == k and (caps is None or caps.ok(x)), "exact-k invariant broken"
+    if int(x.sum()) != k or (caps is not None and not caps.ok(x)):  # a bug, never the user's fault
+        raise RuntimeError(f"exact-k invariant broken: {int(x.sum())} ones for k={k}")
 
     bqm_final = bqm_at(gamma_final) if n else bqm0
     objective = float(arrs.objective(x))

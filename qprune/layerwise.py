@@ -202,6 +202,47 @@ def _polish(x: np.ndarray, b: _Block, max_steps: int | None = None) -> tuple[np.
     return xi, float(_energies(xi[None, :], h, M)[0])
 
 
+def _tabu(x: np.ndarray, b: _Block, iters: int) -> tuple[np.ndarray, float]:
+    """Swap tabu search at fixed count: always take the best allowed swap, even uphill. A unit just
+    removed may not come back, and one just added may not leave, for a while (a third of its side,
+    at most m/8 iterations), unless the move beats the best state seen."""
+    x = x.astype(bool).copy()
+    h, M = b.h, b.M
+    c = int(x.sum())
+    g = h + M @ x
+    e = float(_energies(x[None, :].astype(np.int8), h, M)[0])
+    best_x, best_e = x.copy(), e
+    tol = 1e-12 * (1.0 + float(np.abs(h).sum()))
+    ban_in = max(1, min(b.m // 8, (b.m - c) // 3))  # a removed unit stays out this long
+    ban_out = max(1, min(b.m // 8, c // 3))  # an added unit stays in this long
+    until = np.zeros(b.m, np.int64)
+    for it in range(iters):
+        ones, zeros = np.flatnonzero(x), np.flatnonzero(~x)
+        if ones.size == 0 or zeros.size == 0:
+            break
+        D = g[zeros][None, :] - g[ones][:, None] - M[np.ix_(ones, zeros)]
+        if b.merged:
+            counts = np.bincount(b.sub[ones], minlength=b.caps.size)
+            full = counts[b.sub[zeros]] >= b.caps[b.sub[zeros]]
+            D[(b.sub[ones][:, None] != b.sub[zeros][None, :]) & full[None, :]] = _INF
+        free = (until[ones][:, None] <= it) & (until[zeros][None, :] <= it)
+        allowed = np.where(free | (e + D < best_e - tol), D, _INF)
+        flat = int(np.argmin(allowed))
+        if not np.isfinite(allowed.flat[flat]):  # everything tabu: take the best move anyway
+            flat = int(np.argmin(D))
+            if not np.isfinite(D.flat[flat]):
+                break
+        i, j = ones[flat // zeros.size], zeros[flat % zeros.size]
+        x[i], x[j] = False, True
+        g += M[:, j] - M[:, i]
+        e += float(D.flat[flat])
+        until[i], until[j] = it + ban_in, it + ban_out
+        if e < best_e - tol:
+            best_x, best_e = x.copy(), e
+    xi = best_x.astype(np.int8)
+    return xi, float(_energies(xi[None, :], h, M)[0])
+
+
 def _step(x: np.ndarray, b: _Block, up: bool) -> np.ndarray | None:
     """Add the cheapest feasible unit (up) or drop the dearest one; None when impossible."""
     g = b.h + b.M @ x
@@ -318,7 +359,7 @@ def _spread_lambdas(blocks: list[_Block], steps: int) -> np.ndarray:
 
 def _focus_lambdas(E: np.ndarray, c: int, steps: int) -> np.ndarray:
     """Shifts at which count ``c`` is optimal on the curve's hull: strictly between its left slope
-    E(c) - E(c-1) and right slope E(c+1) - E(c), so the reads land on c and its neighbours."""
+    E(c) - E(c-1) and right slope E(c+1) - E(c), so the reads land on c (and its neighbours)."""
     left = E[c] - E[c - 1] if c >= 1 and np.isfinite(E[c - 1]) else None
     right = E[c + 1] - E[c] if c + 1 < E.size and np.isfinite(E[c + 1]) else None
     if left is None and right is None:
@@ -431,7 +472,17 @@ def _solve_group(task: dict[str, Any]) -> list[dict[str, Any]]:
     share = (time.perf_counter() - t0) / max(1, sum(b.m for b in hb))
     for j, (i, b) in enumerate(zip(heavy, hb)):
         t1 = time.perf_counter()
-        E, X = _refine_curve(b, Es[j], Xs[j], None if focus is None else improved[j])
+        E, X, dirty = Es[j], Xs[j], None if focus is None else improved[j]
+        if focus is not None and task["tabu_iters"] > 0:
+            # the DP's choice and its two alternatives get a tabu search each: a few hundred swaps
+            # escape the local minima that sampling + swap descent leave at a given count
+            c0 = task["counts"][j]
+            for c in (c0 - 1, c0, c0 + 1):
+                if 0 < c < E.size and np.isfinite(E[c]):
+                    y, e = _tabu(X[c], b, task["tabu_iters"] * b.m)
+                    if e < E[c] - 1e-12 * (1.0 + abs(E[c])):
+                        X[c], E[c], dirty[c] = y, e, True
+        E, X = _refine_curve(b, E, X, dirty)
         out[i] = {"E": E, "X": X, "exact": False, "calls": calls,
                   "time_s": share * b.m + time.perf_counter() - t1}
     return out
@@ -624,10 +675,20 @@ def _run(tasks: list[dict[str, Any]], backend: Any, n_jobs: int, desc: str,
 
 
 def _auto_jobs(n_jobs: int | None, blocks: list[_Block], brute_force_max: int, n_tasks: int) -> int:
-    if n_jobs is None:  # a pool pays off only with a few seconds of work
+    """Workers: as given, else the idle cores (cores minus the load average, this process aside)
+    when there are seconds of work to share; measured on a loaded 2-core machine, a second
+    process there made the 4,000-unit solve slower, not faster."""
+    if n_jobs is None:
         heavy = sum(b.m for b in blocks if b.m > brute_force_max)
         brute = sum(b.m for b in blocks if b.m <= brute_force_max)
-        n_jobs = (os.cpu_count() or 1) if heavy >= 1500 or brute >= 200 else 1
+        n_jobs = 1
+        if heavy >= 1500 or brute >= 200:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            try:
+                busy = max(0.0, os.getloadavg()[0] - 1.0)
+            except OSError:  # no load average on this platform
+                busy = 0.0
+            n_jobs = max(1, int(cores - busy + 0.5))
     return max(1, min(int(n_jobs), n_tasks))
 
 
@@ -651,13 +712,14 @@ def _curves(blocks: list[_Block], backend: Any, seed: int | None, *, brute_force
 
 
 def _focus(blocks: list[_Block], results: list[dict[str, Any]], counts: list[int], backend: Any,
-           seed: int | None, round_: int, *, focus_steps: int, reads: int, sampler_params: Mapping[str, Any],
+           seed: int | None, round_: int, *, focus_steps: int, tabu_iters: int, reads: int,
+           sampler_params: Mapping[str, Any],
            n_jobs: int | None, batch_variables: int, brute_force_max: int, progress: bool,
            **_: Any) -> list[dict[str, Any]]:
     """Re-sample the heuristic blocks with shifts at which their DP-chosen count is optimal, so the
     reads concentrate where the solution is decided (as the gamma search's do), and re-polish."""
     todo = [i for i, (r, c) in enumerate(zip(results, counts)) if not r.get("exact") and 0 < c]
-    if not todo or focus_steps < 1:
+    if not todo or (focus_steps < 1 and tabu_iters < 1):
         return results
     groups = _pack(blocks, todo, batch_variables)
     seeds = _child_seeds(seed, f"focus{round_}", len(groups))
@@ -666,7 +728,8 @@ def _focus(blocks: list[_Block], results: list[dict[str, Any]], counts: list[int
         lam = np.stack([_focus_lambdas(results[i]["E"], counts[i], focus_steps) for i in g], axis=1)
         tasks.append({"blocks": [blocks[i] for i in g], "sampler": backend, "seed": seeds[j], "focus": lam,
                       "curves": [results[i] for i in g], "reads": reads, "sampler_params": dict(sampler_params),
-                      "brute_force_max": brute_force_max})
+                      "brute_force_max": brute_force_max, "counts": [counts[i] for i in g],
+                      "tabu_iters": tabu_iters})
     done = _run(tasks, backend, _auto_jobs(n_jobs, [blocks[i] for i in todo], brute_force_max, len(tasks)),
                 "layer focus", progress)
     out = list(results)
@@ -711,9 +774,10 @@ def solve_layerwise(
     progress: bool = False,
     brute_force_max: int = BRUTE_FORCE_MAX,
     steps: int = 4,
-    reads: int = 10,
-    focus_rounds: int = 1,
+    reads: int = 5,
+    focus_rounds: int = 3,
     focus_steps: int = 2,
+    tabu_iters: int = 2,
     batch_variables: int | None = None,
 ) -> ExactKResult:
     """Exactly-k solve of a block-diagonal :class:`~qprune.formulation.Formulation`, layer by layer.
@@ -728,15 +792,17 @@ def solve_layerwise(
         gamma: the capacity weight the energy is minimised at; None: the gamma at which the exact
             per-layer Lagrangian relaxation first prunes k units (see the module docstring).
         max_per_layer: max units pruned per layer: an int, an array indexed by layer id, or a mapping.
-        n_jobs: worker count (None: all cores when there is enough work, else 1). Named backends run
-            in processes, sampler instances in threads.
+        n_jobs: worker count (None: the idle cores when there is enough work, else 1). Named
+            backends run in processes, sampler instances in threads.
         sampler_params: extra keyword arguments for every backend call (e.g. ``num_sweeps``).
         progress: show a progress bar over block groups.
         brute_force_max: blocks of at most this many variables are enumerated (2^m states).
         steps: first-pass backend solves per heavy block, their shifts spread over all counts.
         reads: ``num_reads`` per backend solve (when the backend takes it).
-        focus_rounds, focus_steps: then, per round, ``focus_steps`` solves per heavy block with
-            shifts at which the count the DP chose for it is optimal, and a new DP.
+        focus_rounds, focus_steps, tabu_iters: then, per round, ``focus_steps`` solves per heavy
+            block with shifts at which the count the DP chose for it is optimal, a swap tabu search
+            of ``tabu_iters`` x m moves at that count and its two neighbours, and a new DP; rounds
+            stop (at most ``focus_rounds``) once the DP keeps its counts.
         batch_variables: heavy blocks are batched into one BQM of at most this many variables
             (None: 1,024, or the backend's ``max_variables`` when it has one).
 
@@ -772,7 +838,8 @@ def solve_layerwise(
 
         get(backend)  # fail now (missing extra, no token) rather than inside a worker
     opts = dict(brute_force_max=int(brute_force_max), steps=int(steps), reads=reads,
-                focus_steps=int(focus_steps), sampler_params=sampler_params, n_jobs=n_jobs,
+                focus_steps=int(focus_steps), tabu_iters=int(tabu_iters), sampler_params=sampler_params,
+                n_jobs=n_jobs,
                 batch_variables=int(batch_variables), progress=progress)
 
     reward = np.asarray(formulation.reward, float)
@@ -810,8 +877,11 @@ def solve_layerwise(
     history = [dp_energy]
     for round_ in range(int(focus_rounds)):
         results = _focus(blocks, results, counts, backend, seed, round_, **opts)
-        dp_energy, counts = _dp(at_gamma(), k)
+        dp_energy, new_counts = _dp(at_gamma(), k)
         history.append(dp_energy)
+        if new_counts == counts:  # every count the DP now uses has had its focus
+            break
+        counts = new_counts
     timings["focus_s"] = time.perf_counter() - t0
 
     x = np.zeros(n, np.int8)

@@ -184,14 +184,16 @@ class _Engine:
             self._steps[lr] = (optim, step)
         return self._steps[lr]
 
-    def peaked(self, x0: np.ndarray, rank: int, eps: float, rng: np.random.Generator) -> list:
+    def peaked(
+        self, x0: np.ndarray, rank: int, eps: float, rng: np.random.Generator, scale: float = 1.0
+    ) -> list:
         """A TT in protes' layout ``[Yl (1,2,r), Ym (d-2,r,2,r), Yr (r,2,1)]`` whose samples are
         ``x0`` with each coordinate flipped with probability about ``eps / (1 + eps)``."""
         d, r = x0.size, rank
         # weight 1 on the seed's value, eps on the other; the noise breaks the symmetry between the
         # rank channels (identical channels would get identical gradients forever)
         base = np.where(np.eye(2, dtype=bool)[x0], 1.0, eps)  # [d, 2]
-        Y = base[:, None, :, None] * (1.0 + 0.1 * rng.uniform(-1.0, 1.0, size=(d, r, 2, r)))
+        Y = scale * base[:, None, :, None] * (1.0 + 0.1 * rng.uniform(-1.0, 1.0, size=(d, r, 2, r)))
         Yl = Y[0, :1, :, :]  # (1, 2, r)
         Ym = Y[1:-1]  # (d-2, r, 2, r)
         Yr = Y[-1, :, :, :1]  # (r, 2, 1)
@@ -200,6 +202,7 @@ class _Engine:
 
 
 _ENGINE: _Engine | None = None
+_SCALE = lambda n, lr, spread: 1.0  # noqa: E731  (experiment hook)
 
 
 def _engine() -> _Engine:
@@ -559,7 +562,7 @@ def _search(
     rng = np.random.default_rng(seed)
     key = jax.random.PRNGKey(seed)
     eps = spread / max(n - spread, 1e-9)  # P(flip) = eps / (1 + eps) -> `spread` flips on average
-    P = eng.peaked(x0, rank, eps, rng)
+    P = eng.peaked(x0, rank, eps, rng, scale=_SCALE(n, lr, spread))
     optim, step = eng.optimizer(lr)
     state = optim.init(P)
 

@@ -61,6 +61,32 @@ def _gates_class() -> type:
     return Gates
 
 
+class _Isolated:
+    """Context: score with our own gates only -- gates already on the model (``apply_mask(...,
+    mode="gate")``) are switched off meanwhile -- in eval mode; everything is put back on exit."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        from qprune.masking import _GateHook
+
+        self.others = {
+            id(h.gates): h.gates for m in self.model.modules()
+            for h in m._forward_pre_hooks.values() if isinstance(h, _GateHook)
+        }
+        self.enabled = {key: g.enabled for key, g in self.others.items()}
+        for g in self.others.values():
+            g.enabled = False
+        self.was_training = self.model.training
+        self.model.eval()
+
+    def __exit__(self, *exc: Any) -> None:
+        for key, g in self.others.items():
+            g.enabled = self.enabled[key]
+        self.model.train(self.was_training)
+
+
 def _as_masks(masks: Any, n: int) -> np.ndarray:
     X = masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
     if X.ndim == 1:
@@ -121,23 +147,29 @@ def naive_score(
     """
     batches = list(batches)
     X = _as_masks(masks, space.N)
-    was_training = model.training
-    model.eval()
-    gates = _gates_class()(model, space)
-    try:
-        scores = np.empty(X.shape[0], dtype=np.float64)
-        for j, mask in enumerate(X):
-            gates.set(mask)  # one mask, unreplicated batch: what apply_mask(mode="gate") does
-            values = [float(metric(model(x), y)) for x, y in batches]
-            scores[j] = _weighted_mean(values, [int(x.shape[0]) for x, _ in batches])
-    finally:
-        gates.remove()
-        model.train(was_training)
+    with _Isolated(model):
+        gates = _gates_class()(model, space)
+        try:
+            scores = np.empty(X.shape[0], dtype=np.float64)
+            for j, mask in enumerate(X):
+                gates.set(mask)  # one mask, unreplicated batch: what apply_mask(mode="gate") does
+                values = [float(metric(model(x), y)) for x, y in batches]
+                scores[j] = _weighted_mean(values, [int(x.shape[0]) for x, _ in batches])
+        finally:
+            gates.remove()
     return scores
 
 
 # --------------------------------------------------------------------------------------------
 # the module-call trace
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The tensor's in-place version counter (None where it is not tracked: inference tensors)."""
+    try:
+        return int(t._version)
+    except RuntimeError:
+        return None
 
 
 class _Abort(Exception):
@@ -164,6 +196,7 @@ class _Trace:
 
     def __init__(self, calls: list[_Call]) -> None:
         self.calls = calls
+        self.in_place = True  # until the trace run shows otherwise
         self.by_key = {(id(c.module), c.index): cid for cid, c in enumerate(calls)}
         self.start_index = {c.start: cid for cid, c in enumerate(calls)}
         for cid, c in enumerate(calls):  # what a replay of call cid must count as called
@@ -262,10 +295,12 @@ class _Recorder:
         if self.mode == "trace":
             self.pos += 1
             self.calls[cid].end = self.pos
+            _map(out, lambda t: self.versions.append((t, _version(t))))
             return
         if cid in self.record:
-            # a clone: later in-place ops (ReLU(inplace=True), ...) must not change it
-            self.stored[cid] = _map(out, torch.Tensor.clone)
+            # if the model works in place (ReLU(inplace=True), ``out += x``), keep a copy that
+            # later ops cannot change
+            self.stored[cid] = _map(out, torch.Tensor.clone) if self.trace.in_place else out
 
     def _replaying_forward(self, module: nn.Module) -> Callable[..., Any]:
         original = module.__dict__.get("forward") or type(module).forward.__get__(module)
@@ -281,7 +316,10 @@ class _Recorder:
 
     # ----- runs
     def record_trace(self, run: Callable[[], Any]) -> _Trace:
+        """Record the module calls of one forward, and whether any module output is changed in
+        place after it was produced (then stored and replayed outputs must be copies)."""
         self._reset()
+        self.versions: list[tuple[torch.Tensor, int | None]] = []
         self.mode = "trace"
         try:
             run()
@@ -291,6 +329,8 @@ class _Recorder:
         for c in self.calls:
             c.name = names.get(id(c.module), "?")
         trace = _Trace(self.calls)
+        trace.in_place = any(v is None or _version(t) != v for t, v in self.versions)
+        self.versions = []
         self._reset()
         return trace
 
@@ -408,6 +448,7 @@ class MaskScorer:
         self._levels: dict[tuple, tuple[np.ndarray, list[np.ndarray]]] = {}
         self._sample_bytes: dict[tuple, int] = {}
         self._costs: dict[tuple, tuple[float, float]] = {}
+        self._chunks: dict[tuple, int] = {}
         self._bar = None
 
     # ----- public
@@ -462,19 +503,17 @@ class MaskScorer:
 
     @torch.inference_mode()
     def _score(self, X: np.ndarray) -> np.ndarray:
-        was_training = self.model.training
-        self.model.eval()
-        gates = _gates_class()(self.model, self.space)
-        recorder = _Recorder(self.model) if self.prefix else None
-        try:
-            if recorder is not None:
-                recorder.install()
-            per_batch = [self._score_batch(X, x, y, gates, recorder) for x, y in self.batches]
-        finally:
-            if recorder is not None:
-                recorder.remove()
-            gates.remove()
-            self.model.train(was_training)
+        with _Isolated(self.model):
+            gates = _gates_class()(self.model, self.space)
+            recorder = _Recorder(self.model) if self.prefix else None
+            try:
+                if recorder is not None:
+                    recorder.install()
+                per_batch = [self._score_batch(X, x, y, gates, recorder) for x, y in self.batches]
+            finally:
+                if recorder is not None:
+                    recorder.remove()
+                gates.remove()
         return np.array(
             [_weighted_mean([v[j] for v in per_batch], self.weights) for j in range(len(X))]
         )
@@ -509,8 +548,16 @@ class MaskScorer:
         recorder.remove()
 
     def _chunk_for(self, x: torch.Tensor, gates: Any) -> int:
+        """Masks per forward pass: ``chunk``, or what fits ``target_mb`` unless measuring showed
+        that batching does not pay for this input shape."""
         if self.chunk is not None:
             return self.chunk
+        shape = tuple(x.shape)
+        if shape not in self._costs:
+            self._costs[shape] = self._measure(x, gates)
+        return self._chunks.get(shape) or self._mem_chunk(x, gates)
+
+    def _mem_chunk(self, x: torch.Tensor, gates: Any) -> int:
         per_sample = self._sample_bytes.get(tuple(x.shape))
         if per_sample is None:  # measure once: the largest activation of one forward
             biggest = [0]
@@ -532,7 +579,7 @@ class MaskScorer:
     def _plain(self, X: np.ndarray, x: torch.Tensor, y: torch.Tensor, gates: Any) -> np.ndarray:
         """All masks of ``X`` in one forward pass over the replicated batch."""
         D = len(X)
-        gates.set(X)
+        gates.set(X if D > 1 else X[0])  # one mask: the cheaper broadcast gates
         result = self.model(_replicate(x, D))
         self._count(D, 1.0)
         return np.array([float(self.metric(_split(result, D, j), y)) for j in range(D)])
@@ -547,8 +594,9 @@ class MaskScorer:
         shape = tuple(x.shape)
         if shape in self._traces:
             return
-        gates.set(np.zeros(self.n, dtype=np.int8))
-        trace = recorder.record_trace(lambda: self.model(x))
+        gates.clear()
+        with torch.inference_mode(False), torch.no_grad():  # version counters need normal tensors
+            trace = recorder.record_trace(lambda: self.model(x.clone()))
         first: dict[str, int] = {}
         for c in trace.calls:
             first.setdefault(c.name, c.start)
@@ -563,13 +611,17 @@ class MaskScorer:
         levels = np.unique(pos)
         self._traces[shape] = trace
         self._levels[shape] = (levels, [np.flatnonzero(pos == p) for p in levels])
-        self._costs[shape] = self._measure(x, gates)
+        if shape not in self._costs:
+            self._costs[shape] = self._measure(x, gates)
 
     def _measure(self, x: torch.Tensor, gates: Any) -> tuple[float, float]:
-        """``(overhead, per copy)`` seconds of a forward pass, ``t(D) = overhead + per copy * D``
-        fitted on D = 1 and D = min(chunk, 8) (best of a few runs), to choose between the
-        prefix tree (more, smaller passes) and plain batching (fewer, larger passes)."""
-        chunk = min(self._chunk_for(x, gates), 8)
+        """``(overhead, per copy)`` seconds of a forward pass, ``t(D) = overhead + per copy * D``,
+        fitted on D = 1 and D = min(chunk, 8) (best of a few runs). It decides between the
+        prefix tree (more, smaller passes) and plain batching (fewer, larger passes), and turns
+        batching off (chunk 1) when a replicated pass costs more per copy than single passes --
+        the usual case on a CPU once a pass no longer fits in its caches."""
+        shape = tuple(x.shape)
+        chunk = min(self.chunk or self._mem_chunk(x, gates), 8)
         gates.clear()
 
         def best(copies: int, reps: int) -> float:
@@ -581,10 +633,14 @@ class MaskScorer:
                 times.append(time.perf_counter() - t0)
             return min(times)
 
+        best(1, 1)  # warm-up
         t1 = best(1, 3)
         if chunk == 1:  # one copy per pass either way: the tree can only save work
             return 0.0, t1
         tc = best(chunk, 2)
+        if self.chunk is None and tc / chunk >= 0.9 * t1:
+            self._chunks[shape] = 1
+            return 0.0, t1
         per_copy = max((tc - t1) / (chunk - 1), 1e-9)
         return max(t1 - per_copy, 0.0), per_copy
 
@@ -626,11 +682,13 @@ class MaskScorer:
 
             replay = {}
             for cid in (trace.replayed_at(start) if start > 0 else []):
-                # a fresh copy every time: the model may work in place on what it is given
-                replay[cid] = _map(ctx[cid], grow if D > 1 else torch.Tensor.clone)
+                if D > 1:
+                    replay[cid] = _map(ctx[cid], grow)
+                else:  # the model may work in place on what it is given
+                    replay[cid] = _map(ctx[cid], torch.Tensor.clone) if trace.in_place else ctx[cid]
             stop_call = trace.call_at(stop) if stop is not None else None
             record = set(trace.recorded_in(start, stop))
-            gates.set(masks)
+            gates.set(masks if D > 1 else masks[0])
             result, stored = recorder.run_stage(
                 trace, lambda: self.model(_replicate(x, D)), replay, record, stop_call
             )

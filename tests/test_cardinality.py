@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import dimod
 import numpy as np
 import pytest
 
 from qprune.cardinality import (
-    ExactKResult, QuboArrays, lagrangian, repair_to_k, solve_exact_k, swap_polish,
+    ExactKResult,
+    QuboArrays,
+    lagrangian,
+    repair_to_k,
+    solve_exact_k,
+    swap_polish,
 )
 from qprune.errors import QpruneError
 from qprune.formulation import Formulation, formulate, preset_terms
@@ -23,7 +28,7 @@ FAST = {"search_reads": 5, "final_reads": 10}
 BACKEND_PARAMS: dict[str, dict[str, Any]] = {"neal": {"num_sweeps": 200}, "tabu": {"timeout": 1}, "greedy": {}}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def instance(seed: int) -> tuple[Formulation, int]:
     """A random block-structured instance and a k: even seeds have arbitrary signs (and, some, couplings
     across layers), odd seeds are realistic hybrid QUBOs from the synthetic Half-UNet generator."""
@@ -271,8 +276,8 @@ def test_callable_must_match_its_reward() -> None:
 class ZeroSampler(dimod.Sampler):
     """Always answers the all-zero state: the search can never land on k by itself."""
 
-    parameters: dict[str, list] = {"num_reads": []}
-    properties: dict[str, Any] = {}
+    parameters: ClassVar[dict[str, list]] = {"num_reads": []}
+    properties: ClassVar[dict[str, Any]] = {}
 
     def sample(self, bqm: dimod.BinaryQuadraticModel, num_reads: int = 1, **kw: Any) -> dimod.SampleSet:
         zeros = np.zeros((num_reads, bqm.num_variables), dtype=np.int8)
@@ -356,7 +361,7 @@ def test_swap_polish_reaches_a_swap_local_optimum() -> None:
     for trial in range(10):
         x0 = np.zeros(arrs.n, dtype=np.int8)
         x0[rng.choice(arrs.n, 6, replace=False)] = 1
-        x, moves, gain = swap_polish(arrs, x0, gamma=0.3)
+        x, _, gain = swap_polish(arrs, x0, gamma=0.3)
         assert x.sum() == 6
         e = float(arrs.energy(x, 0.3))
         assert gain == pytest.approx(float(arrs.energy(x0, 0.3)) - e, abs=1e-9)

@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 
 import dimod
-import numpy as np
 import pytest
 
 import qprune.commands
@@ -34,7 +33,7 @@ def constrained_file(tmp_path: Path, form) -> Path:
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str], rc: int, match: str) -> None:
-    out, err = capsys.readouterr()
+    _, err = capsys.readouterr()
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -202,7 +201,16 @@ def test_solve_bad_input(case: str, plain_file: Path, tmp_path: Path, capsys: py
 
 def test_console_entry_point_exit_code(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "qprune.cli", "solve", str(tmp_path / "nope.bqm")],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"qprune: error: QUBO file {str(tmp_path / 'nope.bqm')!r} does not exist"]
     assert proc.stdout == ""
+
+
+def test_solve_counts_past_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = qubo_io.export_bqm(random_formulation((100, 100, 100), seed=3).objective_bqm(), tmp_path / "big.npz")
+    out = tmp_path / "big.json"
+    assert main(["solve", str(path), "--k", "200", "-b", "greedy", "--reads", "5", "--out", str(out)]) == 0
+    assert "200 ones" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["info"]["count"] == 200 == sum(data["sample"].values())

@@ -114,6 +114,16 @@ def test_default_gamma_with_per_unit_rewards_resolves_at_that_gamma(f3x6):
         assert res.energy == pytest.approx(_brute(f3x6, k, res.gamma), abs=1e-9)
 
 
+@pytest.mark.parametrize("k", [5, 13, 22])
+def test_heuristic_path_matches_enumeration_on_16_variable_blocks(k):
+    """Sampling + swap descent + focus + tabu against the exact curves of the same blocks."""
+    f = random_formulation((16, 14), seed=11)
+    exact = solve_layerwise(f, k, gamma=0.1)
+    heur = solve_layerwise(f, k, "neal", seed=0, gamma=0.1, brute_force_max=0)
+    assert exact.info["exact_blocks"] == 2 and heur.info["heuristic_blocks"] == 2
+    assert heur.energy == pytest.approx(exact.energy, abs=1e-9)
+
+
 def test_block_count_curve_matches_enumeration():
     rng = np.random.default_rng(0)
     m = 9
@@ -196,5 +206,5 @@ def test_qpu_backend_embeds_each_block_once():
 def test_qaoa_backend_on_small_blocks():
     f = random_formulation((4, 5), seed=10)
     X = ((np.arange(1 << 9)[:, None] >> np.arange(9)) & 1).astype(np.int8)
-    res = solve_layerwise(f, 4, "qaoa", seed=0, gamma=0.0, brute_force_max=0, steps=2)
+    res = solve_layerwise(f, 4, "qaoa", seed=0, gamma=0.0, brute_force_max=0, steps=2, focus_steps=1)
     assert res.energy == pytest.approx(float(f.energy(X, 0.0)[X.sum(1) == 4].min()))

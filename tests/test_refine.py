@@ -209,3 +209,40 @@ def test_protes_import_leaves_rcparams_alone() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_refine_mask_on_a_model_keeps_caps_and_never_loses() -> None:
+    """The pipeline hook: scorer from the workload's validation batches + primary metric."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from qprune.problems.halfunet import HalfUNet
+    from qprune.refine import refine_mask
+    from qprune.scoring import naive_score
+    from qprune.space import build_space
+
+    torch.manual_seed(0)
+    model = HalfUNet(width=8).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.normal_(0, 0.5)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g))]
+
+    def metrics(out, target):
+        mse = ((out.clamp(0, 1) - target) ** 2).mean()
+        return {"psnr": float(-10 * torch.log10(mse)), "mse": float(mse)}
+
+    work = SimpleNamespace(validation=batches, metrics=metrics, primary="psnr")
+    space = build_space(model, batches[0][0][:1], exclude=("ending",), min_keep=1)
+    k = space.N // 3
+    seed = space.random_mask(k, seed=0).astype(np.int8)
+    res = refine_mask(model, space, work, seed, k, budget=60, seed=0, progress=False, batch=20)
+    assert int(res.x.sum()) == k and res.value >= res.seed_value
+    assert np.all(np.bincount(space.layer_ids, weights=res.x) <= space.max_pruned_per_layer)
+    metric = lambda o, t: metrics(o, t)["psnr"]  # noqa: E731
+    ref = naive_score(model, space, batches, metric, np.stack([seed, res.x]))
+    assert ref[0] == pytest.approx(res.seed_value, abs=1e-4) and ref[1] == pytest.approx(res.value, abs=1e-4)
+    assert res.info["scorer"]["evaluated"] == res.evaluations

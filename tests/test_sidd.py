@@ -193,7 +193,8 @@ def test_training_flips_input_and_target_together(sidd_root: Path) -> None:
     clean = torch.from_numpy(train.clean).float() / 255
     noisy = torch.from_numpy(train.noisy).float() / 255
     batches = list(problem._train_epoch_batches(0, np.random.default_rng(0)))
-    assert sum(len(x) for x, _ in batches) == 3 * len(train) == problem._train_epoch_len() * 8
+    assert sum(len(x) for x, _ in batches) == 3 * len(train)
+    assert len(batches) == problem._train_epoch_len() == 5  # 36 patches in batches of 8
     flipped = 0
     for x, y in batches:
         for xi, yi in zip(x, y):
@@ -255,6 +256,9 @@ def test_reads_the_shared_sidd_folder_unchanged(shared_data: Path) -> None:
     assert splits["test"].clean.shape[1:] == (3, 128, 128)
     owners = {k: {v.groups[g] for g in v.group} for k, v in splits.items()}
     assert not (owners["train"] & owners["test"]) and not (owners["train"] & owners["val"])
-    scenes = DenoiseProblem(width=4, data=str(root), group_by="scene").splits()
-    by_scene = {k: {sidd.sidd_scene_id(v.groups[g]) for g in v.group} for k, v in scenes.items()}
+    # group_by="scene": captures of one physical scene (any phone, ISO) stay in one split.
+    regrouped = [sidd.ImagePair(p.name, sidd.sidd_scene_id(p.name), p.clean, p.noisy) for p in pairs]
+    scenes = sidd.split_patches(sidd.make_patches(regrouped), seed=0)
+    by_scene = {k: {v.groups[g] for g in v.group} for k, v in scenes.items()}
+    assert len(set().union(*by_scene.values())) == 10
     assert not (by_scene["train"] & by_scene["test"]) and not (by_scene["train"] & by_scene["val"])

@@ -89,3 +89,13 @@ def check_output(path: str | None, flag: str) -> None:
     parent = Path(path).resolve().parent
     if parent.exists() and not parent.is_dir():
         raise QpruneError(f"{flag} {path!r}: {str(parent)!r} is not a directory")
+
+
+def check_amount(args: argparse.Namespace) -> None:
+    """--sparsity/--k sanity that needs no model: exactly one, sparsity in [0, 1), k >= 0."""
+    if (args.sparsity is None) == (args.k is None):
+        raise QpruneError("give exactly one of --sparsity (a fraction in [0, 1)) or --k (a count)")
+    if args.sparsity is not None and not 0.0 <= args.sparsity < 1.0:
+        raise QpruneError(f"--sparsity {args.sparsity} must be a fraction in [0, 1)")
+    if args.k is not None and args.k < 0:
+        raise QpruneError(f"--k {args.k} must be >= 0")

@@ -20,8 +20,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from qprune import qubo_io
     from qprune.model_io import save_pruned
     from qprune.pipeline import as_workload, finish
@@ -37,8 +35,7 @@ def run(args: argparse.Namespace) -> int:
         kwargs["layers"] = args.layers
     model.eval()
     space = build_space(model, problem.example_inputs(), **kwargs)
-    sample = qubo_io.load_sample(args.sample, space.labels)
-    mask = np.array([int(sample[label]) for label in space.labels], dtype=bool)
+    mask = qubo_io.load_sample(args.sample, space.labels).astype(bool)
     result = finish(model, space, mask, work, remove=args.output is not None or args.report is not None)
     result.method, result.k = "external sample", int(mask.sum())
     summary = summarize(result, extra={"problem": problem.name, "checkpoint": ckpt, "sample_file": args.sample})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from qprune.commands._common import (
-    add_problem_args, add_solver_args, add_space_args, check_output, load_problem_and_model, parse_weights,
+    add_problem_args, add_solver_args, add_space_args, check_amount, check_output, load_problem_and_model, parse_weights,
 )
 
 
@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from qprune import qubo_io
     from qprune.pipeline import method_spec, prepare, resolve_k, select_mask
 
+    check_amount(args)
     spec = method_spec(args.method)
     if spec.kind != "qubo":
         from qprune.errors import QpruneError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from qprune.commands._common import (
-    add_problem_args, add_solver_args, add_space_args, check_output, load_problem_and_model, parse_weights,
+    add_problem_args, add_solver_args, add_space_args, check_amount, check_output, load_problem_and_model, parse_weights,
 )
 
 
@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from qprune.pipeline import method_spec, prune
     from qprune.report import render_markdown, summarize, write_report
 
+    check_amount(args)
     method_spec(args.method)  # fail on a bad method before loading anything
     check_output(args.output, "--output")
     check_output(args.report, "--report")

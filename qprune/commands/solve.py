@@ -87,13 +87,14 @@ def run(args: argparse.Namespace) -> int:
         info = {k_: v for k_, v in res.info.items() if k_ not in ("objective", "energy")}
         info["energy_at_gamma"] = res.energy
         info["k_source"] = k_source
-    info.update({"file": str(args.file), "num_variables": n, "count": int(sum(x)),
+    count = sum(int(b) for b in x)  # int8 arrays would overflow a plain sum past 127
+    info.update({"file": str(args.file), "num_variables": n, "count": count,
                  "wall_time_s": time.perf_counter() - t0})
     payload = {"sample": {_key(v): int(b) for v, b in zip(labels, x)}, "energy": float(energy), "info": info}
 
     mode = f"exact k={k} ({k_source})" if k is not None else "plain sampling"
     summary = (f"solved {args.file}: {n} variables, {mode}, backend {args.backend}: energy {energy:.10g}, "
-               f"{int(sum(x))} ones, {info['wall_time_s']:.2f} s")
+               f"{count} ones, {info['wall_time_s']:.2f} s")
     if k is not None:
         summary += (f", gamma {info['gamma']:.6g}, {info['solves']} solves"
                     + (f", repaired ({info['repair_moves']} moves)" if info["repaired"] else "")

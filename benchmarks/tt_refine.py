@@ -1,0 +1,357 @@
+"""TT (PROTES) refinement benchmark on the denoising problem (``make bench-tt``; not a test).
+
+Three parts, one run, one model:
+
+1. **Scoring speed.** The distinct masks that a real TT refinement asked for (in the groups it
+   asked for them) are scored again, the same budget three ways, interleaved group by group so
+   that all three see the same machine load: one gated forward pass per mask (``naive_score``,
+   the reference), :class:`qprune.scoring.MaskScorer` with plain batching, and ``MaskScorer`` as
+   shipped (prefix tree + cost model). The scores must agree within 1e-4 dB. Time ratios are
+   printed for wall-clock and process CPU time. The TT also proposes masks it has seen before: a
+   loop that scores every proposal (what ``protes.protes`` does with a per-mask objective) pays
+   those too; that ratio is printed separately.
+2. **Sub-problem** (the first ``--layers`` prunable layers, 16 as in the paper): hybrid-QUBO seed
+   from the pipeline vs the TT-refined mask.
+3. **Full model**: seed vs chunked TT refinement (consecutive-layer chunks, each keeping its count).
+
+The search scores masks on a fixed validation subset (``--search-images``); every PSNR/SSIM in
+the tables is on the held-out TEST split (and the validation-subset value is shown beside it, so
+over-fitting to the subset shows).
+
+Model: ``--checkpoint``, else the F=64 SIDD model ``make train-sidd`` caches
+(``~/.cache/qprune/denoise_sidd_f64.pt``), else the small shipped checkpoint; the JSON says which.
+Output: ``benchmarks/results/tt_refine.{json,md}``. On a shared 2-core machine use ``--threads 1``
+(the default): with two threads and other jobs running, OpenMP barriers made passes 10x slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from qprune import pipeline
+from qprune.errors import QpruneError
+from qprune.masking import apply_mask, remove_gates
+from qprune.refine import RefineResult, refine, refine_mask
+from qprune.scoring import MaskScorer, naive_score
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIDD_CKPT = Path.home() / ".cache" / "qprune" / "denoise_sidd_f64.pt"
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """Where the figures were measured (the load average matters on a shared machine)."""
+    import protes
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": threads,
+        "protes": getattr(protes, "__version__", "?"),
+        "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def pick_checkpoint(arg: str | None) -> tuple[Path, str]:
+    """The model to benchmark and a sentence saying why this one."""
+    if arg:
+        return Path(arg), "given with --checkpoint"
+    if SIDD_CKPT.is_file():
+        return SIDD_CKPT, "the F=64 SIDD model cached by `make train-sidd`"
+    from qprune.problems import pretrained_path
+
+    try:
+        path = pretrained_path("denoise")
+    except QpruneError as exc:
+        raise SystemExit(
+            f"no denoising checkpoint: {SIDD_CKPT} is absent (run `make train-sidd`) and {exc}"
+        ) from exc
+    return path, (f"{SIDD_CKPT} is absent (run `make train-sidd` for the paper's F=64 model); "
+                  "using the small shipped checkpoint")
+
+
+def subset(batches: list, images: int) -> list:
+    """The first ``images`` validation images, as batches (the fixed search subset)."""
+    out, left = [], images
+    for x, y in batches:
+        if left <= 0:
+            break
+        out.append((x[:left], y[:left]))
+        left -= int(x[:left].shape[0])
+    return out
+
+
+def evaluate(problem: Any, model: torch.nn.Module, space: Any, mask: np.ndarray, batches: list) -> dict:
+    """Metrics (PSNR, SSIM) of the gated model on ``batches``."""
+    apply_mask(model, space, mask.astype(bool), mode="gate")
+    try:
+        return {k: float(v) for k, v in problem.evaluate(model, batches).items()}
+    finally:
+        remove_gates(model)
+
+
+class Recording:
+    """An objective wrapper that keeps every group of masks the refinement asked for."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.groups: list[np.ndarray] = []
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        self.groups.append(np.array(X, dtype=np.int8))
+        return self.fn(X)
+
+
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def speed(model: Any, space: Any, groups: list[np.ndarray], batches: list, metric: Any, masks: int) -> dict:
+    """Score the first ``masks`` recorded masks three ways, interleaved group by group."""
+    todo, left = [], masks
+    for g in groups:
+        if left <= 0:
+            break
+        todo.append(g[:left])
+        left -= len(g[:left])
+    plain = MaskScorer(model, space, batches, metric, prefix=False, progress=False)
+    tree = MaskScorer(model, space, batches, metric, progress=False)
+    # warm-up (first-call costs: allocator, oneDNN primitives, the tree's trace and cost model)
+    warm = todo[0][:2]
+    naive_score(model, space, batches, metric, warm)
+    MaskScorer(model, space, batches, metric, prefix=False, progress=False)(warm)
+    MaskScorer(model, space, batches, metric, progress=False)(warm)
+    wall = {"naive": 0.0, "plain": 0.0, "tree": 0.0}
+    cpu = dict(wall)
+    diffs: list[float] = []
+    scores: list[np.ndarray] = []
+    for g in todo:
+        w, c = _clock()
+        ref = naive_score(model, space, batches, metric, g)
+        w2, c2 = _clock()
+        got_plain = plain(g)
+        w3, c3 = _clock()
+        got_tree = tree(g)
+        w4, c4 = _clock()
+        wall["naive"] += w2 - w
+        wall["plain"] += w3 - w2
+        wall["tree"] += w4 - w3
+        cpu["naive"] += c2 - c
+        cpu["plain"] += c3 - c2
+        cpu["tree"] += c4 - c3
+        diffs += [float(np.abs(got_plain - ref).max()), float(np.abs(got_tree - ref).max())]
+        scores.append(ref)
+    n = sum(len(g) for g in todo)
+    return {
+        "masks": n,
+        "groups": len(todo),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "ratio_wall": {k: wall["naive"] / wall[k] for k in ("plain", "tree")},
+        "ratio_cpu": {k: cpu["naive"] / cpu[k] for k in ("plain", "tree")},
+        "max_abs_diff_db": max(diffs),
+        "tree_stats": tree.stats(),
+        "plain_stats": plain.stats(),
+        "score_range_db": [float(np.min(np.concatenate(scores))), float(np.max(np.concatenate(scores)))],
+    }
+
+
+def result_row(res: RefineResult) -> dict:
+    return {k: v for k, v in res.summary().items() if k not in ("trace", "scorer")} | {
+        "trace": [[int(m), float(v)] for m, v in res.trace]
+    }
+
+
+# ----------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", help="denoise checkpoint (default: SIDD F=64 cache, else shipped)")
+    ap.add_argument("--sparsity", type=float, default=0.36, help="fraction of units pruned")
+    ap.add_argument("--layers", type=int, default=16, help="prunable layers in the sub-problem")
+    ap.add_argument("--tt-budget", type=int, default=2000, help="distinct evaluations per refinement")
+    ap.add_argument("--speed-masks", type=int, default=300, help="masks scored three ways for timing")
+    ap.add_argument("--search-images", type=int, default=16, help="validation images the search scores on")
+    ap.add_argument("--group-size", type=int, default=64, help="min units per chunk (full model)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared box)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.tt_budget, args.speed_masks, args.search_images = 200, 60, 8
+    torch.set_num_threads(args.threads)
+
+    from qprune.problems import load_checkpoint
+
+    path, why = pick_checkpoint(args.checkpoint)
+    print(f"model: {path} ({why})", flush=True)
+    problem, model = load_checkpoint(path)
+    model.eval()
+    search = subset(problem.validation_batches(), args.search_images)
+    test = problem.test_batches()
+    metric = problem.metric
+    n_test = sum(int(x.shape[0]) for x, _ in test)
+    n_search = sum(int(x.shape[0]) for x, _ in search)
+    print(f"search subset: {n_search} validation images; test split: {n_test} images", flush=True)
+    report: dict[str, Any] = {
+        "machine": machine_info(args.threads),
+        "checkpoint": {"path": str(path), "why": why, "config": problem.config,
+                       "meta": getattr(problem, "checkpoint_meta", {})},
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "search_images": n_search,
+        "test_images": n_test,
+    }
+
+    # ---- sub-problem: QUBO seed, TT refinement (recorded for the speed part)
+    from qprune.space import build_space
+
+    n_layers_all = len(build_space(model, problem.example_inputs(), **problem.prunable(model)).layers)
+    n_layers = min(args.layers, n_layers_all)  # the Half-UNet has 12: "16 layers" is then all of them
+    t0 = time.perf_counter()
+    prep = pipeline.prepare(model, problem, methods=("hybrid-qubo",), layers=n_layers, progress=False)
+    space = prep.space
+    k = int(round(args.sparsity * space.N))
+    seed_mask, info = pipeline.select_mask(prep, "hybrid-qubo", k, seed=args.seed)
+    t_seed = time.perf_counter() - t0
+    print(f"sub-problem: {len(space.layers)} of {n_layers_all} prunable layers, {space.N} units, "
+          f"k={k}; QUBO seed in {t_seed:.1f}s", flush=True)
+    scorer = MaskScorer(prep.model, space, search, metric, progress=False)
+    rec = Recording(scorer)
+    res = refine(seed_mask, rec, k, budget=args.tt_budget, max_per_group=space.max_per_group(),
+                 seed=args.seed, progress=True)
+    print(f"  TT: {res.evaluations} evaluations ({res.proposals} proposals) in {res.time:.0f}s, "
+          f"search PSNR {res.seed_value:.4f} -> {res.value:.4f} dB", flush=True)
+    zero = np.zeros(space.N, dtype=np.int8)
+    sub = {
+        "layers": list(space.layers), "layers_requested": args.layers, "layers_available": n_layers_all,
+        "units": space.N, "k": k, "seed_time_s": t_seed,
+        "refine": result_row(res), "scorer": scorer.stats(),
+        "test": {name: evaluate(problem, prep.model, space, m, test)
+                 for name, m in (("unpruned", zero), ("qubo_seed", seed_mask), ("tt_refined", res.x))},
+        "search": {name: evaluate(problem, prep.model, space, m, search)
+                   for name, m in (("unpruned", zero), ("qubo_seed", seed_mask), ("tt_refined", res.x))},
+    }
+    report["subproblem"] = sub
+
+    # ---- scoring speed on the masks the TT really asked for
+    print(f"speed: scoring {args.speed_masks} recorded masks naive / plain batched / prefix tree ...",
+          flush=True)
+    sp = speed(prep.model, space, rec.groups, search, metric, args.speed_masks)
+    sp["proposals_per_distinct"] = res.proposals / max(res.evaluations, 1)
+    sp["ratio_wall_vs_every_proposal"] = sp["ratio_wall"]["tree"] * sp["proposals_per_distinct"]
+    report["speed"] = sp
+    print(f"  naive {sp['wall_s']['naive']:.1f}s, plain {sp['wall_s']['plain']:.1f}s, "
+          f"tree {sp['wall_s']['tree']:.1f}s -> x{sp['ratio_wall']['tree']:.2f} wall, "
+          f"x{sp['ratio_cpu']['tree']:.2f} cpu; max |diff| {sp['max_abs_diff_db']:.2e} dB", flush=True)
+
+    # ---- full model: seed vs chunked refinement
+    t0 = time.perf_counter()
+    prep_full = pipeline.prepare(model, problem, methods=("hybrid-qubo",), progress=False)
+    kf = int(round(args.sparsity * prep_full.space.N))
+    seed_full, _ = pipeline.select_mask(prep_full, "hybrid-qubo", kf, seed=args.seed)
+    t_seed_full = time.perf_counter() - t0
+    print(f"full model: {len(prep_full.space.layers)} layers, {prep_full.space.N} units, k={kf}", flush=True)
+    res_full = refine_mask(prep_full.model, prep_full.space, problem, seed_full, kf, budget=args.tt_budget,
+                           seed=args.seed, chunked=True, batches=search, group_size=args.group_size)
+    print(f"  chunked TT: {res_full.evaluations} evaluations in {res_full.time:.0f}s, search PSNR "
+          f"{res_full.seed_value:.4f} -> {res_full.value:.4f} dB", flush=True)
+    fs = prep_full.space
+    report["full"] = {
+        "layers": len(fs.layers), "units": fs.N, "k": kf, "seed_time_s": t_seed_full,
+        "refine": result_row(res_full) | {"stages": res_full.info.get("stages")},
+        "scorer": res_full.info.get("scorer"),
+        "test": {name: evaluate(problem, prep_full.model, fs, m, test)
+                 for name, m in (("unpruned", np.zeros(fs.N, np.int8)), ("qubo_seed", seed_full),
+                                 ("tt_chunked", res_full.x))},
+        "search": {name: evaluate(problem, prep_full.model, fs, m, search)
+                   for name, m in (("qubo_seed", seed_full), ("tt_chunked", res_full.x))},
+    }
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tt_refine.json").write_text(json.dumps(report, indent=2, default=float))
+    (out / "tt_refine.md").write_text(markdown(report))
+    print((out / "tt_refine.md").read_text())
+    return 0
+
+
+def markdown(r: dict) -> str:
+    sp, sub, full = r["speed"], r["subproblem"], r["full"]
+    lines = [
+        "# TT refinement benchmark (`make bench-tt`)",
+        "",
+        f"Model: `{r['checkpoint']['path']}` — {r['checkpoint']['why']}. "
+        f"Search on {r['search_images']} validation images; PSNR/SSIM below on the held-out test split "
+        f"({r['test_images']} images) unless marked *search*. torch threads: "
+        f"{r['machine']['torch_threads']}, load average at the end: {r['machine']['loadavg_1_5_15']}.",
+        "",
+        "## Scoring speed (same masks, interleaved)",
+        "",
+        f"{sp['masks']} distinct masks that the sub-problem's TT run asked for, in its {sp['groups']} groups.",
+        "",
+        "| scorer | wall s | cpu s | speed-up (wall) | speed-up (cpu) |",
+        "|---|---|---|---|---|",
+        f"| one mask per forward pass (`naive_score`) | {sp['wall_s']['naive']:.1f} | {sp['cpu_s']['naive']:.1f} | 1.00 | 1.00 |",
+        f"| MaskScorer, plain batching | {sp['wall_s']['plain']:.1f} | {sp['cpu_s']['plain']:.1f} | "
+        f"{sp['ratio_wall']['plain']:.2f} | {sp['ratio_cpu']['plain']:.2f} |",
+        f"| MaskScorer (prefix tree + cost model) | {sp['wall_s']['tree']:.1f} | {sp['cpu_s']['tree']:.1f} | "
+        f"{sp['ratio_wall']['tree']:.2f} | {sp['ratio_cpu']['tree']:.2f} |",
+        "",
+        f"Largest score difference from the naive reference: {sp['max_abs_diff_db']:.2e} dB. "
+        f"Prefix-tree forward work per mask: {sp['tree_stats']['work_vs_naive']:.3f} of a full pass. "
+        f"The TT proposed {sp['proposals_per_distinct']:.2f} masks per distinct mask; a loop that scores "
+        f"every proposal (no cache) would be x{sp['ratio_wall_vs_every_proposal']:.2f} slower than MaskScorer.",
+        "",
+        f"## Sub-problem: {len(sub['layers'])} layers ({sub['layers_requested']} requested, "
+        f"{sub['layers_available']} in the model), {sub['units']} units, k = {sub['k']}",
+        "",
+        "| mask | test PSNR | test SSIM | search PSNR |",
+        "|---|---|---|---|",
+    ]
+    for name in ("unpruned", "qubo_seed", "tt_refined"):
+        t, s = sub["test"][name], sub["search"][name]
+        lines.append(f"| {name} | {t['psnr']:.4f} | {t.get('ssim', float('nan')):.4f} | {s['psnr']:.4f} |")
+    ref = sub["refine"]
+    lines += [
+        "",
+        f"TT: {ref['evaluations']} evaluations, {ref['proposals']} proposals, {ref['iterations']} iterations, "
+        f"{ref['time']:.0f} s; stopped: {ref.get('stopped')}.",
+        "",
+        f"## Full model: {full['layers']} layers, {full['units']} units, k = {full['k']} (chunked TT)",
+        "",
+        "| mask | test PSNR | test SSIM | search PSNR |",
+        "|---|---|---|---|",
+    ]
+    for name in ("unpruned", "qubo_seed", "tt_chunked"):
+        t = full["test"][name]
+        s = full["search"].get(name, {})
+        lines.append(f"| {name} | {t['psnr']:.4f} | {t.get('ssim', float('nan')):.4f} | "
+                     f"{s.get('psnr', float('nan')):.4f} |")
+    fr = full["refine"]
+    lines += [
+        "",
+        f"Chunked TT: {fr['evaluations']} evaluations over {len(fr.get('stages') or [])} chunk stages, "
+        f"{fr['time']:.0f} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

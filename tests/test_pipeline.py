@@ -1,0 +1,72 @@
+"""End-to-end pruning: every method, exact k, the Python API's result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import qprune.problems as problems
+from qprune.errors import QpruneError
+from qprune.pipeline import METHODS, prepare, prune, resolve_k, run_method
+
+
+@pytest.fixture(scope="module")
+def classify():
+    return problems.load_pretrained("classify")
+
+
+@pytest.fixture(scope="module")
+def prepared(classify):
+    problem, model = classify
+    methods = [m for m in METHODS if not METHODS[m].refine]
+    return prepare(model, problem, methods=methods, progress=False)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if not METHODS[m].refine])
+def test_every_method_prunes_exactly_k(prepared, method):
+    result = run_method(prepared, method, sparsity=0.3, seed=0, remove=True)
+    k = int(round(0.3 * prepared.space.N))
+    assert result.k == k and int(result.mask.sum()) == k
+    per_layer = result.per_layer()
+    assert sum(r["pruned"] for r in per_layer) == k
+    assert all(r["kept"] >= prepared.space.min_keep for r in per_layer)
+    # the removed model is really smaller, as the space predicted
+    assert result.stats_after["params"] == prepared.space.predicted_params(result.mask)
+    assert result.stats_after["params"] < result.stats_before["params"]
+    # the gated model and the physically pruned one agree
+    x = prepared.work.test[0][0]
+    with torch.no_grad():
+        torch.testing.assert_close(result.pruned_model(x), result.gated_model(x), atol=1e-4, rtol=1e-4)
+    assert set(result.metrics_after) == {"accuracy"}
+    if METHODS[method].kind == "qubo":
+        assert result.bqm is not None and result.energy is not None and result.gamma is not None
+
+
+def test_same_seed_same_mask(prepared):
+    a = run_method(prepared, "hybrid-qubo", k=20, seed=3, remove=False)
+    b = run_method(prepared, "hybrid-qubo", k=20, seed=3, remove=False)
+    assert np.array_equal(a.mask, b.mask)
+
+
+def test_prune_api_on_plain_batches(classify):
+    problem, model = classify
+    batches = problem.calibration_batches()
+    loss = torch.nn.functional.cross_entropy
+    result = prune(model, batches, k=10, method="taylor-greedy", loss_fn=loss,
+                   metric_fn=lambda out, y: float((out.argmax(1) == y).float().mean()), progress=False)
+    assert int(result.mask.sum()) == 10
+    assert "metric" in result.metrics_after
+    assert set(result.timings) >= {"space", "signals", "solve", "evaluate"}
+
+
+@pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5])
+def test_bad_sparsity(sparsity):
+    with pytest.raises(QpruneError, match="sparsity"):
+        resolve_k(100, sparsity=sparsity)
+
+
+def test_unknown_method(classify):
+    problem, model = classify
+    with pytest.raises(QpruneError, match="unknown method 'nope'"):
+        prune(model, problem, sparsity=0.3, method="nope", progress=False)
