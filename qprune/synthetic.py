@@ -43,7 +43,8 @@ def synthetic_instance(
         sizes.append(int(rng.choice(layer_sizes)))
     sizes[-1] -= sum(sizes) - n_units
     if sizes[-1] < 2 and len(sizes) > 1:  # a 1-unit layer has no pairs: fold it into its neighbour
-        sizes[-2] += sizes.pop()
+        last = sizes.pop()  # pop first: `sizes[-2] += sizes.pop()` indexes the shrunk list
+        sizes[-1] += last
 
     labels: list[str] = []
     layer_ids = np.repeat(np.arange(len(sizes)), sizes)
