@@ -63,7 +63,7 @@ MEMBERS = {  # unit -> [(param prefix, output channel)] by hand
 }
 
 
-def _brute(m: Tiny, batches, decay: float | None = None):
+def _brute(m: Tiny, batches, decay: float | None = None, fisher_space: str = "sum"):
     """Per-batch Taylor, g² per weight and channel-Fisher derivatives by plain autograd."""
     names = [f"{p}.{w}" for p in ("conv1", "dw", "conv2") for w in ("weight", "bias")]
     params = {n: p.detach() for n, p in m.named_parameters()}
@@ -84,8 +84,9 @@ def _brute(m: Tiny, batches, decay: float | None = None):
             t[label] = s
         taylor.append(t)
         fisher.append({n: grads[n] ** 2 for n in names})
-        # channel Fisher: dL/dm for a gate m on the consumer's input channel, mean over batch and space
-        n_hw = x.shape[0] * x.shape[2] * x.shape[3]
+        # channel Fisher: dL/dm for a gate m on the consumer's input channel, mean over the batch
+        # (and over space with fisher_space="mean")
+        n_hw = x.shape[0] * (x.shape[2] * x.shape[3] if fisher_space == "mean" else 1)
         d = {f"conv1:{j}": float((g * dg)[:, j].sum()) / n_hw for j in range(4)}
         d.update({f"conv2:{c}": float((h * dh)[:, c].sum()) / n_hw for c in range(6)})
         cf.append(d)
@@ -111,13 +112,13 @@ def _vec(space, d):
     return np.array([d[lab] for lab in space.labels])
 
 
-@pytest.mark.parametrize("decay", [None, 0.6])
-def test_signals_match_brute_force(decay):
+@pytest.mark.parametrize("decay, fisher_space", [(None, "sum"), (0.6, "sum"), (None, "mean")])
+def test_signals_match_brute_force(decay, fisher_space):
     m, space, batches = _setup()
     assert space.labels == [f"conv1:{j}" for j in range(4)] + [f"conv2:{c}" for c in range(6)]
     assert "model output" in space.excluded["conv3"]
-    sig = collect_signals(m, space, batches, F.mse_loss, ema=decay, progress=False)
-    t, t_abs, wf, cf = _brute(m, batches, decay)
+    sig = collect_signals(m, space, batches, F.mse_loss, ema=decay, fisher_space=fisher_space, progress=False)
+    t, t_abs, wf, cf = _brute(m, batches, decay, fisher_space)
     assert sig.n_batches == 3
     np.testing.assert_allclose(sig.taylor, _vec(space, t), rtol=1e-9, atol=1e-15)
     np.testing.assert_allclose(sig.weight_fisher, _vec(space, wf), rtol=1e-9, atol=1e-15)
@@ -207,9 +208,9 @@ def test_linear_units_and_flattened_sites():
     h = net[:4](batches[0][0]).reshape(3, 6, 16)
     pooled = F.adaptive_avg_pool1d(h, 4).permute(1, 0, 2).reshape(6, 12).detach().numpy()
     np.testing.assert_allclose(sig.activations[0], pooled, rtol=1e-12)
-    # channel Fisher on a flattened site: mean over batch and the channel's 16 features
+    # channel Fisher on a flattened site: mean over the batch, sum over the channel's 16 features
     x, y = batches[0]
     h = net[:4](x)
     dh, = torch.autograd.grad(F.cross_entropy(net[4:](h), y), [h])
-    d = (h * dh).detach().reshape(3, 6, 16).sum(dim=(0, 2)) / (3 * 16)
+    d = (h * dh).detach().reshape(3, 6, 16).sum(dim=(0, 2)) / 3
     np.testing.assert_allclose(sig.channel_fisher[:6], (d ** 2).numpy(), rtol=1e-9)
