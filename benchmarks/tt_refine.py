@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tt-budget", type=int, default=2000, help="distinct evaluations per refinement")
     ap.add_argument("--speed-masks", type=int, default=300, help="masks scored three ways for timing")
     ap.add_argument("--search-images", type=int, default=16, help="validation images the search scores on")
-    ap.add_argument("--group-size", type=int, default=64, help="min units per chunk (full model)")
+    ap.add_argument("--group-size", type=int, default=128, help="about this many units per chunk (full model)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared box)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")

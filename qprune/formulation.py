@@ -150,12 +150,22 @@ def formulate(
     labels: Sequence[str] | None = None,
     layer_ids: Sequence[int] | np.ndarray,
     offset: float = 0.0,
+    coupling_scale: str = "layer",
 ) -> Formulation:
     """Combine normalised terms into a :class:`Formulation` (vectorised; one dense block per layer).
 
     ``terms`` must contain ``capacity`` and the terms of the preset (see :func:`preset_terms`); a
     term whose weight is 0 may be absent. ``labels`` default to ``"unit:<i>"``.
+
+    ``coupling_scale="layer"`` (default) divides each layer's couplings by (m - 1), m its number of
+    units. After unit-variance scaling every coupling is O(1), so a unit's summed coupling to its
+    layer grows with m while its linear terms stay O(1): unscaled, with all weights 1, the
+    couplings decide alone and the mask is nearly uniform per layer (digits CNN at 30 %: 0.39
+    validation accuracy, against 0.94 with the couplings scaled). ``"none"`` is DESIGN.md's
+    literal form, where the weights beta_off and lambda must absorb the layer size.
     """
+    if coupling_scale not in ("layer", "none"):
+        raise QpruneError(f"coupling_scale must be 'layer' or 'none', got {coupling_scale!r}")
     weights = weights or Weights()
     lids = np.asarray(layer_ids)
     if lids.ndim != 1 or lids.size == 0:
@@ -201,7 +211,10 @@ def formulate(
             C = term.cross
             cross_parts.append((C.row.astype(np.int64), C.col.astype(np.int64), w_off * C.data))
 
-    cross = _merge_cross(cross_parts, n, block_of, pos, dense)
+    cross = _merge_cross(cross_parts, n, block_of, pos, dense)  # folds within-layer pairs into `dense`
+    if coupling_scale == "layer":
+        for M in dense:
+            M /= max(M.shape[0] - 1, 1)
     reward = validate_term(terms["capacity"], n).linear
     return Formulation(labels, lids.copy(), linear, list(zip(groups, dense)), cross, reward.copy(), float(offset))
 

@@ -14,6 +14,10 @@ through how many units each layer gives up. So:
    call costs one sampler overhead for many layers.
 2. min sum_b C_b(c_b) subject to sum_b c_b = k and c_b <= cap_b is a knapsack-style DP over layers
    (O(B k c_max), milliseconds), exact given the curves; the result has exactly k ones by construction.
+3. Focus: the DP only reads each curve near the count it picks, so the heavy blocks are sampled
+   again with shifts at which that count is optimal (where the gamma search's reads land too), the
+   picked count and its neighbours get a swap tabu search, and the DP runs again — until it keeps
+   its counts (at most ``focus_rounds``).
 
 Gamma: ``energy`` is E at a gamma. Given ``gamma=``, that gamma is used (e.g. the gamma search's final
 one, to compare both strategies on the same BQM). Otherwise the default is the gamma where the exact
@@ -46,7 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["block_count_curve", "solve", "solve_layerwise"]
 
-BRUTE_FORCE_MAX = 20  # 2^20 states x 20^2 flops: ~0.2 s per block, exact
+BRUTE_FORCE_MAX = 20  # meet in the middle: 2 x 2^10 half-states, ~0.05-0.15 s per 20-variable block
 _INF = np.inf
 
 
@@ -747,10 +751,12 @@ def _child_seeds(seed: int | None, tag: str, n: int) -> list[int]:
 
 def _default_batch(backend: str | dimod.Sampler) -> int:
     """Variables per batched backend call: one block per call on a QPU (each block embeds once and
-    its embedding is reused across the lambda steps), the backend's size limit, or 1,024."""
+    its embedding is reused across the lambda steps) and on QAOA (its time grows exponentially and
+    its quality falls beyond ~10 qubits), the backend's size limit, or 1,024."""
     from qprune.backends.dwave import CachedEmbeddingSampler
+    from qprune.backends.qaoa import QAOASampler
 
-    if backend == "dwave" or isinstance(backend, CachedEmbeddingSampler):
+    if backend in ("dwave", "qaoa") or isinstance(backend, (CachedEmbeddingSampler, QAOASampler)):
         return 1
     if isinstance(backend, str):
         from qprune.backends import info as backend_info

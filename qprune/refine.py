@@ -613,25 +613,26 @@ def _search(
 # chunked / hierarchical refinement for the full network
 
 
-def layer_groups(layer_ids: np.ndarray, min_size: int = 64) -> list[np.ndarray]:
-    """Consecutive layers merged into groups of at least ``min_size`` variables (the last group
-    may be smaller only when it is the only one). Merging lets the counts move between the
-    layers of a group, which a one-layer group with a fixed count cannot."""
+def layer_groups(layer_ids: np.ndarray, size: int = 128) -> list[np.ndarray]:
+    """Whole consecutive layers (in first-seen order) cut into ``round(N / size)`` groups of
+    about equal unit counts (at least one group). A group that spans several layers lets the
+    pruned count move between them, which a one-layer chunk with a fixed count cannot."""
     layer_ids = np.asarray(layer_ids)
     if layer_ids.ndim != 1 or layer_ids.size == 0:
         raise QpruneError("layer_ids must be a non-empty 1-D array")
-    groups: list[list[int]] = []
-    current: list[int] = []
-    for lid in dict.fromkeys(layer_ids.tolist()):  # layers in first-seen order
-        current.extend(np.flatnonzero(layer_ids == lid).tolist())
-        if len(current) >= min_size:
-            groups.append(current)
-            current = []
-    if current:
-        if groups:
-            groups[-1].extend(current)
-        else:
-            groups.append(current)
+    if size < 1:
+        raise QpruneError(f"group size must be >= 1, got {size}")
+    layers = [np.flatnonzero(layer_ids == lid) for lid in dict.fromkeys(layer_ids.tolist())]
+    n_groups = max(1, min(len(layers), int(round(layer_ids.size / size))))
+    target = layer_ids.size / n_groups
+    groups: list[list[int]] = [[]]
+    done = 0
+    for idx in layers:
+        # start a new group once this one has its share (and groups are left to fill)
+        if groups[-1] and done >= target * len(groups) - idx.size / 2 and len(groups) < n_groups:
+            groups.append([])
+        groups[-1].extend(idx.tolist())
+        done += idx.size
     return [np.asarray(g, dtype=np.int64) for g in groups]
 
 
@@ -771,7 +772,7 @@ def refine_mask(
     *,
     batches: Sequence[Any] | None = None,
     metric: Callable[[Any, Any], float] | None = None,
-    group_size: int = 64,
+    group_size: int = 128,
     progress: bool = True,
     scorer_options: Mapping[str, Any] | None = None,
     **options: Any,
@@ -783,7 +784,8 @@ def refine_mask(
     ``metric`` override what it provides. A :class:`qprune.scoring.MaskScorer` (batched, exact,
     cached) scores the masks; the per-layer limit ``space.max_pruned_per_layer`` (when the space
     has one) is kept. ``chunked=True`` runs :func:`refine_chunked` over consecutive-layer chunks
-    of at least ``group_size`` units; otherwise :func:`refine` on the whole mask. ``options`` go
+    of about ``group_size`` units (:func:`layer_groups`); otherwise :func:`refine` on the whole
+    mask. ``options`` go
     to the stage; ``result.info["scorer"]`` holds the scorer's statistics.
     """
     from qprune.scoring import MaskScorer
@@ -798,7 +800,7 @@ def refine_mask(
     scorer = MaskScorer(model, space, val_batches, metric_fn, progress=False, **dict(scorer_options or {}))
     try:
         if chunked:
-            groups = layer_groups(np.asarray(space.layer_ids), min_size=group_size)
+            groups = layer_groups(np.asarray(space.layer_ids), size=group_size)
             result = refine_chunked(x0, scorer, k, groups, budget=budget, seed=seed, progress=progress, **options)
         else:
             result = refine(x0, scorer, k, budget=budget, seed=seed, progress=progress, **options)

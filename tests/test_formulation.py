@@ -30,8 +30,13 @@ def upper(term: Term, n: int) -> np.ndarray:
     return U
 
 
-def dense_reference(terms: dict[str, Term], preset: str, fisher: str, w: Weights, gamma: float) -> np.ndarray:
-    """Q (diag + strict upper) written straight from the paper's equations."""
+def dense_reference(terms: dict[str, Term], preset: str, fisher: str, w: Weights, gamma: float,
+                    layer_ids: np.ndarray | None = None) -> np.ndarray:
+    """Q (diag + strict upper) written straight from the paper's equations.
+
+    With ``layer_ids`` the couplings within each layer are divided by (m - 1), m the layer's size
+    (``coupling_scale="layer"``).
+    """
     n = terms["capacity"].linear.size
     A = terms["l1_redundancy"]
     diag = w.beta_diag * A.linear - gamma * terms["capacity"].linear
@@ -47,6 +52,10 @@ def dense_reference(terms: dict[str, Term], preset: str, fisher: str, w: Weights
         }[fisher]
         diag = diag + w.alpha_f * i_f
         off = off + w.lam * upper(terms["activation_similarity"], n)
+    if layer_ids is not None:
+        sizes = np.bincount(layer_ids)[layer_ids]
+        same = layer_ids[:, None] == layer_ids[None, :]
+        off = np.where(same, off / np.maximum(sizes - 1, 1)[:, None], off)
     return np.diag(diag) + off
 
 
@@ -56,17 +65,20 @@ def small_instance(seed: int = 0):
     return inst, compute_terms(names, inst)
 
 
+@pytest.mark.parametrize("coupling_scale", ["none", "layer"])
 @pytest.mark.parametrize(
     "preset,fisher",
     [("l1", "taylor"), ("gradient", "taylor"), ("hybrid", "taylor"), ("hybrid", "weight"),
      ("hybrid", "channel"), ("hybrid", "both")],
 )
-def test_bqm_energy_matches_formulation_and_dense_reference(preset, fisher):
+def test_bqm_energy_matches_formulation_and_dense_reference(preset, fisher, coupling_scale):
     inst, terms = small_instance()
-    form = formulate(terms, preset, WEIGHTS, fisher, labels=inst["labels"], layer_ids=inst["layer_ids"])
+    form = formulate(terms, preset, WEIGHTS, fisher, labels=inst["labels"], layer_ids=inst["layer_ids"],
+                     coupling_scale=coupling_scale)
     X = np.random.default_rng(1).integers(0, 2, (200, 30))
+    scale_ids = np.asarray(inst["layer_ids"]) if coupling_scale == "layer" else None
     for gamma in (0.0, 2.5):
-        Q = dense_reference(terms, preset, fisher, WEIGHTS, gamma)
+        Q = dense_reference(terms, preset, fisher, WEIGHTS, gamma, scale_ids)
         want = np.einsum("bi,ij,bj->b", X, Q, X)  # E = x^T Q x with Q upper triangular
         bqm = form.bqm(gamma)
         assert list(bqm.variables) == inst["labels"]
@@ -113,7 +125,7 @@ def test_cross_layer_couplings_from_network_wide_and_user_terms():
     odd = scipy.sparse.coo_matrix(([0.25, -0.5], ([2, 10], [3, 25])), shape=(n, n))
     terms["odd"] = Term("odd", blocks=[(span_idx, S)], cross=odd)
     w = Weights(beta_diag=0.5, beta_off=1.5, extra={"odd": 2.0})
-    form = formulate(terms, "l1", w, labels=inst["labels"], layer_ids=inst["layer_ids"])
+    form = formulate(terms, "l1", w, labels=inst["labels"], layer_ids=inst["layer_ids"], coupling_scale="none")
     assert form.cross is not None and np.all(form.cross.row < form.cross.col)
     assert np.all(form.layer_ids[form.cross.row] != form.layer_ids[form.cross.col])
     Q = dense_reference(terms, "l1", "taylor", w, 0.7) + 2.0 * upper(terms["odd"], n)

@@ -182,7 +182,7 @@ def test_chunked_keeps_k_and_improves_each_chunk() -> None:
     rng = np.random.default_rng(0)
     seed = np.zeros(n, dtype=np.int8)
     seed[rng.choice(n, k, replace=False)] = 1
-    groups = layer_groups(layer, min_size=16)
+    groups = layer_groups(layer, size=16)
     assert [len(g) for g in groups] == [16, 16, 16, 16]
     res = refine_chunked(seed, f, k, groups, budget=1200, seed=0, progress=False)
     assert int(res.x.sum()) == k and res.value > res.seed_value
