@@ -17,7 +17,8 @@ from __future__ import annotations
 import time
 import warnings
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import dimod
 import numpy as np
@@ -343,7 +344,7 @@ def solve_cqm_exact_k(objective_bqm: dimod.BinaryQuadraticModel, k: int, *,
     info = {"strategy": "cqm", "repaired": repaired, "num_samples": len(sampleset),
             "num_feasible": len(feasible), "times": {"total_s": time.perf_counter() - t0},
             "solver_info": dict(sampleset.info)}
-    return ExactKResult(labels=[str(v) for v in order], x=x, sample=sample, energy=energy, objective=energy,
+    return ExactKResult(labels=list(order), x=x, sample=sample, energy=energy, objective=energy,
                         gamma=0.0, bqm=objective_bqm, info=info)
 
 

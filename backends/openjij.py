@@ -11,6 +11,12 @@ Two things about openjij shape this wrapper (measured with openjij 0.12.2, see D
   sparse model once per ``sample`` call straight from ``bqm.to_numpy_vectors`` (~4 ms) and reuse it
   for every read.
 
+Measured, 1,000 variables / 30k couplings, 15 reads x 1,000 sweeps: 15 one-read calls on the prebuilt
+model 0.39 s (what this wrapper does); 15 one-read calls through ``sample_qubo`` with an int-keyed
+dict 3.1 s, with a dense numpy matrix 0.87 s; one 15-read call 0.24 s but all reads identical; driving
+openjij's private ``cxxjij`` loop directly 0.26 s (not used: private API). openjij's SA schedule
+helper also reseeds numpy's global RNG, so the caller's global state is saved and restored.
+
 Energies in the returned SampleSet are recomputed by dimod on the caller's BQM, so they include its
 offset and are exact whatever scaling the sampler used internally.
 """
@@ -211,10 +217,10 @@ class OpenJijSampler(dimod.Sampler):
             if systems and "trotter_state" in systems[0]:
                 slices = np.asarray(systems[0]["trotter_state"])  # [trotter, n] in model order
                 energies = np.asarray(systems[0]["trotter_energies"], float)
-                if slices.ndim == 2 and slices.shape[1] == n and energies.size == slices.shape[0]:
-                    if float(energies.min()) < float(res.record.energy[0]):
-                        row = slices[int(np.argmin(energies))]
-                        idx = np.arange(n)
+                if (slices.ndim == 2 and slices.shape[1] == n and energies.size == slices.shape[0]
+                        and float(energies.min()) < float(res.record.energy[0])):
+                    row = slices[int(np.argmin(energies))]
+                    idx = np.arange(n)
         if res.vartype is dimod.SPIN or row.min() < 0:
             row = (row + 1) // 2
         out = np.empty(n, dtype=np.int8)

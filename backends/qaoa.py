@@ -20,7 +20,7 @@ import numpy as np
 from qprune.backends.registry import register
 from qprune.errors import QpruneError
 
-__all__ = ["QAOASampler", "DEFAULT_MAX_QUBITS"]
+__all__ = ["DEFAULT_MAX_QUBITS", "QAOASampler"]
 
 DEFAULT_MAX_QUBITS = 20
 

@@ -2,17 +2,18 @@
 
 Three parts, one run, one model:
 
-1. **Scoring speed.** The distinct masks that a real TT refinement asked for (in the groups it
-   asked for them) are scored again, the same budget three ways, interleaved group by group so
-   that all three see the same machine load: one gated forward pass per mask (``naive_score``,
+1. **Scoring speed.** The distinct masks that the two TT runs below asked for (in the groups
+   they asked for them) are scored again, the same budget three ways, interleaved group by group
+   so that all three see the same machine load: one gated forward pass per mask (``naive_score``,
    the reference), :class:`qprune.scoring.MaskScorer` with plain batching, and ``MaskScorer`` as
    shipped (prefix tree + cost model). The scores must agree within 1e-4 dB. Time ratios are
    printed for wall-clock and process CPU time. The TT also proposes masks it has seen before: a
    loop that scores every proposal (what ``protes.protes`` does with a per-mask objective) pays
    those too; that ratio is printed separately.
-2. **Sub-problem** (the first ``--layers`` prunable layers, 16 as in the paper): hybrid-QUBO seed
-   from the pipeline vs the TT-refined mask.
-3. **Full model**: seed vs chunked TT refinement (consecutive-layer chunks, each keeping its count).
+2. **Sub-problem** (the first ``--layers`` prunable layers, 16 as in the paper; the Half-UNet has
+   12, so there it is the whole model): hybrid-QUBO seed from the pipeline vs the TT-refined mask.
+3. **Full model**: seed vs chunked TT refinement (consecutive-layer chunks of about
+   ``--group-size`` units, each keeping its count; what ``refine_mask(..., chunked=True)`` runs).
 
 The search scores masks on a fixed validation subset (``--search-images``); every PSNR/SSIM in
 the tables is on the held-out TEST split (and the validation-subset value is shown beside it, so
@@ -41,7 +42,7 @@ import torch
 from qprune import pipeline
 from qprune.errors import QpruneError
 from qprune.masking import apply_mask, remove_gates
-from qprune.refine import RefineResult, refine, refine_mask
+from qprune.refine import RefineResult, layer_groups, refine, refine_chunked
 from qprune.scoring import MaskScorer, naive_score
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -249,39 +250,49 @@ def main(argv: list[str] | None = None) -> int:
     }
     report["subproblem"] = sub
 
-    # ---- scoring speed on the masks the TT really asked for
-    print(f"speed: scoring {args.speed_masks} recorded masks naive / plain batched / prefix tree ...",
-          flush=True)
-    sp = speed(prep.model, space, rec.groups, search, metric, args.speed_masks)
-    sp["proposals_per_distinct"] = res.proposals / max(res.evaluations, 1)
-    sp["ratio_wall_vs_every_proposal"] = sp["ratio_wall"]["tree"] * sp["proposals_per_distinct"]
-    report["speed"] = sp
-    print(f"  naive {sp['wall_s']['naive']:.1f}s, plain {sp['wall_s']['plain']:.1f}s, "
-          f"tree {sp['wall_s']['tree']:.1f}s -> x{sp['ratio_wall']['tree']:.2f} wall, "
-          f"x{sp['ratio_cpu']['tree']:.2f} cpu; max |diff| {sp['max_abs_diff_db']:.2e} dB", flush=True)
-
     # ---- full model: seed vs chunked refinement
     t0 = time.perf_counter()
     prep_full = pipeline.prepare(model, problem, methods=("hybrid-qubo",), progress=False)
-    kf = int(round(args.sparsity * prep_full.space.N))
+    fs = prep_full.space
+    kf = int(round(args.sparsity * fs.N))
     seed_full, _ = pipeline.select_mask(prep_full, "hybrid-qubo", kf, seed=args.seed)
     t_seed_full = time.perf_counter() - t0
-    print(f"full model: {len(prep_full.space.layers)} layers, {prep_full.space.N} units, k={kf}", flush=True)
-    res_full = refine_mask(prep_full.model, prep_full.space, problem, seed_full, kf, budget=args.tt_budget,
-                           seed=args.seed, chunked=True, batches=search, group_size=args.group_size)
+    groups = layer_groups(fs.layer_ids, size=args.group_size)
+    print(f"full model: {len(fs.layers)} layers, {fs.N} units, k={kf}; {len(groups)} chunks of "
+          f"{[len(g) for g in groups]} units", flush=True)
+    # what refine_mask(..., chunked=True) runs, with the scorer's calls recorded for the speed part
+    scorer_full = MaskScorer(prep_full.model, fs, search, metric, progress=False)
+    rec_full = Recording(scorer_full)
+    res_full = refine_chunked(seed_full, rec_full, kf, groups, budget=args.tt_budget,
+                              max_per_group=fs.max_per_group(), seed=args.seed, progress=True)
     print(f"  chunked TT: {res_full.evaluations} evaluations in {res_full.time:.0f}s, search PSNR "
           f"{res_full.seed_value:.4f} -> {res_full.value:.4f} dB", flush=True)
-    fs = prep_full.space
     report["full"] = {
         "layers": len(fs.layers), "units": fs.N, "k": kf, "seed_time_s": t_seed_full,
+        "chunks": [len(g) for g in groups],
         "refine": result_row(res_full) | {"stages": res_full.info.get("stages")},
-        "scorer": res_full.info.get("scorer"),
+        "scorer": scorer_full.stats(),
         "test": {name: evaluate(problem, prep_full.model, fs, m, test)
                  for name, m in (("unpruned", np.zeros(fs.N, np.int8)), ("qubo_seed", seed_full),
                                  ("tt_chunked", res_full.x))},
         "search": {name: evaluate(problem, prep_full.model, fs, m, search)
-                   for name, m in (("qubo_seed", seed_full), ("tt_chunked", res_full.x))},
+                   for name, m in (("unpruned", np.zeros(fs.N, np.int8)), ("qubo_seed", seed_full),
+                                   ("tt_chunked", res_full.x))},
     }
+
+    # ---- scoring speed on the masks the two TT runs really asked for
+    report["speed"] = {}
+    for label, prep_, rec_, res_ in (("subproblem", prep, rec, res), ("chunked", prep_full, rec_full, res_full)):
+        print(f"speed ({label} masks): scoring {args.speed_masks} recorded masks naive / plain / tree ...",
+              flush=True)
+        sp = speed(prep_.model, prep_.space, rec_.groups, search, metric, args.speed_masks)
+        sp["proposals_per_distinct"] = res_.proposals / max(res_.evaluations, 1)
+        sp["ratio_wall_vs_every_proposal"] = sp["ratio_wall"]["tree"] * sp["proposals_per_distinct"]
+        report["speed"][label] = sp
+        print(f"  naive {sp['wall_s']['naive']:.1f}s, plain {sp['wall_s']['plain']:.1f}s, "
+              f"tree {sp['wall_s']['tree']:.1f}s -> x{sp['ratio_wall']['tree']:.2f} wall, "
+              f"x{sp['ratio_cpu']['tree']:.2f} cpu; max |diff| {sp['max_abs_diff_db']:.2e} dB", flush=True)
+    report["machine"]["loadavg_1_5_15_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -292,31 +303,43 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(r: dict) -> str:
-    sp, sub, full = r["speed"], r["subproblem"], r["full"]
+    sub, full = r["subproblem"], r["full"]
+    m = r["machine"]
     lines = [
         "# TT refinement benchmark (`make bench-tt`)",
         "",
         f"Model: `{r['checkpoint']['path']}` — {r['checkpoint']['why']}. "
-        f"Search on {r['search_images']} validation images; PSNR/SSIM below on the held-out test split "
-        f"({r['test_images']} images) unless marked *search*. torch threads: "
-        f"{r['machine']['torch_threads']}, load average at the end: {r['machine']['loadavg_1_5_15']}.",
+        f"The search scores masks on {r['search_images']} validation images; PSNR/SSIM are on the "
+        f"held-out test split ({r['test_images']} images) except the *search* column. torch threads: "
+        f"{m['torch_threads']}; load average (1/5/15 min) {_load(m['loadavg_1_5_15'])} at the start, "
+        f"{_load(m.get('loadavg_1_5_15_end'))} at the end (2 cores shared with other jobs).",
         "",
-        "## Scoring speed (same masks, interleaved)",
+        "## Scoring speed: the same masks, three ways, interleaved",
         "",
-        f"{sp['masks']} distinct masks that the sub-problem's TT run asked for, in its {sp['groups']} groups.",
-        "",
-        "| scorer | wall s | cpu s | speed-up (wall) | speed-up (cpu) |",
-        "|---|---|---|---|---|",
-        f"| one mask per forward pass (`naive_score`) | {sp['wall_s']['naive']:.1f} | {sp['cpu_s']['naive']:.1f} | 1.00 | 1.00 |",
-        f"| MaskScorer, plain batching | {sp['wall_s']['plain']:.1f} | {sp['cpu_s']['plain']:.1f} | "
-        f"{sp['ratio_wall']['plain']:.2f} | {sp['ratio_cpu']['plain']:.2f} |",
-        f"| MaskScorer (prefix tree + cost model) | {sp['wall_s']['tree']:.1f} | {sp['cpu_s']['tree']:.1f} | "
-        f"{sp['ratio_wall']['tree']:.2f} | {sp['ratio_cpu']['tree']:.2f} |",
-        "",
-        f"Largest score difference from the naive reference: {sp['max_abs_diff_db']:.2e} dB. "
-        f"Prefix-tree forward work per mask: {sp['tree_stats']['work_vs_naive']:.3f} of a full pass. "
-        f"The TT proposed {sp['proposals_per_distinct']:.2f} masks per distinct mask; a loop that scores "
-        f"every proposal (no cache) would be x{sp['ratio_wall_vs_every_proposal']:.2f} slower than MaskScorer.",
+        "| masks from | scorer | wall s | cpu s | speed-up wall | speed-up cpu | forward work |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, sp in r["speed"].items():
+        name = f"{label} ({sp['masks']} masks)"
+        lines += [
+            f"| {name} | one mask per pass (`naive_score`) | {sp['wall_s']['naive']:.1f} | "
+            f"{sp['cpu_s']['naive']:.1f} | 1.00 | 1.00 | 1.00 |",
+            f"| | MaskScorer, plain batching | {sp['wall_s']['plain']:.1f} | {sp['cpu_s']['plain']:.1f} | "
+            f"{sp['ratio_wall']['plain']:.2f} | {sp['ratio_cpu']['plain']:.2f} | 1.00 |",
+            f"| | MaskScorer (prefix tree) | {sp['wall_s']['tree']:.1f} | {sp['cpu_s']['tree']:.1f} | "
+            f"{sp['ratio_wall']['tree']:.2f} | {sp['ratio_cpu']['tree']:.2f} | "
+            f"{sp['tree_stats']['work_vs_naive']:.2f} |",
+        ]
+    lines += [""]
+    for label, sp in r["speed"].items():
+        lines.append(
+            f"* {label}: largest difference from the naive scores {sp['max_abs_diff_db']:.1e} dB; the TT "
+            f"proposed {sp['proposals_per_distinct']:.2f} masks per distinct mask, so a loop that scores "
+            f"every proposal without a cache is x{sp['ratio_wall_vs_every_proposal']:.2f} slower (wall) "
+            "than MaskScorer."
+        )
+    lines += [
+        "* *forward work*: the share of a full forward pass the prefix tree runs per mask (time-weighted).",
         "",
         f"## Sub-problem: {len(sub['layers'])} layers ({sub['layers_requested']} requested, "
         f"{sub['layers_available']} in the model), {sub['units']} units, k = {sub['k']}",
@@ -331,18 +354,17 @@ def markdown(r: dict) -> str:
     lines += [
         "",
         f"TT: {ref['evaluations']} evaluations, {ref['proposals']} proposals, {ref['iterations']} iterations, "
-        f"{ref['time']:.0f} s; stopped: {ref.get('stopped')}.",
+        f"{ref['time']:.0f} s (stopped: {ref.get('stopped')}).",
         "",
-        f"## Full model: {full['layers']} layers, {full['units']} units, k = {full['k']} (chunked TT)",
+        f"## Full model: {full['layers']} layers, {full['units']} units, k = {full['k']}, chunked TT "
+        f"({len(full['chunks'])} chunks of {full['chunks']} units)",
         "",
         "| mask | test PSNR | test SSIM | search PSNR |",
         "|---|---|---|---|",
     ]
     for name in ("unpruned", "qubo_seed", "tt_chunked"):
-        t = full["test"][name]
-        s = full["search"].get(name, {})
-        lines.append(f"| {name} | {t['psnr']:.4f} | {t.get('ssim', float('nan')):.4f} | "
-                     f"{s.get('psnr', float('nan')):.4f} |")
+        t, s = full["test"][name], full["search"][name]
+        lines.append(f"| {name} | {t['psnr']:.4f} | {t.get('ssim', float('nan')):.4f} | {s['psnr']:.4f} |")
     fr = full["refine"]
     lines += [
         "",
@@ -351,6 +373,10 @@ def markdown(r: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _load(v: Any) -> str:
+    return "/".join(f"{x:.1f}" for x in v) if v else "?"
 
 
 if __name__ == "__main__":

@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import dimod
 import numpy as np
@@ -522,8 +522,13 @@ def _dp(curves: Sequence[np.ndarray], k: int) -> tuple[float, list[int]]:
 
 
 def _lagrangian_gamma(curves0: Sequence[np.ndarray], rbar: np.ndarray, k: int) -> float:
-    """Smallest gamma at which sum_b argmin_c (C_b(c) - gamma r_b c) reaches k (bisection)."""
+    """Smallest gamma at which sum_b argmin_c (C_b(c) - gamma r_b c) reaches k (bisection).
+
+    For k = 0 every gamma below the first breakpoint qualifies; the breakpoint itself (where pruning
+    one unit starts to pay) is returned as the finite representative.
+    """
     ar = [np.arange(len(C)) for C in curves0]
+    k = max(int(k), 1)
 
     def count(g: float) -> int:
         return int(sum(int(np.argmin(np.where(np.isfinite(C), C - g * r * a, _INF)))
@@ -538,7 +543,7 @@ def _lagrangian_gamma(curves0: Sequence[np.ndarray], rbar: np.ndarray, k: int) -
         if count(lo) < k or lo < -1e300:
             break
         lo *= 2.0
-    if count(lo) >= k:  # k = 0 or counts that never go below k: any gamma this low will do
+    if count(lo) >= k:  # counts that never go below k (they cannot: the empty state costs 0)
         return lo
     for _ in range(100):
         mid = 0.5 * (lo + hi)
@@ -559,19 +564,19 @@ def _caps_by_layer(max_per_layer: Any, layers: np.ndarray, sizes: dict[int, int]
     if max_per_layer is None:
         return dict(sizes)
     if isinstance(max_per_layer, Mapping):
-        return {int(l): int(min(sizes[int(l)], max_per_layer.get(int(l), sizes[int(l)]))) for l in layers}
+        return {int(lay): int(min(sizes[int(lay)], max_per_layer.get(int(lay), sizes[int(lay)]))) for lay in layers}
     arr = np.asarray(max_per_layer)
     if arr.ndim == 0:
-        return {int(l): int(min(sizes[int(l)], int(arr))) for l in layers}
+        return {int(lay): int(min(sizes[int(lay)], int(arr))) for lay in layers}
     if arr.ndim != 1 or int(layers.max()) >= arr.size or int(layers.min()) < 0:
         raise QpruneError(f"max_per_layer must be an int, a mapping, or an array indexed by layer id "
                           f"(length > {int(layers.max())}); got shape {arr.shape}")
-    return {int(l): int(min(sizes[int(l)], int(arr[int(l)]))) for l in layers}
+    return {int(lay): int(min(sizes[int(lay)], int(arr[int(lay)]))) for lay in layers}
 
 
 def _components(formulation: Formulation, layers: np.ndarray) -> list[list[int]]:
     """Groups of layer ids connected by cross-layer couplings (singletons when there are none)."""
-    parent = {int(l): int(l) for l in layers}
+    parent = {int(lay): int(lay) for lay in layers}
 
     def find(a: int) -> int:
         while parent[a] != a:
@@ -587,8 +592,8 @@ def _components(formulation: Formulation, layers: np.ndarray) -> list[list[int]]
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)
     groups: dict[int, list[int]] = {}
-    for l in layers:
-        groups.setdefault(find(int(l)), []).append(int(l))
+    for lay in layers:
+        groups.setdefault(find(int(lay)), []).append(int(lay))
     return sorted(groups.values())
 
 
@@ -607,7 +612,7 @@ def _build_blocks(formulation: Formulation, gamma: float, caps: dict[int, int]) 
     blocks = []
     C = formulation.cross.tocoo() if formulation.cross is not None and formulation.cross.nnz else None
     for group in _components(formulation, layers):
-        parts = [dense.get(l, (np.flatnonzero(lid == l), None)) for l in group]
+        parts = [dense.get(lay, (np.flatnonzero(lid == lay), None)) for lay in group]
         idx = np.concatenate([p[0] for p in parts])
         m = idx.size
         M = np.zeros((m, m))
@@ -624,7 +629,7 @@ def _build_blocks(formulation: Formulation, gamma: float, caps: dict[int, int]) 
             np.add.at(M, (c, r), v)
             pos_in[idx] = -1
         sub = np.concatenate([np.full(p[0].size, i) for i, p in enumerate(parts)])
-        blocks.append(_Block(tuple(group), idx, h_all[idx], M, sub, np.array([caps[l] for l in group])))
+        blocks.append(_Block(tuple(group), idx, h_all[idx], M, sub, np.array([caps[lay] for lay in group])))
     return blocks
 
 
@@ -831,7 +836,7 @@ def solve_layerwise(
     _check_blocks_cover(formulation)
     lid = np.asarray(formulation.layer_ids)
     layers, sizes_arr = np.unique(lid, return_counts=True)
-    sizes = {int(l): int(s) for l, s in zip(layers, sizes_arr)}
+    sizes = {int(lay): int(s) for lay, s in zip(layers, sizes_arr)}
     caps = _caps_by_layer(max_per_layer, layers, sizes)
     if sum(caps.values()) < k:
         raise QpruneError(f"k={k} exceeds the {sum(caps.values())} units the per-layer caps allow")
@@ -905,9 +910,9 @@ def solve_layerwise(
     per_layer_counts: dict[int, int] = {}
     per_layer_time: dict[int, float] = {}
     for b, r in zip(blocks, results):
-        for j, l in enumerate(b.layers):
-            per_layer_counts[l] = int(x[b.idx[b.sub == j]].sum())
-            per_layer_time[l] = float(r.get("time_s", 0.0)) / len(b.layers)
+        for j, lay in enumerate(b.layers):
+            per_layer_counts[lay] = int(x[b.idx[b.sub == j]].sum())
+            per_layer_time[lay] = float(r.get("time_s", 0.0)) / len(b.layers)
     info = {
         "strategy": "layerwise",
         "gamma": gamma_used,

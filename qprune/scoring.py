@@ -197,6 +197,7 @@ class _Trace:
     def __init__(self, calls: list[_Call]) -> None:
         self.calls = calls
         self.in_place = True  # until the trace run shows otherwise
+        self.share = np.linspace(0.0, 1.0, 2 * len(calls) + 2)  # replaced by measured times
         self.by_key = {(id(c.module), c.index): cid for cid, c in enumerate(calls)}
         self.start_index = {c.start: cid for cid, c in enumerate(calls)}
         for cid, c in enumerate(calls):  # what a replay of call cid must count as called
@@ -205,6 +206,11 @@ class _Trace:
                 skipped = calls[p].skipped
                 skipped[id(c.module)] = skipped.get(id(c.module), 0) + 1
                 p = calls[p].parent
+
+    def span(self, start: int, stop: int | None) -> float:
+        """Fraction of a whole forward's time spent between two event positions."""
+        end = self.share[-1] if stop is None else self.share[stop]
+        return float(end - self.share[start])
 
     def call_at(self, pos: int) -> int:
         """The call starting at event position ``pos``."""
@@ -273,6 +279,7 @@ class _Recorder:
         self.counter[key] = index + 1
         if self.mode == "trace":
             self.pos += 1
+            self.clock.append(time.perf_counter())
             self.calls.append(_Call(module, "", index, self.pos,
                                     parent=self.stack[-1] if self.stack else -1))
             self.stack.append(len(self.calls) - 1)
@@ -294,6 +301,7 @@ class _Recorder:
         cid = self.stack.pop()
         if self.mode == "trace":
             self.pos += 1
+            self.clock.append(time.perf_counter())
             self.calls[cid].end = self.pos
             _map(out, lambda t: self.versions.append((t, _version(t))))
             return
@@ -320,17 +328,21 @@ class _Recorder:
         place after it was produced (then stored and replayed outputs must be copies)."""
         self._reset()
         self.versions: list[tuple[torch.Tensor, int | None]] = []
+        self.clock = [time.perf_counter()]
         self.mode = "trace"
         try:
             run()
         finally:
             self.mode = "off"
+        self.clock.append(time.perf_counter())
         names = {id(m): name for name, m in self.modules}
         for c in self.calls:
             c.name = names.get(id(c.module), "?")
         trace = _Trace(self.calls)
         trace.in_place = any(v is None or _version(t) != v for t, v in self.versions)
-        self.versions = []
+        clock = np.asarray(self.clock) - self.clock[0]
+        trace.share = clock / max(clock[-1], 1e-12)  # fraction of the pass's time before pos
+        self.versions, self.clock = [], []
         self._reset()
         return trace
 
@@ -596,6 +608,7 @@ class MaskScorer:
             return
         gates.clear()
         with torch.inference_mode(False), torch.no_grad():  # version counters need normal tensors
+            recorder.record_trace(lambda: self.model(x.clone()))  # warm-up: timings of a 2nd pass
             trace = recorder.record_trace(lambda: self.model(x.clone()))
         first: dict[str, int] = {}
         for c in trace.calls:
@@ -661,7 +674,6 @@ class MaskScorer:
         trace = self._traces[shape]
         levels, cols = self._levels[shape]
         b = int(x.shape[0])
-        total = float(max(c.end for c in trace.calls) + 1)
         chunk = self._chunk_for(x, gates)
         out = np.full(len(X), np.nan)
         overhead, per_copy = self._costs[shape]
@@ -670,7 +682,7 @@ class MaskScorer:
         def run(masks: np.ndarray, start: int, stop: int | None, ctx: dict[int, torch.Tensor]) -> Any:
             """Forward ``len(masks)`` replicas from ``start`` to ``stop`` (None: the end)."""
             D = len(masks)
-            span = ((stop if stop is not None else total) - start) / total
+            span = trace.span(start, stop)
             if dry:
                 cost[0] += overhead + per_copy * D * span
                 return None, {}

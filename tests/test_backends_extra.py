@@ -23,7 +23,8 @@ HAS_OPENJIJ = importlib.util.find_spec("openjij") is not None
 HAS_DWAVE = importlib.util.find_spec("dwave.system") is not None
 HAS_QAOA = all(importlib.util.find_spec(m) is not None for m in ("qiskit_optimization", "qiskit_aer"))
 
-needs_openjij = pytest.mark.skipif(not HAS_OPENJIJ, reason="openjij extra not installed (pip install 'qprune[openjij]')")
+needs_openjij = pytest.mark.skipif(not HAS_OPENJIJ,
+                                   reason="openjij extra not installed (pip install 'qprune[openjij]')")
 needs_dwave = pytest.mark.skipif(not HAS_DWAVE, reason="dwave extra not installed (pip install 'qprune[dwave]')")
 needs_qaoa = pytest.mark.skipif(not HAS_QAOA, reason="qaoa extra not installed (pip install 'qprune[qaoa]')")
 
@@ -202,6 +203,16 @@ def test_dwave_without_token_is_a_one_line_error(monkeypatch, tmp_path, name):
 
 
 @needs_dwave
+def test_dwave_token_is_found_in_the_environment_without_a_network_call(monkeypatch, tmp_path):
+    from qprune.backends.dwave import check_credentials
+
+    _no_dwave_config(monkeypatch, tmp_path)
+    monkeypatch.setenv("DWAVE_API_TOKEN", "DEV-not-a-real-token")
+    check_credentials("dwave")  # reads the Ocean configuration only: no exception, no request
+    check_credentials("dwave", {"token": "explicit"})
+
+
+@needs_dwave
 def test_dwave_embeds_once_across_a_gamma_sweep():
     s = get("dwave", qpu=_mock_qpu())
     base = _random_bqm(12, 4)
@@ -272,6 +283,7 @@ def test_dwave_hybrid_wrapper_ignores_reads_and_seed():
 @needs_dwave
 def test_exact_k_cqm_is_built_as_stated():
     from qprune.backends.dwave import build_exact_k_cqm
+
     from qprune.synthetic import random_formulation
 
     f = random_formulation((3, 4), seed=0)
@@ -295,6 +307,7 @@ def test_exact_k_cqm_is_built_as_stated():
 @needs_dwave
 def test_cqm_exact_k_matches_brute_force_with_an_exact_cqm_solver():
     from qprune.backends.dwave import solve_cqm_exact_k
+
     from qprune.synthetic import random_formulation
 
     f = random_formulation((4, 4), seed=3)
@@ -310,6 +323,7 @@ def test_cqm_exact_k_matches_brute_force_with_an_exact_cqm_solver():
 @needs_dwave
 def test_cqm_exact_k_without_token_is_a_one_line_error(monkeypatch, tmp_path):
     from qprune.backends.dwave import solve_cqm_exact_k
+
     from qprune.synthetic import random_formulation
 
     _no_dwave_config(monkeypatch, tmp_path)
