@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     prep = pipeline.prepare(model, problem, methods=("hybrid-qubo",), layers=n_layers, progress=False)
     space = prep.space
-    k = int(round(args.sparsity * space.N))
-    seed_mask, info = pipeline.select_mask(prep, "hybrid-qubo", k, seed=args.seed)
+    k = round(args.sparsity * space.N)
+    seed_mask, _ = pipeline.select_mask(prep, "hybrid-qubo", k, seed=args.seed)
     t_seed = time.perf_counter() - t0
     print(f"sub-problem: {len(space.layers)} of {n_layers_all} prunable layers, {space.N} units, "
           f"k={k}; QUBO seed in {t_seed:.1f}s", flush=True)
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     prep_full = pipeline.prepare(model, problem, methods=("hybrid-qubo",), progress=False)
     fs = prep_full.space
-    kf = int(round(args.sparsity * fs.N))
+    kf = round(args.sparsity * fs.N)
     seed_full, _ = pipeline.select_mask(prep_full, "hybrid-qubo", kf, seed=args.seed)
     t_seed_full = time.perf_counter() - t0
     groups = layer_groups(fs.layer_ids, size=args.group_size)
@@ -308,11 +308,11 @@ def markdown(r: dict) -> str:
     lines = [
         "# TT refinement benchmark (`make bench-tt`)",
         "",
-        f"Model: `{r['checkpoint']['path']}` — {r['checkpoint']['why']}. "
+        (f"Model: `{r['checkpoint']['path']}` — {r['checkpoint']['why']}. "
         f"The search scores masks on {r['search_images']} validation images; PSNR/SSIM are on the "
         f"held-out test split ({r['test_images']} images) except the *search* column. torch threads: "
         f"{m['torch_threads']}; load average (1/5/15 min) {_load(m['loadavg_1_5_15'])} at the start, "
-        f"{_load(m.get('loadavg_1_5_15_end'))} at the end (2 cores shared with other jobs).",
+        f"{_load(m.get('loadavg_1_5_15_end'))} at the end (2 cores shared with other jobs)."),
         "",
         "## Scoring speed: the same masks, three ways, interleaved",
         "",
@@ -322,13 +322,13 @@ def markdown(r: dict) -> str:
     for label, sp in r["speed"].items():
         name = f"{label} ({sp['masks']} masks)"
         lines += [
-            f"| {name} | one mask per pass (`naive_score`) | {sp['wall_s']['naive']:.1f} | "
-            f"{sp['cpu_s']['naive']:.1f} | 1.00 | 1.00 | 1.00 |",
-            f"| | MaskScorer, plain batching | {sp['wall_s']['plain']:.1f} | {sp['cpu_s']['plain']:.1f} | "
-            f"{sp['ratio_wall']['plain']:.2f} | {sp['ratio_cpu']['plain']:.2f} | 1.00 |",
-            f"| | MaskScorer (prefix tree) | {sp['wall_s']['tree']:.1f} | {sp['cpu_s']['tree']:.1f} | "
+            (f"| {name} | one mask per pass (`naive_score`) | {sp['wall_s']['naive']:.1f} | "
+            f"{sp['cpu_s']['naive']:.1f} | 1.00 | 1.00 | 1.00 |"),
+            (f"| | MaskScorer, plain batching | {sp['wall_s']['plain']:.1f} | {sp['cpu_s']['plain']:.1f} | "
+            f"{sp['ratio_wall']['plain']:.2f} | {sp['ratio_cpu']['plain']:.2f} | 1.00 |"),
+            (f"| | MaskScorer (prefix tree) | {sp['wall_s']['tree']:.1f} | {sp['cpu_s']['tree']:.1f} | "
             f"{sp['ratio_wall']['tree']:.2f} | {sp['ratio_cpu']['tree']:.2f} | "
-            f"{sp['tree_stats']['work_vs_naive']:.2f} |",
+            f"{sp['tree_stats']['work_vs_naive']:.2f} |"),
         ]
     lines += [""]
     for label, sp in r["speed"].items():
@@ -341,8 +341,8 @@ def markdown(r: dict) -> str:
     lines += [
         "* *forward work*: the share of a full forward pass the prefix tree runs per mask (time-weighted).",
         "",
-        f"## Sub-problem: {len(sub['layers'])} layers ({sub['layers_requested']} requested, "
-        f"{sub['layers_available']} in the model), {sub['units']} units, k = {sub['k']}",
+        (f"## Sub-problem: {len(sub['layers'])} layers ({sub['layers_requested']} requested, "
+        f"{sub['layers_available']} in the model), {sub['units']} units, k = {sub['k']}"),
         "",
         "| mask | test PSNR | test SSIM | search PSNR |",
         "|---|---|---|---|",
@@ -353,11 +353,11 @@ def markdown(r: dict) -> str:
     ref = sub["refine"]
     lines += [
         "",
-        f"TT: {ref['evaluations']} evaluations, {ref['proposals']} proposals, {ref['iterations']} iterations, "
-        f"{ref['time']:.0f} s (stopped: {ref.get('stopped')}).",
+        (f"TT: {ref['evaluations']} evaluations, {ref['proposals']} proposals, {ref['iterations']} iterations, "
+        f"{ref['time']:.0f} s (stopped: {ref.get('stopped')})."),
         "",
-        f"## Full model: {full['layers']} layers, {full['units']} units, k = {full['k']}, chunked TT "
-        f"({len(full['chunks'])} chunks of {full['chunks']} units)",
+        (f"## Full model: {full['layers']} layers, {full['units']} units, k = {full['k']}, chunked TT "
+        f"({len(full['chunks'])} chunks of {full['chunks']} units)"),
         "",
         "| mask | test PSNR | test SSIM | search PSNR |",
         "|---|---|---|---|",
@@ -368,8 +368,8 @@ def markdown(r: dict) -> str:
     fr = full["refine"]
     lines += [
         "",
-        f"Chunked TT: {fr['evaluations']} evaluations over {len(fr.get('stages') or [])} chunk stages, "
-        f"{fr['time']:.0f} s.",
+        (f"Chunked TT: {fr['evaluations']} evaluations over {len(fr.get('stages') or [])} chunk stages, "
+        f"{fr['time']:.0f} s."),
         "",
     ]
     return "\n".join(lines)

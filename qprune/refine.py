@@ -50,10 +50,11 @@ from __future__ import annotations
 import importlib
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -576,8 +577,8 @@ def _search(
     optim, step = eng.optimizer(lr)
     state = optim.init(P)
 
-    n_explore = int(round(explore * batch))
-    n_mut = int(round(mutations * batch))
+    n_explore = round(explore * batch)
+    n_mut = round(mutations * batch)
     # every batch needs TT samples, or the TT never sees its own proposals ranked
     n_tt_base = max(1, batch - n_explore - n_mut)
     # a batch of cache hits costs no evaluation: bound the loop in case the TT has collapsed
@@ -633,7 +634,7 @@ def layer_groups(layer_ids: np.ndarray, size: int = 128) -> list[np.ndarray]:
     if size < 1:
         raise QpruneError(f"group size must be >= 1, got {size}")
     layers = [np.flatnonzero(layer_ids == lid) for lid in dict.fromkeys(layer_ids.tolist())]
-    n_groups = max(1, min(len(layers), int(round(layer_ids.size / size))))
+    n_groups = max(1, min(len(layers), round(layer_ids.size / size)))
     target = layer_ids.size / n_groups
     groups: list[list[int]] = [[]]
     done = 0

@@ -3,29 +3,39 @@
 :class:`MaskScorer` maps masks ``[B, N]`` (1 = pruned) to one metric value per mask, each equal
 (up to float rounding) to what :func:`naive_score` -- one gated forward pass per mask -- gives:
 the mean over the validation batches of ``metric(model(x), y)``, weighted by batch size, with the
-model in eval mode and the units of the mask gated off (``qprune.masking.Gates`` semantics).
+model in eval mode and the units of the mask gated off (:class:`qprune.masking.Gates`: a unit is
+zeroed at the inputs of its consumers).
 
 Where the speed comes from, all exact:
 
-* **Many masks per forward pass.** A batch of ``b`` images is replicated once per distinct
-  computation and every replica gets its own per-sample gates (``Gates.set(masks [B, N])``), so
-  per-call overhead is paid once per group of masks instead of once per mask.
-* **Shared prefixes (a prefix tree over the masks).** A unit's gate acts at the output of its
-  module, so everything the model computes before that module's first call is the same for two
-  masks that agree on every unit gated earlier. The scorer records the model's module-call trace
-  once (forward hooks), sorts the candidate masks by their bits in execution order, and runs the
-  forward in *stages* between the points where the masks branch: a stage runs once per distinct
-  prefix, not once per mask. Resuming a forward in the middle of a general ``nn.Module`` works
-  without knowing its graph: every module call that completed before the resume point is
-  *replayed* (its ``forward`` is temporarily replaced by one that returns the stored output, and
-  the calls inside it are skipped), the Python glue between module calls simply runs again on
-  the replayed tensors, and the stage ends by raising from the pre-hook of the call where the
-  next branch starts. Stored outputs are the module's raw output (recorded by a hook that runs
-  before the gate hooks, which then gate the replayed tensor again). Requirements: the call
-  sequence must not depend on the data or the gates (checked: a mismatch switches the prefix
-  tree off and falls back to plain batching), and the heavy work must sit inside modules.
+* **Shared prefixes (a prefix tree over the masks).** A unit's gate acts when its first consumer
+  is called, so everything the model computes before that call is the same for two masks that
+  agree on every unit gated earlier. The scorer records the model's module-call trace once
+  (forward hooks), and walks the masks depth first: a node is a set of masks that agree up to
+  some point of the trace; it runs the forward, once, up to where its masks first disagree, then
+  splits. Resuming a forward in the middle of a general ``nn.Module`` needs no knowledge of its
+  graph: every module call completed before the resume point is *replayed* (its ``forward`` is
+  temporarily replaced by one that returns the stored output; the calls nested in it are
+  skipped), the Python glue between module calls simply runs again on the replayed tensors, and a
+  stage ends by raising from the pre-hook of the call where the next split happens. Stored
+  outputs are raw outputs (the recording hook runs before any other forward hook) and are copied
+  only if the trace run showed the model changing outputs in place. Requirements: the call
+  sequence must not depend on the data, the gates or the batch size, and the heavy work must sit
+  inside modules. A mismatch with the trace is detected and switches the tree off (plain batching,
+  still exact).
+* **Many masks per forward pass.** Leaves that split at the same point finish together: the
+  batch is replicated once per mask and each replica gets its own gates (``Gates.set(masks [B,
+  N])``); plain batching does the same for whole passes. A replicated pass saves per-call
+  overhead but on a CPU it costs MORE per image once it no longer fits the caches (F=64
+  Half-UNet, 64x64 tiles, 1 thread: 21 ms/image for 1 image, 38 ms/image for 16, 99 ms/image for
+  256), so the scorer times a pass of 1 and of a few copies once per input shape and uses one copy
+  per pass when replication does not pay (``chunk`` overrides). The same timings, and the time
+  profile of the trace, make a cost model that picks the tree or plain batching per call.
 * **Repeated masks** are served from a cache keyed by the mask's bit pattern.
 * **Fixed validation subset**: the batches are taken once, at construction.
+
+``stats()["work_vs_naive"]`` is the forward time run per mask relative to one full pass
+(time-weighted from the trace profile; ``calls_vs_naive`` counts module calls instead).
 """
 
 from __future__ import annotations
@@ -33,8 +43,9 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,7 +92,7 @@ class _Isolated:
         self.was_training = self.model.training
         self.model.eval()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for key, g in self.others.items():
             g.enabled = self.enabled[key]
         self.model.train(self.was_training)
@@ -172,8 +183,9 @@ def _version(t: torch.Tensor) -> int | None:
         return None
 
 
-class _Abort(Exception):
-    """Raised from a pre-hook to end a forward pass at a stage boundary."""
+class _Abort(BaseException):
+    """Raised from a pre-hook to end a forward pass at a stage boundary (a BaseException so that
+    an ``except Exception`` in a model's forward does not swallow it)."""
 
 
 class _TraceMismatch(RuntimeError):
@@ -211,6 +223,12 @@ class _Trace:
         """Fraction of a whole forward's time spent between two event positions."""
         end = self.share[-1] if stop is None else self.share[stop]
         return float(end - self.share[start])
+
+    def span_calls(self, start: int, stop: int | None) -> float:
+        """Fraction of a whole forward's module-call events between two positions
+        (deterministic, unlike :meth:`span`)."""
+        last = len(self.share) - 1
+        return ((last if stop is None else stop) - start) / last
 
     def call_at(self, pos: int) -> int:
         """The call starting at event position ``pos``."""
@@ -395,7 +413,8 @@ class ScorerStats:
     evaluated: int = 0  # distinct masks scored
     forwards: int = 0  # forward passes (whole or partial)
     replicas: int = 0  # batch copies pushed through those passes
-    work: float = 0.0  # sum over passes of copies x fraction of the call trace run
+    work: float = 0.0  # sum over passes of copies x fraction of a forward's time they ran
+    work_calls: float = 0.0  # the same counted in module calls (deterministic)
     batches: int = 1
     tree_batches: int = 0  # (call, batch) pairs scored with the prefix tree
     plain_batches: int = 0  # ... with plain batching (cheaper by the cost model, or no tree)
@@ -408,6 +427,7 @@ class ScorerStats:
         # 1.0 = one whole forward per mask and batch (no sharing); the prefix tree makes it < 1
         denom = self.evaluated * self.batches
         d["work_vs_naive"] = self.work / denom if denom else None
+        d["calls_vs_naive"] = self.work_calls / denom if denom else None
         return d
 
 
@@ -596,10 +616,11 @@ class MaskScorer:
         self._count(D, 1.0)
         return np.array([float(self.metric(_split(result, D, j), y)) for j in range(D)])
 
-    def _count(self, copies: int, span: float) -> None:
+    def _count(self, copies: int, span: float, span_calls: float | None = None) -> None:
         self._stats.forwards += 1
         self._stats.replicas += copies
         self._stats.work += copies * span
+        self._stats.work_calls += copies * (span if span_calls is None else span_calls)
 
     # ----- the prefix tree
     def _prepare(self, x: torch.Tensor, gates: Any, recorder: _Recorder) -> None:
@@ -704,7 +725,7 @@ class MaskScorer:
             result, stored = recorder.run_stage(
                 trace, lambda: self.model(_replicate(x, D)), replay, record, stop_call
             )
-            self._count(D, span)
+            self._count(D, span, trace.span_calls(start, stop))
             return result, stored
 
         def finish(rows: np.ndarray, start: int, ctx: dict[int, torch.Tensor]) -> None:

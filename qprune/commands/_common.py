@@ -79,7 +79,11 @@ def parse_weights(text: str | None) -> Any:
     bad = sorted(set(raw) - names)
     if bad:
         raise QpruneError(f"unknown weight(s) {bad} in --weights; known: {sorted(names)}")
-    return Weights(**{k: float(v) for k, v in raw.items()})
+    try:
+        values = {k: ({str(n): float(x) for n, x in v.items()} if k == "extra" else float(v)) for k, v in raw.items()}
+    except (TypeError, ValueError, AttributeError):
+        raise QpruneError(f"--weights values must be numbers (and 'extra' a name -> number map): {raw}") from None
+    return Weights(**values)
 
 
 def check_output(path: str | None, flag: str) -> None:
