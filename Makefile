@@ -24,7 +24,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/qprune compare --problem denoise --sparsity 0.36 \
-	    --methods random,l1-greedy,taylor-greedy,l1-qubo,hybrid-qubo --out out/demo
+	    --methods random,l1-greedy,taylor-greedy,l1-qubo,hybrid-qubo --tune 20 --out out/demo
 
 test: $(STAMP)
 	$(VPY) -m pytest -q -n 2 -p no:cacheprovider

@@ -7,6 +7,7 @@ comparison of N methods costs one calibration pass, not N.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 
 from qprune.atomic import atomic_open, write_json
 from qprune.errors import QpruneError
-from qprune.pipeline import method_spec, prepare, run_method
+from qprune.pipeline import method_spec, prepare, resolve_k, run_method, tune_weights
 from qprune.report import aggregate, compare_markdown, machine_info, plot_metric_vs_sparsity
 
 
@@ -29,10 +30,15 @@ def compare_rows(
     min_keep: int = 1,
     setting: str | None = None,
     remove: bool = True,
+    tune: int = 0,
     progress: bool = True,
     **options: Any,
 ) -> list[dict[str, Any]]:
-    """One row per (sparsity, method, seed): metrics after pruning, params, MACs, latency, time."""
+    """One row per (sparsity, method, seed): metrics after pruning, params, MACs, latency, time.
+
+    With ``tune > 0`` each QUBO method's weights are first searched for ``tune`` trials on the
+    VALIDATION split at that k (the paper's procedure); the rows report test-split metrics.
+    """
     for m in methods:
         method_spec(m)
     if not methods:
@@ -47,6 +53,7 @@ def compare_rows(
     jobs = [(s, m, seed) for s in sparsities for m in methods for seed in seeds]
     # deterministic methods give the same mask for every seed: run them once, reuse the row
     done: dict[tuple[float, str], dict[str, Any]] = {}
+    tuned: dict[tuple[float, str], tuple[Any, float]] = {}
     bar = tqdm(jobs, desc="compare", disable=not progress)
     for sparsity, method, seed in bar:
         bar.set_postfix_str(f"{method} s={sparsity:g} seed={seed}")
@@ -54,13 +61,25 @@ def compare_rows(
         if spec.kind == "greedy" and (sparsity, method) in done:
             rows.append(dict(done[(sparsity, method)], seed=seed))
             continue
+        run_options = dict(options)
+        tune_seconds = None
+        if tune > 0 and spec.kind == "qubo":
+            if (sparsity, method) not in tuned:
+                t0 = time.perf_counter()
+                search_options = {k: v for k, v in options.items() if k not in ("refine", "tt_budget")}
+                found = tune_weights(prep, method, resolve_k(prep.space.N, sparsity), n_trials=tune,
+                                     seed=seeds[0], progress=False, **search_options)
+                tuned[(sparsity, method)] = (found.best_weights, time.perf_counter() - t0)
+            run_options["weights"], tune_seconds = tuned[(sparsity, method)]
         t0 = time.perf_counter()
-        result = run_method(prep, method, sparsity=sparsity, seed=seed, remove=remove, **options)
+        result = run_method(prep, method, sparsity=sparsity, seed=seed, remove=remove, **run_options)
         elapsed = time.perf_counter() - t0
         row: dict[str, Any] = {
             "setting": setting, "method": method, "sparsity": sparsity, "seed": seed, "k": result.k,
             "units": prep.space.N, "energy": result.energy, "gamma": result.gamma,
             "method_seconds": elapsed, "signals_seconds": prep.timings.get("signals"),
+            "tune_seconds": tune_seconds,
+            "weights": asdict(run_options["weights"]) if run_options.get("weights") is not None else None,
         }
         row.update({f"{name}": v for name, v in result.metrics_after.items()})
         row.update({f"{name}_before": v for name, v in result.metrics_before.items()})

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import dimod
 import numpy as np
 
+from qprune.backends.classical import default_beta_range
 from qprune.errors import QpruneError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -322,33 +323,6 @@ def _refine_curve(b: _Block, E: np.ndarray, X: np.ndarray, dirty: np.ndarray | N
     return E, X
 
 
-def _sa_beta_range(lin: np.ndarray, quad: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[float]:
-    """dwave-samplers' default SA beta range, vectorised (same formula, same values).
-
-    ``SimulatedAnnealingSampler`` computes it with a Python loop over every coupling: ~1.2 s for the
-    220k couplings of the 4,000-unit model, more than the anneal itself at a few reads. Passing the
-    same range explicitly skips that loop.
-    """
-    row, col, q = quad
-    n = lin.size
-    J = q / 4.0  # BINARY -> SPIN: J = Q/4, h = Q_ii/2 + sum_j Q_ij/4 (as dimod's change_vartype)
-    h = lin / 2.0 + (np.bincount(row, q, n) + np.bincount(col, q, n)) / 4.0
-    aJ = np.abs(J)
-    sum_abs = np.abs(h) + np.bincount(row, aJ, n) + np.bincount(col, aJ, n)
-    min_abs = np.where(h != 0, np.abs(h), np.inf)
-    nz = aJ != 0
-    np.minimum.at(min_abs, row[nz], aJ[nz])
-    np.minimum.at(min_abs, col[nz], aJ[nz])
-    max_field = float(sum_abs.max(initial=0.0))
-    hot = float(np.log(2) / (2 * max_field)) if max_field > 0 else 1.0
-    finite = min_abs[np.isfinite(min_abs)]
-    if finite.size == 0:
-        return [0.1, 1.0] if max_field == 0 else [hot, hot]
-    lo = float(finite.min())
-    cold = float(np.log(np.sum(finite == lo) / 0.01) / (2 * lo))
-    return [hot, cold]
-
-
 def _spread_lambdas(blocks: list[_Block], steps: int) -> np.ndarray:
     """[steps, blocks] shifts: the greedy marginal cost at evenly spread counts, where that count is
     (roughly) the optimum of the shifted block, so the reads cover every count."""
@@ -412,6 +386,8 @@ def _harvest(blocks: list[_Block], sampler: dimod.Sampler, seed: int, lambdas: n
     params = {k: v for k, v in (("num_reads", reads),) if k in accepted}
     params.update(sampler_params)
     rng = np.random.default_rng(seed)
+    # a plain dwave-samplers SA computes its default beta range with a Python loop over every coupling;
+    # pass the same range, vectorised (qprune's own ``neal`` backend already does this itself)
     fast_sa = type(sampler).__module__.startswith("dwave.samplers.sa") and "beta_range" in accepted
     calls = 0
     for lam in lambdas:
@@ -419,7 +395,7 @@ def _harvest(blocks: list[_Block], sampler: dimod.Sampler, seed: int, lambdas: n
         bqm = dimod.BinaryQuadraticModel.from_numpy_vectors(lin, quad, 0.0, dimod.BINARY)
         call = dict(params)
         if fast_sa and "beta_range" not in call:
-            call["beta_range"] = _sa_beta_range(lin, quad)
+            call["beta_range"] = default_beta_range(bqm)
         if "seed" in accepted and "seed" not in sampler_params:
             call["seed"] = int(rng.integers(0, 2**31 - 1))
         ss = sampler.sample(bqm, **call)

@@ -200,3 +200,174 @@ def test_tabu_default_timeout_scales_with_size() -> None:
     from qprune.backends.classical import tabu_timeout_ms
 
     assert tabu_timeout_ms(20) == 5 and tabu_timeout_ms(500) == 50 and tabu_timeout_ms(40_000) == 100
+
+
+# --------------------------------------------------------------------------------------------------
+# neal: dwave-samplers' default beta range, vectorised
+
+
+def _random_bqm(n: int, density: float, vartype: str, seed: int, *, zero_linear: bool = False,
+                isolated: int = 0, zero_couplings: bool = False, labels: str = "int",
+                dtype: type = np.float64) -> dimod.BinaryQuadraticModel:
+    """Random float biases (sums round differently in another order), plus the awkward cases."""
+    rng = np.random.default_rng(seed)
+    iu, ju = np.triu_indices(n, 1)
+    keep = rng.random(iu.size) < density
+    q = rng.normal(size=int(keep.sum())) * 10 ** rng.uniform(-2, 2)
+    if zero_couplings:
+        q[rng.random(q.size) < 0.3] = 0.0
+    lin = np.zeros(n) if zero_linear else rng.normal(size=n)
+    bqm = dimod.BinaryQuadraticModel.from_numpy_vectors(lin, (iu[keep], ju[keep], q), 0.5, vartype, dtype=dtype)
+    for i in range(isolated):  # no couplings; half of them with a zero bias too
+        bqm.add_variable(n + i, 0.0 if i % 2 else float(rng.normal()))
+    if labels == "str":  # unsortable-in-model-order labels: the model's own order must be used
+        bqm.relabel_variables({v: f"v{int(p)}" for v, p in zip(list(bqm.variables), rng.permutation(len(bqm)))})
+    return bqm
+
+
+def _dwave_beta_ranges(bqm: dimod.BinaryQuadraticModel) -> list[list[float]]:
+    """The default range as dwave-samplers computes it: its internal helper (where this version has
+    one) and what its sampler reports using."""
+    import dwave.samplers.sa.sampler as sa
+
+    out = []
+    helper = getattr(sa, "_default_ising_beta_range", None)
+    if helper is not None:
+        spin = bqm if bqm.vartype is dimod.SPIN else bqm.change_vartype(dimod.SPIN, inplace=False)
+        out.append([float(b) for b in helper(spin.linear, spin.quadratic)])
+    ss = sa.SimulatedAnnealingSampler().sample(bqm, num_reads=1, num_sweeps=1, seed=0)
+    out.append([float(b) for b in ss.info["beta_range"]])
+    return out
+
+
+_RANGE_CASES = {
+    "dense": dict(n=40, density=0.8),
+    "sparse": dict(n=60, density=0.1),
+    "zero-linear": dict(n=30, density=0.5, zero_linear=True),
+    "isolated": dict(n=25, density=0.3, isolated=4),
+    "zero-linear+isolated": dict(n=25, density=0.3, zero_linear=True, isolated=4),
+    "zero-couplings": dict(n=30, density=0.6, zero_couplings=True),
+    "str-labels": dict(n=30, density=0.5, labels="str", isolated=2),
+    "float32": dict(n=30, density=0.7, dtype=np.float32),
+    "single": dict(n=1, density=0.0),
+}
+
+
+@pytest.mark.parametrize("vartype", ["BINARY", "SPIN"])
+@pytest.mark.parametrize("case", sorted(_RANGE_CASES))
+def test_default_beta_range_equals_dwave_samplers(case: str, vartype: str) -> None:
+    from qprune.backends.classical import default_beta_range
+
+    for seed in range(5):
+        bqm = _random_bqm(**_RANGE_CASES[case], vartype=vartype, seed=seed)
+        got = default_beta_range(bqm)
+        assert all(type(b) is float for b in got)
+        for ref in _dwave_beta_ranges(bqm):
+            assert got == ref  # bit for bit: the schedules, hence the samples, must be identical
+
+
+def test_default_beta_range_rounded_biases_count_the_smallest_gaps() -> None:
+    # many spins share the smallest |bias|: the cold end depends on how many
+    from qprune.backends.classical import default_beta_range
+
+    rng = np.random.default_rng(3)
+    for vartype in ("BINARY", "SPIN"):
+        Q = np.round(rng.normal(size=(30, 30)), 1)
+        bqm = dimod.BinaryQuadraticModel(np.triu(Q), vartype)
+        for ref in _dwave_beta_ranges(bqm):
+            assert default_beta_range(bqm) == ref
+        # the same integer-valued biases in an object-dtype model (dimod.DictBQM)
+        ints = dimod.DictBQM({v: int(10 * b) for v, b in bqm.linear.items()},
+                             {uv: int(10 * b) for uv, b in bqm.quadratic.items()}, 0, vartype)
+        for ref in _dwave_beta_ranges(ints):
+            assert default_beta_range(ints) == ref
+
+
+def test_default_beta_range_all_zero_and_empty_warn_like_dwave() -> None:
+    from qprune.backends.classical import default_beta_range
+
+    for bqm in (dimod.BinaryQuadraticModel({"a": 0.0, "b": 0.0}, {("a", "b"): 0.0}, 1.0, "SPIN"),
+                dimod.BinaryQuadraticModel("BINARY")):
+        with pytest.warns(UserWarning, match="All bqm biases are zero"):
+            assert default_beta_range(bqm) == [0.1, 1.0]
+
+
+def test_default_beta_range_does_not_rely_on_dimods_coupling_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qprune.backends.classical import default_beta_range
+
+    bqm = _random_bqm(40, 0.7, "SPIN", seed=9)
+    ref = _dwave_beta_ranges(bqm)[0]
+    original = dimod.BinaryQuadraticModel.to_numpy_vectors
+    rng = np.random.default_rng(0)
+
+    def shuffled(self, *args, **kwargs):
+        h, (row, col, q), off = original(self, *args, **kwargs)
+        p = rng.permutation(row.size)
+        flip = rng.random(row.size) < 0.5
+        row, col = np.where(flip, col, row)[p], np.where(flip, row, col)[p]
+        return h, (row, col, q[p]), off
+
+    monkeypatch.setattr(dimod.BinaryQuadraticModel, "to_numpy_vectors", shuffled)
+    assert default_beta_range(bqm) == ref
+
+
+def test_neal_is_a_simulated_annealing_sampler_without_the_coupling_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    import dwave.samplers.sa.sampler as sa
+
+    from qprune.backends.classical import NealSampler
+
+    neal = backends.get("neal")
+    assert type(neal) is NealSampler and isinstance(neal, sa.SimulatedAnnealingSampler)
+    plain = sa.SimulatedAnnealingSampler()
+    assert neal.parameters == plain.parameters and neal.properties == plain.properties
+    assert type(pickle.loads(pickle.dumps(neal))) is NealSampler
+
+    def loop(*args, **kwargs):
+        raise AssertionError("dwave-samplers' per-coupling beta range loop ran")
+
+    monkeypatch.setattr(sa, "_default_ising_beta_range", loop, raising=False)
+    bqm = _bqm(20, seed=1)
+    ss = neal.sample(bqm, num_reads=2, num_sweeps=10, seed=1)
+    dimod.testing.assert_sampleset_energies(ss, bqm)
+
+
+@pytest.mark.parametrize("labels", ["int", "str"])
+@pytest.mark.parametrize("vartype", ["BINARY", "SPIN"])
+def test_neal_same_seed_same_samples_as_plain_simulated_annealing(vartype: str, labels: str) -> None:
+    from dwave.samplers import SimulatedAnnealingSampler
+
+    neal, plain = backends.get("neal"), SimulatedAnnealingSampler()
+    calls = [
+        dict(num_reads=8, num_sweeps=40, seed=7),
+        dict(num_reads=8, num_sweeps=40, seed=7, beta_schedule_type="linear"),
+        dict(num_reads=4, num_sweeps=30, num_sweeps_per_beta=3, seed=8, randomize_order=True),
+        dict(num_reads=4, num_sweeps=10, seed=9, beta_range=[0.05, 3.0]),  # the caller's range stands
+        dict(num_reads=4, seed=10, beta_schedule_type="custom", beta_schedule=[0.1, 0.5, 1.0, 4.0]),
+    ]
+    for i, kw in enumerate(calls):
+        bqm = _random_bqm(60, 0.4, vartype, seed=20 + i, isolated=2, labels=labels)
+        a, b = neal.sample(bqm, **kw), plain.sample(bqm, **kw)
+        assert a.vartype is b.vartype and list(a.variables) == list(b.variables)
+        np.testing.assert_array_equal(a.record.sample, b.record.sample)
+        np.testing.assert_array_equal(a.record.energy, b.record.energy)
+        assert a.info.keys() == b.info.keys()
+        assert a.info["beta_schedule_type"] == b.info["beta_schedule_type"]
+        ra, rb = a.info["beta_range"], b.info["beta_range"]
+        assert (ra is None and rb is None) or [float(x) for x in ra] == [float(x) for x in rb]
+    # positional arguments bind as the parent's (beta_range, num_reads, num_sweeps)
+    bqm = _bqm(20, seed=2)
+    pos = neal.sample(bqm, None, 3, 20, seed=4)
+    ref = plain.sample(bqm, num_reads=3, num_sweeps=20, seed=4)
+    np.testing.assert_array_equal(pos.record.sample, ref.record.sample)
+    with pytest.raises(TypeError, match="multiple values"):
+        neal.sample(bqm, [0.1, 1.0], beta_range=[0.1, 2.0])
+
+
+def test_neal_leaves_an_invalid_custom_schedule_to_dwave() -> None:
+    neal = backends.get("neal")
+    with pytest.raises(ValueError, match="'beta_schedule' must be provided"):
+        neal.sample(_bqm(5), beta_schedule_type="custom")
+    with pytest.raises(ValueError, match="'beta_schedule' must be set to None"):
+        neal.sample(_bqm(5), beta_schedule=[0.1, 1.0])

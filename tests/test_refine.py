@@ -188,6 +188,9 @@ def test_chunked_keeps_k_and_improves_each_chunk() -> None:
     assert int(res.x.sum()) == k and res.value > res.seed_value
     assert res.evaluations <= 1200 and len(res.info["stages"]) == 4
     assert all(st["value"] >= st["seed_value"] for st in res.info["stages"])
+    counts, values = zip(*res.trace)
+    assert values[-1] == res.value and list(counts) == sorted(counts) and counts[-1] <= res.evaluations
+    assert all(b > a for a, b in itertools.pairwise(values))
     # each chunk kept its count: the global count never moved
     for g in groups:
         assert int(res.x[g].sum()) == int(seed[g].sum())

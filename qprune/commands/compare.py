@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", choices=("gamma", "layerwise"), default="gamma")
     p.add_argument("--fisher", choices=("taylor", "weight", "channel", "both"), default="channel")
     p.add_argument("--weights", help="QUBO weights as JSON or a JSON file")
+    p.add_argument("--tune", type=int, default=0, metavar="TRIALS",
+                   help="first tune each QUBO method's weights for TRIALS trials on the validation split")
     p.add_argument("--refine", choices=("tt",), help="refine every QUBO method's mask with TT search")
     p.add_argument("--tt-budget", type=int, default=2000)
     p.add_argument("--out", default="out/compare", help="output directory (default out/compare)")
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     table = compare_methods(
         model, problem, methods=methods, sparsities=args.sparsity, seeds=args.seeds, backend=args.backend,
         strategy=args.strategy, fisher=args.fisher, weights=weights, refine=args.refine,
-        tt_budget=args.tt_budget, layers=args.layers, min_keep=args.min_keep, progress=not args.quiet,
+        tt_budget=args.tt_budget, tune=args.tune, layers=args.layers, min_keep=args.min_keep, progress=not args.quiet,
         out_dir=Path(args.out), extra={"checkpoint": ckpt},
     )
     print(table)
