@@ -2,42 +2,18 @@
 
 torchmetrics imports torchvision whenever torchvision is installed. The project's venv carries a
 torchvision wheel whose C ops are built against CUDA torch; with the CPU torch its import fails on
-``register_fake("torchvision::nms")`` and takes torchmetrics down with it. :func:`_functional`
-defines the two missing op schemas (no kernels) first, exactly as ``tests/conftest.py`` does; where
-torchvision's ops load, nothing changes.
+``register_fake("torchvision::nms")`` and takes torchmetrics down with it; :func:`_functional`
+then applies :func:`qprune.torchvision_compat.prepare_torchvision` and imports again.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
-from pathlib import Path
 from types import ModuleType
 
 import torch
 
 _SSIM_WINDOW = 11  # torchmetrics' Gaussian window for sigma 1.5: 2 * int(3.5 * 1.5 + 0.5) + 1
-_LIBS: list = []  # keep the fragment library alive for the life of the process
-
-
-def _prepare_torchvision() -> None:
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or not spec.submodule_search_locations:
-        return
-    for so in Path(spec.submodule_search_locations[0]).glob("_C*.so"):
-        try:
-            torch.ops.load_library(str(so))
-            return
-        except OSError:
-            pass
-    lib = torch.library.Library("torchvision", "FRAGMENT")
-    for schema in ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-                   "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"):
-        try:
-            lib.define(schema)
-        except RuntimeError:  # already defined (real ops, or conftest got there first)
-            pass
-    _LIBS.append(lib)
 
 
 @lru_cache(maxsize=1)
@@ -45,7 +21,9 @@ def _functional() -> ModuleType:
     try:
         import torchmetrics.functional.image as image
     except RuntimeError:
-        _prepare_torchvision()
+        from qprune.torchvision_compat import prepare_torchvision
+
+        prepare_torchvision()
         import sys
 
         for mod in [m for m in sys.modules if m.split(".")[0] in ("torchmetrics", "torchvision")]:
