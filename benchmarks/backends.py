@@ -15,7 +15,6 @@ Writes ``benchmarks/results/backends.json`` and ``backends.md``. ``--quick`` run
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
 import json
 import platform
@@ -34,6 +33,7 @@ from qprune.formulation import Weights, formulate, preset_terms
 from qprune.layerwise import solve_layerwise
 from qprune.synthetic import synthetic_instance
 from qprune.terms import compute_terms
+from qprune.orlib import load_instance
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "qubo"
@@ -46,17 +46,7 @@ SIZES = (50, 100, 250, 500, 1000)
 
 def load_bqp(instance: str) -> tuple[dimod.BinaryQuadraticModel, float]:
     """A bqp instance as a minimisation BQM and its best-known energy (= -best_known_max)."""
-    with open(DATA / "bqp_best_known.csv") as fh:
-        row = next(r for r in csv.DictReader(fh) if r["instance"] == instance)
-    tokens = (DATA / row["file"]).read_text().split()
-    n, nnz = int(tokens[0]), int(tokens[1])
-    a = np.array(tokens[2:2 + 3 * nnz], dtype=np.float64).reshape(-1, 3)
-    i, j, q = a[:, 0].astype(np.int64) - 1, a[:, 1].astype(np.int64) - 1, a[:, 2]
-    diag = i == j
-    lin = np.zeros(n)
-    np.add.at(lin, i[diag], -q[diag])  # maximise q_ii x_i + 2 q_ij x_i x_j -> minimise the negative
-    bqm = dimod.BinaryQuadraticModel.from_numpy_vectors(lin, (i[~diag], j[~diag], -2.0 * q[~diag]), 0.0, "BINARY")
-    return bqm, -float(row["best_known_max"])
+    return load_instance(DATA, instance)
 
 
 def pruning_formulation(n_units: int = 4000, seed: int = 0, layer_sizes: tuple[int, ...] = (64, 128)):

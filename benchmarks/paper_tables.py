@@ -438,7 +438,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
                 "|---|---|---|---|---|---|---|---|"]
         pu = PAPER.get(s, {}).get("unpruned")
         out.append(f"| unpruned | 0 | {un.get('psnr', float('nan')):.3f} | {un.get('ssim', float('nan')):.4f} | "
-                   f"{un.get('params', float('nan')):.0f} | – | – | {_paper(pu)} |")
+                   f"{_num(un.get('params'))} | – | – | {_paper(pu)} |")
         for m in payload["methods"]:
             a = by.get((s, m))
             if a is None:
@@ -446,7 +446,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
             w = meta["weights"].get(m, {})
             out.append(f"| `{m}`{' (det.)' if a.get('deterministic') else ''} | {a['k']} | {mean_std(a, 'psnr')} | "
                        f"{a['ssim']:.4f}{' ± %.4f' % a['ssim_std'] if len(a['seeds']) > 1 else ''} | "
-                       f"{a.get('params', float('nan')):.0f} | {a['select_s']:.1f} | "
+                       f"{_num(a.get('params'))} | {a['select_s']:.1f} | "
                        f"{w.get('tune_s', 0.0):.0f} | {_paper(PAPER.get(s, {}).get(m))} |")
         out.append("")
         if meta["weights"]:
@@ -483,6 +483,10 @@ def _fmt_signals(v: Any) -> str:
     if isinstance(v, dict):
         return ", ".join(f"seed {k}: {s:.1f} s" for k, s in v.items())
     return f"{v:.1f} s" if v is not None else "–"
+
+
+def _num(v: float | None) -> str:
+    return "–" if v is None else f"{v:.0f}"
 
 
 def _paper(v: tuple[float, float] | None) -> str:

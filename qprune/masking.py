@@ -146,7 +146,7 @@ class Gates:
         b = self.B
         rep = tuple(x.repeat(b, *([1] * (x.dim() - 1))) if isinstance(x, torch.Tensor) else x for x in xs)
         out = self.model(*rep)
-        return _map_tensors(out, lambda t: t.reshape(b, t.shape[0] // b, *t.shape[1:]))
+        return map_tensors(out, lambda t: t.reshape(b, t.shape[0] // b, *t.shape[1:]))
 
     def _gate_input(self, hook: _GateHook, args: tuple) -> tuple | None:
         g = self._gate.get(hook.path)
@@ -183,13 +183,14 @@ class Gates:
         return (x * gx, *args[1:])
 
 
-def _map_tensors(out: Any, fn: Any) -> Any:
+def map_tensors(out: Any, fn: Any) -> Any:
+    """Apply ``fn`` to every tensor of a (nested tuple / list / dict) module output."""
     if isinstance(out, torch.Tensor):
         return fn(out)
     if isinstance(out, (list, tuple)):
-        return type(out)(_map_tensors(o, fn) for o in out)
+        return type(out)(map_tensors(o, fn) for o in out)
     if isinstance(out, Mapping):
-        return {k: _map_tensors(v, fn) for k, v in out.items()}
+        return {k: map_tensors(v, fn) for k, v in out.items()}
     return out
 
 

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from qprune.errors import QpruneError
+from qprune.masking import Gates, map_tensors
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Metric = Callable[[Any, torch.Tensor], float]
@@ -65,10 +66,6 @@ __all__ = ["MaskScorer", "naive_score"]
 
 def _gates_class() -> type:
     """``qprune.masking.Gates`` -- per-sample gates over a batch replicated once per mask."""
-    try:
-        from qprune.masking import Gates
-    except ImportError as exc:  # pragma: no cover - masking ships with qprune
-        raise QpruneError(f"qprune.masking.Gates is unavailable: {exc}") from exc
     return Gates
 
 
@@ -115,17 +112,6 @@ def _replicate(x: torch.Tensor, copies: int) -> torch.Tensor:
     if copies == 1:
         return x
     return x.unsqueeze(0).expand(copies, *x.shape).reshape(copies * x.shape[0], *x.shape[1:])
-
-
-def _map(out: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """Apply ``fn`` to every tensor of a (nested tuple / list / dict) module output."""
-    if isinstance(out, torch.Tensor):
-        return fn(out)
-    if isinstance(out, (tuple, list)):
-        return type(out)(_map(o, fn) for o in out)
-    if isinstance(out, dict):
-        return {key: _map(o, fn) for key, o in out.items()}
-    return out
 
 
 def _split(out: Any, copies: int, j: int) -> Any:
@@ -321,12 +307,12 @@ class _Recorder:
             self.pos += 1
             self.clock.append(time.perf_counter())
             self.calls[cid].end = self.pos
-            _map(out, lambda t: self.versions.append((t, _version(t))))
+            map_tensors(out, lambda t: self.versions.append((t, _version(t))))
             return
         if cid in self.record:
             # if the model works in place (ReLU(inplace=True), ``out += x``), keep a copy that
             # later ops cannot change
-            self.stored[cid] = _map(out, torch.Tensor.clone) if self.trace.in_place else out
+            self.stored[cid] = map_tensors(out, torch.Tensor.clone) if self.trace.in_place else out
 
     def _replaying_forward(self, module: nn.Module) -> Callable[..., Any]:
         original = module.__dict__.get("forward") or type(module).forward.__get__(module)
@@ -716,9 +702,9 @@ class MaskScorer:
             replay = {}
             for cid in (trace.replayed_at(start) if start > 0 else []):
                 if D > 1:
-                    replay[cid] = _map(ctx[cid], grow)
+                    replay[cid] = map_tensors(ctx[cid], grow)
                 else:  # the model may work in place on what it is given
-                    replay[cid] = _map(ctx[cid], torch.Tensor.clone) if trace.in_place else ctx[cid]
+                    replay[cid] = map_tensors(ctx[cid], torch.Tensor.clone) if trace.in_place else ctx[cid]
             stop_call = trace.call_at(stop) if stop is not None else None
             record = set(trace.recorded_in(start, stop))
             gates.set(masks if D > 1 else masks[0])

@@ -3,7 +3,6 @@ neal on the OR-Library bqp instances."""
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 
 from qprune.backends import available, get, info
 from qprune.errors import BackendUnavailable, QpruneError
+from qprune.orlib import load_instance
 
 HAS_OPENJIJ = importlib.util.find_spec("openjij") is not None
 HAS_DWAVE = importlib.util.find_spec("dwave.system") is not None
@@ -368,17 +368,7 @@ def test_qaoa_size_guard_suggests_a_sub_problem():
 
 def load_bqp(shared_data: Path, instance: str) -> tuple[dimod.BinaryQuadraticModel, float]:
     """OR-Library bqp instance as a minimisation BQM, and its best-known (minimum) energy."""
-    with open(shared_data / "qubo" / "bqp_best_known.csv") as fh:
-        row = next(r for r in csv.DictReader(fh) if r["instance"] == instance)
-    tokens = (shared_data / "qubo" / row["file"]).read_text().split()
-    n, nnz = int(tokens[0]), int(tokens[1])
-    a = np.array(tokens[2:2 + 3 * nnz], dtype=np.float64).reshape(-1, 3)
-    i, j, q = a[:, 0].astype(np.int64) - 1, a[:, 1].astype(np.int64) - 1, a[:, 2]
-    diag = i == j
-    lin = np.zeros(n)
-    np.add.at(lin, i[diag], -q[diag])  # maximise q_ii x_i + 2 q_ij x_i x_j  ->  minimise the negative
-    bqm = dimod.BinaryQuadraticModel.from_numpy_vectors(lin, (i[~diag], j[~diag], -2.0 * q[~diag]), 0.0, "BINARY")
-    return bqm, -float(row["best_known_max"])
+    return load_instance(shared_data / "qubo", instance)
 
 
 # Tuned on these instances (seed 0): 10 reads x 1,000 sweeps already hit every bqp50/100/250 optimum;

@@ -17,12 +17,6 @@ from qprune.masking import Gates, _GateHook, apply_mask, remove_gates
 from qprune.space import build_space
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _realistic(m: nn.Module, x: torch.Tensor) -> nn.Module:

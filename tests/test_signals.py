@@ -13,12 +13,6 @@ from qprune.signals import collect_signals
 from qprune.space import build_space
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 class Tiny(nn.Module):

@@ -14,13 +14,6 @@ from qprune.masking import apply_mask, equivalence_error
 from qprune.space import FilterSpace, build_space
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2 shared cores: oversubscribed intra-op threads make tiny convs ~100x slower
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _halfunet(width: int = 8) -> nn.Module:
