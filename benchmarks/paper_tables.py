@@ -66,8 +66,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,7 +78,14 @@ from qprune.errors import QpruneError
 from qprune.formulation import Weights
 from qprune.masking import apply_mask, remove_gates
 from qprune.pipeline import (
-    METHODS, Prepared, evaluate, method_spec, prepare, select_mask, tune_weights, validation_score,
+    METHODS,
+    Prepared,
+    evaluate,
+    method_spec,
+    prepare,
+    select_mask,
+    tune_weights,
+    validation_score,
 )
 from qprune.report import aggregate, machine_info
 from qprune.space import build_space
@@ -260,7 +268,7 @@ def choose_weights(prep: Prepared, method: str, k: int, args: argparse.Namespace
     if args.tune <= 0:
         return {"weights": dataclasses.asdict(default), "source": "default (all 1)", "trials": 0, "tune_s": 0.0}
     t0 = time.perf_counter()
-    opts = dict(backend=args.backend, strategy=args.strategy)
+    opts = {"backend": args.backend, "strategy": args.strategy}
     x, _ = select_mask(prep, method, k, weights=default, seed=seed, **opts)
     default_val = validation_score(prep, x)
     res = tune_weights(prep, method, k, n_trials=args.tune, sampler=args.tune_sampler, seed=seed,
@@ -280,7 +288,6 @@ def choose_weights(prep: Prepared, method: str, k: int, args: argparse.Namespace
 
 def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], seeds: Sequence[int],
                 args: argparse.Namespace, prep_cache: dict) -> tuple[list[dict], dict[str, Any]]:
-    preps: dict[int, Prepared] = {}
 
     def prep_for(seed: int) -> Prepared:
         key = (st.layers, seed if args.vary_calibration else None)
@@ -288,14 +295,14 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
             src = CalibrationSeeded(problem, seed) if args.vary_calibration else problem
             t0 = time.perf_counter()
             prep_cache[key] = prepare(model, src, methods=list(methods), layers=st.layers, progress=False)
-            log(f"  setting {st.name}: calibration pass ({'seed %d' % seed if args.vary_calibration else 'shared'}) "
+            which = f"seed {seed}" if args.vary_calibration else "shared"
+            log(f"  setting {st.name}: calibration pass ({which}) "
                 f"{time.perf_counter() - t0:.1f} s, {prep_cache[key].space.N} units")
-        preps[seed] = prep_cache[key]
         return prep_cache[key]
 
     prep0 = prep_for(seeds[0])
     N = prep0.space.N
-    k = int(round(st.fraction * N))
+    k = round(st.fraction * N)
     caps = int(prep0.space.max_pruned_per_layer.sum())
     if not 0 < k <= caps:
         die(f"setting {st.name}: k={k} out of range for {N} units (cap {caps})")
@@ -319,8 +326,12 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
             log(f"  {m}: weights {w['source']}; val PSNR default {w['val_psnr_default']:.3f}, "
                 f"best trial {w['val_psnr_best_trial']:.3f} ({w['tune_s']:.0f} s)")
     if TT_METHOD in methods:
-        meta["weights"][TT_METHOD] = dict(meta["weights"].get("hybrid-qubo") or choose_weights(prep0, "hybrid-qubo", k, args, seeds[0]),
-                                          source="the weights chosen for hybrid-qubo")
+        base = meta["weights"].get("hybrid-qubo")
+        if base is not None:  # tuned once for hybrid-qubo; no extra search time for the +tt row
+            meta["weights"][TT_METHOD] = dict(base, source="the weights chosen for hybrid-qubo", tune_s=0.0)
+        else:
+            w = choose_weights(prep0, "hybrid-qubo", k, args, seeds[0])
+            meta["weights"][TT_METHOD] = dict(w, source=f"tuned as for hybrid-qubo: {w['source']}")
 
     rows: list[dict] = []
     done: dict[str, dict] = {}
@@ -424,16 +435,16 @@ def render_markdown(payload: dict[str, Any]) -> str:
            f"- unpruned model on the test split: PSNR {un.get('psnr', float('nan')):.3f} dB, "
            f"SSIM {un.get('ssim', float('nan')):.4f}"
            + (f", {un['params']:.0f} params" if "params" in un else ""),
-           f"- machine: {payload['machine']['platform']}, {payload['machine']['cpu_count']} CPUs, torch "
+           (f"- machine: {payload['machine']['platform']}, {payload['machine']['cpu_count']} CPUs, torch "
            f"{payload['machine']['torch']} with {payload['machine']['torch_threads']} thread(s); "
-           f"load average at start {payload['loadavg_start']}; total wall time {payload['total_s']:.0f} s",
+           f"load average at start {payload['loadavg_start']}; total wall time {payload['total_s']:.0f} s"),
            "", "## Result", "", payload["ordering"], "", "## Tables (test split; mean ± std over seeds)", ""]
     for meta in payload["settings"]:
         s = meta["setting"]
         title = "full model" if s == "full" else f"{s} layers"
         out += [f"### {title}: k = {meta['k']} of {meta['units']} units ({meta['k'] / meta['units']:.1%})", "",
-                f"{meta['rule']}. Layers: {meta['n_layers']} (`{meta['layers_used'][0]}` … `{meta['layers_used'][-1]}`). "
-                f"Calibration pass: {_fmt_signals(meta['signals_s'])}.", "",
+                (f"{meta['rule']}. Layers: {meta['n_layers']} (`{meta['layers_used'][0]}` … `{meta['layers_used'][-1]}`). "
+                f"Calibration pass: {_fmt_signals(meta['signals_s'])}."), "",
                 "| method | k | PSNR (dB) | SSIM | params | select s | tune s | paper PSNR / SSIM |",
                 "|---|---|---|---|---|---|---|---|"]
         pu = PAPER.get(s, {}).get("unpruned")
@@ -445,7 +456,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
                 continue
             w = meta["weights"].get(m, {})
             out.append(f"| `{m}`{' (det.)' if a.get('deterministic') else ''} | {a['k']} | {mean_std(a, 'psnr')} | "
-                       f"{a['ssim']:.4f}{' ± %.4f' % a['ssim_std'] if len(a['seeds']) > 1 else ''} | "
+                       f"{a['ssim']:.4f}{' ± {:.4f}'.format(a['ssim_std']) if len(a['seeds']) > 1 else ''} | "
                        f"{_num(a.get('params'))} | {a['select_s']:.1f} | "
                        f"{w.get('tune_s', 0.0):.0f} | {_paper(PAPER.get(s, {}).get(m))} |")
         out.append("")
@@ -461,10 +472,10 @@ def render_markdown(payload: dict[str, Any]) -> str:
     s0 = "full" if "full" in metas else payload["settings"][0]["setting"]
     meta0 = metas[s0]
     out += [f"## Wall time per method (setting {s0}, seconds)", "",
-            "`select` = formulate + exact-k solve (+ TT) per seed (mean ± std); the calibration pass is ONE pass per "
+            ("`select` = formulate + exact-k solve (+ TT) per seed (mean ± std); the calibration pass is ONE pass per "
             "setting collecting what every method needs (a method alone would need less); `tune` = the weight "
             "search on validation (once per setting, not per seed). The paper's figures (full model, its own "
-            "workstation, presumably including its calibration) are for the order of magnitude only.", "",
+            "workstation, presumably including its calibration) are for the order of magnitude only."), "",
             "| method | select | calibration pass (shared) | tune | paper |", "|---|---|---|---|---|"]
     for m in payload["methods"]:
         a = by.get((s0, m))
@@ -507,7 +518,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma list (default {','.join(DEFAULT_METHODS)})")
     p.add_argument("--tt", action="store_true", help=f"add {TT_METHOD} (PROTES refinement; slow)")
     p.add_argument("--tt-budget", type=int, default=2000, help="TT evaluations per run (paper 20000; default 2000)")
-    p.add_argument("--seeds", default="0,1,2", help="comma list of seeds (default 0,1,2)")
+    p.add_argument("--seeds", help="comma list of seeds (default 0,1,2; --quick: 0)")
     p.add_argument("--tune", type=int, default=None, help="weight-search trials per (setting, QUBO method) on "
                    "validation (default 10; --quick: 2; 0 = default weights)")
     p.add_argument("--tune-sampler", choices=("random", "tpe"), default="random",
@@ -522,9 +533,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="shipped F=16 checkpoint, seed 0, 2 tuning trials")
     p.add_argument("--out-name", help="output stem in benchmarks/results (default paper_tables, quick: paper_tables_quick)")
     args = p.parse_args(argv)
-    if args.quick:
-        if args.seeds == "0,1,2":
-            args.seeds = "0"
+    if args.seeds is None:
+        args.seeds = "0" if args.quick else "0,1,2"
     if args.tune is None:
         args.tune = 2 if args.quick else 10
     args.out_name = args.out_name or ("paper_tables_quick" if args.quick else "paper_tables")
@@ -581,23 +591,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     for a in aggs:
         a["deterministic"] = all(r["deterministic"] for r in all_rows
                                  if r["setting"] == a["setting"] and r["method"] == a["method"])
-        # a deterministic method ran once; its select time is that run's, not an average of copies
     notes = [
-        "Metrics are on the held-out TEST split; weights are chosen on the VALIDATION split; the calibration "
-        "batches come from the training split.",
-        f"Counts: paper filters per layer assumed {PAPER_FILTERS_PER_LAYER} (\"64 filters per layer\"); k = "
-        "round(paper count / (64 x layers) x our units); full model: 36 %.",
-        "Which layers the paper isolated for its sub-problems is not stated; we take the first L prunable layers "
-        "in module order (enc1.0.conv1, enc1.0.conv4, enc1.1.conv1, ...).",
+        ("Metrics are on the held-out TEST split; weights are chosen on the VALIDATION split; the calibration "
+        "batches come from the training split."),
+        (f"Counts: paper filters per layer assumed {PAPER_FILTERS_PER_LAYER} (\"64 filters per layer\"); k = "
+        "round(paper count / (64 x layers) x our units); full model: 36 %."),
+        ("Which layers the paper isolated for its sub-problems is not stated; we take the first L prunable layers "
+        "in module order (enc1.0.conv1, enc1.0.conv4, enc1.1.conv1, ...)."),
         "The paper's unpruned baselines differ per table (unseeded data splits); ours is one model on one fixed split.",
-        "No fine-tuning after pruning (as in the paper). PSNR/SSIM of the gated model, which equals the physically "
-        "pruned model (qprune.masking).",
+        ("No fine-tuning after pruning (as in the paper). PSNR/SSIM of the gated model, which equals the physically "
+        "pruned model (qprune.masking)."),
         "Greedy methods are deterministic given the calibration data: one run, row repeated per seed (std 0)."
         if not args.vary_calibration else "Greedy methods vary only through the calibration subset.",
-        "The denoise problem's own `seed` option changes the split, the noise and the calibration order together; "
-        "--vary-calibration varies only the calibration subset (a seeded draw from the training split).",
-        "The weight search uses the first seed for both Optuna's sampler and the QUBO solver, so every setting "
-        "tries the same candidate weights; the one kept is the best on validation for that setting.",
+        ("The denoise problem's own `seed` option changes the split, the noise and the calibration order together; "
+        "--vary-calibration varies only the calibration subset (a seeded draw from the training split)."),
+        ("The weight search uses the first seed for both Optuna's sampler and the QUBO solver, so every setting "
+        "tries the same candidate weights; the one kept is the best on validation for that setting."),
     ]
     if TT_METHOD in methods:
         notes.append(f"{TT_METHOD}: budget {args.tt_budget} evaluations (paper 20,000) on the validation batches.")
