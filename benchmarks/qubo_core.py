@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,31 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from qprune.report import machine_info
 from qprune.cardinality import QuboArrays, solve_exact_k
 from qprune.formulation import formulate, preset_terms
 from qprune.synthetic import synthetic_instance
 from qprune.terms import compute_terms
 
 RESULTS = Path(__file__).resolve().parent / "results" / "qubo_core.json"
-
-
-def machine_info() -> dict[str, Any]:
-    """Where the figures were measured (the load average matters on a shared machine)."""
-    import dimod
-    import dwave.samplers
-    import scipy
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "dimod": dimod.__version__,
-        "dwave_samplers": dwave.samplers.__version__,
-    }
 
 
 def build(n: int, seed: int) -> tuple[Any, dict[str, float]]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 
 from qprune import pipeline
+from qprune.report import machine_info
 from qprune.errors import QpruneError
 from qprune.masking import apply_mask, remove_gates
 from qprune.refine import RefineResult, layer_groups, refine, refine_chunked
@@ -52,19 +52,11 @@ SIDD_CKPT = Path.home() / ".cache" / "qprune" / "denoise_sidd_f64.pt"
 # ----------------------------------------------------------------------------------- helpers
 
 
-def machine_info(threads: int) -> dict[str, Any]:
-    """Where the figures were measured (the load average matters on a shared machine)."""
+def bench_machine() -> dict[str, Any]:
+    """:func:`qprune.report.machine_info` plus the protes version."""
     import protes
 
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": threads,
-        "protes": getattr(protes, "__version__", "?"),
-        "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
+    return {**machine_info(), "protes": getattr(protes, "__version__", "?")}
 
 
 def pick_checkpoint(arg: str | None) -> tuple[Path, str]:
@@ -211,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     n_search = sum(int(x.shape[0]) for x, _ in search)
     print(f"search subset: {n_search} validation images; test split: {n_test} images", flush=True)
     report: dict[str, Any] = {
-        "machine": machine_info(args.threads),
+        "machine": bench_machine(),
         "checkpoint": {"path": str(path), "why": why, "config": problem.config,
                        "meta": getattr(problem, "checkpoint_meta", {})},
         "settings": {k: v for k, v in vars(args).items() if k != "out"},

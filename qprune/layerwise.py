@@ -180,6 +180,23 @@ def block_count_curve(h: np.ndarray, M: np.ndarray, *, sub: np.ndarray | None = 
 # ---------------------------------------------------------------------------- heuristic big blocks
 
 
+def _swap_deltas(x: np.ndarray, g: np.ndarray, b: _Block) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Energy change of every (remove i, add j) swap at fixed count, [ones, zeros]; None if none exist.
+
+    ``g = h + M @ x``. In a merged block a swap into a layer at its cap is allowed only when it
+    leaves that same layer (_INF otherwise).
+    """
+    ones, zeros = np.flatnonzero(x), np.flatnonzero(~x)
+    if ones.size == 0 or zeros.size == 0:
+        return None
+    D = g[zeros][None, :] - g[ones][:, None] - b.M[np.ix_(ones, zeros)]
+    if b.merged:
+        counts = np.bincount(b.sub[ones], minlength=b.caps.size)
+        full = counts[b.sub[zeros]] >= b.caps[b.sub[zeros]]
+        D[(b.sub[ones][:, None] != b.sub[zeros][None, :]) & full[None, :]] = _INF
+    return ones, zeros, D
+
+
 def _polish(x: np.ndarray, b: _Block, max_steps: int | None = None) -> tuple[np.ndarray, float]:
     """Best-improvement swap descent at fixed count (remove one unit, add another), caps respected."""
     x = x.astype(bool).copy()
@@ -188,15 +205,10 @@ def _polish(x: np.ndarray, b: _Block, max_steps: int | None = None) -> tuple[np.
     tol = 1e-12 * (1.0 + float(np.abs(h).sum()))
     steps = max_steps if max_steps is not None else 4 * b.m
     for _ in range(steps):
-        ones, zeros = np.flatnonzero(x), np.flatnonzero(~x)
-        if ones.size == 0 or zeros.size == 0:
+        swaps = _swap_deltas(x, g, b)
+        if swaps is None:
             break
-        D = g[zeros][None, :] - g[ones][:, None] - M[np.ix_(ones, zeros)]
-        if b.merged:
-            counts = np.bincount(b.sub[ones], minlength=b.caps.size)
-            full = counts[b.sub[zeros]] >= b.caps[b.sub[zeros]]
-            # moving a unit into a full layer is allowed only when it leaves that same layer
-            D[(b.sub[ones][:, None] != b.sub[zeros][None, :]) & full[None, :]] = _INF
+        ones, zeros, D = swaps
         flat = int(np.argmin(D))
         if not D.flat[flat] < -tol:
             break
@@ -222,14 +234,10 @@ def _tabu(x: np.ndarray, b: _Block, iters: int) -> tuple[np.ndarray, float]:
     ban_out = max(1, min(b.m // 8, c // 3))  # an added unit stays in this long
     until = np.zeros(b.m, np.int64)
     for it in range(iters):
-        ones, zeros = np.flatnonzero(x), np.flatnonzero(~x)
-        if ones.size == 0 or zeros.size == 0:
+        swaps = _swap_deltas(x, g, b)
+        if swaps is None:
             break
-        D = g[zeros][None, :] - g[ones][:, None] - M[np.ix_(ones, zeros)]
-        if b.merged:
-            counts = np.bincount(b.sub[ones], minlength=b.caps.size)
-            full = counts[b.sub[zeros]] >= b.caps[b.sub[zeros]]
-            D[(b.sub[ones][:, None] != b.sub[zeros][None, :]) & full[None, :]] = _INF
+        ones, zeros, D = swaps
         free = (until[ones][:, None] <= it) & (until[zeros][None, :] <= it)
         allowed = np.where(free | (e + D < best_e - tol), D, _INF)
         flat = int(np.argmin(allowed))

@@ -16,13 +16,23 @@ def machine_info() -> dict[str, Any]:
     """Where a figure was measured: written next to every benchmark and comparison."""
     import torch
 
+    import dimod
+    import scipy
+    from dwave import samplers
+
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        # figures from a shared machine mean little without its load
+        "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "dimod": dimod.__version__,
+        "dwave_samplers": samplers.__version__,
     }
 
 
