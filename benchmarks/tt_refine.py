@@ -294,6 +294,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _mask_table(section: dict[str, Any], names: tuple[str, ...]) -> list[str]:
+    """Markdown rows: each mask's test PSNR/SSIM and its PSNR on the search subset."""
+    rows = ["| mask | test PSNR | test SSIM | search PSNR |", "|---|---|---|---|"]
+    for name in names:
+        t, s = section["test"][name], section["search"][name]
+        rows.append(f"| {name} | {t['psnr']:.4f} | {t.get('ssim', float('nan')):.4f} | {s['psnr']:.4f} |")
+    return rows
+
+
 def markdown(r: dict) -> str:
     sub, full = r["subproblem"], r["full"]
     m = r["machine"]
@@ -336,12 +345,8 @@ def markdown(r: dict) -> str:
         (f"## Sub-problem: {len(sub['layers'])} layers ({sub['layers_requested']} requested, "
         f"{sub['layers_available']} in the model), {sub['units']} units, k = {sub['k']}"),
         "",
-        "| mask | test PSNR | test SSIM | search PSNR |",
-        "|---|---|---|---|",
     ]
-    for name in ("unpruned", "qubo_seed", "tt_refined"):
-        t, s = sub["test"][name], sub["search"][name]
-        lines.append(f"| {name} | {t['psnr']:.4f} | {t.get('ssim', float('nan')):.4f} | {s['psnr']:.4f} |")
+    lines += _mask_table(sub, ("unpruned", "qubo_seed", "tt_refined"))
     ref = sub["refine"]
     lines += [
         "",
@@ -351,12 +356,8 @@ def markdown(r: dict) -> str:
         (f"## Full model: {full['layers']} layers, {full['units']} units, k = {full['k']}, chunked TT "
         f"({len(full['chunks'])} chunks of {full['chunks']} units)"),
         "",
-        "| mask | test PSNR | test SSIM | search PSNR |",
-        "|---|---|---|---|",
     ]
-    for name in ("unpruned", "qubo_seed", "tt_chunked"):
-        t, s = full["test"][name], full["search"][name]
-        lines.append(f"| {name} | {t['psnr']:.4f} | {t.get('ssim', float('nan')):.4f} | {s['psnr']:.4f} |")
+    lines += _mask_table(full, ("unpruned", "qubo_seed", "tt_chunked"))
     fr = full["refine"]
     lines += [
         "",

@@ -304,28 +304,20 @@ def _refine_curve(b: _Block, E: np.ndarray, X: np.ndarray, dirty: np.ndarray | N
     dirty_down = dirty.copy()
     for _ in range(max_passes):
         changed = False
-        for c in range(cap):  # upward: c -> c + 1
-            if not dirty_up[c] or not np.isfinite(E[c]):
-                continue
-            dirty_up[c] = False
-            y = _step(X[c], b, up=True)
-            if y is None:
-                continue
-            y, e = _polish(y, b)
-            if e < E[c + 1] - tol:
-                X[c + 1], E[c + 1] = y, e
-                dirty_up[c + 1] = dirty_down[c + 1] = changed = True
-        for c in range(cap, 0, -1):  # downward: c -> c - 1
-            if not dirty_down[c] or not np.isfinite(E[c]):
-                continue
-            dirty_down[c] = False
-            y = _step(X[c], b, up=False)
-            if y is None:
-                continue
-            y, e = _polish(y, b)
-            if e < E[c - 1] - tol:
-                X[c - 1], E[c - 1] = y, e
-                dirty_up[c - 1] = dirty_down[c - 1] = changed = True
+        # upward c -> c + 1 over ascending c, then downward c -> c - 1 over descending c
+        for up, counts, flags in ((True, range(cap), dirty_up), (False, range(cap, 0, -1), dirty_down)):
+            d = 1 if up else -1
+            for c in counts:
+                if not flags[c] or not np.isfinite(E[c]):
+                    continue
+                flags[c] = False
+                y = _step(X[c], b, up=up)
+                if y is None:
+                    continue
+                y, e = _polish(y, b)
+                if e < E[c + d] - tol:
+                    X[c + d], E[c + d] = y, e
+                    dirty_up[c + d] = dirty_down[c + d] = changed = True
         if not changed:
             break
     return E, X
