@@ -88,7 +88,7 @@ from qprune.pipeline import (
     tune_weights,
     validation_score,
 )
-from qprune.report import aggregate, machine_info
+from qprune.report import aggregate, machine_info, training_summary
 from qprune.space import build_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -436,6 +436,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
     out = [f"# Paper Tables 1-4 on our denoiser{' (QUICK pipeline check, not the paper setting)' if payload['quick'] else ''}",
            "",
            f"- model: `{payload['checkpoint']}` — {payload['checkpoint_note']}",
+           "- training: " + training_summary(payload.get("checkpoint_meta") or {}),
            f"- problem: width F = {payload['problem_config'].get('width')}, data `{payload['problem_config'].get('data')}`; "
            f"test split {payload['test_samples']} patches, validation {payload['val_samples']} patches, "
            f"calibration {payload['calib_samples']} patches"

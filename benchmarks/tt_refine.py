@@ -21,14 +21,13 @@ over-fitting to the subset shows).
 
 Model: ``--checkpoint``, else the F=64 SIDD model ``make train-sidd`` caches
 (``~/.cache/qprune/denoise_sidd_f64.pt``), else the small shipped checkpoint; the JSON says which.
-Output: ``benchmarks/results/tt_refine.{json,md}``. On a shared 2-core machine use ``--threads 1``
+Output: ``benchmarks/results/tt_refine.{json,md}`` (``--out-name`` changes the stem). On a shared 2-core machine use ``--threads 1``
 (the default): with two threads and other jobs running, OpenMP barriers made passes 10x slower.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -39,7 +38,8 @@ import numpy as np
 import torch
 
 from qprune import pipeline
-from qprune.report import machine_info
+from qprune.atomic import atomic_open, write_json
+from qprune.report import machine_info, training_summary
 from qprune.errors import QpruneError
 from qprune.masking import apply_mask, remove_gates
 from qprune.refine import RefineResult, layer_groups, refine, refine_chunked
@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared box)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")
-    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--out", default=str(RESULTS), help="output folder (default benchmarks/results)")
+    ap.add_argument("--out-name", default="tt_refine",
+                    help="output stem: writes OUT/STEM.json and OUT/STEM.md (default tt_refine)")
     args = ap.parse_args(argv)
     if args.quick:
         args.tt_budget, args.speed_masks, args.search_images = 200, 60, 8
@@ -288,9 +290,11 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tt_refine.json").write_text(json.dumps(report, indent=2, default=float))
-    (out / "tt_refine.md").write_text(markdown(report))
-    print((out / "tt_refine.md").read_text())
+    text = markdown(report)
+    write_json(out / f"{args.out_name}.json", report)
+    with atomic_open(out / f"{args.out_name}.md") as fh:
+        fh.write(text)
+    print(text)
     return 0
 
 
@@ -314,6 +318,8 @@ def markdown(r: dict) -> str:
         f"held-out test split ({r['test_images']} images) except the *search* column. torch threads: "
         f"{m['torch_threads']}; load average (1/5/15 min) {_load(m['loadavg_1_5_15'])} at the start, "
         f"{_load(m.get('loadavg_1_5_15_end'))} at the end (2 cores shared with other jobs)."),
+        "",
+        "Training: " + training_summary(r["checkpoint"].get("meta") or {}) + ".",
         "",
         "## Scoring speed: the same masks, three ways, interleaved",
         "",

@@ -36,6 +36,26 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def training_summary(meta: Mapping[str, Any]) -> str:
+    """One sentence on how a checkpoint was trained, from the record ``qprune train`` stores in it.
+
+    Benchmarks print it so that a model trained for fewer epochs than the paper's 100 is visible
+    next to every figure measured on it.
+    """
+    if not meta:
+        return "the checkpoint carries no training record"
+    epochs = meta.get("epochs")
+    secs = meta.get("train_seconds")
+    text = f"{epochs} epochs, `{meta.get('schedule')}` schedule, lr {meta.get('lr')}"
+    if secs is not None:
+        text += f", {float(secs):.0f} s"
+    if meta.get("command"):
+        text += f", command `{meta['command']}`"
+    if isinstance(epochs, int) and epochs < 100:
+        text += f" (the paper trains 100 epochs; this model had {epochs})"
+    return text
+
+
 def summarize(result: Any, *, backend: str | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """JSON-ready summary of a :class:`qprune.pipeline.PruneResult`."""
     info = {k: v for k, v in result.solver_info.items() if _jsonable(v)}

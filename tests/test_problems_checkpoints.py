@@ -42,3 +42,15 @@ def test_shipped_checkpoints_are_small_and_documented() -> None:
         assert path.name in readme and "qprune train" in readme
     with pytest.raises(QpruneError, match="no shipped checkpoint"):
         problems.pretrained_path("segment")
+
+
+def test_training_summary_flags_a_short_run_from_the_checkpoint_record() -> None:
+    from qprune.report import training_summary
+
+    problem, _ = problems.load_pretrained("denoise")
+    text = training_summary(problem.checkpoint_meta)
+    meta = problem.checkpoint_meta
+    assert f"{meta['epochs']} epochs" in text and meta["command"] in text
+    assert "the paper trains 100 epochs; this model had 12" in text
+    assert "(the paper trains" not in training_summary({**meta, "epochs": 100})
+    assert training_summary({}) == "the checkpoint carries no training record"
