@@ -65,3 +65,38 @@ def test_make_demo_recipe_runs(tmp_path, monkeypatch, capsys):
     assert main(argv[1:] + ["--quiet"]) == 0
     out = argv[argv.index("--out") + 1]
     assert (tmp_path / out / "compare.md").is_file()
+
+
+def test_readme_make_targets_exist_and_bench_paper_trains_a_missing_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    from qprune.cli import build_parser
+
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"`make ([a-z][a-z-]*)", README))
+    assert {"demo", "test", "bench-paper", "train-sidd"} <= targets
+    for target in targets:
+        assert re.search(rf"^{target}:", makefile, flags=re.M), f"README names `make {target}`, not in Makefile"
+    # the dry run of bench-paper with no cached checkpoint: train it first, then the tables on it
+    ckpt = tmp_path / "missing_f64.pt"
+    dry = subprocess.run(["make", "-n", "bench-paper", f"SIDD_CKPT={ckpt}", "SIDD_EPOCHS=4"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    train = [i for i, line in enumerate(dry) if "/qprune train " in line]
+    tables = [i for i, line in enumerate(dry) if "benchmarks/paper_tables.py" in line]
+    assert len(train) == 1 and len(tables) == 1 and train[0] < tables[0], dry
+    train, tables = shlex.split(dry[train[0]]), shlex.split(dry[tables[0]])
+    args = build_parser().parse_args(train[1:])
+    assert args.command == "train" and args.epochs == 4 and Path(args.output) == ckpt
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import paper_tables
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    tab = paper_tables.parse_args(tables[2:])
+    assert Path(tab.checkpoint) == ckpt and tab.vary_calibration
+    # a cached checkpoint is not retrained
+    ckpt.write_bytes(b"cached")
+    dry = subprocess.run(["make", "-n", "bench-paper", f"SIDD_CKPT={ckpt}"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert "qprune train" not in dry and "paper_tables.py" in dry
