@@ -30,7 +30,20 @@ Where the speed comes from, all exact:
   Half-UNet, 64x64 tiles, 1 thread: 21 ms/image for 1 image, 38 ms/image for 16, 99 ms/image for
   256), so the scorer times a pass of 1 and of a few copies once per input shape and uses one copy
   per pass when replication does not pay (``chunk`` overrides). The same timings, and the time
-  profile of the trace, make a cost model that picks the tree or plain batching per call.
+  profile of the trace, make a cost model that picks the tree or plain batching per call; what
+  each choice then really took corrects the model for the next calls (the estimates count
+  forward time only, not hooks, replays or the metric).
+* **Fewer images per pass, the faster layout.** For the same reason a validation batch is run
+  in pieces (outputs concatenated before the metric, so any metric sees the whole batch) and, for
+  4-D inputs, in channels-last memory format, whichever of these the timings once per batch shape
+  show to be fastest per image. Why pieces pay on a CPU: an activation over many images is larger
+  than glibc's mmap threshold (32 MB), so every op gets fresh pages from the kernel, zero-filled
+  on first touch (F=64 Half-UNet, 8 images of 128x128, 1 thread, fresh process: ~270k minor page
+  faults and ~105-120 ms/image per pass of 8, none and ~50-60 ms/image per pass of 1). How much
+  that costs depends on the allocator's state (a long-running process may serve big tensors from
+  free heap space), which is why it is timed, not assumed. A piece or layout is used only if its
+  output matches the standard pass (rtol 1e-4): a model whose samples interact in eval mode is
+  never split.
 * **Repeated masks** are served from a cache keyed by the mask's bit pattern.
 * **Fixed validation subset**: the batches are taken once, at construction.
 
@@ -40,10 +53,11 @@ Where the speed comes from, all exact:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,10 +66,11 @@ import torch
 from torch import nn
 
 from qprune.errors import QpruneError
-from qprune.masking import Gates, map_tensors
+from qprune.masking import Gates, _tensors, map_tensors
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Metric = Callable[[Any, torch.Tensor], float]
+Sink = Callable[[np.ndarray, Any, int], None]  # (rows of X, model output on their replicas, copies)
 
 __all__ = ["MaskScorer", "naive_score"]
 
@@ -106,12 +121,73 @@ def _as_masks(masks: Any, n: int) -> np.ndarray:
     return np.ascontiguousarray(X, dtype=np.int8)
 
 
+def _channels_last(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 def _replicate(x: torch.Tensor, copies: int) -> torch.Tensor:
     """``copies`` copies of a batch, mask-major: rows ``[j*b, (j+1)*b)`` belong to mask ``j``
-    (the layout :class:`qprune.masking.Gates` expects)."""
+    (the layout :class:`qprune.masking.Gates` expects); a channels-last batch stays channels-last."""
     if copies == 1:
         return x
-    return x.unsqueeze(0).expand(copies, *x.shape).reshape(copies * x.shape[0], *x.shape[1:])
+    out = x.unsqueeze(0).expand(copies, *x.shape).reshape(copies * x.shape[0], *x.shape[1:])
+    return out.contiguous(memory_format=torch.channels_last) if _channels_last(x) else out
+
+
+def _cat(parts: Sequence[Any]) -> Any:
+    """Concatenate model outputs (tensors, tuples, dicts) of consecutive pieces of a batch."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(list(parts))
+    if isinstance(first, (tuple, list)):
+        return type(first)(_cat([p[i] for p in parts]) for i in range(len(first)))
+    if isinstance(first, dict):
+        return {key: _cat([p[key] for p in parts]) for key in first}
+    return first
+
+
+def _matches(out: Any, ref: Any, m: int) -> bool:
+    """Whether ``out`` (a pass over the first ``m`` images, any layout) equals the first ``m``
+    samples of the standard pass ``ref`` up to float rounding: the check that lets a layout or
+    a batch split be used at all (a model whose samples interact in eval mode fails it)."""
+    a, b = list(_tensors(out)), list(_tensors(ref))
+    if len(a) != len(b):
+        return False
+    for u, v in zip(a, b):
+        if v.dim() == 0 or v.shape[0] < m or u.shape != v[:m].shape:
+            return False
+        v = v[:m]
+        scale = float(v.abs().max()) if v.numel() and v.is_floating_point() else 1.0
+        if not torch.allclose(u, v, rtol=1e-4, atol=1e-5 * max(scale, 1e-12)):
+            return False
+    return True
+
+
+def _contiguous(out: Any) -> Any:
+    """The output in the standard layout, so the metric reduces in the order naive scoring does."""
+    return map_tensors(out, torch.Tensor.contiguous)
+
+
+class _Layout:
+    """Context: the model's 4-D parameters and buffers in channels-last memory format (``on``),
+    the original tensors put back on exit (no copy of the model, nothing else touched)."""
+
+    def __init__(self, model: nn.Module, on: bool) -> None:
+        self.model, self.on = model, on
+        self.saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __enter__(self) -> None:
+        if not self.on:
+            return
+        for t in [*self.model.parameters(), *self.model.buffers()]:
+            if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last):
+                self.saved.append((t, t.data))
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+
+    def __exit__(self, *exc: object) -> None:
+        for t, data in self.saved:
+            t.data = data
+        self.saved.clear()
 
 
 def _split(out: Any, copies: int, j: int) -> Any:
@@ -402,14 +478,18 @@ class ScorerStats:
     work: float = 0.0  # sum over passes of copies x fraction of a forward's time they ran
     work_calls: float = 0.0  # the same counted in module calls (deterministic)
     batches: int = 1
-    tree_batches: int = 0  # (call, batch) pairs scored with the prefix tree
+    tree_batches: int = 0  # (call, batch piece) pairs scored with the prefix tree
     plain_batches: int = 0  # ... with plain batching (cheaper by the cost model, or no tree)
-    time: float = 0.0
+    time: float = 0.0  # all calls, preparation included
+    prepare_time: float = 0.0  # the one-off timings and trace recordings (see MaskScorer.prepare)
     prefix_tree: bool = True
+    channels_last: bool | None = None  # the memory layout the passes run in (None: not chosen yet)
+    images_per_pass: dict[str, int] = field(default_factory=dict)  # per validation batch shape
+    cost_factor: dict[str, float] = field(default_factory=lambda: {"tree": 1.0, "plain": 1.0})
     best: float = -math.inf
 
     def as_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
+        d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
         # 1.0 = one whole forward per mask and batch (no sharing); the prefix tree makes it < 1
         denom = self.evaluated * self.batches
         d["work_vs_naive"] = self.work / denom if denom else None
@@ -422,18 +502,29 @@ class MaskScorer:
 
     Args:
         model: the network (put in eval mode while scoring, restored afterwards; hooks are
-            attached only during a call).
+            attached, and 4-D weights put in channels-last layout, only during a call).
         space: its :class:`qprune.space.FilterSpace`.
         batches: validation ``(input, target)`` batches, fixed at construction.
-        metric: ``metric(output, target) -> float``, higher is better (e.g. PSNR in dB).
+        metric: ``metric(output, target) -> float``, higher is better (e.g. PSNR in dB); always
+            called on a whole validation batch's output, in the standard memory layout.
         chunk: most masks (batch replicas) in one forward pass; ``None`` picks the largest count
-            whose biggest activation stays under ``target_mb`` (on CPU a pass over a batch too
-            large for the caches costs MORE per image: measured 21 ms/image for one 64x64 image
-            vs 38 ms/image for 16 on the F=64 Half-UNet).
+            whose biggest activation stays under ``target_mb`` unless timing shows that
+            replicated passes cost more per image than single ones (the usual case on a CPU).
         cache: serve repeated masks (same bit pattern) from a cache.
         prefix: share the computation of masks that agree on the units gated first (the prefix
-            tree, see the module docstring); ``False`` is plain batching.
+            tree, see the module docstring) where the cost model says it is cheaper; ``False`` is
+            plain batching; ``"always"`` uses the tree for every call.
+        images_per_pass: run each validation batch through the model in pieces of this many
+            images and concatenate the outputs before the metric (exact: eval-mode models act per
+            sample). ``None`` times the divisors of the batch size among ``(b, 4, 2, 1)`` once per
+            batch shape and keeps the fastest per image (see the module docstring: small passes
+            avoid page faults and stay in the caches).
+        channels_last: run 4-D inputs and weights in channels-last memory format; ``None``
+            times both layouts once (with the first batch) and keeps the faster. Layouts whose
+            outputs do not match the standard pass (rtol 1e-4) are never chosen.
         target_mb: see ``chunk``.
+        out_mb: memory for the outputs kept while a batch is scored in pieces (masks are then
+            scored in groups whose outputs fit).
         progress: progress bar over masks with the best score so far.
     """
 
@@ -446,8 +537,11 @@ class MaskScorer:
         *,
         chunk: int | None = None,
         cache: bool = True,
-        prefix: bool = True,
+        prefix: bool | str = True,
+        images_per_pass: int | None = None,
+        channels_last: bool | None = None,
         target_mb: float = 32.0,
+        out_mb: float = 256.0,
         progress: bool = True,
     ) -> None:
         self.model, self.space, self.metric = model, space, metric
@@ -456,17 +550,27 @@ class MaskScorer:
             raise QpruneError("MaskScorer needs at least one validation batch")
         if chunk is not None and chunk < 1:
             raise QpruneError(f"chunk must be >= 1, got {chunk}")
+        if images_per_pass is not None and images_per_pass < 1:
+            raise QpruneError(f"images_per_pass must be >= 1, got {images_per_pass}")
+        if prefix not in (True, False, "always"):
+            raise QpruneError(f"prefix must be True, False or 'always', got {prefix!r}")
         self.weights = [int(x.shape[0]) for x, _ in self.batches]
         self.chunk, self.use_cache, self.prefix = chunk, cache, prefix
-        self.target_mb, self.progress = target_mb, progress
+        self.images_per_pass, self.layout = images_per_pass, channels_last
+        self.target_mb, self.out_mb, self.progress = target_mb, out_mb, progress
         self.cache: dict[bytes, float] = {}
         self.n = int(space.N)
-        self._stats = ScorerStats(prefix_tree=prefix, batches=len(self.batches))
+        self._stats = ScorerStats(prefix_tree=bool(prefix), batches=len(self.batches))
         self._traces: dict[tuple, _Trace] = {}
         self._levels: dict[tuple, tuple[np.ndarray, list[np.ndarray]]] = {}
         self._sample_bytes: dict[tuple, int] = {}
         self._costs: dict[tuple, tuple[float, float]] = {}
         self._chunks: dict[tuple, int] = {}
+        self._per_pass: dict[tuple, int] = {}
+        self._out_bytes: dict[tuple, int] = {}
+        self._inputs: list[torch.Tensor] | None = None  # the batches' inputs in the chosen layout
+        self._prepared = False
+        self._share = 1.0
         self._bar = None
 
     # ----- public
@@ -474,6 +578,7 @@ class MaskScorer:
         """Scores of the rows of ``masks`` (``[B, N]`` or ``[N]``, 1 = pruned)."""
         t0 = time.perf_counter()
         X = _as_masks(masks, self.n)
+        self.prepare()
         keys = [np.packbits(row).tobytes() for row in X]
         todo: dict[bytes, int] = {}
         for i, key in enumerate(keys):
@@ -497,9 +602,31 @@ class MaskScorer:
         lookup = self.cache if self.use_cache else fresh
         return np.array([lookup[key] for key in keys], dtype=np.float64)
 
+    @torch.inference_mode()
+    def prepare(self) -> None:
+        """Make the one-off choices now: memory layout and images per pass (timed), masks per
+        pass (timed) and the prefix tree's trace, for every validation batch shape. The first
+        call does this anyway; calling it ahead keeps that cost out of a timed run. Its time is
+        ``stats()["prepare_time"]``."""
+        if self._prepared:
+            return
+        t0 = time.perf_counter()
+        with self._session() as (gates, recorder):
+            for x in self._inputs or []:
+                for piece in self._pieces(x):
+                    self._chunk_for(piece, gates)
+                    if recorder is not None and self.prefix:
+                        try:
+                            self._prepare(piece, gates, recorder)
+                        except _TraceMismatch as exc:
+                            self._disable_prefix(recorder, exc)
+        self._prepared = True
+        self._stats.prepare_time += time.perf_counter() - t0
+
     def stats(self) -> dict[str, Any]:
         """Counters: masks asked for, cache hits, distinct masks scored, forward passes, time,
-        and ``work_vs_naive`` (forward work per scored mask and batch; 1.0 = no sharing)."""
+        the layout and images per pass chosen, and ``work_vs_naive`` (forward work per scored
+        mask and batch; 1.0 = no sharing)."""
         return self._stats.as_dict()
 
     def close(self) -> None:
@@ -519,42 +646,173 @@ class MaskScorer:
         self._bar.update(count)
         self._bar.set_postfix(best=f"{self._stats.best:.4f}", refresh=False)
 
-    @torch.inference_mode()
-    def _score(self, X: np.ndarray) -> np.ndarray:
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[tuple[Any, _Recorder | None]]:
+        """Our gates on the model (others off), the chosen layout, the recorder's hooks."""
         with _Isolated(self.model):
             gates = _gates_class()(self.model, self.space)
-            recorder = _Recorder(self.model) if self.prefix else None
             try:
-                if recorder is not None:
-                    recorder.install()
-                per_batch = [self._score_batch(X, x, y, gates, recorder) for x, y in self.batches]
+                self._plan(gates)
+                with _Layout(self.model, bool(self.layout)):
+                    recorder = _Recorder(self.model) if self.prefix else None
+                    if recorder is not None:
+                        recorder.install()
+                    try:
+                        yield gates, recorder
+                    finally:
+                        if recorder is not None:
+                            recorder.remove()
             finally:
-                if recorder is not None:
-                    recorder.remove()
                 gates.remove()
+
+    @torch.inference_mode()
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        with self._session() as (gates, recorder):
+            assert self._inputs is not None
+            per_batch = [self._score_batch(X, x, y, gates, recorder)
+                         for x, (_, y) in zip(self._inputs, self.batches)]
         return np.array(
             [_weighted_mean([v[j] for v in per_batch], self.weights) for j in range(len(X))]
         )
 
+    # ----- layout and images per pass
+    def _plan(self, gates: Any) -> None:
+        """Per batch shape, time the candidate (layout, images per pass) pairs on the open
+        model and keep the fastest per image whose output matches the standard pass."""
+        four_d = any(p.dim() == 4 for p in self.model.parameters())
+        # time passes that gate like a real mask does (every gated consumer multiplies): one
+        # unit off per layer
+        probe = np.zeros(self.n, dtype=np.int8)
+        probe[np.unique(np.asarray(self.space.layer_ids), return_index=True)[1]] = 1
+        for x, _ in self.batches:
+            shape = tuple(x.shape)
+            if shape in self._per_pass:
+                continue
+            gates.set(probe)
+            b = int(x.shape[0])
+            if self.images_per_pass is not None:
+                sizes = [min(self.images_per_pass, b)]
+            else:
+                sizes = [d for d in dict.fromkeys((b, 4, 2, 1)) if d <= b and b % d == 0]
+            if self.layout is not None:
+                layouts = [self.layout and x.dim() == 4]
+            else:
+                layouts = [False, True] if x.dim() == 4 and four_d else [False]
+            configs = [(cl, m) for cl in layouts for m in sizes]
+            times: dict[tuple[bool, int], float] = {}
+            ref: Any = None
+            # round 0 checks each config (and warms it up); rounds 1-2 time them interleaved,
+            # so that a load change on a shared machine does not favour one config
+            for rnd in range(3):
+                if rnd and len(configs) == 1:
+                    break  # nothing to choose between
+                for cl, m in list(configs):
+                    if (cl, m) not in configs:  # dropped this round (the layout failed)
+                        continue
+                    with _Layout(self.model, cl):
+                        xl = x[:m].contiguous(memory_format=torch.channels_last) if cl else x[:m]
+                        t0 = time.perf_counter()
+                        try:
+                            out = self.model(xl)
+                        except Exception as exc:  # noqa: BLE001 -- a layout the model cannot run
+                            if not cl:
+                                raise
+                            warnings.warn(f"MaskScorer: channels-last layout not used ({exc})",
+                                          RuntimeWarning, stacklevel=4)
+                            configs = [c for c in configs if not c[0]]
+                            continue
+                        elapsed = time.perf_counter() - t0
+                    if rnd == 0:
+                        if ref is None:
+                            ref = out
+                            self._out_bytes[shape] = sum(
+                                t.numel() * t.element_size() for t in _tensors(out)) * b // m
+                        elif not _matches(out, ref, m):
+                            configs.remove((cl, m))
+                        continue
+                    times[(cl, m)] = min(times.get((cl, m), math.inf), elapsed / m)
+            cl, m = min(configs, key=lambda c: times.get(c, math.inf))
+            if self.layout is None:
+                self.layout = cl
+            self._per_pass[shape] = m
+            self._stats.images_per_pass["x".join(map(str, shape))] = m
+        self._stats.channels_last = bool(self.layout)
+        if self._inputs is None:
+            self._inputs = [
+                x.contiguous(memory_format=torch.channels_last) if self.layout and x.dim() == 4 else x
+                for x, _ in self.batches
+            ]
+
+    def _pieces(self, x: torch.Tensor) -> list[torch.Tensor]:
+        m = self._per_pass[tuple(x.shape)]
+        return [x[lo:lo + m] for lo in range(0, int(x.shape[0]), m)]
+
+    # ----- one batch
     def _score_batch(
         self, X: np.ndarray, x: torch.Tensor, y: torch.Tensor, gates: Any, recorder: _Recorder | None
     ) -> np.ndarray:
+        out = np.empty(len(X), dtype=np.float64)
+        pieces = self._pieces(x)
+        self._share = 1.0 / len(pieces)
+        std = _contiguous if self.layout else (lambda o: o)
+        if len(pieces) == 1:
+            def sink(rows: np.ndarray, result: Any, copies: int) -> None:
+                for j, r in enumerate(rows):
+                    out[r] = float(self.metric(std(_split(result, copies, j)), y))
+
+            self._score_piece(X, x, gates, recorder, sink)
+            return out
+        # pieces: keep each mask's outputs until the batch is complete, a group of masks at a time
+        group = max(1, int(self.out_mb * 2**20 // max(self._out_bytes[tuple(x.shape)], 1)))
+        for g0 in range(0, len(X), group):
+            Xg = X[g0:g0 + group]
+            parts: list[list[Any]] = [[None] * len(pieces) for _ in range(len(Xg))]
+            for pi, piece in enumerate(pieces):
+                def sink(rows: np.ndarray, result: Any, copies: int, pi: int = pi) -> None:
+                    for j, r in enumerate(rows):
+                        parts[r][pi] = _split(result, copies, j)
+
+                self._score_piece(Xg, piece, gates, recorder, sink)
+            for r, ps in enumerate(parts):
+                out[g0 + r] = float(self.metric(std(_cat(ps)), y))
+        return out
+
+    def _score_piece(
+        self, X: np.ndarray, x: torch.Tensor, gates: Any, recorder: _Recorder | None, sink: Sink
+    ) -> None:
+        """All masks of ``X`` on one batch piece, by the prefix tree or plain batching, whichever
+        the cost model (timed costs x a correction learnt from past calls) says is cheaper."""
         chunk = self._chunk_for(x, gates)
+        factor = self._stats.cost_factor
+        plain = 0.0  # estimated seconds; 0: not estimated (no tree to compare with)
         if recorder is not None and self.prefix:
             try:
                 self._prepare(x, gates, recorder)
                 overhead, per_copy = self._costs[tuple(x.shape)]
                 plain = math.ceil(len(X) / chunk) * overhead + per_copy * len(X)
-                if self._tree(X, x, y, gates, recorder, dry=True) < plain:
+                tree = self._tree(X, x, gates, recorder, None, dry=True)
+                if self.prefix == "always" or tree * factor["tree"] < plain * factor["plain"]:
+                    t0 = time.perf_counter()
+                    self._tree(X, x, gates, recorder, sink)
+                    self._learn("tree", tree, time.perf_counter() - t0)
                     self._stats.tree_batches += 1
-                    return self._tree(X, x, y, gates, recorder)
+                    return
             except _TraceMismatch as exc:
                 self._disable_prefix(recorder, exc)
         self._stats.plain_batches += 1
-        out = np.empty(len(X), dtype=np.float64)
+        t0 = time.perf_counter()
         for lo in range(0, len(X), chunk):
-            out[lo:lo + chunk] = self._plain(X[lo:lo + chunk], x, y, gates)
-        return out
+            rows = np.arange(lo, min(lo + chunk, len(X)))
+            sink(rows, self._plain(X[rows], x, gates), len(rows))
+        self._learn("plain", plain, time.perf_counter() - t0)
+
+    def _learn(self, kind: str, estimate: float, actual: float) -> None:
+        """Correct the cost model with what a run really took: the estimates count forward
+        time only, not hooks, replays, splits or the metric, and those weigh differently on the
+        tree (many short passes) and on plain batching."""
+        if estimate > 0 and actual > 0:
+            f = self._stats.cost_factor
+            f[kind] = math.sqrt(f[kind] * actual / estimate)  # geometric running mean
 
     def _disable_prefix(self, recorder: _Recorder, exc: Exception) -> None:
         warnings.warn(
@@ -574,7 +832,6 @@ class MaskScorer:
         if shape not in self._costs:
             self._costs[shape] = self._measure(x, gates)
         return self._chunks.get(shape) or self._mem_chunk(x, gates)
-
     def _mem_chunk(self, x: torch.Tensor, gates: Any) -> int:
         per_sample = self._sample_bytes.get(tuple(x.shape))
         if per_sample is None:  # measure once: the largest activation of one forward
@@ -594,19 +851,20 @@ class MaskScorer:
         fit = int(self.target_mb * 2**20 // max(per_sample * int(x.shape[0]), 1))
         return max(1, min(128, fit))
 
-    def _plain(self, X: np.ndarray, x: torch.Tensor, y: torch.Tensor, gates: Any) -> np.ndarray:
-        """All masks of ``X`` in one forward pass over the replicated batch."""
+    def _plain(self, X: np.ndarray, x: torch.Tensor, gates: Any) -> Any:
+        """All masks of ``X`` in one forward pass over the replicated batch: the model output."""
         D = len(X)
         gates.set(X if D > 1 else X[0])  # one mask: the cheaper broadcast gates
         result = self.model(_replicate(x, D))
         self._count(D, 1.0)
-        return np.array([float(self.metric(_split(result, D, j), y)) for j in range(D)])
+        return result
 
     def _count(self, copies: int, span: float, span_calls: float | None = None) -> None:
         self._stats.forwards += 1
         self._stats.replicas += copies
-        self._stats.work += copies * span
-        self._stats.work_calls += copies * (span if span_calls is None else span_calls)
+        share = self._share  # a pass over a piece of the batch is that share of a whole pass
+        self._stats.work += copies * span * share
+        self._stats.work_calls += copies * (span if span_calls is None else span_calls) * share
 
     # ----- the prefix tree
     def _prepare(self, x: torch.Tensor, gates: Any, recorder: _Recorder) -> None:
@@ -665,10 +923,11 @@ class MaskScorer:
         return max(t1 - per_copy, 0.0), per_copy
 
     def _tree(
-        self, X: np.ndarray, x: torch.Tensor, y: torch.Tensor, gates: Any, recorder: _Recorder,
+        self, X: np.ndarray, x: torch.Tensor, gates: Any, recorder: _Recorder, sink: Sink | None,
         dry: bool = False,
-    ) -> np.ndarray | float:
-        """Depth-first over the prefix tree of the (distinct) masks ``X`` on one batch.
+    ) -> float:
+        """Depth-first over the prefix tree of the (distinct) masks ``X`` on one batch piece;
+        finished outputs go to ``sink(rows, output, copies)``.
 
         A node is a set of masks that agree on every unit whose gate acts before ``start``,
         with ``ctx`` the outputs of the calls completed before ``start`` (one copy of the
@@ -682,7 +941,7 @@ class MaskScorer:
         levels, cols = self._levels[shape]
         b = int(x.shape[0])
         chunk = self._chunk_for(x, gates)
-        out = np.full(len(X), np.nan)
+        done = np.zeros(len(X), dtype=bool)
         overhead, per_copy = self._costs[shape]
         cost = [0.0]
 
@@ -720,8 +979,9 @@ class MaskScorer:
                 result, _ = run(X[part], start, None, ctx)
                 if dry:
                     continue
-                for j, r in enumerate(part):
-                    out[r] = float(self.metric(_split(result, len(part), j), y))
+                assert sink is not None
+                sink(part, result, len(part))
+                done[part] = True
 
         # explicit stack (rows, first level not yet known to agree, start position, context)
         stack: list[tuple[np.ndarray, int, int, dict[int, torch.Tensor]]] = [
@@ -752,7 +1012,5 @@ class MaskScorer:
                     stack.append((members, j + 1, stop, ctx))
             if singles:
                 finish(np.asarray(singles), stop, ctx)
-        if dry:
-            return cost[0]
-        assert not np.isnan(out).any()
-        return out
+        assert dry or done.all()
+        return cost[0]

@@ -97,6 +97,14 @@ def halfunet():
     return model, space, batches
 
 
+def _warns_but_equals(scorer: MaskScorer, X: np.ndarray, ref: np.ndarray, match: str) -> dict:
+    """Score with the expected fallback warning; the scores still equal naive scoring."""
+    with pytest.warns(RuntimeWarning, match=match):
+        got = scorer(X)
+    np.testing.assert_allclose(got, ref, atol=TOL, rtol=0)
+    return scorer.stats()
+
+
 def _no_leftovers(model: nn.Module) -> None:
     for m in model.modules():
         assert not m._forward_pre_hooks and not m._forward_hooks
@@ -122,11 +130,12 @@ def test_prefix_tree_on_halfunet_equals_naive_and_shares_work(halfunet) -> None:
     model, space, batches = halfunet
     X = _masks(space, np.random.default_rng(1), 12)
     ref = naive_score(model, space, batches, psnr, X)
-    scorer = MaskScorer(model, space, batches, psnr, chunk=1, progress=False)  # chunk=1: always the tree
+    scorer = MaskScorer(model, space, batches, psnr, chunk=1, prefix="always", progress=False)
     got = scorer(X)
     np.testing.assert_allclose(got, ref, atol=TOL, rtol=0)
     st = scorer.stats()
-    assert st["tree_batches"] == len(batches) and st["calls_vs_naive"] < 0.95
+    assert st["plain_batches"] == 0 and st["tree_batches"] >= len(batches)
+    assert st["calls_vs_naive"] < 0.95
     _no_leftovers(model)
 
 
@@ -153,7 +162,7 @@ def test_prefix_tree_when_masks_differ_only_late(halfunet) -> None:
         X.append(m)
     X = np.unique(np.array(X), axis=0)
     ref = naive_score(model, space, batches, psnr, X)
-    scorer = MaskScorer(model, space, batches, psnr, chunk=1, progress=False)
+    scorer = MaskScorer(model, space, batches, psnr, chunk=1, prefix="always", progress=False)
     np.testing.assert_allclose(scorer(X), ref, atol=TOL, rtol=0)
     assert scorer.stats()["calls_vs_naive"] < 0.6
 
@@ -185,10 +194,7 @@ def test_trace_mismatch_falls_back_to_plain_batching(tiny, monkeypatch) -> None:
 
     monkeypatch.setattr(scoring._Recorder, "run_stage", broken)
     scorer = MaskScorer(model, space, batches, psnr, chunk=1, progress=False)
-    with pytest.warns(RuntimeWarning, match="prefix sharing switched off"):
-        got = scorer(X)
-    np.testing.assert_allclose(got, ref, atol=TOL, rtol=0)
-    assert scorer.stats()["prefix_tree"] is False
+    assert _warns_but_equals(scorer, X, ref, "prefix sharing switched off")["prefix_tree"] is False
     _no_leftovers(model)
 
 
@@ -217,3 +223,110 @@ def test_gates_already_on_the_model_are_ignored_and_restored(tiny) -> None:
         assert model._qprune_gates.enabled
     finally:
         remove_gates(model)
+
+
+def _weights(model: nn.Module) -> list[tuple[int, tuple[int, ...]]]:
+    return [(t.data_ptr(), tuple(t.stride())) for t in [*model.parameters(), *model.buffers()]]
+
+
+@pytest.mark.parametrize("prefix", [True, False, "always"])
+@pytest.mark.parametrize("layout", [True, False])
+def test_pieces_and_channels_last_equal_naive(halfunet, prefix, layout: bool) -> None:
+    """One image per pass, outputs concatenated before the metric, in either memory layout."""
+    model, space, batches = halfunet
+    X = _masks(space, np.random.default_rng(7), 9)
+    ref = naive_score(model, space, batches, psnr, X)
+    before = _weights(model)
+    scorer = MaskScorer(model, space, batches, psnr, prefix=prefix, images_per_pass=1,
+                        channels_last=layout, progress=False)
+    np.testing.assert_allclose(scorer(X), ref, atol=TOL, rtol=0)
+    st = scorer.stats()
+    assert st["channels_last"] is layout
+    assert set(st["images_per_pass"].values()) == {1}
+    assert st["forwards"] >= len(X) * sum(int(x.shape[0]) for x, _ in batches) // 8
+    assert _weights(model) == before  # the original weight tensors are back
+    _no_leftovers(model)
+
+
+def test_masks_in_groups_when_outputs_exceed_out_mb(tiny) -> None:
+    model, space, batches = tiny
+    X = _masks(space, np.random.default_rng(8), 7)
+    ref = naive_score(model, space, batches, psnr, X)
+    scorer = MaskScorer(model, space, batches, psnr, images_per_pass=1, out_mb=1e-6, progress=False)
+    np.testing.assert_allclose(scorer(X), ref, atol=TOL, rtol=0)
+
+
+class BatchCoupled(nn.Module):
+    """Eval-mode output depends on the other samples of the batch (normalised by the batch
+    mean), so splitting a batch changes it: the planner must not split."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c1(x))
+        return self.c2(h / (1.0 + h.mean(dim=0, keepdim=True)))
+
+
+def test_planner_never_splits_a_batch_whose_samples_interact() -> None:
+    model = _randomise(BatchCoupled(), 3)
+    batches = _batches(4, (3, 8, 8), (4,))
+    space = build_space(model, batches[0][0][:1])
+    X = _masks(space, np.random.default_rng(9), 5)
+    ref = naive_score(model, space, batches, psnr, X)
+    scorer = MaskScorer(model, space, batches, psnr, prefix=False, progress=False)
+    np.testing.assert_allclose(scorer(X), ref, atol=TOL, rtol=0)
+    assert scorer.stats()["images_per_pass"] == {"4x3x8x8": 4}
+
+
+class ViewNet(nn.Module):
+    """``.view`` needs a contiguous tensor: fails in channels-last layout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c1(x))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_layout_the_model_cannot_run_is_not_used() -> None:
+    model = _randomise(ViewNet(), 5)
+    g = torch.Generator().manual_seed(5)
+    batches = [(torch.rand(4, 3, 8, 8, generator=g), torch.rand(4, 5, generator=g))]
+    space = build_space(model, batches[0][0][:1])
+    X = _masks(space, np.random.default_rng(10), 4)
+    ref = naive_score(model, space, batches, psnr, X)
+    scorer = MaskScorer(model, space, batches, psnr, progress=False)
+    assert _warns_but_equals(scorer, X, ref, "channels-last layout not used")["channels_last"] is False
+    _no_leftovers(model)
+
+
+def test_cost_model_correction_can_switch_the_tree_off(halfunet) -> None:
+    """A tree measured far slower than its estimate is not picked again."""
+    model, space, batches = halfunet
+    X = _masks(space, np.random.default_rng(11), 6)
+    scorer = MaskScorer(model, space, batches, psnr, chunk=1, images_per_pass=2, progress=False)
+    scorer.prepare()
+    assert scorer.stats()["prepare_time"] > 0 and scorer.stats()["evaluated"] == 0
+    scorer._stats.cost_factor["tree"] = 1e9
+    np.testing.assert_allclose(scorer(X), naive_score(model, space, batches, psnr, X), atol=TOL, rtol=0)
+    st = scorer.stats()
+    assert st["tree_batches"] == 0 and st["plain_batches"] == len(batches)
+    assert st["cost_factor"]["plain"] > 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"images_per_pass": 0}, "images_per_pass must be >= 1, got 0"),
+    ({"prefix": "sometimes"}, "prefix must be True, False or 'always', got 'sometimes'"),
+])
+def test_bad_options_raise(tiny, kwargs, match) -> None:
+    from qprune.errors import QpruneError
+
+    model, space, batches = tiny
+    with pytest.raises(QpruneError, match=match):
+        MaskScorer(model, space, batches, psnr, progress=False, **kwargs)
