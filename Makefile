@@ -41,8 +41,10 @@ bench-speed: $(STAMP)
 bench-backends: $(STAMP)
 	$(VPY) benchmarks/backends.py
 
+# TT_DEVICE=auto scores the candidate masks on a CUDA device when torch sees one.
+TT_DEVICE ?= cpu
 bench-tt: $(STAMP)
-	$(VPY) benchmarks/tt_refine.py
+	$(VPY) benchmarks/tt_refine.py --device $(TT_DEVICE)
 
 # The paper-size denoiser (F = 64) on the SIDD-Small folder; the checkpoint is cached outside git.
 # Paper recipe: Adam, StepLR every 10 epochs, 100 epochs; CUDA is used when torch sees one

@@ -29,6 +29,7 @@ Output: ``benchmarks/results/tt_refine.{json,md}`` (``--out-name`` changes the s
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -59,6 +60,22 @@ def bench_machine() -> dict[str, Any]:
     import protes
 
     return {**machine_info(), "protes": getattr(protes, "__version__", "?")}
+
+
+def scoring_device(arg: str) -> torch.device:
+    """The device masks are scored on (``auto``: CUDA when torch sees one)."""
+    if arg == "auto":
+        arg = "cuda" if torch.cuda.is_available() else "cpu"
+    if arg.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {arg}: torch sees no CUDA device (use --device cpu)")
+    return torch.device(arg)
+
+
+def on_device(model: torch.nn.Module, batches: list, device: torch.device) -> tuple[torch.nn.Module, list]:
+    """A copy of the model and the batches on ``device`` (the model itself where that is the CPU)."""
+    if device.type == "cpu":
+        return model, batches
+    return copy.deepcopy(model).to(device), [(x.to(device), y.to(device)) for x, y in batches]
 
 
 def pick_checkpoint(arg: str | None) -> tuple[Path, str]:
@@ -189,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--search-images", type=int, default=16, help="validation images the search scores on")
     ap.add_argument("--group-size", type=int, default=128, help="about this many units per chunk (full model)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared box)")
+    ap.add_argument("--device", default="cpu",
+                    help="where candidate masks are scored: cpu, cuda or auto (calibration, the QUBO "
+                         "and the test-split metrics stay on the CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")
     ap.add_argument("--out", default=str(RESULTS), help="output folder (default benchmarks/results)")
@@ -198,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.tt_budget, args.speed_masks, args.search_images = 200, 60, 8
     torch.set_num_threads(args.threads)
+    device = scoring_device(args.device)
 
     from qprune.problems import load_checkpoint
 
@@ -212,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     n_search = sum(int(x.shape[0]) for x, _ in search)
     print(f"search subset: {n_search} validation images; test split: {n_test} images", flush=True)
     report: dict[str, Any] = {
-        "machine": bench_machine(),
+        "machine": bench_machine() | {"scoring_device": str(device), "scoring_device_name": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")},
         "checkpoint": {"path": str(path), "why": why, "config": problem.config,
                        "meta": getattr(problem, "checkpoint_meta", {})},
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
@@ -233,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     t_seed = time.perf_counter() - t0
     print(f"sub-problem: {len(space.layers)} of {n_layers_all} prunable layers, {space.N} units, "
           f"k={k}; QUBO seed in {t_seed:.1f}s", flush=True)
-    scorer = MaskScorer(prep.model, space, search, metric, progress=False)
+    dev_model, dev_search = on_device(prep.model, search, device)
+    scorer = MaskScorer(dev_model, space, dev_search, metric, progress=False)
     rec = Recording(scorer)
     res = refine(seed_mask, rec, k, budget=args.tt_budget, max_per_group=space.max_per_group(),
                  seed=args.seed, progress=True)
@@ -262,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"full model: {len(fs.layers)} layers, {fs.N} units, k={kf}; {len(groups)} chunks of "
           f"{[len(g) for g in groups]} units", flush=True)
     # what refine_mask(..., chunked=True) runs, with the scorer's calls recorded for the speed part
-    scorer_full = MaskScorer(prep_full.model, fs, search, metric, progress=False)
+    dev_model_full, _ = on_device(prep_full.model, search, device)
+    scorer_full = MaskScorer(dev_model_full, fs, dev_search, metric, progress=False)
     rec_full = Recording(scorer_full)
     res_full = refine_chunked(seed_full, rec_full, kf, groups, budget=args.tt_budget,
                               max_per_group=fs.max_per_group(), seed=args.seed, progress=True)
@@ -283,10 +307,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- scoring speed on the masks the two TT runs really asked for
     report["speed"] = {}
-    for label, prep_, rec_, res_ in (("subproblem", prep, rec, res), ("chunked", prep_full, rec_full, res_full)):
+    for label, model_, space_, rec_, res_ in (("subproblem", dev_model, space, rec, res),
+                                              ("chunked", dev_model_full, fs, rec_full, res_full)):
         print(f"speed ({label} masks): scoring {args.speed_masks} recorded masks naive / plain / tree ...",
               flush=True)
-        sp = speed(prep_.model, prep_.space, rec_.groups, search, metric, args.speed_masks)
+        sp = speed(model_, space_, rec_.groups, dev_search, metric, args.speed_masks)
         sp["proposals_per_distinct"] = res_.proposals / max(res_.evaluations, 1)
         sp["ratio_wall_vs_every_proposal"] = sp["ratio_wall"]["tree"] * sp["proposals_per_distinct"]
         report["speed"][label] = sp
@@ -328,7 +353,8 @@ def markdown(r: dict) -> str:
         "",
         (f"Model: `{r['checkpoint']['path']}` — {r['checkpoint']['why']}. "
         f"The search scores masks on {r['search_images']} validation images; PSNR/SSIM are on the "
-        f"held-out test split ({r['test_images']} images) except the *search* column. torch threads: "
+        f"held-out test split ({r['test_images']} images) except the *search* column. Masks scored "
+        f"on: {m.get('scoring_device_name', 'cpu')}. torch threads: "
         f"{m['torch_threads']}; load average (1/5/15 min) {_load(m['loadavg_1_5_15'])} at the start, "
         f"{_load(m.get('loadavg_1_5_15_end'))} at the end (2 cores shared with other jobs)."),
         "",

@@ -330,3 +330,17 @@ def test_bad_options_raise(tiny, kwargs, match) -> None:
     model, space, batches = tiny
     with pytest.raises(QpruneError, match=match):
         MaskScorer(model, space, batches, psnr, progress=False, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_scoring_on_cuda_equals_naive_on_cpu(halfunet) -> None:
+    import copy
+
+    model, space, batches = halfunet
+    X = _masks(space, np.random.default_rng(12), 10)
+    ref = naive_score(model, space, batches, psnr, X)
+    gpu = copy.deepcopy(model).cuda()
+    on_gpu = [(x.cuda(), y.cuda()) for x, y in batches]
+    scorer = MaskScorer(gpu, space, on_gpu, psnr, progress=False)
+    np.testing.assert_allclose(scorer(X), ref, atol=1e-3, rtol=0)  # GPU kernels round differently
+    assert scorer.target_mb > 32.0
