@@ -67,8 +67,11 @@ def scoring_device(arg: str) -> torch.device:
     if arg == "auto":
         arg = "cuda" if torch.cuda.is_available() else "cpu"
     if arg.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {arg}: torch sees no CUDA device (use --device cpu)")
-    return torch.device(arg)
+        raise ValueError(f"--device {arg}: torch sees no CUDA device (use --device cpu)")
+    try:
+        return torch.device(arg)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {arg!r}: {exc}") from exc
 
 
 def on_device(model: torch.nn.Module, batches: list, device: torch.device) -> tuple[torch.nn.Module, list]:
@@ -217,8 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.tt_budget, args.speed_masks, args.search_images = 200, 60, 8
+    try:
+        device = scoring_device(args.device)
+    except ValueError as exc:
+        ap.error(str(exc))
     torch.set_num_threads(args.threads)
-    device = scoring_device(args.device)
 
     from qprune.problems import load_checkpoint
 

@@ -52,5 +52,11 @@ def test_make_bench_tt_passes_the_scoring_device() -> None:
     assert tt_refine.scoring_device("auto").type == want
     assert tt_refine.scoring_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match="torch sees no CUDA device"):
+        with pytest.raises(ValueError, match="torch sees no CUDA device"):
             tt_refine.scoring_device("cuda")
+    with pytest.raises(ValueError, match="'tpu0'"):
+        tt_refine.scoring_device("tpu0")
+    bad = subprocess.run([sys.executable, "benchmarks/tt_refine.py", "--device", "tpu0", "--out",
+                          str(ROOT / "never-written")], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--device 'tpu0'" in bad.stderr
+    assert not (ROOT / "never-written").exists()
