@@ -10,7 +10,7 @@ TORCH   := torch==2.13.0
 # so it goes in without deps; tests/conftest.py defines the two op schemas its import needs.
 TVISION := torchvision==0.28.0
 
-.PHONY: demo test test-slow install bench bench-qubo bench-speed bench-backends bench-tt bench-paper train-sidd clean
+.PHONY: demo test test-slow install bench bench-qubo bench-speed bench-backends bench-tt bench-paper gpu-bundle train-sidd clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,13 @@ TT_DEVICE ?= cpu
 bench-tt: $(STAMP)
 	$(VPY) benchmarks/tt_refine.py --device $(TT_DEVICE)
 
+# For a GPU machine that has its own Python, CUDA PyTorch and JAX but no package index: packs the rest
+# (wheels for Python GPU_PY, the checkpoint bench-tt would use, its dataset) into .gpu/; copy the
+# checkout there and run `bash benchmarks/gpu_tt.sh .gpu OUTDIR`.
+GPU_PY ?= 3.12
+gpu-bundle: $(STAMP)
+	$(VPY) benchmarks/gpu_bundle.py --out .gpu --python $(GPU_PY)
+
 # The paper-size denoiser (F = 64) on the SIDD-Small folder; the checkpoint is cached outside git.
 # Paper recipe: Adam, StepLR every 10 epochs, 100 epochs; CUDA is used when torch sees one
 # (on 2 CPU cores with nothing else running an epoch took 5.2 min: 96 batches at ~3 s + validation; the
@@ -70,4 +77,4 @@ bench-paper: $(STAMP) $(SIDD_CKPT)
 bench: bench-qubo bench-speed bench-backends bench-tt bench-paper
 
 clean:
-	rm -rf $(VENV) out *.egg-info
+	rm -rf $(VENV) out *.egg-info .gpu

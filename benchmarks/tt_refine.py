@@ -56,10 +56,13 @@ SCORE_TOL_DB = 1e-4  # "equal scores": float rounding only
 
 
 def bench_machine() -> dict[str, Any]:
-    """:func:`qprune.report.machine_info` plus the protes version."""
+    """:func:`qprune.report.machine_info` plus the protes version and where qprune was imported from."""
     import protes
 
-    return {**machine_info(), "protes": getattr(protes, "__version__", "?")}
+    import qprune
+
+    return {**machine_info(), "protes": getattr(protes, "__version__", "?"),
+            "qprune_from": str(Path(qprune.__file__).resolve().parent)}
 
 
 def scoring_device(arg: str) -> torch.device:
@@ -202,6 +205,8 @@ def result_row(res: RefineResult) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", help="denoise checkpoint (default: SIDD F=64 cache, else shipped)")
+    ap.add_argument("--data", help="dataset folder, when it is no longer where the checkpoint was trained "
+                                   "(e.g. the SIDD folder on another machine)")
     ap.add_argument("--sparsity", type=float, default=0.36, help="fraction of units pruned")
     ap.add_argument("--layers", type=int, default=16, help="prunable layers in the sub-problem")
     ap.add_argument("--tt-budget", type=int, default=2000, help="distinct evaluations per refinement")
@@ -230,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
 
     path, why = pick_checkpoint(args.checkpoint)
     print(f"model: {path} ({why})", flush=True)
-    problem, model = load_checkpoint(path)
+    if args.data is not None and not Path(args.data).is_dir():
+        ap.error(f"--data {args.data!r} is not a folder")
+    problem, model = load_checkpoint(path, data=args.data)
     model.eval()
     search = subset(problem.validation_batches(), args.search_images)
     test = problem.test_batches()

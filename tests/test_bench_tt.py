@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,57 @@ def test_make_bench_tt_passes_the_scoring_device() -> None:
                           str(ROOT / "never-written")], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "--device 'tpu0'" in bad.stderr
     assert not (ROOT / "never-written").exists()
+
+
+def test_tt_refine_rejects_a_data_folder_that_is_not_there(tmp_path: Path) -> None:
+    bad = subprocess.run([sys.executable, "benchmarks/tt_refine.py", "--data", str(tmp_path / "nope"),
+                          "--out", str(tmp_path / "never")], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--data" in bad.stderr and "nope" in bad.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def test_gpu_bundle_and_runner_refuse_bad_input(tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    for args, named in ((["--checkpoint", str(tmp_path / "missing.pt")], "missing.pt"),
+                        (["--python", "three"], "'three'")):
+        run = subprocess.run([sys.executable, "benchmarks/gpu_bundle.py", "--out", str(out), *args],
+                             cwd=ROOT, capture_output=True, text=True)
+        assert run.returncode == 2 and named in run.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing half-made
+    usage = subprocess.run(["bash", "benchmarks/gpu_tt.sh", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+    (out / "wheels").mkdir(parents=True)
+    empty = subprocess.run(["bash", "benchmarks/gpu_tt.sh", str(out), str(tmp_path / "res")], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert empty.returncode == 2 and "holds no wheels" in empty.stderr and "make gpu-bundle" in empty.stderr
+    assert not (tmp_path / "res").exists()
+    dry = subprocess.run(["make", "-n", "gpu-bundle", "GPU_PY=3.13"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert "benchmarks/gpu_bundle.py --out .gpu --python 3.13" in dry
+
+
+@pytest.mark.slow
+def test_a_bundle_runs_the_tt_benchmark_from_its_own_wheel(tmp_path: Path) -> None:
+    """What a GPU machine does with the bundle, on the CPU: qprune comes from the bundle's wheel."""
+    ckpt = ROOT / "problems" / "checkpoints" / "denoise_bundled_f16.pt"
+    bundle = tmp_path / "gpu"
+    ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    made = subprocess.run([sys.executable, "benchmarks/gpu_bundle.py", "--out", str(bundle), "--python", ver,
+                           "--checkpoint", str(ckpt), "--only-qprune"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert made.returncode == 0, made.stderr[-2000:]
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert [w.split("-")[0] for w in manifest["wheels"]] == ["qprune"] and manifest["data"] is None
+    assert (bundle / "checkpoint.pt").read_bytes() == ckpt.read_bytes()
+    assert not (tmp_path / "gpu.partial").exists()
+    res = tmp_path / "res"
+    run = subprocess.run(["bash", "benchmarks/gpu_tt.sh", str(bundle), str(res), "--quick", "--out-name", "tt",
+                          "--threads", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads((res / "tt.json").read_text())
+    assert report["scores_equal"] is True and report["machine"]["scoring_device"] == "cpu"
+    assert not report["machine"]["qprune_from"].startswith(str(ROOT))  # the wheel, not this checkout
+    assert report["checkpoint"]["path"] == str(bundle / "checkpoint.pt")
+    assert report["settings"]["threads"] == 1  # options after OUTDIR reach tt_refine.py
