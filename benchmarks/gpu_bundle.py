@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -84,6 +85,9 @@ def build(out: Path, python: str, checkpoint: Path, why: str, packages: tuple[st
     if data_dir is not None:
         print(f"copying {data_dir}", flush=True)
         shutil.copytree(data_dir, out / "data")
+        # a read-only source (a shared data mount) would make the copy undeletable by a re-run
+        for path in [out / "data", *(out / "data").rglob("*")]:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
     commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return {
         "made": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -124,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(out, ignore_errors=True)
+    if out.exists():
+        shutil.rmtree(out)
     tmp.rename(out)
     print(f"bundle: {out} ({folder_bytes(out) / 2**20:.1f} MiB: {len(manifest['wheels'])} wheels, "
           f"checkpoint {checkpoint.name}{', data ' + manifest['data'] if manifest['data'] else ''})")
