@@ -47,6 +47,9 @@ Where the speed comes from, all exact:
 * **Repeated masks** are served from a cache keyed by the mask's bit pattern.
 * **Fixed validation subset**: the batches are taken once, at construction.
 
+On a CUDA device both scorers run convolutions and matrix products in IEEE float32: cuDNN's
+default is TF32, at which a batched pass and a one-mask pass would not round alike.
+
 ``stats()["work_vs_naive"]`` is the forward time run per mask relative to one full pass
 (time-weighted from the trace profile; ``calls_vs_naive`` counts module calls instead).
 """
@@ -127,6 +130,40 @@ def _clock(cuda: bool) -> float:
     if cuda:
         torch.cuda.synchronize()
     return time.perf_counter()
+
+
+@contextlib.contextmanager
+def _ieee_fp32(cuda: bool) -> Iterator[None]:
+    """Full-precision float32 convolutions and matrix products on CUDA while scoring.
+
+    cuDNN convolutions default to TF32 on Ampere and later GPUs (10-bit mantissas), and which
+    kernel a pass gets depends on its batch size, so a batched pass and a one-mask pass would
+    round differently at TF32's precision, not float32's: the scores would no longer equal naive
+    scoring. The settings in force are put back on exit. Nothing changes on a CPU.
+    """
+    if not cuda:
+        yield
+        return
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    if hasattr(conv, "fp32_precision"):  # torch >= 2.9; mixing it with allow_tf32 is an error
+        saved = [(knob, knob.fp32_precision) for knob in (conv, matmul)]
+        for knob, _ in saved:
+            knob.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            for knob, value in saved:
+                knob.fp32_precision = value
+        return
+    flags = (torch.backends.cudnn, matmul)
+    old = [f.allow_tf32 for f in flags]
+    for f in flags:
+        f.allow_tf32 = False
+    try:
+        yield
+    finally:
+        for f, value in zip(flags, old):
+            f.allow_tf32 = value
 
 
 def _channels_last(t: torch.Tensor) -> bool:
@@ -228,7 +265,8 @@ def naive_score(
     """
     batches = list(batches)
     X = _as_masks(masks, space.N)
-    with _Isolated(model):
+    cuda = any(x.is_cuda for x, _ in batches)
+    with _Isolated(model), _ieee_fp32(cuda):
         gates = _gates_class()(model, space)
         try:
             scores = np.empty(X.shape[0], dtype=np.float64)
@@ -661,7 +699,7 @@ class MaskScorer:
     @contextlib.contextmanager
     def _session(self) -> Iterator[tuple[Any, _Recorder | None]]:
         """Our gates on the model (others off), the chosen layout, the recorder's hooks."""
-        with _Isolated(self.model):
+        with _Isolated(self.model), _ieee_fp32(self._cuda):
             gates = _gates_class()(self.model, self.space)
             try:
                 self._plan(gates)

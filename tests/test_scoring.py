@@ -332,6 +332,27 @@ def test_bad_options_raise(tiny, kwargs, match) -> None:
         MaskScorer(model, space, batches, psnr, progress=False, **kwargs)
 
 
+def test_cuda_scoring_turns_tf32_off_and_puts_the_settings_back() -> None:
+    """cuDNN convolutions default to TF32: while scoring they run in IEEE float32, and the
+    user's settings are restored afterwards, also when scoring fails (the flags are plain
+    settings, so this runs on a CPU build of torch too)."""
+    from qprune.scoring import _ieee_fp32
+
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision, matmul.fp32_precision = "tf32", "tf32"
+    try:
+        with pytest.raises(RuntimeError, match="inside"):
+            with _ieee_fp32(True):
+                assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+                raise RuntimeError("inside")
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
+        with _ieee_fp32(False):  # a CPU run leaves them alone
+            assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = before
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_scoring_on_cuda_equals_naive_on_cpu(halfunet) -> None:
     import copy
@@ -342,5 +363,8 @@ def test_scoring_on_cuda_equals_naive_on_cpu(halfunet) -> None:
     gpu = copy.deepcopy(model).cuda()
     on_gpu = [(x.cuda(), y.cuda()) for x, y in batches]
     scorer = MaskScorer(gpu, space, on_gpu, psnr, progress=False)
-    np.testing.assert_allclose(scorer(X), ref, atol=1e-3, rtol=0)  # GPU kernels round differently
+    got = scorer(X)
+    np.testing.assert_allclose(got, ref, atol=1e-3, rtol=0)  # GPU kernels round differently
+    # on the same device the batched scores equal one mask per pass (TF32 is off for both)
+    np.testing.assert_allclose(got, naive_score(gpu, space, on_gpu, psnr, X), atol=TOL, rtol=0)
     assert scorer.target_mb > 32.0
