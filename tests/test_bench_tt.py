@@ -33,8 +33,32 @@ def test_tt_refine_quick_on_the_shipped_checkpoint(tmp_path: Path) -> None:
         s = report[section]
         assert s["refine"]["value"] >= s["refine"]["seed_value"]  # never worse than the seed
         assert set(s["test"]) == {"unpruned", "qubo_seed", refined}
+        c = sp["ceiling"]
+        assert c["gemm_gflops"] > 0 and 0 < c["macs_kept_per_image"] < c["macs_per_image"]
+        assert c["ceiling_every_proposal"] >= c["ceiling"] > 0
     text = (tmp_path / "tt.md").read_text()
     assert "Scoring speed" in text and "Masks scored on: cpu" in text
+    assert "The 10x goal on this machine" in text
+
+
+def _tt_refine_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import tt_refine
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return tt_refine
+
+
+def test_ceiling_is_naive_time_over_the_least_time_exact_fp32_could_take() -> None:
+    ceiling = _tt_refine_module().ceiling
+    # 10 masks in 20 s: 2 s per mask; 4 images of 1 GMAC, 0.5 GMAC left after removal, tree work
+    # 0.5: 2 * 0.5e9 * 4 * 0.5 = 2e9 FLOP per mask, at 100 GFLOP/s 0.02 s -> x100
+    sp = {"wall_s": {"naive": 20.0}, "masks": 10, "tree_stats": {"work_vs_naive": 0.5},
+          "proposals_per_distinct": 1.5}
+    c = ceiling(sp, images=4, macs=10**9, macs_kept=5 * 10**8, peak=100.0)
+    assert c["ceiling"] == pytest.approx(100.0) and c["ceiling_every_proposal"] == pytest.approx(150.0)
+    assert c["naive_gflops"] == pytest.approx(4.0) and c["naive_share_of_gemm"] == pytest.approx(0.04)
 
 
 def test_make_bench_tt_passes_the_scoring_device() -> None:
@@ -44,11 +68,7 @@ def test_make_bench_tt_passes_the_scoring_device() -> None:
                          text=True, check=True).stdout
     line = next(ln for ln in dry.splitlines() if "benchmarks/tt_refine.py" in ln)
     assert line.split()[-2:] == ["--device", "auto"]
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import tt_refine
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    tt_refine = _tt_refine_module()
     want = "cuda" if torch.cuda.is_available() else "cpu"
     assert tt_refine.scoring_device("auto").type == want
     assert tt_refine.scoring_device("cpu").type == "cpu"
