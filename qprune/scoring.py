@@ -146,24 +146,17 @@ def _ieee_fp32(cuda: bool) -> Iterator[None]:
         return
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
     if hasattr(conv, "fp32_precision"):  # torch >= 2.9; mixing it with allow_tf32 is an error
-        saved = [(knob, knob.fp32_precision) for knob in (conv, matmul)]
-        for knob, _ in saved:
-            knob.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            for knob, value in saved:
-                knob.fp32_precision = value
-        return
-    flags = (torch.backends.cudnn, matmul)
-    old = [f.allow_tf32 for f in flags]
-    for f in flags:
-        f.allow_tf32 = False
+        wanted = [(conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
+    else:
+        wanted = [(torch.backends.cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in wanted]
+    for obj, name, value in wanted:
+        setattr(obj, name, value)
     try:
         yield
     finally:
-        for f, value in zip(flags, old):
-            f.allow_tf32 = value
+        for obj, name, value in saved:
+            setattr(obj, name, value)
 
 
 def _channels_last(t: torch.Tensor) -> bool:
