@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import sys
 import time
@@ -140,14 +141,25 @@ def _clock() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def speed(model: Any, space: Any, groups: list[np.ndarray], batches: list, metric: Any, masks: int) -> dict:
-    """Score the first ``masks`` recorded masks three ways, interleaved group by group."""
-    todo, left = [], masks
-    for g in groups:
-        if left <= 0:
-            break
-        todo.append(g[:left])
-        left -= len(g[:left])
+def pick_groups(groups: list[np.ndarray], masks: int | None) -> list[np.ndarray]:
+    """``masks`` of the recorded masks: as many groups as ``masks`` masks fill on average, spread
+    evenly over the run, an equal share from each (whole groups where they are of one size), so
+    that every stage of a chunked run is represented where ``masks`` allows (its first groups
+    alone would all come from its first chunk); all of them when ``masks`` is None or not smaller."""
+    total = sum(len(g) for g in groups)
+    if masks is None or masks >= total:
+        return list(groups)
+    count = max(1, math.ceil(masks * len(groups) / total))
+    picked = [groups[i] for i in np.unique(np.linspace(0, len(groups) - 1, count).round().astype(int))]
+    share, extra = divmod(masks, len(picked))
+    return [g[:share + (j < extra)] for j, g in enumerate(picked)]
+
+
+def speed(model: Any, space: Any, groups: list[np.ndarray], batches: list, metric: Any,
+          masks: int | None) -> dict:
+    """Score the recorded masks three ways (``masks``: about that many, see :func:`pick_groups`;
+    None: all, the run's whole budget), interleaved group by group."""
+    todo = pick_groups(groups, masks)
     plain = MaskScorer(model, space, batches, metric, prefix=False, progress=False)
     tree = MaskScorer(model, space, batches, metric, progress=False)
     # one-off costs outside the timed loop, reported apart: the scorers' timings of layouts,
@@ -256,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sparsity", type=float, default=0.36, help="fraction of units pruned")
     ap.add_argument("--layers", type=int, default=16, help="prunable layers in the sub-problem")
     ap.add_argument("--tt-budget", type=int, default=2000, help="distinct evaluations per refinement")
-    ap.add_argument("--speed-masks", type=int, default=300, help="masks scored three ways for timing")
+    ap.add_argument("--speed-masks", type=int, default=300,
+                    help="masks scored three ways for timing: whole groups spread over each TT run, "
+                         "cut to this many; at least the budget: all of them")
     ap.add_argument("--search-images", type=int, default=16, help="validation images the search scores on")
     ap.add_argument("--group-size", type=int, default=128, help="about this many units per chunk (full model)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared box)")
@@ -371,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, model_, space_, rec_, res_, seed_ in (
             ("subproblem", dev_model, space, rec, res, seed_mask),
             ("chunked", dev_model_full, fs, rec_full, res_full, seed_full)):
-        print(f"speed ({label} masks): scoring {args.speed_masks} recorded masks naive / plain / tree ...",
+        print(f"speed ({label} masks): scoring up to {args.speed_masks} recorded masks naive / plain / tree ...",
               flush=True)
         sp = speed(model_, space_, rec_.groups, dev_search, metric, args.speed_masks)
         sp["proposals_per_distinct"] = res_.proposals / max(res_.evaluations, 1)

@@ -135,3 +135,19 @@ def test_a_bundle_runs_the_tt_benchmark_from_its_own_wheel(tmp_path: Path) -> No
     assert not report["machine"]["qprune_from"].startswith(str(ROOT))  # the wheel, not this checkout
     assert report["checkpoint"]["path"] == str(bundle / "checkpoint.pt")
     assert report["settings"]["threads"] == 1  # options after OUTDIR reach tt_refine.py
+
+
+def test_speed_masks_come_from_groups_spread_over_the_run() -> None:
+    import numpy as np
+
+    pick = _tt_refine_module().pick_groups
+    groups = [np.full((10, 3), i, dtype=np.int8) for i in range(6)]  # six stages of 10 masks
+    got = pick(groups, 30)
+    assert sum(len(g) for g in got) == 30
+    assert [int(g[0, 0]) for g in got] == [0, 2, 5]  # first, middle and last stage
+    assert all(len(g) == 10 for g in got)  # whole groups
+    assert len(pick(groups, 60)) == 6 and len(pick(groups, None)) == 6 and len(pick(groups, 1000)) == 6
+    cut = pick(groups, 25)  # an equal share of each picked group
+    assert [len(g) for g in cut] == [9, 8, 8] and [int(g[0, 0]) for g in cut] == [0, 2, 5]
+    uneven = [np.full((n, 3), i, dtype=np.int8) for i, n in enumerate((40, 10, 10, 40))]
+    assert [len(g) for g in pick(uneven, 50)] == [25, 25]  # the first and the last group
