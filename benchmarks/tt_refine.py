@@ -142,17 +142,23 @@ def _clock() -> tuple[float, float]:
 
 
 def pick_groups(groups: list[np.ndarray], masks: int | None) -> list[np.ndarray]:
-    """``masks`` of the recorded masks: as many groups as ``masks`` masks fill on average, spread
-    evenly over the run, an equal share from each (whole groups where they are of one size), so
-    that every stage of a chunked run is represented where ``masks`` allows (its first groups
-    alone would all come from its first chunk); all of them when ``masks`` is None or not smaller."""
+    """``masks`` of the recorded masks from groups spread evenly over the run, as equal a share
+    from each as their sizes allow (whole groups where they are of one size), so that every stage
+    of a chunked run is represented where ``masks`` allows (its first groups alone would all come
+    from its first chunk); all of them when ``masks`` is None or not smaller than the record."""
     total = sum(len(g) for g in groups)
     if masks is None or masks >= total:
         return list(groups)
-    count = max(1, math.ceil(masks * len(groups) / total))
-    picked = [groups[i] for i in np.unique(np.linspace(0, len(groups) - 1, count).round().astype(int))]
-    share, extra = divmod(masks, len(picked))
-    return [g[:share + (j < extra)] for j, g in enumerate(picked)]
+    for count in range(max(1, math.ceil(masks * len(groups) / total)), len(groups) + 1):
+        idx = np.unique(np.linspace(0, len(groups) - 1, count).round().astype(int))
+        if sum(len(groups[i]) for i in idx) >= masks:
+            break
+    sizes = [len(groups[i]) for i in idx]
+    shares, left = [0] * len(idx), masks
+    for pos, j in enumerate(sorted(range(len(idx)), key=sizes.__getitem__)):  # smallest first
+        shares[j] = min(sizes[j], left // (len(idx) - pos))
+        left -= shares[j]
+    return [groups[i][:n] for i, n in zip(idx, shares)]
 
 
 def speed(model: Any, space: Any, groups: list[np.ndarray], batches: list, metric: Any,

@@ -148,6 +148,10 @@ def test_speed_masks_come_from_groups_spread_over_the_run() -> None:
     assert all(len(g) == 10 for g in got)  # whole groups
     assert len(pick(groups, 60)) == 6 and len(pick(groups, None)) == 6 and len(pick(groups, 1000)) == 6
     cut = pick(groups, 25)  # an equal share of each picked group
-    assert [len(g) for g in cut] == [9, 8, 8] and [int(g[0, 0]) for g in cut] == [0, 2, 5]
+    assert [len(g) for g in cut] == [8, 8, 9] and [int(g[0, 0]) for g in cut] == [0, 2, 5]
     uneven = [np.full((n, 3), i, dtype=np.int8) for i, n in enumerate((40, 10, 10, 40))]
     assert [len(g) for g in pick(uneven, 50)] == [25, 25]  # the first and the last group
+    shrinking = [np.full((n, 3), i, dtype=np.int8) for i, n in enumerate((60, 30, 10, 5, 5))]
+    got = pick(shrinking, 60)  # small late groups give what they have, the others make up the rest
+    assert sum(len(g) for g in got) == 60 and [int(g[0, 0]) for g in got] == [0, 2, 4]
+    assert [len(g) for g in got] == [45, 10, 5]
