@@ -126,14 +126,19 @@ def test_batched_equals_naive_on_a_small_convnet(tiny, prefix: bool, chunk: int 
     assert not model.training
 
 
-def test_prefix_tree_on_halfunet_equals_naive_and_shares_work(halfunet) -> None:
+@pytest.mark.parametrize("physical", [True, False])
+def test_prefix_tree_on_halfunet_equals_naive_and_shares_work(halfunet, physical: bool) -> None:
     model, space, batches = halfunet
     X = _masks(space, np.random.default_rng(1), 12)
     ref = naive_score(model, space, batches, psnr, X)
-    scorer = MaskScorer(model, space, batches, psnr, chunk=1, prefix="always", progress=False)
+    before = _weights(model)
+    scorer = MaskScorer(model, space, batches, psnr, chunk=1, prefix="always", physical=physical,
+                        progress=False)
     got = scorer(X)
     np.testing.assert_allclose(got, ref, atol=TOL, rtol=0)
     st = scorer.stats()
+    assert st["physical"] is physical
+    assert _weights(model) == before  # cut layers are whole again
     assert st["plain_batches"] == 0 and st["tree_batches"] >= len(batches)
     assert st["calls_vs_naive"] < 0.95
     _no_leftovers(model)
@@ -320,9 +325,44 @@ def test_cost_model_correction_can_switch_the_tree_off(halfunet) -> None:
     assert st["cost_factor"]["plain"] > 0
 
 
+def test_layers_are_cut_on_a_cpu_unless_masks_share_passes(tiny, halfunet) -> None:
+    for (model, space, batches), chunk, cut in ((tiny, None, True), (halfunet, 1, True), (tiny, 4, False)):
+        scorer = MaskScorer(model, space, batches, psnr, chunk=chunk, progress=False)
+        scorer.prepare()
+        assert scorer.stats()["physical"] is cut
+
+
+class AffineFreeBN(nn.Module):
+    """A BatchNorm without affine parameters: the filter space lists no tensor of it, so a cut
+    leaves its running statistics full-size and the cut network fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(8, affine=False)
+        self.c2 = nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.c2(torch.relu(self.b1(self.c1(x))))
+
+
+def test_a_cut_the_model_cannot_run_falls_back_to_gates() -> None:
+    model = _randomise(AffineFreeBN(), 6)
+    batches = _batches(6, (3, 8, 8), (3,))
+    space = build_space(model, batches[0][0][:1], exclude=("c2",))
+    X = _masks(space, np.random.default_rng(12), 5)
+    ref = naive_score(model, space, batches, psnr, X)
+    scorer = MaskScorer(model, space, batches, psnr, physical=True, progress=False)
+    st = _warns_but_equals(scorer, X, ref, "layers not cut per mask, gated instead .*running_mean")
+    assert st["physical"] is False
+    _no_leftovers(model)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"images_per_pass": 0}, "images_per_pass must be >= 1, got 0"),
     ({"prefix": "sometimes"}, "prefix must be True, False or 'always', got 'sometimes'"),
+    ({"physical": "yes"}, "physical must be True, False or None, got 'yes'"),
+    ({"physical": True, "chunk": 4}, "physical=True scores one mask per pass; chunk=4 asks for more"),
 ])
 def test_bad_options_raise(tiny, kwargs, match) -> None:
     from qprune.errors import QpruneError

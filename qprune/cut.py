@@ -1,0 +1,152 @@
+"""One mask at a time, the model's layers cut to the kept channels in place: no copy, no re-tracing.
+
+:func:`qprune.masking.prune_model` builds a physically smaller copy of a model with torch-pruning,
+which takes a deep copy and a dependency-graph trace per mask (~0.16 s for the F=64 Half-UNet).
+Scoring thousands of candidate masks needs the same arithmetic for far less: every tensor a unit
+removes is already listed in the filter space (:attr:`qprune.space.Unit.slices`), so a mask's
+pruned network is the original parameters index-selected along those dimensions. :class:`ChannelCut`
+swaps such views in (``param.data``) for one mask, adjusts what a layer reads from its own
+attributes rather than from its weights (the ``groups`` of a depthwise convolution, the
+``num_groups`` of a per-channel GroupNorm) and slices the running statistics of norm layers along
+with their affine parameters; on exit everything is put back.
+
+A cut network computes the same function as the gated one (a pruned unit contributes zeros there)
+up to float rounding, where the space's slices describe every tensor the units touch. Layers the
+space does not describe (a BatchNorm without affine parameters, an op that reads channel counts
+from a module attribute not adjusted here) would make the cut network differ or fail, which is
+why :class:`qprune.scoring.MaskScorer` checks a cut against the gated model before it uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qprune.errors import QpruneError
+
+__all__ = ["ChannelCut"]
+
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+class ChannelCut:
+    """Context manager: ``set(mask)`` cuts ``model``'s layers to the channels ``mask`` keeps.
+
+    Args:
+        model: the network of the filter space; its tensors are replaced (``.data``) while the
+            context is open and put back on exit (also on error). Run it under
+            ``torch.no_grad()``/``inference_mode``: cut tensors are not trained.
+        space: its :class:`qprune.space.FilterSpace`.
+
+    ``set(mask)`` with a 0/1 array ``[N]`` (1 = pruned) may be called any number of times inside
+    the context; each call cuts from the original tensors as they were when the context opened
+    (so a layout change made before entering, e.g. channels-last weights, is kept).
+    """
+
+    def __init__(self, model: nn.Module, space: Any) -> None:
+        self.model, self.n = model, int(space.N)
+        tensors: dict[str, torch.Tensor] = dict(model.named_parameters())
+        modules = dict(model.named_modules())
+        # owner[name][dim][i]: the unit whose removal takes index i of that dim, -1 = always kept
+        owners: dict[str, dict[int, np.ndarray]] = {}
+        for u, unit in enumerate(space.units):
+            for name, dim, idxs in unit.slices:
+                if name not in tensors:
+                    raise QpruneError(f"model has no parameter {name!r} of the filter space")
+                own = owners.setdefault(name, {}).setdefault(
+                    dim, np.full(tensors[name].shape[dim], -1, dtype=np.int64))
+                ix = np.asarray(idxs, dtype=np.int64)
+                if np.any(own[ix] >= 0):
+                    raise QpruneError(f"units overlap on {name!r} dim {dim}: cannot cut them apart")
+                own[ix] = u
+        # running statistics follow the norm layer's affine parameters (not listed as slices)
+        for name in list(owners):
+            path, _, leaf = name.rpartition(".")
+            mod = modules.get(path)
+            if leaf == "weight" and isinstance(mod, _NORMS) and 0 in owners[name]:
+                for buf in ("running_mean", "running_var"):
+                    t = getattr(mod, buf, None)
+                    if isinstance(t, torch.Tensor):
+                        full = f"{path}.{buf}"
+                        tensors[full] = t
+                        owners[full] = {0: owners[name][0]}
+        self._plan = [(tensors[name], sorted(dims.items())) for name, dims in owners.items()]
+        # the units each tensor depends on: a tensor whose units' bits did not change since the
+        # last set() keeps its cut (consecutive masks of a search mostly differ in a few layers)
+        self._deps = [np.unique(np.concatenate([o[o >= 0] for o in dims.values()]))
+                      for dims in owners.values()]
+        self._last: list[bytes | None] = [None] * len(self._plan)
+        touched = {name.rpartition(".")[0] for name in owners}
+        self._depthwise = [
+            modules[p] for p in touched
+            if isinstance(modules.get(p), nn.modules.conv._ConvNd)
+            and 1 < modules[p].groups == modules[p].in_channels == modules[p].out_channels
+        ]
+        self._groupnorms = [
+            modules[p] for p in touched
+            if isinstance(modules.get(p), nn.GroupNorm)
+            and modules[p].num_groups == modules[p].num_channels
+        ]
+        self._index: dict[bytes, torch.Tensor] = {}
+        self._saved: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._attrs: list[tuple[nn.Module, str, Any]] = []
+
+    def __enter__(self) -> ChannelCut:  # noqa: PYI034 - typing.Self needs Python 3.11
+        self._saved = [(t, t.data) for t, _ in self._plan]
+        self._last = [None] * len(self._plan)
+        self._attrs = [(m, a, getattr(m, a)) for m in self._depthwise
+                       for a in ("groups", "in_channels", "out_channels")]
+        self._attrs += [(m, a, getattr(m, a)) for m in self._groupnorms
+                        for a in ("num_groups", "num_channels")]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for t, data in self._saved or []:
+            t.data = data
+        for m, attr, value in self._attrs:
+            setattr(m, attr, value)
+        self._saved, self._attrs = None, []
+
+    def set(self, mask: np.ndarray | torch.Tensor | Mapping[int, int]) -> ChannelCut:
+        """Cut every listed tensor to the channels of ``mask`` (``[N]`` 0/1, 1 = pruned)."""
+        if self._saved is None:
+            raise RuntimeError("ChannelCut.set outside its context (use `with ChannelCut(...) as cut`)")
+        m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask).astype(bool)
+        if m.shape != (self.n,):
+            raise QpruneError(f"mask must have shape [{self.n}], got {list(m.shape)}")
+        for i, ((t, dims), (_, base)) in enumerate(zip(self._plan, self._saved)):
+            key = np.packbits(m[self._deps[i]]).tobytes()
+            if key == self._last[i]:
+                continue
+            self._last[i] = key
+            out = base
+            for dim, owner in dims:
+                keep = (owner < 0) | ~m[np.maximum(owner, 0)]
+                if keep.all():
+                    continue
+                out = out.index_select(dim, self._indices(keep, base.device))
+            if out is not base and base.dim() == 4 and _channels_last(base):
+                out = out.contiguous(memory_format=torch.channels_last)
+            t.data = out
+        for mod in self._depthwise:
+            mod.groups = mod.in_channels = mod.out_channels = int(mod.weight.shape[0])
+        for mod in self._groupnorms:
+            mod.num_groups = mod.num_channels = int(mod.weight.shape[0])
+        return self
+
+    def _indices(self, keep: np.ndarray, device: torch.device) -> torch.Tensor:
+        key = np.packbits(keep).tobytes() + keep.size.to_bytes(4, "little") + str(device).encode()
+        idx = self._index.get(key)
+        if idx is None:
+            if len(self._index) > 4096:  # masks of a long search: keep the memory bounded
+                self._index.clear()
+            idx = self._index[key] = torch.from_numpy(np.flatnonzero(keep)).to(device)
+        return idx
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
