@@ -3,11 +3,13 @@
 Three parts, one run, one model:
 
 1. **Scoring speed.** The distinct masks that the two TT runs below asked for (in the groups
-   they asked for them) are scored again, the same budget three ways, interleaved group by group
-   so that all three see the same machine load: one gated forward pass per mask (``naive_score``,
-   the reference), :class:`qprune.scoring.MaskScorer` with plain batching, and ``MaskScorer`` as
-   shipped (prefix tree + cost model); both scorers also pick, by timing, the memory layout and
-   how many images go through one pass. The scores must agree within 1e-4 dB. Time ratios are
+   they asked for them) are scored again, the same budget four ways, interleaved group by group
+   so that all see the same machine load: one gated forward pass per mask (``naive_score``, the
+   reference), and :class:`qprune.scoring.MaskScorer` three ways (:data:`SCORERS`), each adding
+   one of its means to the one before: gated layers without the prefix tree, layers cut to each
+   mask's kept channels without the tree, and as shipped (cut layers, prefix tree, cost model).
+   Each scorer also picks, by timing, the memory layout and how many images go through one
+   pass. The scores must agree within 1e-4 dB. Time ratios are
    printed for wall-clock and process CPU time. The TT also proposes masks it has seen before: a
    loop that scores every proposal (what ``protes.protes`` does with a per-mask objective) pays
    those too; that ratio is printed separately.
@@ -162,23 +164,33 @@ def pick_groups(groups: list[np.ndarray], masks: int | None) -> list[np.ndarray]
     return [groups[i][:n] for i, n in zip(idx, shares)]
 
 
+# the scorers timed against the naive loop: (key, description, MaskScorer options); each adds one
+# of the scorer's means to the one before, so the table shows what each is worth
+SCORERS = (
+    ("gated", "MaskScorer, gated layers, no prefix tree", {"prefix": False, "physical": False}),
+    ("cut", "MaskScorer, cut layers, no prefix tree", {"prefix": False}),
+    ("tree", "MaskScorer as shipped (prefix tree)", {}),
+)
+
+
 def speed(model: Any, space: Any, groups: list[np.ndarray], batches: list, metric: Any,
           masks: int | None) -> dict:
-    """Score the recorded masks three ways (``masks``: that many, see :func:`pick_groups`;
-    None: all, the run's whole budget), interleaved group by group."""
+    """Score the recorded masks with the naive loop and each of :data:`SCORERS` (``masks``:
+    that many, see :func:`pick_groups`; None: all, the run's whole budget), interleaved group by
+    group so that all see the same machine load."""
     todo = pick_groups(groups, masks)
-    plain = MaskScorer(model, space, batches, metric, prefix=False, progress=False)
-    tree = MaskScorer(model, space, batches, metric, progress=False)
+    scorers = {key: MaskScorer(model, space, batches, metric, progress=False, **opts)
+               for key, _, opts in SCORERS}
     # one-off costs outside the timed loop, reported apart: the scorers' timings of layouts,
-    # images and masks per pass and the tree's trace (which also warm up allocator and oneDNN),
-    # and a warm-up pass for the naive loop
+    # images and masks per pass, the check of cut layers and the tree's trace (which also warm
+    # up allocator and oneDNN), and a warm-up pass for the naive loop
     prepare = {}
-    for name, scorer in (("plain", plain), ("tree", tree)):
+    for key, scorer in scorers.items():
         t0 = time.perf_counter()
         scorer.prepare()
-        prepare[name] = time.perf_counter() - t0
+        prepare[key] = time.perf_counter() - t0
     naive_score(model, space, batches, metric, todo[0][:2])
-    wall = {"naive": 0.0, "plain": 0.0, "tree": 0.0}
+    wall = {"naive": 0.0} | {key: 0.0 for key in scorers}
     cpu = dict(wall)
     diffs: list[float] = []
     scores: list[np.ndarray] = []
@@ -186,17 +198,15 @@ def speed(model: Any, space: Any, groups: list[np.ndarray], batches: list, metri
         w, c = _clock()
         ref = naive_score(model, space, batches, metric, g)
         w2, c2 = _clock()
-        got_plain = plain(g)
-        w3, c3 = _clock()
-        got_tree = tree(g)
-        w4, c4 = _clock()
         wall["naive"] += w2 - w
-        wall["plain"] += w3 - w2
-        wall["tree"] += w4 - w3
         cpu["naive"] += c2 - c
-        cpu["plain"] += c3 - c2
-        cpu["tree"] += c4 - c3
-        diffs += [float(np.abs(got_plain - ref).max()), float(np.abs(got_tree - ref).max())]
+        for key, scorer in scorers.items():
+            w, c = _clock()
+            got = scorer(g)
+            w2, c2 = _clock()
+            wall[key] += w2 - w
+            cpu[key] += c2 - c
+            diffs.append(float(np.abs(got - ref).max()))
         scores.append(ref)
     n = sum(len(g) for g in todo)
     return {
@@ -204,12 +214,11 @@ def speed(model: Any, space: Any, groups: list[np.ndarray], batches: list, metri
         "groups": len(todo),
         "wall_s": wall,
         "cpu_s": cpu,
-        "ratio_wall": {k: wall["naive"] / wall[k] for k in ("plain", "tree")},
-        "ratio_cpu": {k: cpu["naive"] / cpu[k] for k in ("plain", "tree")},
+        "ratio_wall": {k: wall["naive"] / wall[k] for k in scorers},
+        "ratio_cpu": {k: cpu["naive"] / cpu[k] for k in scorers},
         "max_abs_diff_db": max(diffs),
         "prepare_s": prepare,
-        "tree_stats": tree.stats(),
-        "plain_stats": plain.stats(),
+        "stats": {key: scorer.stats() for key, scorer in scorers.items()},
         "score_range_db": [float(np.min(np.concatenate(scores))), float(np.max(np.concatenate(scores)))],
     }
 
@@ -240,7 +249,7 @@ def ceiling(sp: dict, images: int, macs: int, macs_kept: int, peak: float) -> di
     credited with the matrix-product rate, so the true bound is lower still."""
     naive_per_mask = sp["wall_s"]["naive"] / sp["masks"]
     naive_gflops = 2 * macs * images / naive_per_mask / 1e9
-    work = sp["tree_stats"]["work_vs_naive"]
+    work = sp["stats"]["tree"]["work_vs_naive"]
     needed_s = 2 * macs_kept * images * work / (peak * 1e9)
     return {
         "gemm_gflops": peak,
@@ -388,17 +397,17 @@ def main(argv: list[str] | None = None) -> int:
     for label, model_, space_, rec_, res_, seed_ in (
             ("subproblem", dev_model, space, rec, res, seed_mask),
             ("chunked", dev_model_full, fs, rec_full, res_full, seed_full)):
-        print(f"speed ({label} masks): scoring up to {args.speed_masks} recorded masks naive / plain / tree ...",
-              flush=True)
+        print(f"speed ({label} masks): scoring up to {args.speed_masks} recorded masks naive / "
+              f"{' / '.join(key for key, _, _ in SCORERS)} ...", flush=True)
         sp = speed(model_, space_, rec_.groups, dev_search, metric, args.speed_masks)
         sp["proposals_per_distinct"] = res_.proposals / max(res_.evaluations, 1)
         sp["ratio_wall_vs_every_proposal"] = sp["ratio_wall"]["tree"] * sp["proposals_per_distinct"]
         macs_kept = count_macs(prune_model(model_, space_, seed_.astype(bool), one), one)
         sp["ceiling"] = ceiling(sp, n_search, count_macs(model_, one), macs_kept, peak)
         report["speed"][label] = sp
-        print(f"  naive {sp['wall_s']['naive']:.1f}s, plain {sp['wall_s']['plain']:.1f}s, "
-              f"tree {sp['wall_s']['tree']:.1f}s -> x{sp['ratio_wall']['tree']:.2f} wall, "
-              f"x{sp['ratio_cpu']['tree']:.2f} cpu; max |diff| {sp['max_abs_diff_db']:.2e} dB", flush=True)
+        times = ", ".join(f"{key} {sec:.1f}s" for key, sec in sp["wall_s"].items())
+        print(f"  {times} -> x{sp['ratio_wall']['tree']:.2f} wall, x{sp['ratio_cpu']['tree']:.2f} cpu; "
+              f"max |diff| {sp['max_abs_diff_db']:.2e} dB", flush=True)
     report["machine"]["loadavg_1_5_15_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     worst = max(sp["max_abs_diff_db"] for sp in report["speed"].values())
     report["scores_equal"] = worst <= SCORE_TOL_DB
@@ -441,31 +450,28 @@ def markdown(r: dict) -> str:
         "",
         "Training: " + training_summary(r["checkpoint"].get("meta") or {}) + ".",
         "",
-        "## Scoring speed: the same masks, three ways, interleaved",
+        f"## Scoring speed: the same masks, {len(SCORERS) + 1} ways, interleaved",
         "",
         "| masks from | scorer | passes | wall s | cpu s | speed-up wall | speed-up cpu | forward work |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for label, sp in r["speed"].items():
-        name = f"{label} ({sp['masks']} masks)"
-        lines += [
-            (f"| {name} | one mask per pass (`naive_score`) | whole batch, standard layout | "
-            f"{sp['wall_s']['naive']:.1f} | {sp['cpu_s']['naive']:.1f} | 1.00 | 1.00 | 1.00 |"),
-            (f"| | MaskScorer, no prefix tree | {_passes(sp.get('plain_stats'))} | {sp['wall_s']['plain']:.1f} | "
-            f"{sp['cpu_s']['plain']:.1f} | {sp['ratio_wall']['plain']:.2f} | {sp['ratio_cpu']['plain']:.2f} | "
-            "1.00 |"),
-            (f"| | MaskScorer (prefix tree) | {_passes(sp.get('tree_stats'))} | {sp['wall_s']['tree']:.1f} | "
-            f"{sp['cpu_s']['tree']:.1f} | {sp['ratio_wall']['tree']:.2f} | {sp['ratio_cpu']['tree']:.2f} | "
-            f"{sp['tree_stats']['work_vs_naive']:.2f} |"),
-        ]
+        lines.append(
+            f"| {label} ({sp['masks']} masks) | one mask per pass (`naive_score`) | whole batch, gated, "
+            f"standard layout | {sp['wall_s']['naive']:.1f} | {sp['cpu_s']['naive']:.1f} | 1.00 | 1.00 | 1.00 |")
+        for key, title, _ in SCORERS:
+            st = sp["stats"][key]
+            lines.append(
+                f"| | {title} | {_passes(st)} | {sp['wall_s'][key]:.1f} | {sp['cpu_s'][key]:.1f} | "
+                f"{sp['ratio_wall'][key]:.2f} | {sp['ratio_cpu'][key]:.2f} | "
+                f"{st['work_vs_naive']:.2f} |")
     lines += [""]
     for label, sp in r["speed"].items():
-        if "prepare_s" in sp:
-            lines.append(
-                f"* {label}: one-off preparation, not in the timed columns: {sp['prepare_s']['plain']:.1f} s "
-                f"(no tree) and {sp['prepare_s']['tree']:.1f} s (tree) -- timing layouts, images and masks "
-                "per pass, recording the tree's trace; the naive loop got one warm-up pass."
-            )
+        each = ", ".join(f"{sp['prepare_s'][key]:.1f} s ({key})" for key, _, _ in SCORERS)
+        lines.append(
+            f"* {label}: one-off preparation, not in the timed columns: {each} -- timing layouts, "
+            "images and masks per pass, checking cut layers against gated ones, recording the tree's "
+            "trace; the naive loop got one warm-up pass.")
     for label, sp in r["speed"].items():
         lines.append(
             f"* {label}: largest difference from the naive scores {sp['max_abs_diff_db']:.1e} dB; the TT "
@@ -533,12 +539,14 @@ def _ceiling_lines(r: dict) -> list[str]:
 
 
 def _passes(stats: dict | None) -> str:
-    """How a scorer ran its passes: memory layout and images per pass (per batch shape)."""
+    """How a scorer ran its passes: images per pass (per batch shape), gated or cut layers,
+    memory layout."""
     if not stats or stats.get("channels_last") is None:
         return "?"
     per = sorted(set((stats.get("images_per_pass") or {}).values()))
+    layers = "cut" if stats.get("physical") else "gated"
     layout = "channels-last" if stats["channels_last"] else "standard layout"
-    return f"{'/'.join(map(str, per))} image(s) per pass, {layout}"
+    return f"{'/'.join(map(str, per))} image(s) per pass, {layers}, {layout}"
 
 
 def _load(v: Any) -> str:

@@ -27,8 +27,10 @@ def test_tt_refine_quick_on_the_shipped_checkpoint(tmp_path: Path) -> None:
     for label in ("subproblem", "chunked"):
         sp = report["speed"][label]
         assert sp["masks"] == 60 and sp["max_abs_diff_db"] <= 1e-4
-        assert sp["tree_stats"]["evaluated"] == 60 and sp["plain_stats"]["evaluated"] == 60
-        assert sp["tree_stats"]["images_per_pass"] and sp["prepare_s"]["tree"] > 0
+        assert set(sp["stats"]) == {"gated", "cut", "tree"}
+        for key, st in sp["stats"].items():
+            assert st["evaluated"] == 60 and st["images_per_pass"] and sp["prepare_s"][key] > 0
+        assert sp["stats"]["gated"]["physical"] is False and sp["stats"]["tree"]["physical"] is True
     for section, refined in (("subproblem", "tt_refined"), ("full", "tt_chunked")):
         s = report[section]
         assert s["refine"]["value"] >= s["refine"]["seed_value"]  # never worse than the seed
@@ -54,7 +56,7 @@ def test_ceiling_is_naive_time_over_the_least_time_exact_fp32_could_take() -> No
     ceiling = _tt_refine_module().ceiling
     # 10 masks in 20 s: 2 s per mask; 4 images of 1 GMAC, 0.5 GMAC left after removal, tree work
     # 0.5: 2 * 0.5e9 * 4 * 0.5 = 2e9 FLOP per mask, at 100 GFLOP/s 0.02 s -> x100
-    sp = {"wall_s": {"naive": 20.0}, "masks": 10, "tree_stats": {"work_vs_naive": 0.5},
+    sp = {"wall_s": {"naive": 20.0}, "masks": 10, "stats": {"tree": {"work_vs_naive": 0.5}},
           "proposals_per_distinct": 1.5}
     c = ceiling(sp, images=4, macs=10**9, macs_kept=5 * 10**8, peak=100.0)
     assert c["ceiling"] == pytest.approx(100.0) and c["ceiling_every_proposal"] == pytest.approx(150.0)
