@@ -19,7 +19,6 @@ why :class:`qprune.scoring.MaskScorer` checks a cut against the gated model befo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -111,7 +110,7 @@ class ChannelCut:
             setattr(m, attr, value)
         self._saved, self._attrs = None, []
 
-    def set(self, mask: np.ndarray | torch.Tensor | Mapping[int, int]) -> ChannelCut:
+    def set(self, mask: np.ndarray | torch.Tensor) -> ChannelCut:
         """Cut every listed tensor to the channels of ``mask`` (``[N]`` 0/1, 1 = pruned)."""
         if self._saved is None:
             raise RuntimeError("ChannelCut.set outside its context (use `with ChannelCut(...) as cut`)")
