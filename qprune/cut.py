@@ -27,7 +27,7 @@ from torch import nn
 
 from qprune.errors import QpruneError
 
-__all__ = ["ChannelCut"]
+__all__ = ["ChannelCut", "channels_last"]
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
@@ -128,7 +128,7 @@ class ChannelCut:
                 if keep.all():
                     continue
                 out = out.index_select(dim, self._indices(keep, base.device))
-            if out is not base and base.dim() == 4 and _channels_last(base):
+            if out is not base and channels_last(base):
                 out = out.contiguous(memory_format=torch.channels_last)
             t.data = out
         for mod in self._depthwise:
@@ -147,5 +147,6 @@ class ChannelCut:
         return idx
 
 
-def _channels_last(t: torch.Tensor) -> bool:
-    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+def channels_last(t: torch.Tensor) -> bool:
+    """Whether a tensor is 4-D and laid out channels-last (not merely compatible with it)."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()

@@ -78,7 +78,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qprune.cut import ChannelCut
+from qprune.cut import ChannelCut, channels_last
 from qprune.errors import QpruneError
 from qprune.masking import Gates, _tensors, map_tensors
 
@@ -170,17 +170,13 @@ def _ieee_fp32(cuda: bool) -> Iterator[None]:
             setattr(obj, name, value)
 
 
-def _channels_last(t: torch.Tensor) -> bool:
-    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-
-
 def _replicate(x: torch.Tensor, copies: int) -> torch.Tensor:
     """``copies`` copies of a batch, mask-major: rows ``[j*b, (j+1)*b)`` belong to mask ``j``
     (the layout :class:`qprune.masking.Gates` expects); a channels-last batch stays channels-last."""
     if copies == 1:
         return x
     out = x.unsqueeze(0).expand(copies, *x.shape).reshape(copies * x.shape[0], *x.shape[1:])
-    return out.contiguous(memory_format=torch.channels_last) if _channels_last(x) else out
+    return out.contiguous(memory_format=torch.channels_last) if channels_last(x) else out
 
 
 def _cat(parts: Sequence[Any]) -> Any:
