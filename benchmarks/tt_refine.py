@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=16, help="prunable layers in the sub-problem")
     ap.add_argument("--tt-budget", type=int, default=2000, help="distinct evaluations per refinement")
     ap.add_argument("--speed-masks", type=int, default=300,
-                    help="masks scored three ways for timing: this many, shared out over groups spread "
+                    help="masks scored by the naive loop and each scorer for timing: this many, shared out over groups spread "
                          "over each TT run; at least the budget: all of them")
     ap.add_argument("--search-images", type=int, default=16, help="validation images the search scores on")
     ap.add_argument("--group-size", type=int, default=128, help="about this many units per chunk (full model)")
