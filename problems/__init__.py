@@ -22,13 +22,14 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
+from qprune.atomic import atomic_open
 from qprune.errors import QpruneError
 
 from .base import Batch, BaseProblem, Problem, TrainResult
+from .plain import plain
 
 CHECKPOINT_FORMAT = "qprune-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -48,7 +49,7 @@ PRETRAINED: dict[str, str] = {
 __all__ = [
     "Batch", "BaseProblem", "Problem", "TrainResult", "available", "get", "register",
     "save_checkpoint", "load_checkpoint", "load_pretrained", "pretrained_path", "default_checkpoint",
-    "read_checkpoint", "PRETRAINED",
+    "read_checkpoint", "PRETRAINED", "plain",
 ]
 
 
@@ -79,35 +80,16 @@ def get(name: str, **config: Any) -> Problem:
     return _factory(name)(**config)
 
 
-def _plain(obj: Any) -> Any:
-    """``obj`` as built-in types only, so ``torch.load(weights_only=True)`` accepts the file.
-
-    str/float subclasses (``torch.__version__`` is a ``TorchVersion``), numpy scalars and tuples
-    would each make the safe loader refuse the whole checkpoint.
-    """
-    if obj is None or type(obj) in (bool, int, float, str) or isinstance(obj, torch.Tensor):
-        return obj
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, bool):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj)
-    return str(obj)
-
-
 def save_checkpoint(path: str | Path, problem: Problem, model: nn.Module,
                     meta: Mapping[str, Any] | None = None) -> Path:
     """Write ``model``'s weights with the problem name, its full config and ``meta``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "problem": problem.name,
-                "config": _plain(problem.config), "state_dict": state, "meta": _plain(meta or {})}, path)
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "problem": problem.name,
+               "config": plain(problem.config), "state_dict": state, "meta": plain(meta or {})}
+    with atomic_open(path, "wb") as fh:  # a stop mid-write never leaves a broken checkpoint
+        torch.save(payload, fh)
     return path
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
-from qprune.errors import QpruneError
+
+from . import training
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -67,6 +67,8 @@ class BaseProblem:
 
     name: ClassVar[str] = ""
     primary_metric: ClassVar[str] = ""
+    # Train in channels-last layout: a problem turns it on where it was measured to be faster.
+    train_channels_last: ClassVar[bool] = False
     config: dict
 
     # ----- data (subclass hooks)
@@ -148,84 +150,44 @@ class BaseProblem:
     # ----- training
     def train(self, model: nn.Module | None = None, *, epochs: int = 10, lr: float = 1e-3, seed: int = 0,
               schedule: str = "cosine", weight_decay: float = 0.0, device: str = "cpu",
+              precision: str = "auto", channels_last: bool | None = None, step_every: int = 10,
+              state: str | Path | None = None, resume: bool = False,
               progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
         """Train with Adam (the paper's optimiser) and return the model plus checkpoint metadata.
 
-        ``schedule``: ``"cosine"`` (anneals to 0 over the run; best for short CPU runs) or
-        ``"step"`` (the paper's StepLR: halve every 10 epochs). The final model is kept (as in the
-        paper), not the best-on-validation one. ``device``: ``"cpu"``, ``"cuda"`` or ``"auto"``
-        (CUDA when available); the returned model is on the CPU either way. ``meta`` holds epochs,
-        seed, lr, wall time and the final validation/test metrics, plus the trivial baseline's test
-        metrics when there is one.
+        ``schedule``: ``"cosine"`` (anneals to 0 over the run) or ``"step"`` (the paper's StepLR:
+        halve every ``step_every`` epochs). ``precision``: ``"auto"`` (bf16 autocast where the CPU
+        or GPU has native bf16, else float32), ``"fp32"`` or ``"bf16"``; weights, loss and metrics
+        are float32 either way. ``channels_last``: None takes the problem's measured default
+        (:attr:`train_channels_last`). ``state``: a file the whole training state is written to after
+        every epoch; with ``resume=True`` a run continues from it. The final model is kept (as in
+        the paper), not the best-on-validation one; it is returned on the CPU in NCHW layout.
+        ``device``: ``"cpu"``, ``"cuda"`` or ``"auto"``. ``meta`` holds the settings, wall time and
+        final validation/test metrics, plus the trivial baseline's test metrics when there is one.
         """
-        from tqdm.auto import tqdm
-
-        if epochs < 1:
-            raise QpruneError(f"epochs must be >= 1, got {epochs}")
-        if schedule not in ("cosine", "step"):
-            raise QpruneError(f"schedule must be 'cosine' or 'step', got {schedule!r}")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise QpruneError(f"device {device!r} requested but torch sees no CUDA device; use --device cpu")
+        device = training.resolve_device(device)
+        settings = training.TrainSettings(
+            epochs=int(epochs), lr=float(lr), seed=int(seed), schedule=schedule, weight_decay=float(weight_decay),
+            precision=training.resolve_precision(precision, device), channels_last=self.train_channels_last if channels_last is None else bool(channels_last),
+            step_every=int(step_every))
+        settings.check()
         set_seed(seed)
         model = (self.build_model() if model is None else model).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-        steps_per_epoch = self._train_epoch_len()
-        total = epochs * steps_per_epoch
-        if schedule == "cosine":
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-        else:
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** ((s // steps_per_epoch) // 10))
-        rng = np.random.default_rng(seed)
-        val = self.validation_batches()
-        history: list[dict[str, float]] = []
-        t0 = time.perf_counter()
-        bar = tqdm(total=total, disable=not progress, desc=f"train {self.name}", unit="batch", leave=False)
-        for epoch in range(epochs):
-            model.train()
-            running, seen = 0.0, 0
-            for x, y in self._train_epoch_batches(epoch, rng):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                opt.zero_grad(set_to_none=True)
-                loss = self.loss(model(x), y)
-                if not torch.isfinite(loss):
-                    raise QpruneError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr")
-                loss.backward()
-                opt.step()
-                sched.step()
-                running += float(loss.detach()) * x.shape[0]
-                seen += int(x.shape[0])
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{running / seen:.4g}")
-            row = {"epoch": epoch + 1, "train_loss": running / max(seen, 1)}
-            row.update({f"val_{k}": v for k, v in self.evaluate(model, val).items()})
-            history.append(row)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{row['train_loss']:.4g}",
-                            val=f"{row.get('val_' + self.primary_metric, float('nan')):.4g}")
-            if log is not None:
-                line = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
-                # tqdm.write keeps the progress bar intact below the log lines.
-                if progress:
-                    bar.write(line)
-                else:
-                    log(line)
-        bar.close()
-        seconds = time.perf_counter() - t0
-        model = model.cpu()
+        run = training.fit(self, model, settings, device=device, state=None if state is None else Path(state),
+                           resume=resume, progress=progress, log=log)
+        model = run.model.cpu().to(memory_format=torch.contiguous_format)
         test = self.test_batches()
         meta: dict[str, Any] = {
-            "epochs": epochs, "seed": seed, "lr": lr, "schedule": schedule, "weight_decay": weight_decay,
-            "train_seconds": round(seconds, 1), "device": device, "torch": str(torch.__version__),
-            "val_metrics": self.evaluate(model, val),
+            **asdict(settings), "train_seconds": round(run.seconds, 1), "device": device,
+            "torch": str(torch.__version__), "threads": torch.get_num_threads(),
+            "val_metrics": self.evaluate(model, self.validation_batches()),
             "test_metrics": self.evaluate(model, test),
             "test_samples": sum(int(x.shape[0]) for x, _ in test),
         }
         base = self.baseline_metrics(test)
         if base is not None:
             meta["test_baseline_metrics"] = base
-        return TrainResult(model, meta, history)
+        return TrainResult(model, meta, run.history)
 
     def summary(self, meta: Mapping[str, Any]) -> str:
         """One human line about the held-out result in ``meta`` (as printed by ``qprune train``)."""

@@ -100,6 +100,8 @@ class DenoiseProblem(BaseProblem):
 
     name = "denoise"
     primary_metric = "psnr"
+    # F = 64, 128x128 patches, batch 16, one Adam step on 2 cores: 7.4 s channels-last, 9.5 s NCHW.
+    train_channels_last = True
 
     def __init__(self, **config: Any) -> None:
         self.config = _resolve(config)
