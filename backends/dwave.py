@@ -27,7 +27,7 @@ from qprune.backends.registry import register
 from qprune.errors import BackendUnavailable, QpruneError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from qprune.cardinality import ExactKResult
+    from qprune.solve.exact_k import ExactKResult
 
 __all__ = [
     "CachedEmbeddingSampler",
@@ -312,11 +312,11 @@ def solve_cqm_exact_k(objective_bqm: dimod.BinaryQuadraticModel, k: int, *,
         max_per_group: see :func:`build_exact_k_cqm`.
 
     Returns:
-        :class:`qprune.cardinality.ExactKResult` with ``gamma=0.0`` and ``bqm=objective_bqm``; the
+        :class:`qprune.solve.exact_k.ExactKResult` with ``gamma=0.0`` and ``bqm=objective_bqm``; the
         best feasible sample is taken, and if the solver returned none, the best sample is
         repaired to k ones with single flips (``info["repaired"]``).
     """
-    from qprune.cardinality import ExactKResult
+    from qprune.solve.exact_k import ExactKResult
 
     t0 = time.perf_counter()
     cqm = build_exact_k_cqm(objective_bqm, k, max_per_group=max_per_group)

@@ -4,7 +4,7 @@
     time to reach it, per size, for every sampling backend (fewer instances for slow ones); QAOA on
     10-variable sub-problems of bqp50 (gap to the exact optimum).
 (b) The full-model pruning QUBO (synthetic 4,000-unit Half-UNet-shaped instance from
-    ``qprune.synthetic``, hybrid preset, k = 36 % of the units, at most size - 1 per layer): exact-k by
+    ``qprune.instances.synthetic``, hybrid preset, k = 36 % of the units, at most size - 1 per layer): exact-k by
     the gamma search vs the layer-decomposed strategy, both scored on the same BQM (the one at the
     gamma search's final gamma), wall-time ratio printed; small pruning instances for the QPU path
     (MockDWaveSampler) and QAOA.
@@ -28,12 +28,12 @@ import dimod
 import numpy as np
 
 from qprune.backends import get
-from qprune.cardinality import solve_exact_k
-from qprune.formulation import Weights, formulate, preset_terms
-from qprune.layerwise import solve_layerwise
-from qprune.synthetic import synthetic_instance
-from qprune.terms import compute_terms
-from qprune.orlib import load_instance
+from qprune.solve.exact_k import solve_exact_k
+from qprune.qubo.formulation import Weights, formulate, preset_terms
+from qprune.solve.layerwise import solve_layerwise
+from qprune.instances.synthetic import synthetic_instance
+from qprune.qubo.terms import compute_terms
+from qprune.instances.orlib import load_instance
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "qubo"

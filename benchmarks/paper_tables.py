@@ -32,7 +32,7 @@ with seed (data seed, 1, run seed)) at the cost of one calibration pass per seed
 test and validation splits never change.
 
 Weights. The paper tunes the QUBO weights by random search on validation. ``--tune N`` runs N
-trials of :func:`qprune.pipeline.tune_weights` (Optuna random sampler by default,
+trials of :func:`qprune.pipeline.run.tune_weights` (Optuna random sampler by default,
 ``--tune-sampler tpe`` for TPE) per (setting, QUBO method) on the VALIDATION split, with gamma
 searched to exact k in every trial and the solver seed = the first run seed; the default weights
 (all 1) are scored too, and whichever is better on validation is used for every seed. ``--tune 0``
@@ -76,9 +76,9 @@ import torch
 
 from qprune.atomic import atomic_open, write_json
 from qprune.errors import QpruneError
-from qprune.formulation import Weights
-from qprune.masking import apply_mask, remove_gates
-from qprune.pipeline import (
+from qprune.qubo.formulation import Weights
+from qprune.model.masking import apply_mask, remove_gates
+from qprune.pipeline.run import (
     METHODS,
     Prepared,
     evaluate,
@@ -88,8 +88,8 @@ from qprune.pipeline import (
     tune_weights,
     validation_score,
 )
-from qprune.report import aggregate, machine_info, training_summary
-from qprune.space import build_space
+from qprune.pipeline.report import aggregate, machine_info, training_summary
+from qprune.model.space import build_space
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -246,7 +246,7 @@ def test_metrics(prep: Prepared, x: np.ndarray) -> dict[str, float]:
 
 def size_stats(prep: Prepared, x: np.ndarray) -> dict[str, float]:
     """Params and MACs of the physically pruned model (no latency: the machine is shared)."""
-    from qprune.stats import count_macs, count_params
+    from qprune.model.stats import count_macs, count_params
 
     example = prep.work.test[0][0][:1]
     small = apply_mask(prep.model, prep.space, x.astype(bool), mode="remove", example_inputs=example)
@@ -586,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     test, val = problem.test_batches(), problem.validation_batches()
     unpruned = evaluate(model, test, problem.metrics)
     if not args.no_size:
-        from qprune.stats import count_macs, count_params
+        from qprune.model.stats import count_macs, count_params
 
         unpruned.update(params=float(count_params(model)), macs=float(count_macs(model, test[0][0][:1])))
     log(f"unpruned on test: PSNR {unpruned['psnr']:.3f} dB, SSIM {unpruned['ssim']:.4f} "
@@ -615,7 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "in module order (enc1.0.conv1, enc1.0.conv4, enc1.1.conv1, ...)."),
         "The paper's unpruned baselines differ per table (unseeded data splits); ours is one model on one fixed split.",
         ("No fine-tuning after pruning (as in the paper). PSNR/SSIM of the gated model, which equals the physically "
-        "pruned model (qprune.masking)."),
+        "pruned model (qprune.model.masking)."),
         "Greedy methods are deterministic given the calibration data: one run, row repeated per seed (std 0)."
         if not args.vary_calibration else "Greedy methods vary only through the calibration subset.",
         ("The denoise problem's own `seed` option changes the split, the noise and the calibration order together; "

@@ -1,7 +1,7 @@
 """CPU latency of an unpruned vs physically pruned network at 20 / 36 / 50 % filter sparsity.
 
 Model: the paper's NAF Half-UNet (width 64, random init, seed 0) on a 1x3x256x256 input. Its
-filter space is what :func:`qprune.space.build_space` finds: the channels INSIDE the 12 NAF blocks
+filter space is what :func:`qprune.model.space.build_space` finds: the channels INSIDE the 12 NAF blocks
 (768 units); the residual trunk (normalised by LayerNorm2d), the up-sampling convs on the trunk
 and the output conv are excluded, so the FLOPs ratio stays above ``1 - sparsity``. ``--arch
 resnet18`` runs torchvision's ResNet-18 on 1x3x224x224 instead.
@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pruned_speed.json")
     args = ap.parse_args(argv)
 
-    from qprune.masking import apply_mask
-    from qprune.space import build_space
-    from qprune.stats import compare_latency, count_macs, count_params
+    from qprune.model.masking import apply_mask
+    from qprune.model.space import build_space
+    from qprune.model.stats import compare_latency, count_macs, count_params
 
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['flops'] / 1e9:>7.2f} | {r['flops_ratio']:>11.3f} | {r['latency_median_ms']:>9.1f} | "
               f"{r['latency_ratio']:>13.3f} | {r['speedup']:>7.2f}x")
     try:
-        from qprune.report import machine_info
+        from qprune.pipeline.report import machine_info
 
         machine = machine_info()
     except ImportError:  # report.py is another issue's module

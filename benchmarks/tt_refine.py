@@ -5,7 +5,7 @@ Three parts, one run, one model:
 1. **Scoring speed.** The distinct masks that the two TT runs below asked for (in the groups
    they asked for them) are scored again, the same budget four ways, interleaved group by group
    so that all see the same machine load: one gated forward pass per mask (``naive_score``, the
-   reference), and :class:`qprune.scoring.MaskScorer` three ways (:data:`SCORERS`), each adding
+   reference), and :class:`qprune.refine.scoring.MaskScorer` three ways (:data:`SCORERS`), each adding
    one of its means to the one before: gated layers without the prefix tree, layers cut to each
    mask's kept channels without the tree, and as shipped (cut layers, prefix tree, cost model).
    Each scorer also picks, by timing, the memory layout and how many images go through one
@@ -42,15 +42,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from qprune import pipeline
+from qprune.pipeline import run as pipeline
 from qprune.atomic import atomic_open, write_json
-from qprune.report import machine_info, training_summary
+from qprune.pipeline.report import machine_info, training_summary
 from qprune.errors import QpruneError
-from qprune.masking import apply_mask, prune_model, remove_gates
-from qprune.refine import RefineResult, layer_groups, refine, refine_chunked
-from qprune.scoring import MaskScorer, _ieee_fp32, naive_score
-from qprune.scoring import _clock as _sync_clock  # this file's _clock reads wall and CPU time
-from qprune.stats import count_macs
+from qprune.model.masking import apply_mask, prune_model, remove_gates
+from qprune.refine.tt import RefineResult, layer_groups, refine, refine_chunked
+from qprune.refine.scoring import MaskScorer, _ieee_fp32, naive_score
+from qprune.refine.scoring import _clock as _sync_clock  # this file's _clock reads wall and CPU time
+from qprune.model.stats import count_macs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIDD_CKPT = Path.home() / ".cache" / "qprune" / "denoise_sidd_f64.pt"
@@ -62,7 +62,7 @@ GOAL = 10.0  # the issue's speed-up goal for batched scoring over one mask per p
 
 
 def bench_machine() -> dict[str, Any]:
-    """:func:`qprune.report.machine_info` plus the protes version and where qprune was imported from."""
+    """:func:`qprune.pipeline.report.machine_info` plus the protes version and where qprune was imported from."""
     import protes
 
     import qprune
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     # ---- sub-problem: QUBO seed, TT refinement (recorded for the speed part)
-    from qprune.space import build_space
+    from qprune.model.space import build_space
 
     n_layers_all = len(build_space(model, problem.example_inputs(), **problem.prunable(model)).layers)
     n_layers = min(args.layers, n_layers_all)  # the Half-UNet has 12: "16 layers" is then all of them

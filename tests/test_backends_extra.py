@@ -17,7 +17,7 @@ import pytest
 
 from qprune.backends import available, get, info
 from qprune.errors import BackendUnavailable, QpruneError
-from qprune.orlib import load_instance
+from qprune.instances.orlib import load_instance
 
 HAS_OPENJIJ = importlib.util.find_spec("openjij") is not None
 HAS_DWAVE = importlib.util.find_spec("dwave.system") is not None
@@ -172,8 +172,8 @@ def test_openjij_initial_states_are_accepted_and_checked():
 
 @needs_openjij
 def test_openjij_works_in_the_gamma_search():
-    from qprune.cardinality import solve_exact_k
-    from qprune.synthetic import random_formulation
+    from qprune.solve.exact_k import solve_exact_k
+    from qprune.instances.synthetic import random_formulation
 
     f = random_formulation((5, 6, 7), seed=2)
     res = solve_exact_k(f, 6, "openjij", seed=0, sampler_params={"num_sweeps": 200})
@@ -259,8 +259,8 @@ def test_dwave_drops_non_qpu_parameters_with_a_warning():
 
 @needs_dwave
 def test_dwave_backend_in_the_gamma_search_embeds_once():
-    from qprune.cardinality import solve_exact_k
-    from qprune.synthetic import random_formulation
+    from qprune.solve.exact_k import solve_exact_k
+    from qprune.instances.synthetic import random_formulation
 
     f = random_formulation((4, 5), seed=1)
     s = get("dwave", qpu=_mock_qpu())
@@ -284,7 +284,7 @@ def test_dwave_hybrid_wrapper_ignores_reads_and_seed():
 def test_exact_k_cqm_is_built_as_stated():
     from qprune.backends.dwave import build_exact_k_cqm
 
-    from qprune.synthetic import random_formulation
+    from qprune.instances.synthetic import random_formulation
 
     f = random_formulation((3, 4), seed=0)
     obj = f.objective_bqm()
@@ -308,7 +308,7 @@ def test_exact_k_cqm_is_built_as_stated():
 def test_cqm_exact_k_matches_brute_force_with_an_exact_cqm_solver():
     from qprune.backends.dwave import solve_cqm_exact_k
 
-    from qprune.synthetic import random_formulation
+    from qprune.instances.synthetic import random_formulation
 
     f = random_formulation((4, 4), seed=3)
     obj = f.objective_bqm()
@@ -324,7 +324,7 @@ def test_cqm_exact_k_matches_brute_force_with_an_exact_cqm_solver():
 def test_cqm_exact_k_without_token_is_a_one_line_error(monkeypatch, tmp_path):
     from qprune.backends.dwave import solve_cqm_exact_k
 
-    from qprune.synthetic import random_formulation
+    from qprune.instances.synthetic import random_formulation
 
     _no_dwave_config(monkeypatch, tmp_path)
     with pytest.raises(BackendUnavailable, match="DWAVE_API_TOKEN"):

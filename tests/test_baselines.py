@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from qprune.baselines import greedy_prune, random_prune
+from qprune.solve.baselines import greedy_prune, random_prune
 from qprune.errors import QpruneError
 
 

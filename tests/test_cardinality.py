@@ -9,7 +9,7 @@ import dimod
 import numpy as np
 import pytest
 
-from qprune.cardinality import (
+from qprune.solve.exact_k import (
     ExactKResult,
     QuboArrays,
     lagrangian,
@@ -18,9 +18,9 @@ from qprune.cardinality import (
     swap_polish,
 )
 from qprune.errors import QpruneError
-from qprune.formulation import Formulation, formulate, preset_terms
-from qprune.synthetic import random_formulation, synthetic_instance
-from qprune.terms import compute_terms
+from qprune.qubo.formulation import Formulation, formulate, preset_terms
+from qprune.instances.synthetic import random_formulation, synthetic_instance
+from qprune.qubo.terms import compute_terms
 
 N_INSTANCES = 200
 # small and cheap: this is a correctness test, not a benchmark

@@ -7,10 +7,10 @@ import json
 import pytest
 
 import qprune.problems as problems
-from qprune import qubo_io
+from qprune.qubo import fileio as qubo_io
 from qprune.cli import main
-from qprune.pipeline import as_workload, finish
-from qprune.space import build_space
+from qprune.pipeline.run import as_workload, finish
+from qprune.model.space import build_space
 
 
 def test_export_solve_apply_round_trip_matches_in_process(tmp_path, capsys):

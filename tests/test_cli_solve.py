@@ -12,9 +12,9 @@ import dimod
 import pytest
 
 import qprune.commands
-from qprune import qubo_io
+from qprune.qubo import fileio as qubo_io
 from qprune.cli import main
-from qprune.synthetic import random_formulation
+from qprune.instances.synthetic import random_formulation
 
 
 @pytest.fixture(scope="module")

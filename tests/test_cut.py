@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from qprune.cut import ChannelCut
+from qprune.model.cut import ChannelCut
 from qprune.errors import QpruneError
-from qprune.masking import Gates, prune_model
-from qprune.space import build_space
+from qprune.model.masking import Gates, prune_model
+from qprune.model.space import build_space
 
 
 class BNNet(nn.Module):

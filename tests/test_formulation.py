@@ -10,9 +10,9 @@ import pytest
 import scipy.sparse
 
 from qprune.errors import QpruneError
-from qprune.formulation import Formulation, Weights, formulate, preset_terms
-from qprune.synthetic import random_formulation, synthetic_instance
-from qprune.terms import Term, compute_terms
+from qprune.qubo.formulation import Formulation, Weights, formulate, preset_terms
+from qprune.instances.synthetic import random_formulation, synthetic_instance
+from qprune.qubo.terms import Term, compute_terms
 
 WEIGHTS = Weights(alpha=0.7, alpha_f=1.3, beta_diag=0.4, beta_off=0.9, lam=1.7)
 

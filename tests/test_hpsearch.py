@@ -4,8 +4,8 @@ import math
 import pytest
 
 from qprune.errors import QpruneError
-from qprune.formulation import Weights
-from qprune.hpsearch import search_weights
+from qprune.qubo.formulation import Weights
+from qprune.pipeline.tune import search_weights
 
 
 def _peaked(w: Weights) -> float:

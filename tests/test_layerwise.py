@@ -1,4 +1,4 @@
-"""Layer-decomposed exact-k (qprune.layerwise) against brute force and against the gamma search."""
+"""Layer-decomposed exact-k (qprune.solve.layerwise) against brute force and against the gamma search."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from qprune.errors import QpruneError
-from qprune.layerwise import block_count_curve, solve, solve_layerwise
-from qprune.synthetic import random_formulation
+from qprune.solve.layerwise import block_count_curve, solve, solve_layerwise
+from qprune.instances.synthetic import random_formulation
 
 N = 18
 ALL = ((np.arange(1 << N)[:, None] >> np.arange(N)) & 1).astype(np.int8)  # every state of 3 x 6 vars
@@ -156,7 +156,7 @@ def test_a_sampler_instance_and_sampler_params_are_used():
 
 def test_result_beats_or_ties_the_gamma_search():
     """On the gamma search's own objective (gamma = 0) and on its final BQM."""
-    from qprune.cardinality import solve_exact_k
+    from qprune.solve.exact_k import solve_exact_k
 
     f = random_formulation((40, 32, 48, 36), seed=8)
     k = 60

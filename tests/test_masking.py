@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from qprune.errors import QpruneError
-from qprune.masking import Gates, _GateHook, apply_mask, remove_gates
-from qprune.space import build_space
+from qprune.model.masking import Gates, _GateHook, apply_mask, remove_gates
+from qprune.model.space import build_space
 
 
 
@@ -154,7 +154,7 @@ def test_gate_mode_validation_and_copies() -> None:
 
 @pytest.mark.parametrize("fmt", ["torchscript", pytest.param("export", marks=pytest.mark.slow)])
 def test_saved_model_loads_without_qprune(tmp_path, fmt: str) -> None:
-    from qprune.model_io import load_meta, save_pruned
+    from qprune.model.fileio import load_meta, save_pruned
 
     torch.manual_seed(0)
     model = _halfunet().eval()
@@ -187,7 +187,7 @@ def test_saved_model_loads_without_qprune(tmp_path, fmt: str) -> None:
 
 
 def test_stats_before_after() -> None:
-    from qprune.stats import compare_stats, count_params, measure_latency, model_stats
+    from qprune.model.stats import compare_stats, count_params, measure_latency, model_stats
 
     torch.manual_seed(0)
     model = _halfunet().eval()

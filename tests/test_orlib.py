@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qprune.errors import QpruneError
-from qprune.orlib import load_instance, read_bqp
+from qprune.instances.orlib import load_instance, read_bqp
 
 
 def test_read_bqp_energy_is_minus_the_maximised_objective(tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 import qprune.problems as problems
 from qprune.errors import QpruneError
-from qprune.pipeline import METHODS, prepare, prune, resolve_k, run_method
+from qprune.pipeline.run import METHODS, prepare, prune, resolve_k, run_method
 
 
 @pytest.fixture(scope="module")

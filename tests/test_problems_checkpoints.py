@@ -45,7 +45,7 @@ def test_shipped_checkpoints_are_small_and_documented() -> None:
 
 
 def test_training_summary_flags_a_short_run_from_the_checkpoint_record() -> None:
-    from qprune.report import training_summary
+    from qprune.pipeline.report import training_summary
 
     problem, _ = problems.load_pretrained("denoise")
     text = training_summary(problem.checkpoint_meta)

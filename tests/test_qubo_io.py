@@ -10,9 +10,9 @@ import dimod
 import numpy as np
 import pytest
 
-from qprune import qubo_io
+from qprune.qubo import fileio as qubo_io
 from qprune.errors import QpruneError
-from qprune.qubo_io import (
+from qprune.qubo.fileio import (
     FORMATS,
     export_bqm,
     export_constrained,
@@ -27,7 +27,7 @@ from qprune.qubo_io import (
 def save_bqm(bqm, path, *, k=None, **kw):
     """Penalised or constrained export, whichever k asks for."""
     return export_bqm(bqm, path, **kw) if k is None else export_constrained(bqm, k, path, **kw)
-from qprune.synthetic import random_formulation
+from qprune.instances.synthetic import random_formulation
 
 SUFFIX = {"dimod": ".bqm", "coo": ".coo", "json": ".json", "qubo": ".qubo", "lp": ".lp", "npz": ".npz"}
 CASES = [(fmt, k, False) for fmt in FORMATS for k in (None, 5)] + [("lp", None, True), ("lp", 5, True)]

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("protes")
 
 from qprune.errors import QpruneError
-from qprune.refine import RefineResult, layer_groups, refine, refine_chunked
+from qprune.refine.tt import RefineResult, layer_groups, refine, refine_chunked
 
 
 def _qubo(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -203,7 +203,7 @@ def test_protes_import_leaves_rcparams_alone() -> None:
     code = (
         "import matplotlib as mpl\n"
         "before = dict(mpl.rcParams)\n"
-        "from qprune.refine import _engine\n"
+        "from qprune.refine.tt import _engine\n"
         "_engine()\n"
         "import sys; assert 'protes' in sys.modules\n"
         "after = dict(mpl.rcParams)\n"
@@ -221,9 +221,9 @@ def test_refine_mask_on_a_model_keeps_caps_and_never_loses() -> None:
     import torch
     from qprune.problems.halfunet import HalfUNet
 
-    from qprune.refine import refine_mask
-    from qprune.scoring import naive_score
-    from qprune.space import build_space
+    from qprune.refine.tt import refine_mask
+    from qprune.refine.scoring import naive_score
+    from qprune.model.space import build_space
 
     torch.manual_seed(0)
     model = HalfUNet(width=8).eval()

@@ -9,8 +9,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from qprune.errors import QpruneError
-from qprune.signals import collect_signals
-from qprune.space import build_space
+from qprune.model.signals import collect_signals
+from qprune.model.space import build_space
 
 
 
@@ -158,7 +158,7 @@ def test_identical_channels_have_similarity_one():
     acts = sig.activations
     assert set(acts) == {0, 1} and acts[0].shape == (4, 40) and acts[1].shape == (6, 40)
     try:
-        from qprune.terms import pearson
+        from qprune.qubo.terms import pearson
     except ImportError:  # terms.py is another issue's; Pearson directly then
         pearson = np.corrcoef
     S = np.asarray(pearson(acts[1]))

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from qprune.errors import QpruneError
-from qprune.masking import apply_mask, equivalence_error
-from qprune.space import FilterSpace, build_space
+from qprune.model.masking import apply_mask, equivalence_error
+from qprune.model.space import FilterSpace, build_space
 
 
 

@@ -7,16 +7,16 @@ import pytest
 import scipy.sparse
 
 from qprune.errors import QpruneError
-from qprune.formulation import Weights, formulate
-from qprune.scaling import (
+from qprune.qubo.formulation import Weights, formulate
+from qprune.qubo.scaling import (
     cap_spectral_norm,
     magnitude_scale,
     normalise_terms,
     spectral_norm,
     unit_variance,
 )
-from qprune.synthetic import synthetic_instance
-from qprune.terms import (
+from qprune.instances.synthetic import synthetic_instance
+from qprune.qubo.terms import (
     Term,
     activation_similarity,
     capacity,

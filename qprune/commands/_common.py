@@ -62,7 +62,7 @@ def parse_weights(text: str | None) -> Any:
     """--weights as inline JSON or a JSON file (e.g. hpsearch's best-weights file)."""
     from dataclasses import fields
 
-    from qprune.formulation import Weights
+    from qprune.qubo.formulation import Weights
 
     if not text:
         return None

@@ -20,11 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qprune import qubo_io
-    from qprune.model_io import save_pruned
-    from qprune.pipeline import as_workload, finish
-    from qprune.report import render_markdown, summarize, write_report
-    from qprune.space import build_space
+    from qprune.qubo import fileio as qubo_io
+    from qprune.model.fileio import save_pruned
+    from qprune.pipeline.run import as_workload, finish
+    from qprune.pipeline.report import render_markdown, summarize, write_report
+    from qprune.model.space import build_space
 
     check_output(args.output, "--output")
     check_output(args.report, "--report")

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qprune.commands._common import load_problem_and_model, parse_weights
-    from qprune.compare import compare_methods
+    from qprune.pipeline.compare import compare_methods
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     weights = parse_weights(args.weights)

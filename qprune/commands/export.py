@@ -27,8 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qprune import qubo_io
-    from qprune.pipeline import method_spec, prepare, resolve_k, select_mask
+    from qprune.qubo import fileio as qubo_io
+    from qprune.pipeline.run import method_spec, prepare, resolve_k, select_mask
 
     check_amount(args)
     spec = method_spec(args.method)

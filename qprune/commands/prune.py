@@ -22,9 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qprune.model_io import save_pruned
-    from qprune.pipeline import method_spec, prune
-    from qprune.report import render_markdown, summarize, write_report
+    from qprune.model.fileio import save_pruned
+    from qprune.pipeline.run import method_spec, prune
+    from qprune.pipeline.report import render_markdown, summarize, write_report
 
     check_amount(args)
     method_spec(args.method)  # fail on a bad method before loading anything

@@ -51,7 +51,8 @@ def parse_params(items: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qprune import backends, qubo_io
+    from qprune import backends
+    from qprune.qubo import fileio as qubo_io
     from qprune.atomic import write_json
 
     # every check that can fail runs before any work, so a bad call writes nothing
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if k is None:
         labels, x, energy, info = _sample(bqm, args, params)
     else:
-        from qprune.cardinality import lagrangian, solve_exact_k
+        from qprune.solve.exact_k import lagrangian, solve_exact_k
 
         res = solve_exact_k(lagrangian(bqm), k, args.backend, args.seed, max_iter=args.max_iter,
                             search_reads=args.search_reads, final_reads=args.reads,

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qprune.commands._common import check_amount, check_output
-    from qprune.pipeline import method_spec, prepare, resolve_k, tune_weights
+    from qprune.pipeline.run import method_spec, prepare, resolve_k, tune_weights
 
     check_amount(args)
     method_spec(args.method)

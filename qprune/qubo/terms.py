@@ -21,7 +21,7 @@ name                      inputs                      what
 ========================  ==========================  ==============================================
 
 A term is named after the function that computes it. :func:`compute_terms` runs providers by name
-and then normalises (see :mod:`qprune.scaling`); a user
+and then normalises (see :mod:`qprune.qubo.scaling`); a user
 adds a term with :func:`register_term` and gives it a weight through ``Weights.extra``.
 """
 
@@ -37,7 +37,7 @@ import numpy as np
 import scipy.sparse
 
 from qprune.errors import QpruneError
-from qprune.scaling import normalise_terms, param_normalise
+from qprune.qubo.scaling import normalise_terms, param_normalise
 
 Block = tuple[np.ndarray, np.ndarray]
 
@@ -246,7 +246,7 @@ def compute_terms(
     ``inputs`` keys: ``l1``, ``taylor``, ``weight_fisher``, ``channel_fisher``, ``activations``,
     ``params``, ``layer_ids`` (optionally ``weights`` in place of ``l1``) plus anything a user term
     reads. ``options[name]`` is passed to that provider as keyword arguments. With ``scale`` each
-    term is brought to unit variance (:func:`qprune.scaling.normalise_terms`); ``spectral_cap`` then
+    term is brought to unit variance (:func:`qprune.qubo.scaling.normalise_terms`); ``spectral_cap`` then
     bounds the redundancy matrix's spectral norm.
     """
     n = _num_units(inputs)

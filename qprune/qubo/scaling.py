@@ -26,7 +26,7 @@ import scipy.sparse
 from qprune.errors import QpruneError
 
 if TYPE_CHECKING:  # terms.py imports this module; the dataclass is only needed for hints here
-    from qprune.terms import Term
+    from qprune.qubo.terms import Term
 
 DEFAULT_SKIP = ("capacity",)  # gamma is searched, so rescaling the reward would only move gamma
 DEFAULT_CAP_TERMS = ("l1_redundancy",)

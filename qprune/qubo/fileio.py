@@ -163,7 +163,7 @@ def export_formulation(
     format: str | None = None,
     linearize: bool = False,
 ) -> Path:
-    """Write a :class:`~qprune.formulation.Formulation`: ``gamma`` gives the BQM at that gamma,
+    """Write a :class:`~qprune.qubo.formulation.Formulation`: ``gamma`` gives the BQM at that gamma,
     ``k`` the constrained form (objective without the gamma term, sum(x) = k). Exactly one of them.
     """
     if (gamma is None) == (k is None):

@@ -640,7 +640,7 @@ def solve_exact_k(
     """Minimise the objective subject to exactly ``k`` ones, by a search on the capacity weight gamma.
 
     Args:
-        build: a :class:`qprune.formulation.Formulation` (anything with ``bqm(gamma)`` and
+        build: a :class:`qprune.qubo.formulation.Formulation` (anything with ``bqm(gamma)`` and
             ``reward``), or a callable ``gamma -> dimod.BinaryQuadraticModel`` whose linear biases are
             ``build(0).linear - gamma * reward`` (checked).
         k: number of ones (pruned units) wanted, ``0 <= k <= N``.

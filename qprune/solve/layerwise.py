@@ -46,8 +46,8 @@ from qprune.backends.classical import default_beta_range
 from qprune.errors import QpruneError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from qprune.cardinality import ExactKResult
-    from qprune.formulation import Formulation
+    from qprune.solve.exact_k import ExactKResult
+    from qprune.qubo.formulation import Formulation
 
 __all__ = ["block_count_curve", "solve", "solve_layerwise"]
 
@@ -767,7 +767,7 @@ def solve_layerwise(
     tabu_iters: int = 2,
     batch_variables: int | None = None,
 ) -> ExactKResult:
-    """Exactly-k solve of a block-diagonal :class:`~qprune.formulation.Formulation`, layer by layer.
+    """Exactly-k solve of a block-diagonal :class:`~qprune.qubo.formulation.Formulation`, layer by layer.
 
     Args:
         formulation: the QUBO; its blocks must be per layer (``Formulation.blocks``). Cross-layer
@@ -794,11 +794,11 @@ def solve_layerwise(
             (None: 1,024, or the backend's ``max_variables`` when it has one).
 
     Returns:
-        :class:`qprune.cardinality.ExactKResult` with exactly k ones, ``bqm = formulation.bqm(gamma)``,
+        :class:`qprune.solve.exact_k.ExactKResult` with exactly k ones, ``bqm = formulation.bqm(gamma)``,
         and ``info`` holding ``strategy="layerwise"``, the per-layer counts, per-layer times, which
         blocks were exact, the gamma and how it was chosen.
     """
-    from qprune.cardinality import ExactKResult
+    from qprune.solve.exact_k import ExactKResult
 
     t_start = time.perf_counter()
     for attr in ("blocks", "layer_ids", "linear", "reward", "labels"):
@@ -910,12 +910,12 @@ def solve_layerwise(
 
 def solve(formulation: Formulation, k: int, backend: str | dimod.Sampler = "neal", *,
           strategy: str = "gamma", seed: int | None = 0, **options: Any) -> ExactKResult:
-    """Exact-k with either strategy: ``"gamma"`` (:func:`qprune.cardinality.solve_exact_k`) or
+    """Exact-k with either strategy: ``"gamma"`` (:func:`qprune.solve.exact_k.solve_exact_k`) or
     ``"layerwise"`` (:func:`solve_layerwise`); ``options`` go to the chosen function."""
     if strategy == "layerwise":
         return solve_layerwise(formulation, k, backend, seed, **options)
     if strategy == "gamma":
-        from qprune.cardinality import solve_exact_k
+        from qprune.solve.exact_k import solve_exact_k
 
         return solve_exact_k(formulation, k, backend, seed, **options)
     raise QpruneError(f"unknown strategy {strategy!r}; choose 'gamma' or 'layerwise'")

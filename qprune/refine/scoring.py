@@ -3,7 +3,7 @@
 :class:`MaskScorer` maps masks ``[B, N]`` (1 = pruned) to one metric value per mask, each equal
 (up to float rounding) to what :func:`naive_score` -- one gated forward pass per mask -- gives:
 the mean over the validation batches of ``metric(model(x), y)``, weighted by batch size, with the
-model in eval mode and the units of the mask gated off (:class:`qprune.masking.Gates`: a unit is
+model in eval mode and the units of the mask gated off (:class:`qprune.model.masking.Gates`: a unit is
 zeroed at the inputs of its consumers).
 
 Where the speed comes from, all exact:
@@ -45,7 +45,7 @@ Where the speed comes from, all exact:
   output matches the standard pass (rtol 1e-4): a model whose samples interact in eval mode is
   never split.
 * **Layers cut to each mask (CPU).** Where one mask runs per pass anyway, a pass that belongs to
-  one mask alone does not gate full-size layers: :class:`qprune.cut.ChannelCut` swaps in the
+  one mask alone does not gate full-size layers: :class:`qprune.model.cut.ChannelCut` swaps in the
   parameters index-selected to the channels the mask keeps, so the pass runs the physically
   pruned layers (a pruned unit's zeros are simply not computed; F=64 Half-UNet at 36 %: 0.70 of
   the multiply-accumulates). A cut unit acts at its producer, before its gate would, so the
@@ -78,9 +78,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from qprune.cut import ChannelCut, channels_last
+from qprune.model.cut import ChannelCut, channels_last
 from qprune.errors import QpruneError
-from qprune.masking import Gates, _tensors, map_tensors
+from qprune.model.masking import Gates, _tensors, map_tensors
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Metric = Callable[[Any, torch.Tensor], float]
@@ -94,7 +94,7 @@ __all__ = ["MaskScorer", "naive_score"]
 
 
 def _gates_class() -> type:
-    """``qprune.masking.Gates`` -- per-sample gates over a batch replicated once per mask."""
+    """``qprune.model.masking.Gates`` -- per-sample gates over a batch replicated once per mask."""
     return Gates
 
 
@@ -106,7 +106,7 @@ class _Isolated:
         self.model = model
 
     def __enter__(self) -> None:
-        from qprune.masking import _GateHook
+        from qprune.model.masking import _GateHook
 
         self.others = {
             id(h.gates): h.gates for m in self.model.modules()
@@ -172,7 +172,7 @@ def _ieee_fp32(cuda: bool) -> Iterator[None]:
 
 def _replicate(x: torch.Tensor, copies: int) -> torch.Tensor:
     """``copies`` copies of a batch, mask-major: rows ``[j*b, (j+1)*b)`` belong to mask ``j``
-    (the layout :class:`qprune.masking.Gates` expects); a channels-last batch stays channels-last."""
+    (the layout :class:`qprune.model.masking.Gates` expects); a channels-last batch stays channels-last."""
     if copies == 1:
         return x
     out = x.unsqueeze(0).expand(copies, *x.shape).reshape(copies * x.shape[0], *x.shape[1:])
@@ -550,7 +550,7 @@ class MaskScorer:
     Args:
         model: the network (put in eval mode while scoring, restored afterwards; hooks are
             attached, and 4-D weights put in channels-last layout, only during a call).
-        space: its :class:`qprune.space.FilterSpace`.
+        space: its :class:`qprune.model.space.FilterSpace`.
         batches: validation ``(input, target)`` batches, fixed at construction.
         metric: ``metric(output, target) -> float``, higher is better (e.g. PSNR in dB); always
             called on a whole validation batch's output, in the standard memory layout.
@@ -570,7 +570,7 @@ class MaskScorer:
             times both layouts once (with the first batch) and keeps the faster. Layouts whose
             outputs do not match the standard pass (rtol 1e-4) are never chosen.
         physical: run each mask on the layers cut to the channels it keeps
-            (:class:`qprune.cut.ChannelCut`: the physically pruned network, no copy), one mask
+            (:class:`qprune.model.cut.ChannelCut`: the physically pruned network, no copy), one mask
             per pass, instead of gating the full-size layers. ``None``: on a CPU (where one mask
             per pass is the fast way anyway), not on a GPU (where many gated masks share a pass).
             The cut is checked against the gated model once (outputs within rtol 1e-4) and not

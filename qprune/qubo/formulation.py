@@ -10,7 +10,7 @@ Minimise E(x) = sum_i Q_ii x_i + sum_{i<j} Q_ij x_i x_j with x_i = 1 meaning "un
 (the paper's L1-QUBO has a single beta: beta_diag == beta_off, the default). ``fisher`` picks what
 I_F is: ``taylor`` (I_T again, so the Taylor weight becomes alpha + alpha_F), ``weight`` (I_WF),
 ``channel`` (I_CF) or ``both`` (I_WF + I_CF, each normalised on its own). ``Weights.extra`` adds any
-registered term with its own weight. Terms are as returned by :func:`qprune.terms.compute_terms`
+registered term with its own weight. Terms are as returned by :func:`qprune.qubo.terms.compute_terms`
 (the A term's blocks already hold 2 A_ij, the similarity's blocks max(0, S_ij)).
 
 Every default term lives within one layer, so the QUBO is block-diagonal by layer: a
@@ -28,8 +28,8 @@ import numpy as np
 import scipy.sparse
 
 from qprune.errors import QpruneError
-from qprune.scaling import upper_pairs
-from qprune.terms import Block, Term, validate_term
+from qprune.qubo.scaling import upper_pairs
+from qprune.qubo.terms import Block, Term, validate_term
 
 PRESETS = ("hybrid", "gradient", "l1")
 FISHER_CHOICES = ("taylor", "weight", "channel", "both")
@@ -58,7 +58,7 @@ class Weights:
 
 
 def preset_terms(preset: str = "hybrid", fisher: str = "taylor", weights: Weights | None = None) -> tuple[str, ...]:
-    """Names of the terms a preset reads (what :func:`qprune.terms.compute_terms` must produce)."""
+    """Names of the terms a preset reads (what :func:`qprune.qubo.terms.compute_terms` must produce)."""
     return tuple(dict.fromkeys(["capacity"] + [n for n, _, _ in _contributions(preset, fisher, weights or Weights())]))
 
 

@@ -1,9 +1,9 @@
 """One mask at a time, the model's layers cut to the kept channels in place: no copy, no re-tracing.
 
-:func:`qprune.masking.prune_model` builds a physically smaller copy of a model with torch-pruning,
+:func:`qprune.model.masking.prune_model` builds a physically smaller copy of a model with torch-pruning,
 which takes a deep copy and a dependency-graph trace per mask (~0.16 s for the F=64 Half-UNet).
 Scoring thousands of candidate masks needs the same arithmetic for far less: every tensor a unit
-removes is already listed in the filter space (:attr:`qprune.space.Unit.slices`), so a mask's
+removes is already listed in the filter space (:attr:`qprune.model.space.Unit.slices`), so a mask's
 pruned network is the original parameters index-selected along those dimensions. :class:`ChannelCut`
 swaps such views in (``param.data``) for one mask, adjusts what a layer reads from its own
 attributes rather than from its weights (the ``groups`` of a depthwise convolution, the
@@ -14,7 +14,7 @@ A cut network computes the same function as the gated one (a pruned unit contrib
 up to float rounding, where the space's slices describe every tensor the units touch. Layers the
 space does not describe (a BatchNorm without affine parameters, an op that reads channel counts
 from a module attribute not adjusted here) would make the cut network differ or fail, which is
-why :class:`qprune.scoring.MaskScorer` checks a cut against the gated model before it uses it.
+why :class:`qprune.refine.scoring.MaskScorer` checks a cut against the gated model before it uses it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class ChannelCut:
         model: the network of the filter space; its tensors are replaced (``.data``) while the
             context is open and put back on exit (also on error). Run it under
             ``torch.no_grad()``/``inference_mode``: cut tensors are not trained.
-        space: its :class:`qprune.space.FilterSpace`.
+        space: its :class:`qprune.model.space.FilterSpace`.
 
     ``set(mask)`` with a 0/1 array ``[N]`` (1 = pruned) may be called any number of times inside
     the context; each call cuts from the original tensors as they were when the context opened

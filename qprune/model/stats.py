@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qprune.space import _as_tuple
+from qprune.model.space import _as_tuple
 
 __all__ = ["compare_latency", "compare_stats", "count_macs", "count_params", "measure_latency", "model_stats"]
 

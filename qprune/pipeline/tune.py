@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 from qprune.atomic import write_json
 from qprune.errors import QpruneError
-from qprune.formulation import Weights
+from qprune.qubo.formulation import Weights
 
 #: Default log-uniform ranges for each weight; a weight that a preset ignores is still sampled but
 #: has no effect, so restrict ``space`` to the preset's weights for a tighter search.

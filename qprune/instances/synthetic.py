@@ -2,7 +2,7 @@
 
 :func:`synthetic_instance` returns ``compute_terms`` inputs shaped like the full Half-UNet (about
 4,000 prunable units in layers of 64 or 128, dense within a layer); :func:`random_formulation`
-returns a small random :class:`~qprune.formulation.Formulation` with arbitrary signs, for testing
+returns a small random :class:`~qprune.qubo.formulation.Formulation` with arbitrary signs, for testing
 solvers and file formats.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse
 
 from qprune.errors import QpruneError
-from qprune.formulation import Formulation
+from qprune.qubo.formulation import Formulation
 
 
 def synthetic_instance(
@@ -25,7 +25,7 @@ def synthetic_instance(
     *,
     n_samples: int = 256,
 ) -> dict[str, Any]:
-    """Inputs for :func:`qprune.terms.compute_terms` plus ``labels``.
+    """Inputs for :func:`qprune.qubo.terms.compute_terms` plus ``labels``.
 
     Layers get sizes drawn from ``layer_sizes`` (the last one is cut to reach ``n_units``). Per unit:
     ``params`` = C_in K^2 + 1 with C_in the previous layer's width and K in {1, 3}; ``l1`` near the

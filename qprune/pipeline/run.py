@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from qprune.baselines import greedy_prune, random_prune
+from qprune.solve.baselines import greedy_prune, random_prune
 from qprune.errors import QpruneError
-from qprune.formulation import Formulation, Weights, formulate, preset_terms
-from qprune.signals import Signals, collect_signals
-from qprune.space import FilterSpace, build_space
-from qprune.terms import compute_terms, term_requirements
+from qprune.qubo.formulation import Formulation, Weights, formulate, preset_terms
+from qprune.model.signals import Signals, collect_signals
+from qprune.model.space import FilterSpace, build_space
+from qprune.qubo.terms import compute_terms, term_requirements
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -285,7 +285,7 @@ def prune(
         refine: ``None`` or ``"tt"`` (PROTES refinement of the QUBO mask on the validation metric).
         weights: QUBO weights (alpha, alpha_f, beta_diag, beta_off, lam); gamma is searched.
         fisher: which Fisher term the hybrid preset uses: taylor|weight|channel|both.
-        layers / exclude / min_keep: restrict the filter space (see :func:`qprune.space.build_space`).
+        layers / exclude / min_keep: restrict the filter space (see :func:`qprune.model.space.build_space`).
         seed: seeds every random step; the same seed gives the same mask.
         remove: also build the physically smaller model (``pruned_model``).
 
@@ -359,7 +359,7 @@ def select_mask(
         out.update(formulation=formulation, bqm=solved.bqm, gamma=solved.gamma, info=dict(solved.info))
     out["timings"]["solve"] = time.perf_counter() - t0
     if do_refine:
-        from qprune.refine import refine_mask
+        from qprune.refine.tt import refine_mask
 
         t0 = time.perf_counter()
         refined = refine_mask(prep.model, space, prep.work, x, k, budget=tt_budget, seed=seed, progress=progress)
@@ -445,12 +445,12 @@ def solve_formulation(
     """Exact-k solve of a formulation with the gamma search or the layerwise strategy."""
     options = dict(solver_options or {})
     if strategy == "layerwise":
-        from qprune.layerwise import solve_layerwise
+        from qprune.solve.layerwise import solve_layerwise
 
         max_per_layer = None if max_per_group is None else max_per_group[1]
         return solve_layerwise(formulation, k, backend=backend, seed=seed, max_per_layer=max_per_layer,
                                sampler_params=dict(sampler_params or {}), progress=progress, **options)
-    from qprune.cardinality import solve_exact_k
+    from qprune.solve.exact_k import solve_exact_k
 
     return solve_exact_k(formulation, k, backend=backend, seed=seed, max_per_group=max_per_group,
                          sampler_params=dict(sampler_params or {}), progress=progress, **options)
@@ -467,8 +467,8 @@ def finish(
     progress: bool = False,
 ) -> PruneResult:
     """Apply a mask, evaluate before/after on the test batches, and measure both models."""
-    from qprune.masking import apply_mask
-    from qprune.stats import model_stats
+    from qprune.model.masking import apply_mask
+    from qprune.model.stats import model_stats
 
     timings = dict(timings or {})
     example = work.test[0][0][:1]
@@ -494,7 +494,7 @@ def finish(
 
 def validation_score(prep: Prepared, mask: np.ndarray) -> float:
     """The headline metric of the gated model on the validation batches (higher is better)."""
-    from qprune.masking import apply_mask
+    from qprune.model.masking import apply_mask
 
     gated = apply_mask(copy.deepcopy(prep.model), prep.space, np.asarray(mask, dtype=bool), mode="gate")
     values = evaluate(gated, prep.work.validation, prep.work.metrics)
@@ -522,9 +522,9 @@ def tune_weights(
     """Search the QUBO weights of ``method`` for the best validation metric at exactly ``k``.
 
     gamma is found by the exact-k search inside every trial; only the weights that the method's
-    preset reads are searched. Returns :class:`qprune.hpsearch.SearchResult`.
+    preset reads are searched. Returns :class:`qprune.pipeline.tune.SearchResult`.
     """
-    from qprune.hpsearch import DEFAULT_SPACE, PRESET_WEIGHTS, search_weights
+    from qprune.pipeline.tune import DEFAULT_SPACE, PRESET_WEIGHTS, search_weights
 
     spec = method_spec(method)
     if spec.kind != "qubo":

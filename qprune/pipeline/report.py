@@ -57,7 +57,7 @@ def training_summary(meta: Mapping[str, Any]) -> str:
 
 
 def summarize(result: Any, *, backend: str | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """JSON-ready summary of a :class:`qprune.pipeline.PruneResult`."""
+    """JSON-ready summary of a :class:`qprune.pipeline.run.PruneResult`."""
     info = {k: v for k, v in result.solver_info.items() if _jsonable(v)}
     out = {
         "method": result.method,

@@ -1,6 +1,6 @@
 """Calibration signals for the QUBO terms, collected in ONE pass (forward + backward per batch).
 
-Per unit ``i`` (a :class:`qprune.space.Unit`; multi-member units SUM over their members):
+Per unit ``i`` (a :class:`qprune.model.space.Unit`; multi-member units SUM over their members):
 
 * ``l1``: mean |w| over the member filters' weights (biases excluded): Σ|w| / count, pooled over
   members. Needs no data.
@@ -9,7 +9,7 @@ Per unit ``i`` (a :class:`qprune.space.Unit`; multi-member units SUM over their 
 * ``weight_fisher``: ``Σ_{w∈W_i} F_w w²`` with ``F_w`` the running average of ``g_w²`` over batches.
 * ``channel_fisher``: a virtual gate ``m_i`` (all ones) multiplies the unit's channels at every
   gate position — the consumers' inputs, exactly where pruning zeroes the unit (see
-  :mod:`qprune.masking`), so ``m_i = 0`` IS the pruned network. ``d_i = ∂L/∂m_i = Σ_positions
+  :mod:`qprune.model.masking`), so ``m_i = 0`` IS the pruned network. ``d_i = ∂L/∂m_i = Σ_positions
   Σ_{n,space} A ∂L/∂A`` (autograd of the gate, exact), divided by the batch size; with
   ``fisher_space="mean"`` also by the spatial size of the unit's activation site (DESIGN.md's
   "mean over batch and space"), which biases a global ranking against high-resolution layers, so
@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from qprune.errors import QpruneError
-from qprune.space import FilterSpace
+from qprune.model.space import FilterSpace
 
 __all__ = ["ALL_SIGNALS", "Signals", "collect_signals"]
 
@@ -149,7 +149,7 @@ def collect_signals(
 
     Args:
         model: the unpruned model the space was built on (any device; batches are moved to it).
-        space: its :class:`~qprune.space.FilterSpace`.
+        space: its :class:`~qprune.model.space.FilterSpace`.
         batches: iterable of ``(inputs, target)``; ``inputs`` a tensor or a tuple of tensors.
         loss_fn: ``loss_fn(output, target)`` -> scalar tensor (minimised).
         needs: subset of :data:`ALL_SIGNALS`; ``l1`` is always filled (it needs no data).

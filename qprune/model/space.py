@@ -39,7 +39,7 @@ Parameter counts
     sums, which run over those same weights.
 
 Exactness: gate == removal
-    The gate of a unit (see :mod:`qprune.masking`) zeroes its channels at the *consumers' inputs*
+    The gate of a unit (see :mod:`qprune.model.masking`) zeroes its channels at the *consumers' inputs*
     (``Unit.inputs``), i.e. after BatchNorm, activation, pooling, residual adds — exactly where
     physical removal takes the channel away. That makes the gated network equal to the physically
     pruned one whenever every path of the channel ends in a consumer and nothing on the way mixes
@@ -176,7 +176,7 @@ class FilterSpace:
         return np.maximum(self.layer_sizes - self.min_keep, 0)
 
     def max_per_group(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(group id per unit, max pruned per group)`` for :func:`qprune.cardinality.solve_exact_k`."""
+        """``(group id per unit, max pruned per group)`` for :func:`qprune.solve.exact_k.solve_exact_k`."""
         return self.layer_ids, self.max_pruned_per_layer
 
     def layer_units(self, layer: int | str) -> np.ndarray:
@@ -835,7 +835,7 @@ def _select_layers(
 
 def _verified(model: nn.Module, space: FilterSpace, inputs: tuple[Any, ...]) -> FilterSpace:
     """Drop layers whose gated and removed networks differ with one of their units pruned."""
-    from qprune.masking import equivalence_error
+    from qprune.model.masking import equivalence_error
 
     def probe(lids: Sequence[int]) -> str | None:
         mask = np.zeros(space.N, dtype=bool)

@@ -3,7 +3,7 @@
 Gate placement: a pruned unit is zeroed at the INPUT of every consumer (``Unit.inputs``: the next
 convs / linears, after BatchNorm, activations, pooling and residual adds), because that is exactly
 where physical removal takes the channel away. Zeroing a conv's raw output would not be the same
-(``BN(0) = beta - mean·gamma/sigma`` is not zero). With the exclusions of :mod:`qprune.space`, the
+(``BN(0) = beta - mean·gamma/sigma`` is not zero). With the exclusions of :mod:`qprune.model.space`, the
 gated model therefore computes the same function as the physically pruned one (up to float
 rounding: summing fewer terms vs. summing zeros).
 
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from qprune.errors import QpruneError
-from qprune.space import FilterSpace, _as_tuple, build_dependency_graph
+from qprune.model.space import FilterSpace, _as_tuple, build_dependency_graph
 
 __all__ = ["Gates", "apply_mask", "equivalence_error", "prune_model", "remove_gates"]
 
@@ -261,7 +261,7 @@ def prune_model(
 
     One torch-pruning group per layer (the root's pruned channels) is pruned; the dependency graph
     couples every member, BN, per-channel parameter and consumer slice exactly as
-    :func:`qprune.space.build_space` saw them. ``example_inputs`` (for re-tracing) default to random
+    :func:`qprune.model.space.build_space` saw them. ``example_inputs`` (for re-tracing) default to random
     tensors of the shapes the space was built with. Gate hooks on ``model`` are not copied.
     """
     m = space.check_mask(mask)

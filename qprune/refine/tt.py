@@ -795,14 +795,14 @@ def refine_mask(
 
     ``problem`` is a :class:`qprune.problems.Problem` (``validation_batches()``, ``metric``) or
     the pipeline's ``Workload`` (``validation``, ``metrics`` + ``primary``); ``batches`` /
-    ``metric`` override what it provides. A :class:`qprune.scoring.MaskScorer` (batched, exact,
+    ``metric`` override what it provides. A :class:`qprune.refine.scoring.MaskScorer` (batched, exact,
     cached) scores the masks; the per-layer limit ``space.max_pruned_per_layer`` (when the space
     has one) is kept. ``chunked=True`` runs :func:`refine_chunked` over consecutive-layer chunks
     of about ``group_size`` units (:func:`layer_groups`); otherwise :func:`refine` on the whole
     mask. ``options`` go
     to the stage; ``result.info["scorer"]`` holds the scorer's statistics.
     """
-    from qprune.scoring import MaskScorer
+    from qprune.refine.scoring import MaskScorer
 
     val_batches, metric_fn = _validation_of(problem, batches, metric)
     x0 = _as_mask(seed_mask, list(space.labels) if isinstance(seed_mask, Mapping) else None)

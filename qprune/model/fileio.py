@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from qprune.errors import QpruneError
-from qprune.space import _as_tuple
+from qprune.model.space import _as_tuple
 
 __all__ = ["load_meta", "load_pruned", "save_pruned"]
 

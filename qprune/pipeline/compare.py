@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 
 from qprune.atomic import atomic_open, write_json
 from qprune.errors import QpruneError
-from qprune.pipeline import method_spec, prepare, resolve_k, run_method, tune_weights
-from qprune.report import aggregate, compare_markdown, machine_info, plot_metric_vs_sparsity
+from qprune.pipeline.run import method_spec, prepare, resolve_k, run_method, tune_weights
+from qprune.pipeline.report import aggregate, compare_markdown, machine_info, plot_metric_vs_sparsity
 
 
 def compare_rows(
