@@ -10,7 +10,7 @@ TORCH   := torch==2.13.0
 # so it goes in without deps; tests/conftest.py defines the two op schemas its import needs.
 TVISION := torchvision==0.28.0
 
-.PHONY: demo test test-slow install bench bench-qubo bench-speed bench-backends bench-tt bench-paper gpu-bundle train-sidd clean
+.PHONY: demo test test-slow install bench bench-qubo bench-speed bench-backends bench-tt bench-paper bench-train gpu-bundle train-sidd clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -71,7 +71,11 @@ train-sidd: $(STAMP)
 bench-paper: $(STAMP)
 	$(VPY) benchmarks/paper_tables.py --checkpoint $(SIDD_CKPT) --vary-calibration
 
-bench: bench-qubo bench-speed bench-backends bench-tt bench-paper
+# Training step time per setting (layout, precision, compile, threads) and the fp32-vs-bf16 quality check.
+bench-train: $(STAMP)
+	$(VPY) benchmarks/train_speed.py
+
+bench: bench-qubo bench-speed bench-backends bench-tt bench-paper bench-train
 
 clean:
 	rm -rf $(VENV) out *.egg-info .gpu

@@ -13,7 +13,7 @@ from torch import nn
 
 from . import training
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = training.Batch
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -29,8 +29,21 @@ from qprune.errors import QpruneError
 
 from .plain import plain
 
-if TYPE_CHECKING:  # only for annotations: base.py imports this module
-    from .base import Batch, BaseProblem
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Trainable(Protocol):
+    """What the loop needs of a problem (:class:`qprune.problems.Trainable` provides it all)."""
+
+    name: ClassVar[str]
+    config: dict
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+    def evaluate(self, model: nn.Module, batches: Sequence[Batch] | None = None) -> dict[str, float]: ...
+    def calibration_batches(self) -> list[Batch]: ...
+    def validation_batches(self) -> list[Batch]: ...
+    def _train_epoch_batches(self, epoch: int, rng: np.random.Generator) -> Iterator[Batch]: ...
+    def _train_epoch_len(self) -> int: ...
 
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("cosine", "step")
@@ -137,7 +150,7 @@ class _Run:
         return len(self.history)
 
 
-def save_state(path: Path, problem: BaseProblem, settings: TrainSettings, run: _Run) -> None:
+def save_state(path: Path, problem: Trainable, settings: TrainSettings, run: _Run) -> None:
     """Write the run's whole state atomically (a stop mid-write keeps the previous epoch's file)."""
     payload = {
         "format": STATE_FORMAT, "version": STATE_VERSION, "problem": problem.name,
@@ -151,7 +164,7 @@ def save_state(path: Path, problem: BaseProblem, settings: TrainSettings, run: _
         torch.save(payload, fh)
 
 
-def load_state(path: Path, problem: BaseProblem, settings: TrainSettings, run: _Run) -> None:
+def load_state(path: Path, problem: Trainable, settings: TrainSettings, run: _Run) -> None:
     """Restore ``run`` from ``path``; the problem and settings must be the ones the file was made with."""
     try:
         st = torch.load(path, map_location="cpu", weights_only=True)
@@ -192,31 +205,40 @@ def _layout(x: torch.Tensor, settings: TrainSettings) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if settings.channels_last and x.dim() == 4 else x
 
 
-def train_epoch(problem: BaseProblem, run: _Run, settings: TrainSettings, device: str, epoch: int,
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               x: torch.Tensor, y: torch.Tensor, settings: TrainSettings, device: str) -> torch.Tensor:
+    """One optimiser step on one batch in the run's layout and precision; returns the float32 loss."""
+    x = _layout(x.to(device, non_blocking=True), settings)
+    y = y.to(device, non_blocking=True)
+    opt.zero_grad(set_to_none=True)
+    with _autocast(settings, device):
+        out = model(x)
+    loss = loss_fn(out.float(), y)  # the loss in float32 whatever the forward ran in
+    if not torch.isfinite(loss):
+        raise QpruneError(f"training diverged (loss {loss.item()}); lower --lr")
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+def train_epoch(problem: Trainable, run: _Run, settings: TrainSettings, device: str, epoch: int,
                 on_batch: Callable[[float], None]) -> float:
     """One epoch of Adam steps; returns the sample-weighted mean training loss."""
     run.model.train()
     running, seen = 0.0, 0
-    batches: Iterator[Batch] = problem._train_epoch_batches(epoch, run.rng)
-    for x, y in batches:
-        x = _layout(x.to(device, non_blocking=True), settings)
-        y = y.to(device, non_blocking=True)
-        run.opt.zero_grad(set_to_none=True)
-        with _autocast(settings, device):
-            out = run.model(x)
-        loss = problem.loss(out.float(), y)  # the loss in float32 whatever the forward ran in
-        if not torch.isfinite(loss):
-            raise QpruneError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr")
-        loss.backward()
-        run.opt.step()
+    for x, y in problem._train_epoch_batches(epoch, run.rng):
+        try:
+            loss = train_step(run.model, run.opt, problem.loss, x, y, settings, device)
+        except QpruneError as exc:
+            raise QpruneError(f"epoch {epoch + 1}: {exc}") from None
         run.sched.step()
-        running += float(loss.detach()) * x.shape[0]
+        running += float(loss) * x.shape[0]
         seen += int(x.shape[0])
         on_batch(running / seen)
     return running / max(seen, 1)
 
 
-def epoch_row(problem: BaseProblem, model: nn.Module, epoch: int, lr: float, train_loss: float, seconds: float,
+def epoch_row(problem: Trainable, model: nn.Module, epoch: int, lr: float, train_loss: float, seconds: float,
               train_eval: Sequence[Batch], val: Sequence[Batch]) -> dict[str, float]:
     """The history row of one epoch: its first learning rate, loss, float32 metrics on train and val."""
     row: dict[str, float] = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss}
@@ -226,7 +248,7 @@ def epoch_row(problem: BaseProblem, model: nn.Module, epoch: int, lr: float, tra
     return row
 
 
-def fit(problem: BaseProblem, model: nn.Module, settings: TrainSettings, *, device: str = "cpu",
+def fit(problem: Trainable, model: nn.Module, settings: TrainSettings, *, device: str = "cpu",
         state: Path | None = None, resume: bool = False, progress: bool = True,
         log: Callable[[str], None] | None = None) -> _Run:
     """Train ``model`` for ``settings.epochs``; save ``state`` after each epoch, resume from it if asked.
