@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from qprune.errors import QpruneError
-from qprune.model.masking import Gates, _GateHook, apply_mask, remove_gates
+from qprune.model.masking import GateHook, Gates, apply_mask, remove_gates
 from qprune.model.space import build_space
 
 
@@ -121,7 +121,7 @@ def test_batched_gates_equal_separate_forwards() -> None:
         assert float((batched[b] - singles[b]).abs().max()) < 1e-5
     assert float((batched[3] - ref).abs().max()) < 1e-5
     assert float((batched[0] - batched[1]).abs().max()) > 1e-3
-    assert not any(isinstance(h, _GateHook) for mod in model.modules() for h in mod._forward_pre_hooks.values())
+    assert not any(isinstance(h, GateHook) for mod in model.modules() for h in mod._forward_pre_hooks.values())
     with pytest.raises(QpruneError, match="not a multiple"), Gates(model, space) as g2, torch.no_grad():
         g2.set(masks[:3])
         model(x)  # batch 2 cannot carry 3 masks

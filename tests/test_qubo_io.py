@@ -98,6 +98,12 @@ def test_export_formulation_needs_exactly_one_of_gamma_and_k(tmp_path, form):
         export_formulation(form, tmp_path / "m.json", k=13)
 
 
+def test_every_format_has_a_writer_and_a_reader():
+    assert set(qubo_io.WRITERS) == set(qubo_io.READERS) == set(FORMATS)
+    suffixes = [s for table in (FORMATS, qubo_io.SAMPLE_FORMATS) for s in table.values()]
+    assert all(s.startswith(".") and s == s.lower() for group in suffixes for s in group)
+
+
 def test_writes_are_atomic(tmp_path, form, monkeypatch):
     target = tmp_path / "m.coo"
     target.write_text("previous content\n")
@@ -106,7 +112,7 @@ def test_writes_are_atomic(tmp_path, form, monkeypatch):
         f.write(b"half a file")
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(qubo_io, "_write_coo", broken)
+    monkeypatch.setitem(qubo_io.WRITERS, "coo", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
         save_bqm(form.bqm(0.0), target)
     assert target.read_text() == "previous content\n"  # the old file is untouched

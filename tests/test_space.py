@@ -12,6 +12,7 @@ from torch import nn
 from qprune.errors import QpruneError
 from qprune.model.masking import apply_mask, equivalence_error
 from qprune.model.space import FilterSpace, build_space
+from qprune.model.verification import without_layers
 
 
 
@@ -243,3 +244,15 @@ def test_flatten_into_linear_and_linear_units():
     assert sum(p.numel() for p in pruned.parameters()) == space.predicted_params(mask)
     err, scale = equivalence_error(m, space, mask, x)
     assert err < 1e-5 and scale > 0.05
+
+
+def test_without_layers_keeps_the_rest_consistent(resnet_space):
+    _, space = resnet_space
+    drop = {space.layers[0]: "because", space.layers[3]: "also"}
+    small = without_layers(space, drop)
+    assert small.layers == [n for n in space.layers if n not in drop]
+    assert small.N == space.N - int(space.layer_sizes[[0, 3]].sum())
+    assert small.excluded[space.layers[0]] == "because" and small.excluded[space.layers[3]] == "also"
+    assert set(small.consumer_channels) == {p for u in small.units for p, _ in u.inputs}
+    assert set(small.param_shapes) == {p for u in small.units for p, _, _ in u.slices}
+    assert small.total_params == space.total_params and space.N > small.N  # the original is untouched

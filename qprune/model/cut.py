@@ -19,6 +19,7 @@ why :class:`qprune.refine.scoring.MaskScorer` checks a cut against the gated mod
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,8 @@ import torch
 from torch import nn
 
 from qprune.errors import QpruneError
+from qprune.model.discovery import is_depthwise
+from qprune.model.units import FilterSpace
 
 __all__ = ["ChannelCut", "channels_last"]
 
@@ -39,40 +42,19 @@ class ChannelCut:
         model: the network of the filter space; its tensors are replaced (``.data``) while the
             context is open and put back on exit (also on error). Run it under
             ``torch.no_grad()``/``inference_mode``: cut tensors are not trained.
-        space: its :class:`qprune.model.space.FilterSpace`.
+        space: its :class:`qprune.model.units.FilterSpace`.
 
     ``set(mask)`` with a 0/1 array ``[N]`` (1 = pruned) may be called any number of times inside
     the context; each call cuts from the original tensors as they were when the context opened
     (so a layout change made before entering, e.g. channels-last weights, is kept).
     """
 
-    def __init__(self, model: nn.Module, space: Any) -> None:
+    def __init__(self, model: nn.Module, space: FilterSpace) -> None:
         self.model, self.n = model, int(space.N)
         tensors: dict[str, torch.Tensor] = dict(model.named_parameters())
         modules = dict(model.named_modules())
-        # owner[name][dim][i]: the unit whose removal takes index i of that dim, -1 = always kept
-        owners: dict[str, dict[int, np.ndarray]] = {}
-        for u, unit in enumerate(space.units):
-            for name, dim, idxs in unit.slices:
-                if name not in tensors:
-                    raise QpruneError(f"model has no parameter {name!r} of the filter space")
-                own = owners.setdefault(name, {}).setdefault(
-                    dim, np.full(tensors[name].shape[dim], -1, dtype=np.int64))
-                ix = np.asarray(idxs, dtype=np.int64)
-                if np.any(own[ix] >= 0):
-                    raise QpruneError(f"units overlap on {name!r} dim {dim}: cannot cut them apart")
-                own[ix] = u
-        # running statistics follow the norm layer's affine parameters (not listed as slices)
-        for name in list(owners):
-            path, _, leaf = name.rpartition(".")
-            mod = modules.get(path)
-            if leaf == "weight" and isinstance(mod, _NORMS) and 0 in owners[name]:
-                for buf in ("running_mean", "running_var"):
-                    t = getattr(mod, buf, None)
-                    if isinstance(t, torch.Tensor):
-                        full = f"{path}.{buf}"
-                        tensors[full] = t
-                        owners[full] = {0: owners[name][0]}
+        owners = _slice_owners(space, tensors)
+        _add_running_stats(owners, tensors, modules)
         self._plan = [(tensors[name], sorted(dims.items())) for name, dims in owners.items()]
         # the units each tensor depends on: a tensor whose units' bits did not change since the
         # last set() keeps its cut (consecutive masks of a search mostly differ in a few layers)
@@ -80,11 +62,7 @@ class ChannelCut:
                       for dims in owners.values()]
         self._last: list[bytes | None] = [None] * len(self._plan)
         touched = {name.rpartition(".")[0] for name in owners}
-        self._depthwise = [
-            modules[p] for p in touched
-            if isinstance(modules.get(p), nn.modules.conv._ConvNd)
-            and 1 < modules[p].groups == modules[p].in_channels == modules[p].out_channels
-        ]
+        self._depthwise = [modules[p] for p in touched if is_depthwise(modules.get(p))]
         self._groupnorms = [
             modules[p] for p in touched
             if isinstance(modules.get(p), nn.GroupNorm)
@@ -145,6 +123,38 @@ class ChannelCut:
                 self._index.clear()
             idx = self._index[key] = torch.from_numpy(np.flatnonzero(keep)).to(device)
         return idx
+
+
+def _slice_owners(space: FilterSpace, tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[int, np.ndarray]]:
+    """owner[name][dim][i]: the unit whose removal takes index i of that dim, -1 = always kept."""
+    owners: dict[str, dict[int, np.ndarray]] = {}
+    for u, unit in enumerate(space.units):
+        for name, dim, idxs in unit.slices:
+            if name not in tensors:
+                raise QpruneError(f"model has no parameter {name!r} of the filter space")
+            own = owners.setdefault(name, {}).setdefault(
+                dim, np.full(tensors[name].shape[dim], -1, dtype=np.int64))
+            ix = np.asarray(idxs, dtype=np.int64)
+            if np.any(own[ix] >= 0):
+                raise QpruneError(f"units overlap on {name!r} dim {dim}: cannot cut them apart")
+            own[ix] = u
+    return owners
+
+
+def _add_running_stats(
+    owners: dict[str, dict[int, np.ndarray]], tensors: dict[str, torch.Tensor], modules: Mapping[str, nn.Module],
+) -> None:
+    """Running statistics follow their norm layer's affine parameters (the space does not list them)."""
+    for name in list(owners):
+        path, _, leaf = name.rpartition(".")
+        mod = modules.get(path)
+        if leaf == "weight" and isinstance(mod, _NORMS) and 0 in owners[name]:
+            for buf in ("running_mean", "running_var"):
+                t = getattr(mod, buf, None)
+                if isinstance(t, torch.Tensor):
+                    full = f"{path}.{buf}"
+                    tensors[full] = t
+                    owners[full] = {0: owners[name][0]}
 
 
 def channels_last(t: torch.Tensor) -> bool:

@@ -28,15 +28,17 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.export import Dim
 
 from qprune.errors import QpruneError
-from qprune.model.space import _as_tuple
+from qprune.model.tensors import as_tuple
 
 __all__ = ["load_meta", "load_pruned", "save_pruned"]
 
@@ -70,9 +72,7 @@ def save_pruned(
     if format == "export":
         if example_inputs is None:
             raise QpruneError("format='export' needs example_inputs")
-        xs = tuple(_batch2(x) for x in _as_tuple(example_inputs))
-        from torch.export import Dim
-
+        xs = tuple(_batch2(x) for x in as_tuple(example_inputs))
         dyn = tuple({d: Dim.AUTO for d in range(x.dim())} if isinstance(x, torch.Tensor) else None for x in xs)
         ep = torch.export.export(model, xs, dynamic_shapes=dyn)
         info["format"] = "export"
@@ -88,7 +88,7 @@ def save_pruned(
                 raise QpruneError(f"torch.jit.script failed ({type(exc).__name__}); pass example_inputs "
                                   "to fall back to torch.jit.trace") from exc
             with torch.no_grad():
-                scripted = torch.jit.trace(model, _as_tuple(example_inputs))
+                scripted = torch.jit.trace(model, as_tuple(example_inputs))
             info["format"] = "torchscript-trace"
             info["script_error"] = str(exc).splitlines()[0][:300]
         torch.jit.save(scripted, str(path), _extra_files={_META: json.dumps(info, default=str)})
@@ -103,8 +103,6 @@ def _batch2(x: Any) -> Any:
 
 
 def _is_export(path: Path) -> bool:
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as z:
             # torch.export archives carry "<root>/archive_format" and "<root>/models/"; TorchScript ones "code/"

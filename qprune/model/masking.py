@@ -3,7 +3,7 @@
 Gate placement: a pruned unit is zeroed at the INPUT of every consumer (``Unit.inputs``: the next
 convs / linears, after BatchNorm, activations, pooling and residual adds), because that is exactly
 where physical removal takes the channel away. Zeroing a conv's raw output would not be the same
-(``BN(0) = beta - mean·gamma/sigma`` is not zero). With the exclusions of :mod:`qprune.model.space`, the
+(``BN(0) = beta - mean·gamma/sigma`` is not zero). With the exclusions of :mod:`qprune.model.discovery`, the
 gated model therefore computes the same function as the physically pruned one (up to float
 rounding: summing fewer terms vs. summing zeros).
 
@@ -15,14 +15,14 @@ rounding: summing fewer terms vs. summing zeros).
   :func:`remove_gates`); ``mode="remove"`` returns a NEW, physically smaller deep copy, pruned with
   torch-pruning's dependency groups (plus qprune's PixelShuffle pruner).
 * :func:`equivalence_error` - max |gated − removed| on given inputs, the check behind
-  ``build_space(verify=True)`` and the tests.
+  ``build_space(verify=True)`` (:mod:`qprune.model.verification`) and the tests.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,14 +30,16 @@ import torch
 from torch import nn
 
 from qprune.errors import QpruneError
-from qprune.model.space import FilterSpace, _as_tuple, build_dependency_graph
+from qprune.model.graph import build_dependency_graph
+from qprune.model.tensors import as_tuple, iter_tensors, map_tensors
+from qprune.model.units import FilterSpace, MaskLike
 
-__all__ = ["Gates", "apply_mask", "equivalence_error", "prune_model", "remove_gates"]
+__all__ = ["GateHook", "Gates", "apply_mask", "equivalence_error", "map_tensors", "prune_model", "remove_gates"]
 
 _ATTR = "_qprune_gates"
 
 
-class _GateHook:
+class GateHook:
     """Forward pre-hook of one consumer; a class (not a closure) so copies can be found and stripped."""
 
     def __init__(self, gates: Gates, path: str, channel_dim: int) -> None:
@@ -81,10 +83,10 @@ class Gates:
         self._gate: dict[str, torch.Tensor | None] = {p: None for p in self._slots}
         self._cache: dict[tuple, torch.Tensor] = {}
         self.B: int | None = None  # None: one mask for every sample
-        self._hooks: list[tuple[nn.Module, _GateHook]] = []
+        self._hooks: list[tuple[nn.Module, GateHook]] = []
         for path in self._slots:
             mod = modules[path]
-            hook = _GateHook(self, path, 1 if isinstance(mod, nn.modules.conv._ConvNd) else -1)
+            hook = GateHook(self, path, 1 if isinstance(mod, nn.modules.conv._ConvNd) else -1)
             mod.register_forward_pre_hook(hook)
             self._hooks.append((mod, hook))
 
@@ -140,7 +142,7 @@ class Gates:
         """
         if masks is not None:
             self.set(masks)
-        xs = _as_tuple(inputs)
+        xs = as_tuple(inputs)
         if self.B is None:
             return self.model(*xs)
         b = self.B
@@ -148,7 +150,7 @@ class Gates:
         out = self.model(*rep)
         return map_tensors(out, lambda t: t.reshape(b, t.shape[0] // b, *t.shape[1:]))
 
-    def _gate_input(self, hook: _GateHook, args: tuple) -> tuple | None:
+    def _gate_input(self, hook: GateHook, args: tuple) -> tuple | None:
         g = self._gate.get(hook.path)
         if g is None or not self.enabled or not args:
             return None
@@ -183,33 +185,11 @@ class Gates:
         return (x * gx, *args[1:])
 
 
-def map_tensors(out: Any, fn: Any) -> Any:
-    """Apply ``fn`` to every tensor of a (nested tuple / list / dict) module output."""
-    if isinstance(out, torch.Tensor):
-        return fn(out)
-    if isinstance(out, (list, tuple)):
-        return type(out)(map_tensors(o, fn) for o in out)
-    if isinstance(out, Mapping):
-        return {k: map_tensors(v, fn) for k, v in out.items()}
-    return out
-
-
-def _tensors(out: Any) -> Iterator[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        yield out
-    elif isinstance(out, (list, tuple)):
-        for o in out:
-            yield from _tensors(o)
-    elif isinstance(out, Mapping):
-        for o in out.values():
-            yield from _tensors(o)
-
-
 def _strip_gates(model: nn.Module) -> None:
     """Remove every qprune gate hook (e.g. the ones a deepcopy of a gated model carries)."""
     for mod in model.modules():
         for key, h in list(mod._forward_pre_hooks.items()):
-            if isinstance(h, _GateHook):
+            if isinstance(h, GateHook):
                 del mod._forward_pre_hooks[key]
     if _ATTR in model.__dict__:
         delattr(model, _ATTR)
@@ -218,7 +198,7 @@ def _strip_gates(model: nn.Module) -> None:
 def apply_mask(
     model: nn.Module,
     space: FilterSpace,
-    mask: Mapping[str, int] | np.ndarray | Sequence[int],
+    mask: MaskLike,
     mode: str = "gate",
     example_inputs: Any = None,
 ) -> nn.Module:
@@ -254,7 +234,7 @@ def remove_gates(model: nn.Module) -> nn.Module:
 def prune_model(
     model: nn.Module,
     space: FilterSpace,
-    mask: Mapping[str, int] | np.ndarray | Sequence[int],
+    mask: MaskLike,
     example_inputs: Any = None,
 ) -> nn.Module:
     """A deep copy of ``model`` with the units in ``mask`` physically removed.
@@ -269,7 +249,7 @@ def prune_model(
     _strip_gates(new)
     if not m.any():
         return new
-    inputs = _as_tuple(example_inputs) if example_inputs is not None else space.example_inputs()
+    inputs = as_tuple(example_inputs) if example_inputs is not None else space.example_inputs()
     try:
         device = next(new.parameters()).device
     except StopIteration:
@@ -301,14 +281,14 @@ def prune_model(
 def equivalence_error(
     model: nn.Module,
     space: FilterSpace,
-    mask: Mapping[str, int] | np.ndarray | Sequence[int],
+    mask: MaskLike,
     example_inputs: Any,
 ) -> tuple[float, float]:
     """``(max |gated − removed|, max |gated|)`` over all output tensors, both models in eval mode."""
-    inputs = _as_tuple(example_inputs)
+    inputs = as_tuple(example_inputs)
     pruned = prune_model(model, space, mask, inputs)
     others = [h.gates for mod in model.modules() for h in mod._forward_pre_hooks.values()
-              if isinstance(h, _GateHook)]
+              if isinstance(h, GateHook)]
     was_training = model.training
     gates = Gates(model, space).set(space.check_mask(mask))
     try:
@@ -317,8 +297,8 @@ def equivalence_error(
         model.eval()
         pruned.eval()
         with torch.no_grad():
-            a = list(_tensors(model(*inputs)))
-            b = list(_tensors(pruned(*inputs)))
+            a = list(iter_tensors(model(*inputs)))
+            b = list(iter_tensors(pruned(*inputs)))
     finally:
         gates.remove()
         for g in others:
@@ -329,3 +309,8 @@ def equivalence_error(
     err = max((float((x - y).abs().max()) for x, y in zip(a, b) if x.numel()), default=0.0)
     scale = max((float(x.abs().max()) for x in a if x.numel()), default=0.0)
     return err, scale
+
+
+# Old private names, still imported by qprune.refine.scoring (and by older callers).
+_GateHook = GateHook
+_tensors = iter_tensors

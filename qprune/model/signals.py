@@ -27,12 +27,13 @@ rule serves Taylor, ``F_w`` and the channel-Fisher squares. The model runs in ev
 uses its running statistics, dropout is off); its mode, and the ``requires_grad`` flags of the
 parameters touched, are restored afterwards. Gradients come from ``torch.autograd.grad``: ``.grad``
 fields of the model are never written. Only what ``needs`` asks for is computed.
+
+The pass is split in three: hooks at the gate positions (:mod:`qprune.model.probes`), per-batch
+accumulation (:mod:`qprune.model.accumulate`), and the finalisation into :class:`Signals` here.
 """
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -40,15 +41,20 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from qprune.errors import QpruneError
-from qprune.model.space import FilterSpace
+from qprune.model.accumulate import GradientSums, Members
+from qprune.model.probes import ActivationSites, ConsumerProbes
+from qprune.model.units import FilterSpace
 
 __all__ = ["ALL_SIGNALS", "Signals", "collect_signals"]
 
 #: every name ``needs`` may contain
 ALL_SIGNALS = frozenset({"l1", "taylor", "weight_fisher", "channel_fisher", "activations"})
+FISHER_SPACES = ("sum", "mean")  #: how the channel-Fisher derivative is reduced over space
+
+Loss = Callable[[Any, Any], torch.Tensor]
 
 
 @dataclass
@@ -67,75 +73,11 @@ class Signals:
     loss: float | None = None  # mean calibration loss over the batches
 
 
-class _Running:
-    """Plain running mean (decay None) or EMA started at the first value."""
-
-    def __init__(self, decay: float | None) -> None:
-        self.decay = decay
-        self.t = 0
-        self.value: torch.Tensor | None = None
-
-    def update(self, v: torch.Tensor) -> None:
-        self.t += 1
-        if self.value is None:
-            self.value = v.detach().clone()
-        elif self.decay is None:
-            self.value += (v - self.value) / self.t
-        else:
-            self.value.mul_(self.decay).add_(v, alpha=1.0 - self.decay)
-
-
-def _out_dim(mod: nn.Module) -> int:
-    return 1 if getattr(mod, "transposed", False) else 0
-
-
-def _per_channel_sum(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sum over every dim but ``dim`` -> [t.shape[dim]]."""
-    dims = [d for d in range(t.dim()) if d != dim]
-    return t.sum(dim=dims) if dims else t
-
-
-class _Members:
-    """Member filters of the units, grouped by module, for vectorised per-unit reductions."""
-
-    def __init__(self, model: nn.Module, space: FilterSpace) -> None:
-        modules = dict(model.named_modules())
-        rows: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for i, u in enumerate(space.units):
-            for path, c in u.members:
-                rows[path].append((c, i))
-        self.n = space.N
-        self.entries: list[tuple[nn.Module, int, torch.Tensor, torch.Tensor]] = []
-        for path, pairs in rows.items():
-            mod = modules.get(path)
-            if mod is None or not isinstance(getattr(mod, "weight", None), torch.Tensor):
-                raise QpruneError(f"model has no filter module {path!r} of the filter space")
-            dev = mod.weight.device
-            ch = torch.tensor([c for c, _ in pairs], dtype=torch.long, device=dev)
-            un = torch.tensor([i for _, i in pairs], dtype=torch.long, device=dev)
-            self.entries.append((mod, _out_dim(mod), ch, un))
-
-    def params(self) -> list[nn.Parameter]:
-        out = []
-        for mod, _, _, _ in self.entries:
-            out.append(mod.weight)
-            if getattr(mod, "bias", None) is not None:
-                out.append(mod.bias)
-        return out
-
-    def scatter(self, per_module: list[torch.Tensor]) -> torch.Tensor:
-        """Sum per-out-channel vectors of each member module into a per-unit vector [N] (float64)."""
-        acc = torch.zeros(self.n, dtype=torch.float64)
-        for (_, _, ch, un), v in zip(self.entries, per_module):
-            acc.index_add_(0, un.cpu(), v.detach()[ch].double().cpu())
-        return acc
-
-
 def collect_signals(
     model: nn.Module,
     space: FilterSpace,
     batches: Iterable[Any],
-    loss_fn: Callable[[Any, Any], torch.Tensor],
+    loss_fn: Loss,
     *,
     needs: Iterable[str] = ALL_SIGNALS,
     ema: float | None = None,
@@ -149,7 +91,7 @@ def collect_signals(
 
     Args:
         model: the unpruned model the space was built on (any device; batches are moved to it).
-        space: its :class:`~qprune.model.space.FilterSpace`.
+        space: its :class:`~qprune.model.units.FilterSpace`.
         batches: iterable of ``(inputs, target)``; ``inputs`` a tensor or a tuple of tensors.
         loss_fn: ``loss_fn(output, target)`` -> scalar tensor (minimised).
         needs: subset of :data:`ALL_SIGNALS`; ``l1`` is always filled (it needs no data).
@@ -160,8 +102,40 @@ def collect_signals(
         fisher_space: ``"sum"`` (exact gate derivative, default) or ``"mean"`` (also divided by
             the spatial size of the activation site) for the channel-Fisher signal.
         progress: tqdm bar over the batches.
+
+    Raises:
+        QpruneError: a bad option, a model that does not match ``space``, no batches, or a
+            batch / loss of the wrong form.
     """
-    if fisher_space not in ("sum", "mean"):
+    needs = _check_options(needs, ema, fisher_space, max_activation_samples, activation_pool)
+    members = Members(model, space)
+    l1 = members.l1()
+    if not needs - {"l1"}:
+        return Signals(l1=l1)
+    sums = GradientSums(
+        members, members.params(), ema=ema, taylor="taylor" in needs, weight_fisher="weight_fisher" in needs,
+        channel_fisher="channel_fisher" in needs, taylor_abs=taylor_abs, fisher_space=fisher_space,
+    )
+    acts = (ActivationSites(space, int(activation_pool), int(max_activation_samples))
+            if "activations" in needs else None)
+    probes = ConsumerProbes(model, space, acts, gates=sums.want_cf)
+    losses = _calibrate(model, batches, loss_fn, probes, sums, progress)
+    return Signals(
+        l1=l1,
+        taylor=sums.taylor(),
+        weight_fisher=sums.weight_fisher(),
+        channel_fisher=sums.channel_fisher(),
+        activations=acts.result() if acts is not None else None,
+        n_batches=len(losses),
+        loss=float(np.mean(losses)) if losses else None,
+    )
+
+
+def _check_options(
+    needs: Iterable[str], ema: float | None, fisher_space: str, max_activation_samples: int, activation_pool: int,
+) -> frozenset[str]:
+    """``needs`` as a frozenset, after every option has been checked."""
+    if fisher_space not in FISHER_SPACES:
         raise QpruneError(f"fisher_space must be 'sum' or 'mean', got {fisher_space!r}")
     needs = frozenset(needs)
     unknown = needs - ALL_SIGNALS
@@ -173,169 +147,60 @@ def collect_signals(
         raise QpruneError(f"max_activation_samples must be >= 2, got {max_activation_samples!r}")
     if int(activation_pool) < 1:
         raise QpruneError(f"activation_pool must be >= 1, got {activation_pool!r}")
-    members = _Members(model, space)
-    l1 = _l1(members)
-    want_t, want_wf = "taylor" in needs, "weight_fisher" in needs
-    want_cf, want_act = "channel_fisher" in needs, "activations" in needs
-    if not (want_t or want_wf or want_cf or want_act):
-        return Signals(l1=l1)
-    want_grad = want_t or want_wf or want_cf
-    grad_params = want_t or want_wf  # channel-Fisher alone needs only the virtual gates' gradients
+    return needs
 
-    n = space.N
-    modules = dict(model.named_modules())
-    slots = {p: torch.full((c,), n, dtype=torch.long) for p, c in space.consumer_channels.items()}
-    for i, u in enumerate(space.units):
-        for p, c in u.inputs:
-            slots[p][c] = i
-    acts = _ActivationSites(space, int(activation_pool), int(max_activation_samples)) if want_act else None
-    extent = torch.ones(n, dtype=torch.float64)  # spatial size at each unit's activation site
-    rep_path = [u.inputs[0][0] for u in space.units]
-    rep_slots = [sum(1 for p, _ in u.inputs if p == u.inputs[0][0]) for u in space.units]
-    extent_known: set[str] = set()
-    by_rep: dict[str, list[int]] = defaultdict(list)
-    for i, p in enumerate(rep_path):
-        by_rep[p].append(i)
 
-    virtual: dict[str, list[torch.Tensor]] = defaultdict(list)
+def _calibrate(
+    model: nn.Module, batches: Iterable[Any], loss_fn: Loss, probes: ConsumerProbes, sums: GradientSums,
+    progress: bool,
+) -> list[float]:
+    """Run every batch through the hooked model (eval mode); the losses, one per batch.
 
-    def hook(path: str, cdim: int) -> Callable:
-        def fn(module: nn.Module, args: tuple) -> tuple | None:
-            if not args or not isinstance(args[0], torch.Tensor):
-                return None
-            x = args[0]
-            if path not in extent_known and path in by_rep:
-                inner = x.shape[2:] if cdim == 1 else x.shape[1:-1]
-                idx = by_rep[path]
-                extent[idx] = float(math.prod(inner)) * torch.tensor([rep_slots[i] for i in idx], dtype=torch.float64)
-                extent_known.add(path)
-            if acts is not None:
-                acts.record(path, x.detach(), cdim)
-            if want_cf:
-                v = torch.ones(x.shape[cdim], dtype=x.dtype, device=x.device, requires_grad=True)
-                virtual[path].append(v)
-                shape = [1] * x.dim()
-                shape[cdim] = -1
-                return (x * v.view(shape), *args[1:])
-            return None
-        return fn
-
-    handles = []
-    missing = [p for p in space.consumer_channels if p not in modules]
-    if missing:
-        raise QpruneError(f"model has no module {missing[0]!r} of the filter space (a different architecture?)")
-    for p in space.consumer_channels:
-        mod = modules[p]
-        handles.append(mod.register_forward_pre_hook(hook(p, 1 if isinstance(mod, nn.modules.conv._ConvNd) else -1)))
-
-    params = members.params()
+    The model's mode and the ``requires_grad`` flags of the member parameters are restored, and
+    the hooks removed, whatever happens.
+    """
+    params = sums.params
     flags = [p.requires_grad for p in params]
     was_training = model.training
-    taylor_acc, cf_acc = _Running(ema), _Running(ema)
-    fisher_acc = [_Running(ema) for _ in params] if want_wf else []
     losses: list[float] = []
-    n_batches = 0
     try:
         model.eval()
         for p in params:
-            p.requires_grad_(grad_params)
-        from tqdm.auto import tqdm
-
+            p.requires_grad_(sums.needs_param_grads)
         total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
         for batch in tqdm(batches, total=total, desc="calibration signals", disable=not progress, leave=False):
-            inputs, target = _split(batch)
-            device = params[0].device if params else torch.device("cpu")
-            xs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
-            target = target.to(device) if isinstance(target, torch.Tensor) else target
-            bsz = next((x.shape[0] for x in xs if isinstance(x, torch.Tensor)), 1)
-            virtual.clear()
-            if not want_grad:
-                with torch.no_grad():
-                    out = model(*xs)
-                    losses.append(float(_scalar(loss_fn(out, target))))
-                n_batches += 1
-                continue
-            with torch.enable_grad():
-                out = model(*xs)
-                loss = _scalar(loss_fn(out, target))
-                gates = [v for vs in virtual.values() for v in vs]
-                wrt = (params if grad_params else []) + gates
-                grads = torch.autograd.grad(loss, wrt, allow_unused=True) if wrt else ()
-            losses.append(float(loss.detach()))
-            np_ = len(params) if grad_params else 0
-            pgrads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[:np_])]
-            if want_t or want_wf:
-                it = iter(zip(params, pgrads))
-                per_mod_t = []
-                for mod, odim, _, _ in members.entries:
-                    w, gw = next(it)
-                    t = _per_channel_sum(gw * w, odim)
-                    if getattr(mod, "bias", None) is not None:
-                        b, gb = next(it)
-                        t = t + gb * b
-                    per_mod_t.append(t)
-                if want_t:
-                    s = members.scatter(per_mod_t)
-                    taylor_acc.update(s.abs() if taylor_abs else s * s)
-                if want_wf:
-                    for acc, g in zip(fisher_acc, pgrads):
-                        acc.update(g.detach() * g.detach())
-            if want_cf:
-                d = torch.zeros(n + 1, dtype=torch.float64)
-                k = 0
-                for path, vs in virtual.items():
-                    for v in vs:
-                        g = grads[np_ + k]
-                        k += 1
-                        if g is not None:
-                            d.index_add_(0, slots[path], g.detach().double().cpu())
-                # "sum": the exact gate derivative (batch-mean loss). "mean" also divides by the
-                # spatial size, which ranks high-resolution layers as unimportant: on the digits
-                # CNN at 30 % fisher-greedy kept 0.82 accuracy with "sum" and 0.12 with "mean".
-                d = d[:n] / (bsz * extent) if fisher_space == "mean" else d[:n] / bsz
-                cf_acc.update(d * d)
-            n_batches += 1
+            losses.append(_step(model, batch, loss_fn, probes, sums))
     finally:
-        for h in handles:
-            h.remove()
+        probes.remove()
         for p, f in zip(params, flags):
             p.requires_grad_(f)
         model.train(was_training)
-        virtual.clear()
-    if n_batches == 0:
+    if not losses:
         raise QpruneError("collect_signals got no calibration batches")
-
-    wf = None
-    if want_wf:
-        it = iter(zip(params, fisher_acc))
-        per_mod = []
-        for mod, odim, _, _ in members.entries:
-            w, acc = next(it)
-            v = _per_channel_sum(acc.value * w.detach() ** 2, odim)
-            if getattr(mod, "bias", None) is not None:
-                b, accb = next(it)
-                v = v + accb.value * b.detach() ** 2
-            per_mod.append(v)
-        wf = members.scatter(per_mod).numpy()
-    return Signals(
-        l1=l1,
-        taylor=taylor_acc.value.numpy() if want_t else None,
-        weight_fisher=wf,
-        channel_fisher=cf_acc.value.numpy() if want_cf else None,
-        activations=acts.result() if acts is not None else None,
-        n_batches=n_batches,
-        loss=float(np.mean(losses)) if losses else None,
-    )
+    return losses
 
 
-def _l1(members: _Members) -> np.ndarray:
-    sums, counts = [], []
-    with torch.no_grad():
-        for mod, odim, _, _ in members.entries:
-            w = mod.weight.detach()
-            sums.append(_per_channel_sum(w.abs(), odim))
-            counts.append(torch.full((w.shape[odim],), w.numel() // w.shape[odim], dtype=torch.float64))
-    return (members.scatter(sums) / members.scatter(counts)).numpy()
+def _step(model: nn.Module, batch: Any, loss_fn: Loss, probes: ConsumerProbes, sums: GradientSums) -> float:
+    """One batch: forward (and backward where gradients are needed); returns the batch loss."""
+    inputs, target = _split(batch)
+    params = sums.params
+    device = params[0].device if params else torch.device("cpu")
+    xs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
+    target = target.to(device) if isinstance(target, torch.Tensor) else target
+    bsz = next((x.shape[0] for x in xs if isinstance(x, torch.Tensor)), 1)
+    probes.virtual.clear()
+    if not (sums.needs_param_grads or sums.want_cf):
+        with torch.no_grad():
+            out = model(*xs)
+            return float(_scalar(loss_fn(out, target)))
+    with torch.enable_grad():
+        out = model(*xs)
+        loss = _scalar(loss_fn(out, target))
+        wrt = (params if sums.needs_param_grads else []) + probes.gate_tensors()
+        grads = torch.autograd.grad(loss, wrt, allow_unused=True) if wrt else ()
+    value = float(loss.detach())
+    sums.update(grads, probes.virtual, probes.slots, probes.extent, bsz)
+    return value
 
 
 def _split(batch: Any) -> tuple[tuple[Any, ...], Any]:
@@ -352,73 +217,3 @@ def _scalar(loss: Any) -> torch.Tensor:
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise QpruneError("loss_fn(out, target) must return a scalar tensor")
     return loss.reshape(())
-
-
-class _ActivationSites:
-    """Pooled responses of each unit at its activation site, bounded to ``cap`` columns per unit."""
-
-    def __init__(self, space: FilterSpace, pool: int, cap: int) -> None:
-        self.pool, self.cap = pool, cap
-        self.space = space
-        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
-        self.slot_lists: list[list[int]] = []
-        for i, u in enumerate(space.units):
-            site = u.inputs[0][0]
-            sl = [c for p, c in u.inputs if p == site]
-            self.slot_lists.append(sl)
-            groups[(site, len(sl))].append(i)
-        # per site: list of (unit indices, slot matrix [U, S], chunks, columns so far)
-        self.sites: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for (site, _), idx in groups.items():
-            mat = torch.tensor([self.slot_lists[i] for i in idx], dtype=torch.long)
-            self.sites[site].append({"units": idx, "slots": mat, "chunks": [], "cols": 0})
-
-    def record(self, path: str, x: torch.Tensor, cdim: int) -> None:
-        for g in self.sites.get(path, ()):
-            if g["cols"] >= self.cap:
-                continue
-            mat = g["slots"]
-            u, s = mat.shape
-            sel = x.index_select(cdim, mat.flatten().to(x.device))
-            if not sel.is_floating_point():
-                sel = sel.float()
-            if cdim != 1:
-                sel = sel.movedim(-1, 1)  # [n, U*S, (T)]
-            nb = sel.shape[0]
-            if sel.dim() == 4:
-                h, w = sel.shape[2:]
-                sel = F.adaptive_avg_pool2d(sel, (min(self.pool, h), min(self.pool, w)))
-                r = sel.reshape(nb, u, -1)
-            elif sel.dim() == 2:  # linear features: the S slots are the spatial positions
-                r = sel.reshape(nb, u, s)
-                if s > self.pool * self.pool:
-                    r = F.adaptive_avg_pool1d(r, self.pool * self.pool)
-            else:
-                flat = sel.reshape(nb, u * s, -1)
-                flat = F.adaptive_avg_pool1d(flat, min(self.pool * self.pool, flat.shape[-1]))
-                r = flat.reshape(nb, u, -1)
-            # float32 storage keeps the memory bound; float64 models keep their precision
-            keep = torch.float64 if r.dtype == torch.float64 else torch.float32
-            r = r.permute(1, 0, 2).reshape(u, -1).to(device="cpu", dtype=keep)
-            take = min(r.shape[1], self.cap - g["cols"])
-            g["chunks"].append(r[:, :take])
-            g["cols"] += take
-
-    def result(self) -> dict[int, np.ndarray]:
-        rows: dict[int, torch.Tensor] = {}
-        lids = self.space.layer_ids
-        for groups in self.sites.values():
-            for g in groups:
-                if not g["chunks"]:
-                    continue
-                arr = torch.cat(g["chunks"], dim=1)
-                for r, i in enumerate(g["units"]):
-                    rows[i] = arr[r]
-        out: dict[int, np.ndarray] = {}
-        for lid in range(self.space.n_layers):
-            idx = np.flatnonzero(lids == lid)
-            if not all(int(i) in rows for i in idx):
-                continue
-            width = min(rows[int(i)].shape[0] for i in idx)
-            out[lid] = torch.stack([rows[int(i)][:width] for i in idx]).numpy()
-        return out

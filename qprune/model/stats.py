@@ -19,9 +19,10 @@ import warnings
 from typing import Any
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
-from qprune.model.space import _as_tuple
+from qprune.model.tensors import as_tuple
 
 __all__ = ["compare_latency", "compare_stats", "count_macs", "count_params", "measure_latency", "model_stats"]
 
@@ -33,11 +34,9 @@ def count_params(model: nn.Module) -> int:
 
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
     """Multiply-accumulates per input sample, counted by torch-pruning on a copy of ``model``."""
-    import torch_pruning as tp
-
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        macs, _ = tp.utils.count_ops_and_params(model, _as_tuple(example_inputs))
+        macs, _ = tp.utils.count_ops_and_params(model, as_tuple(example_inputs))
     return int(macs)
 
 
@@ -55,7 +54,7 @@ def measure_latency(
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    xs = _as_tuple(example_inputs)
+    xs = as_tuple(example_inputs)
     old_threads = torch.get_num_threads()
     was_training = model.training
     times: list[float] = []
@@ -73,14 +72,7 @@ def measure_latency(
     finally:
         torch.set_num_threads(old_threads)
         model.train(was_training)
-    return {
-        "median_ms": statistics.median(times),
-        "min_ms": min(times),
-        "mean_ms": statistics.fmean(times),
-        "stdev_ms": statistics.stdev(times) if len(times) > 1 else 0.0,
-        "repeats": float(repeats),
-        "threads": float(threads if threads is not None else old_threads),
-    }
+    return _summary(times, repeats, threads if threads is not None else old_threads)
 
 
 def compare_latency(
@@ -98,7 +90,7 @@ def compare_latency(
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    xs = _as_tuple(example_inputs)
+    xs = as_tuple(example_inputs)
     old_threads = torch.get_num_threads()
     modes = {k: m.training for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
@@ -119,13 +111,18 @@ def compare_latency(
         torch.set_num_threads(old_threads)
         for k, m in models.items():
             m.train(modes[k])
+    return {k: _summary(t, repeats, threads if threads is not None else old_threads) for k, t in times.items()}
+
+
+def _summary(times: list[float], repeats: int, threads: int) -> dict[str, float]:
+    """Median/min/mean/stdev of the times in ms, with the repeats and threads they were taken with."""
     return {
-        k: {
-            "median_ms": statistics.median(t), "min_ms": min(t), "mean_ms": statistics.fmean(t),
-            "stdev_ms": statistics.stdev(t) if len(t) > 1 else 0.0, "repeats": float(repeats),
-            "threads": float(threads if threads is not None else old_threads),
-        }
-        for k, t in times.items()
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "mean_ms": statistics.fmean(times),
+        "stdev_ms": statistics.stdev(times) if len(times) > 1 else 0.0,
+        "repeats": float(repeats),
+        "threads": float(threads),
     }
 
 

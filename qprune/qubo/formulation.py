@@ -1,17 +1,10 @@
-"""Weights, presets and the block-diagonal QUBO they produce.
+"""The block-diagonal QUBO that weighted, normalised terms produce.
 
-Minimise E(x) = sum_i Q_ii x_i + sum_{i<j} Q_ij x_i x_j with x_i = 1 meaning "unit i is pruned":
-
-* ``l1``:       Q_ii = beta_diag A_ii - gamma D_i;                              Q_ij = 2 beta_off A_ij
-* ``gradient``: Q_ii = beta_diag A_ii + alpha I_T,i - gamma D_i;                Q_ij = 2 beta_off A_ij
-* ``hybrid``:   Q_ii = beta_diag A_ii + alpha I_T,i + alpha_F I_F,i - gamma D_i;
-                Q_ij = 2 beta_off A_ij + lam max(0, S_ij)
-
-(the paper's L1-QUBO has a single beta: beta_diag == beta_off, the default). ``fisher`` picks what
-I_F is: ``taylor`` (I_T again, so the Taylor weight becomes alpha + alpha_F), ``weight`` (I_WF),
-``channel`` (I_CF) or ``both`` (I_WF + I_CF, each normalised on its own). ``Weights.extra`` adds any
-registered term with its own weight. Terms are as returned by :func:`qprune.qubo.terms.compute_terms`
-(the A term's blocks already hold 2 A_ij, the similarity's blocks max(0, S_ij)).
+:func:`formulate` sums the terms a preset names (:mod:`qprune.qubo.presets`: the formulas and the
+:class:`~qprune.qubo.presets.Weights`), each times its weight, into a :class:`Formulation`. Terms
+are as returned by :func:`qprune.qubo.terms.compute_terms` (the A term's blocks already hold
+2 A_ij, the similarity's blocks max(0, S_ij)); the capacity reward D_i is kept apart so that gamma
+can be searched: ``bqm(gamma).linear = linear - gamma * reward``.
 
 Every default term lives within one layer, so the QUBO is block-diagonal by layer: a
 :class:`Formulation` keeps one dense block per layer, which the BQM, the energy and solvers that
@@ -21,45 +14,23 @@ work layer by layer all read directly; rare cross-layer couplings live in ``cros
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dimod
 import numpy as np
 import scipy.sparse
 
 from qprune.errors import QpruneError
+from qprune.qubo.presets import CAPACITY, DEFAULT_PRESET, FISHER_CHOICES, PRESETS, Weights, contributions, preset_terms
 from qprune.qubo.scaling import upper_pairs
 from qprune.qubo.terms import Block, Term, validate_term
+from qprune.qubo.types import layer_index
 
-PRESETS = ("hybrid", "gradient", "l1")
-FISHER_CHOICES = ("taylor", "weight", "channel", "both")
-_FISHER_TERMS = {
-    "taylor": ("taylor",),
-    "weight": ("weight_fisher",),
-    "channel": ("channel_fisher",),
-    "both": ("weight_fisher", "channel_fisher"),
-}
+COUPLING_SCALES = ("layer", "none")  #: ``formulate(coupling_scale=...)`` choices
 
-
-@dataclass
-class Weights:
-    """Relative weights of the QUBO components (gamma, the capacity weight, is searched).
-
-    ``extra`` maps the name of any other computed term to the weight it enters with (linear and
-    quadratic parts alike), which is how a user-registered term reaches the QUBO.
-    """
-
-    alpha: float = 1.0
-    alpha_f: float = 1.0
-    beta_diag: float = 1.0
-    beta_off: float = 1.0
-    lam: float = 1.0
-    extra: dict[str, float] = field(default_factory=dict)
-
-
-def preset_terms(preset: str = "hybrid", fisher: str = "taylor", weights: Weights | None = None) -> tuple[str, ...]:
-    """Names of the terms a preset reads (what :func:`qprune.qubo.terms.compute_terms` must produce)."""
-    return tuple(dict.fromkeys(["capacity"] + [n for n, _, _ in _contributions(preset, fisher, weights or Weights())]))
+# Weights, PRESETS, FISHER_CHOICES and preset_terms live in qprune.qubo.presets; they are
+# re-exported here because callers have always imported them from this module.
+__all__ = ["FISHER_CHOICES", "PRESETS", "Formulation", "Weights", "formulate", "preset_terms"]
 
 
 @dataclass
@@ -143,7 +114,7 @@ class Formulation:
 
 def formulate(
     terms: Mapping[str, Term],
-    preset: str = "hybrid",
+    preset: str = DEFAULT_PRESET,
     weights: Weights | None = None,
     fisher: str = "taylor",
     *,
@@ -164,9 +135,29 @@ def formulate(
     validation accuracy, against 0.94 with the couplings scaled). ``"none"`` is DESIGN.md's
     literal form, where the weights beta_off and lambda must absorb the layer size.
     """
-    if coupling_scale not in ("layer", "none"):
+    if coupling_scale not in COUPLING_SCALES:
         raise QpruneError(f"coupling_scale must be 'layer' or 'none', got {coupling_scale!r}")
     weights = weights or Weights()
+    labels, lids = _check_units(labels, layer_ids)
+    if CAPACITY not in terms or terms[CAPACITY].linear is None:
+        raise QpruneError("terms lack 'capacity' (D_i = P_i / sum P), which gamma multiplies")
+    acc = _LayerBlocks(lids)
+    for name, w_diag, w_off in contributions(preset, fisher, weights):
+        if w_diag == 0.0 and w_off == 0.0:
+            continue
+        if name not in terms:
+            raise QpruneError(
+                f"preset {preset!r} needs term {name!r}, which was not computed "
+                f"(computed: {', '.join(sorted(terms))})"
+            )
+        acc.add(validate_term(terms[name], lids.size), w_diag, w_off)
+    blocks, cross = acc.finish(scale_by_layer=coupling_scale == "layer")
+    reward = validate_term(terms[CAPACITY], lids.size).linear
+    return Formulation(labels, lids.copy(), acc.linear, blocks, cross, reward.copy(), float(offset))
+
+
+def _check_units(labels: Sequence[str] | None, layer_ids: Sequence[int] | np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Labels as strings (default ``"unit:<i>"``) and layer ids as an int array, both checked."""
     lids = np.asarray(layer_ids)
     if lids.ndim != 1 or lids.size == 0:
         raise QpruneError(f"layer_ids must be a non-empty 1-d array, got shape {lids.shape}")
@@ -179,66 +170,44 @@ def formulate(
     if len(set(labels)) != n:
         dup = next(s for i, s in enumerate(labels) if s in labels[:i])
         raise QpruneError(f"duplicate label {dup!r}")
-    if "capacity" not in terms or terms["capacity"].linear is None:
-        raise QpruneError("terms lack 'capacity' (D_i = P_i / sum P), which gamma multiplies")
+    return labels, lids
 
-    groups = _layer_groups(lids)
-    block_of = np.empty(n, dtype=np.int64)
-    pos = np.empty(n, dtype=np.int64)
-    for b, idx in enumerate(groups):
-        block_of[idx] = b
-        pos[idx] = np.arange(idx.size)
-    dense = [np.zeros((idx.size, idx.size)) for idx in groups]
-    linear = np.zeros(n)
-    cross_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
-    for name, w_diag, w_off in _contributions(preset, fisher, weights):
-        if w_diag == 0.0 and w_off == 0.0:
-            continue
-        if name not in terms:
-            raise QpruneError(
-                f"preset {preset!r} needs term {name!r}, which was not computed "
-                f"(computed: {', '.join(sorted(terms))})"
-            )
-        term = validate_term(terms[name], n)
+class _LayerBlocks:
+    """Weighted terms summed into one linear vector, one dense block per layer and cross couplings."""
+
+    def __init__(self, lids: np.ndarray) -> None:
+        n = lids.size
+        self.groups = layer_index(lids)
+        self.block_of = np.empty(n, dtype=np.int64)
+        self.pos = np.empty(n, dtype=np.int64)  # position of each unit inside its block
+        for b, idx in enumerate(self.groups):
+            self.block_of[idx] = b
+            self.pos[idx] = np.arange(idx.size)
+        self.dense = [np.zeros((idx.size, idx.size)) for idx in self.groups]
+        self.linear = np.zeros(n)
+        self.cross_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, term: Term, w_diag: float, w_off: float) -> None:
+        """Add ``w_diag`` x the term's linear part and ``w_off`` x its couplings."""
         if term.linear is not None and w_diag:
-            linear += w_diag * term.linear
+            self.linear += w_diag * term.linear
         if not w_off:
-            continue
+            return
         for idx, M in term.blocks or []:
-            _add_block(idx, w_off * M, block_of, pos, dense, cross_parts)
+            _add_block(idx, w_off * M, self.block_of, self.pos, self.dense, self.cross_parts)
         if term.cross is not None and term.cross.nnz:
             C = term.cross
-            cross_parts.append((C.row.astype(np.int64), C.col.astype(np.int64), w_off * C.data))
+            self.cross_parts.append((C.row.astype(np.int64), C.col.astype(np.int64), w_off * C.data))
 
-    cross = _merge_cross(cross_parts, n, block_of, pos, dense)  # folds within-layer pairs into `dense`
-    if coupling_scale == "layer":
-        for M in dense:
-            M /= max(M.shape[0] - 1, 1)
-    reward = validate_term(terms["capacity"], n).linear
-    return Formulation(labels, lids.copy(), linear, list(zip(groups, dense)), cross, reward.copy(), float(offset))
-
-
-def _contributions(preset: str, fisher: str, w: Weights) -> list[tuple[str, float, float]]:
-    """(term name, weight on its linear part, weight on its off-diagonal part) for a preset."""
-    if preset not in PRESETS:
-        raise QpruneError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    if fisher not in FISHER_CHOICES:
-        raise QpruneError(f"unknown fisher choice {fisher!r}; choose one of {', '.join(FISHER_CHOICES)}")
-    out = [("l1_redundancy", float(w.beta_diag), float(w.beta_off))]
-    if preset in ("gradient", "hybrid"):
-        out.append(("taylor", float(w.alpha), 0.0))
-    if preset == "hybrid":
-        out += [(name, float(w.alpha_f), 0.0) for name in _FISHER_TERMS[fisher]]
-        out.append(("activation_similarity", 0.0, float(w.lam)))
-    out += [(name, float(v), float(v)) for name, v in w.extra.items()]
-    return out
-
-
-def _layer_groups(lids: np.ndarray) -> list[np.ndarray]:
-    order = np.argsort(lids, kind="stable")
-    _, starts = np.unique(lids[order], return_index=True)
-    return np.split(order, starts[1:])
+    def finish(self, *, scale_by_layer: bool) -> tuple[list[Block], scipy.sparse.coo_matrix | None]:
+        """The layer blocks (divided by m - 1 with ``scale_by_layer``) and the canonical cross couplings."""
+        # folds within-layer cross pairs into the dense blocks first, so they are scaled alike
+        cross = _merge_cross(self.cross_parts, self.linear.size, self.block_of, self.pos, self.dense)
+        if scale_by_layer:
+            for M in self.dense:
+                M /= max(M.shape[0] - 1, 1)
+        return list(zip(self.groups, self.dense)), cross
 
 
 def _add_block(

@@ -18,15 +18,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse
 
 from qprune.errors import QpruneError
+from qprune.qubo.types import Term
 
-if TYPE_CHECKING:  # terms.py imports this module; the dataclass is only needed for hints here
-    from qprune.qubo.terms import Term
+__all__ = [
+    "DEFAULT_CAP_TERMS", "DEFAULT_SKIP", "cap_spectral_norm", "magnitude_scale", "normalise_terms", "param_normalise",
+    "spectral_norm", "unit_variance", "upper_pairs",
+]
 
 DEFAULT_SKIP = ("capacity",)  # gamma is searched, so rescaling the reward would only move gamma
 DEFAULT_CAP_TERMS = ("l1_redundancy",)

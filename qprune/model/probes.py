@@ -1,0 +1,171 @@
+"""Forward pre-hooks at the units' gate positions (the consumers' inputs) for one calibration pass.
+
+A :class:`ConsumerProbes` hook on every consumer of the filter space
+
+* records the spatial size of each unit's activation site once (for ``fisher_space="mean"``);
+* hands the consumer's input to :class:`ActivationSites` (pooled responses for similarity);
+* multiplies the input by a virtual gate of ones per channel (``requires_grad``), whose gradient is
+  the channel-Fisher derivative ``∂L/∂m``; the gates of the current batch are in ``virtual``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from qprune.errors import QpruneError
+from qprune.model.units import FilterSpace
+
+__all__ = ["ActivationSites", "ConsumerProbes"]
+
+
+class ConsumerProbes:
+    """Hooks on the consumers of ``space`` (installed by the constructor; :meth:`remove` takes them off).
+
+    Attributes:
+        slots: consumer path -> int [in channels]: the unit each input channel belongs to (N: none).
+        extent: float64 [N]: spatial size at each unit's activation site times its slots there.
+        virtual: consumer path -> the virtual gates created in the current batch (clear per batch).
+    """
+
+    def __init__(self, model: nn.Module, space: FilterSpace, acts: ActivationSites | None, gates: bool) -> None:
+        n = space.N
+        modules = dict(model.named_modules())
+        self.slots = {p: torch.full((c,), n, dtype=torch.long) for p, c in space.consumer_channels.items()}
+        for i, u in enumerate(space.units):
+            for p, c in u.inputs:
+                self.slots[p][c] = i
+        self.acts, self.gates = acts, gates
+        self.extent = torch.ones(n, dtype=torch.float64)
+        self._rep_slots = [sum(1 for p, _ in u.inputs if p == u.inputs[0][0]) for u in space.units]
+        self._extent_known: set[str] = set()
+        self._by_rep: dict[str, list[int]] = defaultdict(list)
+        for i, u in enumerate(space.units):
+            self._by_rep[u.inputs[0][0]].append(i)
+        self.virtual: dict[str, list[torch.Tensor]] = defaultdict(list)
+        missing = [p for p in space.consumer_channels if p not in modules]
+        if missing:
+            raise QpruneError(f"model has no module {missing[0]!r} of the filter space (a different architecture?)")
+        self._handles = []
+        for p in space.consumer_channels:
+            mod = modules[p]
+            cdim = 1 if isinstance(mod, nn.modules.conv._ConvNd) else -1
+            self._handles.append(mod.register_forward_pre_hook(self._hook(p, cdim)))
+
+    def gate_tensors(self) -> list[torch.Tensor]:
+        """The current batch's virtual gates, in the order :attr:`virtual` lists them."""
+        return [v for vs in self.virtual.values() for v in vs]
+
+    def remove(self) -> None:
+        """Take the hooks off and drop the gates."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.virtual.clear()
+
+    def _hook(self, path: str, cdim: int) -> Callable[[nn.Module, tuple], tuple | None]:
+        def fn(module: nn.Module, args: tuple) -> tuple | None:
+            if not args or not isinstance(args[0], torch.Tensor):
+                return None
+            x = args[0]
+            if path not in self._extent_known and path in self._by_rep:
+                self._record_extent(path, x, cdim)
+            if self.acts is not None:
+                self.acts.record(path, x.detach(), cdim)
+            if self.gates:
+                v = torch.ones(x.shape[cdim], dtype=x.dtype, device=x.device, requires_grad=True)
+                self.virtual[path].append(v)
+                shape = [1] * x.dim()
+                shape[cdim] = -1
+                return (x * v.view(shape), *args[1:])
+            return None
+        return fn
+
+    def _record_extent(self, path: str, x: torch.Tensor, cdim: int) -> None:
+        inner = x.shape[2:] if cdim == 1 else x.shape[1:-1]
+        idx = self._by_rep[path]
+        self.extent[idx] = float(math.prod(inner)) * torch.tensor([self._rep_slots[i] for i in idx],
+                                                                   dtype=torch.float64)
+        self._extent_known.add(path)
+
+
+class ActivationSites:
+    """Pooled responses of each unit at its activation site, bounded to ``cap`` columns per unit."""
+
+    def __init__(self, space: FilterSpace, pool: int, cap: int) -> None:
+        self.pool, self.cap = pool, cap
+        self.space = space
+        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        self.slot_lists: list[list[int]] = []
+        for i, u in enumerate(space.units):
+            site = u.inputs[0][0]
+            sl = [c for p, c in u.inputs if p == site]
+            self.slot_lists.append(sl)
+            groups[(site, len(sl))].append(i)
+        # per site: list of (unit indices, slot matrix [U, S], chunks, columns so far)
+        self.sites: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for (site, _), idx in groups.items():
+            mat = torch.tensor([self.slot_lists[i] for i in idx], dtype=torch.long)
+            self.sites[site].append({"units": idx, "slots": mat, "chunks": [], "cols": 0})
+
+    def record(self, path: str, x: torch.Tensor, cdim: int) -> None:
+        """Keep the pooled responses of the units whose site is ``path`` (until ``cap`` columns)."""
+        for g in self.sites.get(path, ()):
+            if g["cols"] >= self.cap:
+                continue
+            r = self._pooled(x, g["slots"], cdim)
+            take = min(r.shape[1], self.cap - g["cols"])
+            g["chunks"].append(r[:, :take])
+            g["cols"] += take
+
+    def _pooled(self, x: torch.Tensor, mat: torch.Tensor, cdim: int) -> torch.Tensor:
+        """[U, images x bins]: each unit's channels at ``x``, pooled per image."""
+        u, s = mat.shape
+        sel = x.index_select(cdim, mat.flatten().to(x.device))
+        if not sel.is_floating_point():
+            sel = sel.float()
+        if cdim != 1:
+            sel = sel.movedim(-1, 1)  # [n, U*S, (T)]
+        nb = sel.shape[0]
+        if sel.dim() == 4:
+            h, w = sel.shape[2:]
+            sel = F.adaptive_avg_pool2d(sel, (min(self.pool, h), min(self.pool, w)))
+            r = sel.reshape(nb, u, -1)
+        elif sel.dim() == 2:  # linear features: the S slots are the spatial positions
+            r = sel.reshape(nb, u, s)
+            if s > self.pool * self.pool:
+                r = F.adaptive_avg_pool1d(r, self.pool * self.pool)
+        else:
+            flat = sel.reshape(nb, u * s, -1)
+            flat = F.adaptive_avg_pool1d(flat, min(self.pool * self.pool, flat.shape[-1]))
+            r = flat.reshape(nb, u, -1)
+        # float32 storage keeps the memory bound; float64 models keep their precision
+        keep = torch.float64 if r.dtype == torch.float64 else torch.float32
+        return r.permute(1, 0, 2).reshape(u, -1).to(device="cpu", dtype=keep)
+
+    def result(self) -> dict[int, np.ndarray]:
+        """layer id -> [units_in_layer, samples] (layers whose units all have responses)."""
+        rows: dict[int, torch.Tensor] = {}
+        lids = self.space.layer_ids
+        for groups in self.sites.values():
+            for g in groups:
+                if not g["chunks"]:
+                    continue
+                arr = torch.cat(g["chunks"], dim=1)
+                for r, i in enumerate(g["units"]):
+                    rows[i] = arr[r]
+        out: dict[int, np.ndarray] = {}
+        for lid in range(self.space.n_layers):
+            idx = np.flatnonzero(lids == lid)
+            if not all(int(i) in rows for i in idx):
+                continue
+            width = min(rows[int(i)].shape[0] for i in idx)
+            out[lid] = torch.stack([rows[int(i)][:width] for i in idx]).numpy()
+        return out
