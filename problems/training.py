@@ -298,3 +298,21 @@ def fit(problem: Trainable, model: nn.Module, settings: TrainSettings, *, device
                 log(line)
     bar.close()
     return run
+
+
+def convergence(history: Sequence[dict[str, float]], key: str = "val_psnr", *, fraction: float = 0.1,
+                min_epochs: int = 20, tolerance: float = 0.05) -> dict[str, Any]:
+    """Did ``key`` stop improving? Its gain over the last ``fraction`` of the epochs vs ``tolerance``.
+
+    The rule of the trained-model issue: validation PSNR gained less than 0.05 dB over the last
+    10 % of the epochs, with at least 20 epochs in all. The gain is measured from the epoch before
+    the window to the best value inside it.
+    """
+    values = [float(r[key]) for r in history]
+    window = max(1, math.ceil(fraction * len(values)))
+    if len(values) <= window:
+        return {"epochs": len(values), "window": window, "gain": None, "converged": False}
+    gain = max(values[-window:]) - values[-window - 1]
+    return {"epochs": len(values), "window": window, "gain": gain,
+            "converged": len(values) >= min_epochs and gain < tolerance}
+

@@ -121,6 +121,31 @@ def test_train_command_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert len(first) == 2
     capsys.readouterr()
     assert _cli(argv) == 0
+    curves = tmp_path / "d_curves.png"
+    assert _cli([*argv, "--curves", str(curves)]) == 0
     assert "already trained (2 epochs); nothing to resume" in capsys.readouterr().out
+    assert curves.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(QpruneError, match="is a finished checkpoint of a different run"):
         _cli([*argv[:5], "3", *argv[6:]])
+
+
+def test_convergence_rule() -> None:
+    rows = [{"val_psnr": 30 + min(e, 25) * 0.1} for e in range(30)]  # flat over the last 5 epochs
+    c = training.convergence(rows)
+    assert c["window"] == 3 and c["gain"] == pytest.approx(0.0) and c["converged"]
+    rising = [{"val_psnr": 30 + e * 0.1} for e in range(30)]
+    c = training.convergence(rising)
+    assert c["gain"] == pytest.approx(0.3) and not c["converged"]
+    assert not training.convergence(rows[:10])["converged"]  # too short to count
+    assert training.convergence(rows[:1])["gain"] is None
+
+
+def test_training_curve_figure(tmp_path: Path) -> None:
+    from qprune.pipeline.report import plot_training
+
+    history = _tiny().train(epochs=2, progress=False).history
+    path = tmp_path / "curves.png"
+    plot_training(history, path, title="tiny")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="empty"):
+        plot_training([], path)

@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue a stopped run from OUTPUT's state file (x.pt -> x.state.pt, written after "
                         "every epoch); starts fresh when there is none, does nothing when OUTPUT is finished")
+    p.add_argument("--curves", help="also write the training curves (loss, PSNR/SSIM or accuracy per epoch, train "
+                                    "and validation) to this PNG; with --resume on a finished run, from its history")
     p.add_argument("--batch-size", type=int, help="batch size (denoise 16, classify 64)")
     p.add_argument("--patch", type=int, help="denoise: patch size, a multiple of 8 (bundled 64, SIDD 128)")
     p.add_argument("--limit", type=int, help="use only the first N images/scenes (quick runs)")
@@ -101,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     state = state_path(out)
     if args.resume and not state.exists() and _finished(out, problem, args):
         print(f"{out} is already trained ({args.epochs} epochs); nothing to resume")
+        _curves(args, problems.read_checkpoint(out)["meta"].get("history", []))
         return 0
     result = problem.train(epochs=args.epochs, lr=args.lr, seed=args.seed, schedule=args.schedule,
                            step_every=args.step_every, precision=args.precision,
@@ -114,4 +117,14 @@ def run(args: argparse.Namespace) -> int:
     state.unlink(missing_ok=True)  # the checkpoint holds the history; the state is only for resuming
     print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB; problem {problem.name}, "
           f"{sum(p.numel() for p in result.model.parameters()):,} parameters, {result.meta['train_seconds']} s)")
+    _curves(args, result.history)
     return 0
+
+
+def _curves(args: argparse.Namespace, history: list) -> None:
+    if not args.curves:
+        return
+    from qprune.pipeline.report import plot_training
+
+    plot_training(history, args.curves, title=f"qprune train --problem {args.problem}: {Path(args.output).name}")
+    print(f"wrote {args.curves}")

@@ -185,3 +185,40 @@ def plot_metric_vs_sparsity(
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png")
     plt.close(fig)
+
+
+def plot_training(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], *, title: str = "") -> None:
+    """PNG of a training history, as the paper's Figure 4: loss, then each metric, train and validation.
+
+    ``history`` rows are what ``qprune train`` records (``epoch``, ``train_loss``, ``train_<m>``,
+    ``val_<m>``). The validation loss panel shows the metric's negative where the loss is -PSNR.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not history:
+        raise ValueError("the training history is empty: nothing to plot")
+    epochs = [int(r["epoch"]) for r in history]
+    metrics = [k[len("val_"):] for k in history[0] if k.startswith("val_")]
+    fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(4.2 * (1 + len(metrics)), 3.6), dpi=120)
+    axes = np.atleast_1d(axes)
+    axes[0].plot(epochs, [r["train_loss"] for r in history], marker=".", label="train")
+    axes[0].set_title("loss")
+    for ax, m in zip(axes[1:], metrics):
+        for split in ("train", "val"):
+            if f"{split}_{m}" in history[0]:
+                ax.plot(epochs, [r[f"{split}_{m}"] for r in history], marker=".",
+                        label="validation" if split == "val" else "train (fixed subset)")
+        ax.set_title(m.upper() if m in ("psnr", "ssim") else m)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png")
+    plt.close(fig)
