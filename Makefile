@@ -62,7 +62,8 @@ SIDD_DATA   ?= ../shared/data/sidd_small_256
 SIDD_CKPT   ?= problems/checkpoints/denoise_sidd_f64.pt
 SIDD_EPOCHS ?= 30
 SIDD_TRAIN   = $(VENV)/bin/qprune train --problem denoise --width 64 --data $(SIDD_DATA) \
-	    --epochs $(SIDD_EPOCHS) --schedule cosine --device auto --resume -o $(SIDD_CKPT)
+	    --epochs $(SIDD_EPOCHS) --schedule cosine --device auto --resume -o $(SIDD_CKPT) \
+	    --curves $(SIDD_CKPT:.pt=_curves.png)
 
 train-sidd: $(STAMP)
 	$(SIDD_TRAIN)
