@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import threading
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import dimod
@@ -82,10 +83,22 @@ def default_beta_range(bqm: dimod.BinaryQuadraticModel) -> list[float]:
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _beta_range_unset(arguments: dict[str, Any]) -> bool:
+def _beta_range_unset(arguments: Mapping[str, Any]) -> bool:
     """True when a sample call leaves the beta schedule to the sampler's default range."""
     return (arguments.get("beta_range") is None and arguments.get("beta_schedule") is None
             and arguments.get("beta_schedule_type", "geometric") != "custom")
+
+
+def beta_range_for(bqm: dimod.BinaryQuadraticModel, arguments: Mapping[str, Any]) -> list[float] | None:
+    """The ``beta_range`` a simulated-annealing call with ``arguments`` should be given: the sampler's
+    own default, computed by :func:`default_beta_range`, when the call leaves the schedule to that
+    default and the model has float biases; None otherwise (the sampler decides). The ``neal``
+    backend describes itself with it, so solvers pass it to plain dwave-samplers SA instances too.
+    """
+    # object-dtype models (DictBQM, arbitrary Python numbers) keep dwave-samplers' own loop
+    if _beta_range_unset(arguments) and getattr(bqm, "dtype", None) in _FLOAT_DTYPES:
+        return default_beta_range(bqm)
+    return None
 
 
 def _make_neal_sampler() -> type:
@@ -101,9 +114,9 @@ def _make_neal_sampler() -> type:
 
         def sample(self, bqm: dimod.BinaryQuadraticModel, *args: Any, **kwargs: Any) -> dimod.SampleSet:
             bound = signature.bind(self, bqm, *args, **kwargs)
-            # object-dtype models (DictBQM, arbitrary Python numbers) keep dwave-samplers' own loop
-            if _beta_range_unset(bound.arguments) and getattr(bqm, "dtype", None) in _FLOAT_DTYPES:
-                bound.arguments["beta_range"] = default_beta_range(bqm)
+            beta_range = beta_range_for(bqm, bound.arguments)
+            if beta_range is not None:
+                bound.arguments["beta_range"] = beta_range
             return super().sample(*bound.args[1:], **bound.kwargs)
 
     NealSampler.__module__ = __name__
@@ -114,21 +127,23 @@ def _make_neal_sampler() -> type:
 _NEAL_LOCK = threading.Lock()
 
 
+def _neal_class() -> type:
+    with _NEAL_LOCK:  # one class, even when threads ask at once
+        if "NealSampler" not in globals():
+            globals()["NealSampler"] = _make_neal_sampler()
+    return globals()["NealSampler"]
+
+
 def __getattr__(name: str) -> Any:
     # ``NealSampler`` is built on first use so that importing the backends (listing them) does not
     # import dwave.samplers (~0.5 s); once built it is a plain module attribute (and pickles).
     if name == "NealSampler":
-        with _NEAL_LOCK:  # one class, even when threads ask at once
-            if "NealSampler" not in globals():
-                globals()["NealSampler"] = _make_neal_sampler()
-        return globals()["NealSampler"]
+        return _neal_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _neal(**config: Any) -> dimod.Sampler:
-    from qprune.backends.classical import NealSampler
-
-    return NealSampler(**config)
+    return _neal_class()(**config)
 
 
 def tabu_timeout_ms(num_variables: int) -> int:
@@ -162,7 +177,8 @@ def _exact(max_variables: int = EXACT_MAX_VARIABLES) -> dimod.Sampler:
 
 
 register("neal", _neal, description="simulated annealing (dwave-samplers); the default",
-         requires=("dwave.samplers",))
+         requires=("dwave.samplers",), beta_range=beta_range_for,
+         sampler_classes=("dwave.samplers.sa.sampler.SimulatedAnnealingSampler", f"{__name__}.NealSampler"))
 register("tabu", _tabu, description="tabu search (dwave-samplers); default timeout 5-100 ms per read by size",
          requires=("dwave.samplers",))
 register("greedy", _greedy, description="steepest descent from random starts (dwave-samplers)",

@@ -1,6 +1,6 @@
-"""D-Wave backends: the QPU (``dwave``), Leap's hybrid BQM solver (``dwave-hybrid``) and an exact-k
-solve on Leap's hybrid CQM solver (:func:`solve_cqm_exact_k`, the constraint sum(x) = k is posed
-directly, so no gamma search).
+"""D-Wave backends: the QPU (``dwave``), Leap's hybrid BQM solver (``dwave-hybrid``) and Leap's
+hybrid CQM solver (:func:`cqm_sampler`; the exact-k CQM itself is built and solved by
+:mod:`qprune.solve.cqm`, where sum(x) = k is posed directly, so no gamma search).
 
 Credentials come from the usual Ocean configuration (``dwave config create`` writes dwave.conf;
 ``DWAVE_API_TOKEN`` overrides it). They are checked by reading that configuration, without a network
@@ -18,7 +18,7 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dimod
 import numpy as np
@@ -26,15 +26,11 @@ import numpy as np
 from qprune.backends.registry import register
 from qprune.errors import BackendUnavailable, QpruneError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from qprune.solve.exact_k import ExactKResult
-
 __all__ = [
     "CachedEmbeddingSampler",
     "HybridBQMSampler",
-    "build_exact_k_cqm",
     "check_credentials",
-    "solve_cqm_exact_k",
+    "cqm_sampler",
 ]
 
 _HOW_TO = "run `dwave config create` or `export DWAVE_API_TOKEN=...`"
@@ -95,6 +91,9 @@ class CachedEmbeddingSampler(dimod.Sampler):
     in ``info["ignored_parameters"]``. The SampleSet carries the ``chain_break_fraction`` data
     vector, and ``info`` its mean, the embedding size and whether the embedding was reused.
     """
+
+    # one sub-problem per call: each embeds once and its embedding is reused for every later call
+    batch_variables = 1
 
     def __init__(self, qpu: dimod.Sampler, *, chain_strength: ChainStrength = None,
                  embedding_parameters: Mapping[str, Any] | None = None, max_cached: int = 8) -> None:
@@ -244,112 +243,22 @@ def _dwave_hybrid(sampler: dimod.Sampler | None = None, time_limit: float | None
     return HybridBQMSampler(sampler, time_limit=time_limit)
 
 
-# ----------------------------------------------------------------------------- exact k on the CQM
+def cqm_sampler(**config: Any) -> Any:
+    """Leap's hybrid CQM solver, ``LeapHybridCQMSampler(**config)`` (it has ``sample_cqm``).
 
-
-def build_exact_k_cqm(objective_bqm: dimod.BinaryQuadraticModel, k: int, *,
-                      max_per_group: tuple[np.ndarray, np.ndarray] | None = None,
-                      ) -> dimod.ConstrainedQuadraticModel:
-    """The CQM ``min objective_bqm(x)  s.t.  sum(x) == k`` (+ ``sum_{i in g} x_i <= cap_g``).
-
-    Args:
-        objective_bqm: BINARY objective (a Formulation's ``objective_bqm()``: no gamma term).
-        k: number of variables set to one (filters pruned).
-        max_per_group: optional ``(group id per variable in objective_bqm.variables order,
-            max ones per group indexed by group id)``; one ``<=`` constraint per capped group.
+    Used by :func:`qprune.solve.cqm.solve_cqm_exact_k`, where sum(x) = k is a constraint. A missing
+    extra or token is a one-line :class:`BackendUnavailable`.
     """
-    if objective_bqm.vartype is not dimod.BINARY:
-        objective_bqm = objective_bqm.change_vartype(dimod.BINARY, inplace=False)
-    n = objective_bqm.num_variables
-    if not 0 <= k <= n:
-        raise QpruneError(f"k={k} must lie in [0, {n}] for a {n}-variable problem")
-    cqm = dimod.ConstrainedQuadraticModel()
-    cqm.set_objective(objective_bqm)
-    variables = list(objective_bqm.variables)
-    cqm.add_constraint_from_iterable([(v, 1) for v in variables], "==", rhs=k, label="count")
-    if max_per_group is not None:
-        groups, caps = np.asarray(max_per_group[0]), np.asarray(max_per_group[1])
-        if groups.shape[0] != n:
-            raise QpruneError(f"max_per_group has {groups.shape[0]} group ids for {n} variables")
-        for g in np.unique(groups):
-            members = [variables[i] for i in np.flatnonzero(groups == g)]
-            cap = int(caps[int(g)])
-            if cap < len(members):  # a cap at or above the group size constrains nothing
-                cqm.add_constraint_from_iterable([(v, 1) for v in members], "<=", rhs=cap,
-                                                 label=f"group_{int(g)}")
-    return cqm
-
-
-def _repair_to_k(bqm: dimod.BinaryQuadraticModel, x: np.ndarray, order: list, k: int) -> np.ndarray:
-    """Greedy single flips toward exactly k ones, each the cheapest available (rarely needed)."""
-    x = x.astype(np.int8).copy()
-    while int(x.sum()) != k:
-        want = 0 if x.sum() > k else 1
-        cand = np.flatnonzero(x == want ^ 1)
-        best, best_e = None, np.inf
-        for i in cand:
-            x[i] ^= 1
-            e = bqm.energy(dict(zip(order, x.tolist())))
-            x[i] ^= 1
-            if e < best_e:
-                best, best_e = i, e
-        x[best] ^= 1
-    return x
-
-
-def solve_cqm_exact_k(objective_bqm: dimod.BinaryQuadraticModel, k: int, *,
-                      sampler: Any | None = None, time_limit: float | None = None,
-                      max_per_group: tuple[np.ndarray, np.ndarray] | None = None,
-                      label: str = "qprune exact-k", **config: Any) -> ExactKResult:
-    """Exact-k on Leap's hybrid CQM solver: the count is a constraint, no gamma search.
-
-    Args:
-        objective_bqm: the objective without the gamma term (``Formulation.objective_bqm()``).
-        k: exact number of ones.
-        sampler: a CQM sampler (``sample_cqm``); default ``LeapHybridCQMSampler(**config)``.
-            ``dimod.ExactCQMSolver()`` works offline for tiny problems.
-        time_limit: seconds for the hybrid solver (None: its minimum).
-        max_per_group: see :func:`build_exact_k_cqm`.
-
-    Returns:
-        :class:`qprune.solve.exact_k.ExactKResult` with ``gamma=0.0`` and ``bqm=objective_bqm``; the
-        best feasible sample is taken, and if the solver returned none, the best sample is
-        repaired to k ones with single flips (``info["repaired"]``).
-    """
-    from qprune.solve.exact_k import ExactKResult
-
-    t0 = time.perf_counter()
-    cqm = build_exact_k_cqm(objective_bqm, k, max_per_group=max_per_group)
-    if sampler is None:
+    try:
         from dwave.system import LeapHybridCQMSampler
-
-        sampler = _connect("dwave-hybrid-cqm", LeapHybridCQMSampler, config)
-    kwargs: dict[str, Any] = {}
-    if time_limit is not None:
-        kwargs["time_limit"] = time_limit
-    if label and not isinstance(sampler, dimod.ExactCQMSolver):
-        kwargs["label"] = label
-    sampleset = sampler.sample_cqm(cqm, **kwargs)
-    order = list(objective_bqm.variables)
-    feasible = sampleset.filter(lambda d: d.is_feasible) if "is_feasible" in sampleset.record.dtype.names \
-        else sampleset
-    repaired = len(feasible) == 0
-    pick = (sampleset if repaired else feasible).first.sample
-    x = np.array([int(pick[v]) for v in order], dtype=np.int8)
-    if repaired or int(x.sum()) != k:
-        repaired = True
-        x = _repair_to_k(objective_bqm, x, order, k)
-    sample = dict(zip(order, x.tolist()))
-    energy = float(objective_bqm.energy(sample))
-    info = {"strategy": "cqm", "repaired": repaired, "num_samples": len(sampleset),
-            "num_feasible": len(feasible), "times": {"total_s": time.perf_counter() - t0},
-            "solver_info": dict(sampleset.info)}
-    return ExactKResult(labels=list(order), x=x, sample=sample, energy=energy, objective=energy,
-                        gamma=0.0, bqm=objective_bqm, info=info)
+    except ImportError:
+        raise BackendUnavailable("the CQM solver needs dwave-system which is not installed; "
+                                 "run: pip install 'qprune[dwave]'") from None
+    return _connect("dwave-hybrid-cqm", LeapHybridCQMSampler, config)
 
 
 register("dwave", _dwave,
          description="D-Wave QPU (EmbeddingComposite, embedding cached per structure); needs a Leap token",
-         requires=("dwave.system",), extra="dwave", needs_token=True)
+         requires=("dwave.system",), extra="dwave", needs_token=True, batch_variables=1)
 register("dwave-hybrid", _dwave_hybrid, description="D-Wave Leap hybrid BQM solver; needs a Leap token",
          requires=("dwave.system",), extra="dwave", needs_token=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -18,6 +18,8 @@ import dimod
 from qprune.errors import BackendUnavailable, QpruneError
 
 SamplerFactory = Callable[..., dimod.Sampler]
+# (bqm, the sample call's keyword arguments) -> the beta range to pass, or None to leave it to the sampler
+BetaRange = Callable[[dimod.BinaryQuadraticModel, Mapping[str, Any]], "list[float] | None"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,14 @@ class BackendInfo:
     extra: str | None = None  # pip extra that installs ``requires``
     needs_token: bool = False  # needs cloud credentials (e.g. D-Wave Leap)
     max_variables: int | None = None  # hard size limit, if any
+    # Variables per call when a solver packs independent sub-problems into one BQM (None: up to
+    # ``max_variables``, else the solver's choice). 1 = one sub-problem per call.
+    batch_variables: int | None = None
+    # A fast equivalent of the sampler's own default beta range (simulated annealing), for callers to pass.
+    beta_range: BetaRange | None = field(default=None, repr=False)
+    # "module.Class" of sampler instances this entry describes, so a sampler passed in directly
+    # (not by name) gets the same traits.
+    sampler_classes: tuple[str, ...] = ()
 
     @property
     def installed(self) -> bool:
@@ -59,6 +69,9 @@ def register(
     extra: str | None = None,
     needs_token: bool = False,
     max_variables: int | None = None,
+    batch_variables: int | None = None,
+    beta_range: BetaRange | None = None,
+    sampler_classes: tuple[str, ...] = (),
     replace: bool = False,
 ) -> BackendInfo:
     """Register ``factory(**config) -> dimod.Sampler`` under ``name``.
@@ -70,7 +83,8 @@ def register(
         raise QpruneError(f"backend name must be a non-empty string, got {name!r}")
     if name in _REGISTRY and not replace:
         raise QpruneError(f"backend {name!r} is already registered (pass replace=True to override)")
-    info = BackendInfo(name, factory, description, tuple(requires), extra, needs_token, max_variables)
+    info = BackendInfo(name, factory, description, tuple(requires), extra, needs_token, max_variables,
+                       batch_variables, beta_range, tuple(sampler_classes))
     _REGISTRY[name] = info
     return info
 
@@ -140,3 +154,34 @@ def get(name: str | dimod.Sampler, **config: Any) -> dimod.Sampler:
             f"backend {name!r} needs {', '.join(missing)} which is not installed; run: {hint}"
         )
     return entry.factory(**config)
+
+
+@dataclass(frozen=True)
+class SamplerTraits:
+    """What a solver may ask of a backend beyond dimod's interface (see :func:`traits`)."""
+
+    batch_variables: int | None = None  # variables per call when packing sub-problems; None: no preference
+    beta_range: BetaRange | None = None  # fast default beta range (simulated annealing), or None
+
+
+def traits(backend: str | dimod.Sampler) -> SamplerTraits:
+    """The traits a backend describes itself with.
+
+    A name: its :class:`BackendInfo` (``batch_variables``, else ``max_variables``). A sampler
+    instance: the entry whose ``sampler_classes`` lists its class, then the instance's own
+    ``batch_variables`` or ``max_variables`` attribute, if it has one.
+    """
+    if isinstance(backend, str):
+        return _entry_traits(info(backend))
+    _load_entry_points()
+    cls = type(backend)
+    path = f"{cls.__module__}.{cls.__qualname__}"
+    found = next((_entry_traits(e) for e in _REGISTRY.values() if path in e.sampler_classes), SamplerTraits())
+    own = next((getattr(backend, a) for a in ("batch_variables", "max_variables")
+                if isinstance(getattr(backend, a, None), int)), None)
+    return SamplerTraits(own if own is not None else found.batch_variables, found.beta_range)
+
+
+def _entry_traits(entry: BackendInfo) -> SamplerTraits:
+    batch = entry.batch_variables if entry.batch_variables is not None else entry.max_variables
+    return SamplerTraits(batch, entry.beta_range)

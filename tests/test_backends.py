@@ -371,3 +371,20 @@ def test_neal_leaves_an_invalid_custom_schedule_to_dwave() -> None:
         neal.sample(_bqm(5), beta_schedule_type="custom")
     with pytest.raises(ValueError, match="'beta_schedule' must be set to None"):
         neal.sample(_bqm(5), beta_schedule=[0.1, 1.0])
+
+
+def test_traits_come_from_the_entry_and_the_instance(clean_registry) -> None:
+    class Mine(dimod.RandomSampler):
+        pass
+
+    path = f"{Mine.__module__}.{Mine.__qualname__}"
+    backends.register("mine", Mine, max_variables=50, sampler_classes=(path,))
+    assert backends.traits("mine").batch_variables == 50  # no batch size: the size limit
+    assert backends.traits(Mine()).batch_variables == 50  # the instance's class is listed
+    backends.register("mine", Mine, max_variables=50, batch_variables=8, sampler_classes=(path,), replace=True)
+    assert backends.traits("mine").batch_variables == 8 == backends.traits(Mine()).batch_variables
+    inst = Mine()
+    inst.batch_variables = 3  # the instance's own attribute wins
+    assert backends.traits(inst).batch_variables == 3
+    assert backends.traits(dimod.RandomSampler()) == backends.SamplerTraits()
+    assert backends.traits("neal").beta_range is not None and backends.traits("tabu").beta_range is None

@@ -1,5 +1,5 @@
-"""openjij, openjij-sqa, dwave (offline, MockDWaveSampler), dwave-hybrid, the exact-k CQM, qaoa, and
-neal on the OR-Library bqp instances."""
+"""openjij, openjij-sqa, dwave (offline, MockDWaveSampler), dwave-hybrid, qaoa, and neal on the
+OR-Library bqp instances (the exact-k CQM: tests/test_cqm.py)."""
 
 from __future__ import annotations
 
@@ -278,57 +278,6 @@ def test_dwave_hybrid_wrapper_ignores_reads_and_seed():
     ss = s.sample(bqm, num_reads=5, seed=1)
     assert ss.info["ignored_parameters"] == ["num_reads", "seed"]
     dimod.testing.assert_sampleset_energies(ss, bqm)
-
-
-@needs_dwave
-def test_exact_k_cqm_is_built_as_stated():
-    from qprune.backends.dwave import build_exact_k_cqm
-
-    from qprune.instances.synthetic import random_formulation
-
-    f = random_formulation((3, 4), seed=0)
-    obj = f.objective_bqm()
-    cqm = build_exact_k_cqm(obj, 3, max_per_group=(f.layer_ids, np.array([1, 4])))
-    assert set(cqm.variables) == set(f.labels)
-    assert all(cqm.vartype(v) is dimod.BINARY for v in cqm.variables)
-    x = dict(zip(f.labels, np.r_[1, 0, 0, 1, 1, 0, 0]))
-    assert cqm.objective.energy(x) == pytest.approx(obj.energy(x))
-    count = cqm.constraints["count"]
-    assert count.sense is dimod.sym.Sense.Eq and count.rhs == 3
-    assert dict(count.lhs.linear) == {v: 1.0 for v in f.labels}
-    group0 = cqm.constraints["group_0"]  # layer 1's cap (4) equals its size: no constraint for it
-    assert group0.sense is dimod.sym.Sense.Le and group0.rhs == 1 and "group_1" not in cqm.constraints
-    assert cqm.check_feasible(x)
-    assert not cqm.check_feasible({**x, f.labels[1]: 1})
-    with pytest.raises(QpruneError):
-        build_exact_k_cqm(obj, 99)
-
-
-@needs_dwave
-def test_cqm_exact_k_matches_brute_force_with_an_exact_cqm_solver():
-    from qprune.backends.dwave import solve_cqm_exact_k
-
-    from qprune.instances.synthetic import random_formulation
-
-    f = random_formulation((4, 4), seed=3)
-    obj = f.objective_bqm()
-    X = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(np.int8)
-    E = f.energy(X, 0.0)
-    for k in (2, 5):
-        res = solve_cqm_exact_k(obj, k, sampler=dimod.ExactCQMSolver())
-        assert res.x.sum() == k and res.gamma == 0.0 and res.info["strategy"] == "cqm"
-        assert res.objective == pytest.approx(E[X.sum(1) == k].min())
-
-
-@needs_dwave
-def test_cqm_exact_k_without_token_is_a_one_line_error(monkeypatch, tmp_path):
-    from qprune.backends.dwave import solve_cqm_exact_k
-
-    from qprune.instances.synthetic import random_formulation
-
-    _no_dwave_config(monkeypatch, tmp_path)
-    with pytest.raises(BackendUnavailable, match="DWAVE_API_TOKEN"):
-        solve_cqm_exact_k(random_formulation((3,), seed=0).objective_bqm(), 1)
 
 
 # --------------------------------------------------------------------------------------- qaoa

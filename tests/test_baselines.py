@@ -38,3 +38,17 @@ def test_random_is_seeded_and_exact():
     b = random_prune(50, 17, seed=3)
     c = random_prune(50, 17, seed=4)
     assert a.sum() == 17 and np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_a_constraint_is_first_fit_over_the_sorted_scores():
+    from qprune.solve.constraint import ExactK
+
+    scores = np.array([0.1, 0.2, 0.3, 5.0, 6.0, 7.0])
+    layer_ids = np.array([0, 0, 0, 1, 1, 1])
+    con = ExactK.build(6, 4, (layer_ids, np.array([2, 2])))
+    x = greedy_prune(scores, 4, constraint=con)
+    assert x.tolist() == greedy_prune(scores, 4, layer_ids=layer_ids, max_per_layer=np.array([2, 2])).tolist()
+    assert x.tolist() == con.first_fit(np.argsort(scores, kind="stable")).tolist()
+    r = random_prune(6, 4, seed=1, constraint=con)
+    assert con.ok(r) and r.tolist() == random_prune(6, 4, seed=1, layer_ids=layer_ids,
+                                                    max_per_layer=np.array([2, 2])).tolist()

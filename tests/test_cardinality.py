@@ -389,3 +389,30 @@ def test_progress_bar_runs(capsys: pytest.CaptureFixture[str]) -> None:
     form = random_formulation((5, 5), 0)
     res = solve_exact_k(form, 4, "neal", 0, progress=True, **FAST)
     assert res.k == 4
+
+
+def test_a_constraint_is_the_same_as_max_per_group() -> None:
+    from qprune.solve.constraint import ExactK
+
+    form = random_formulation((6, 6, 6), 4)
+    group = np.arange(18) % 3
+    caps = (group, np.array([1, 4, 4]))
+    a = solve_exact_k(form, 9, "neal", 0, max_per_group=caps, **FAST)
+    b = solve_exact_k(form, 9, "neal", 0, constraint=ExactK.build(18, 9, caps), **FAST)
+    np.testing.assert_array_equal(a.x, b.x)
+    with pytest.raises(QpruneError, match="n=18, k=9"):
+        solve_exact_k(form, 8, "neal", 0, constraint=ExactK.build(18, 9, caps))
+    with pytest.raises(QpruneError, match="not both"):
+        solve_exact_k(form, 9, "neal", 0, constraint=ExactK.build(18, 9, caps), max_per_group=caps)
+
+
+def test_repair_and_polish_keep_the_constraint() -> None:
+    from qprune.solve.constraint import ExactK
+
+    form = random_formulation((6, 6), 6)
+    arrs = QuboArrays.from_bqm(form.objective_bqm(), form.reward, form.labels)
+    con = ExactK.build(arrs.n, 7, (form.layer_ids, np.array([2, 6])))
+    x, _ = repair_to_k(arrs, np.ones(arrs.n, dtype=np.int8), 7, con)
+    assert con.ok(x)
+    y, _, _ = swap_polish(arrs, x, con, gamma=0.2)
+    assert con.ok(y)

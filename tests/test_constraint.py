@@ -91,3 +91,25 @@ def test_enumerate_and_cqm_agree() -> None:
     con.add_to_cqm(cqm, labels)
     feasible = [x for x in np.ndindex(*(2,) * 5) if cqm.check_feasible(dict(zip(labels, x)))]
     assert sorted(map(tuple, X.tolist())) == sorted(feasible)
+
+
+def test_messages_name_the_argument_and_coerce_checks_n_and_k() -> None:
+    with pytest.raises(QpruneError, match="max_per_layer: group ids must index"):
+        ExactK.per_layer(np.array([0, 0, 1, 2]), 1, np.array([1, 1]))
+    con = ExactK.build(4, 2, (np.array([0, 0, 1, 1]), 1))
+    assert ExactK.coerce(4, 2, con) is con
+    built = ExactK.coerce(4, 2, None, (np.array([0, 0, 1, 1]), 1))
+    assert built.group.tolist() == con.group.tolist() and built.cap.tolist() == con.cap.tolist()
+    assert not ExactK.coerce(4, 2).capped
+    with pytest.raises(QpruneError, match="n=4, k=2"):
+        ExactK.coerce(4, 3, con)
+    with pytest.raises(QpruneError, match="not both"):
+        ExactK.coerce(4, 2, con, (np.zeros(4), 1))
+
+
+def test_cqm_labels_can_be_chosen() -> None:
+    con = ExactK.build(4, 2, (np.array([0, 0, 1, 1]), np.array([1, 2])))
+    cqm = dimod.ConstrainedQuadraticModel()
+    cqm.set_objective(dimod.BinaryQuadraticModel({v: 0.0 for v in "abcd"}, {}, 0.0, "BINARY"))
+    con.add_to_cqm(cqm, list("abcd"), count_label="count", cap_label="group_{}")
+    assert set(cqm.constraints) == {"count", "group_0"}

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from qprune.errors import QpruneError
-from qprune.solve.layerwise import block_count_curve, solve, solve_layerwise
+from qprune.solve.layerwise import block_count_curve, solve_layerwise
+from qprune.solve.strategies import solve
 from qprune.instances.synthetic import random_formulation
 
 N = 18
@@ -208,3 +209,17 @@ def test_qaoa_backend_on_small_blocks():
     X = ((np.arange(1 << 9)[:, None] >> np.arange(9)) & 1).astype(np.int8)
     res = solve_layerwise(f, 4, "qaoa", seed=0, gamma=0.0, brute_force_max=0, steps=2, focus_steps=1)
     assert res.energy == pytest.approx(float(f.energy(X, 0.0)[X.sum(1) == 4].min()))
+
+
+def test_a_constraint_per_layer_is_the_same_as_max_per_layer(f3x6):
+    from qprune.solve.constraint import ExactK
+
+    con = ExactK.per_layer(f3x6.layer_ids, 8, np.array([2, 5, 3]))
+    a = solve_layerwise(f3x6, 8, gamma=0.5, constraint=con)
+    b = solve_layerwise(f3x6, 8, gamma=0.5, max_per_layer=np.array([2, 5, 3]))
+    assert np.array_equal(a.x, b.x) and a.energy == b.energy
+    across = ExactK.build(18, 8, (np.arange(18) % 2, 6))  # groups that cut across the layers
+    with pytest.raises(QpruneError, match="caps per layer"):
+        solve_layerwise(f3x6, 8, constraint=across)
+    with pytest.raises(QpruneError, match="not both"):
+        solve_layerwise(f3x6, 8, constraint=con, max_per_layer=3)

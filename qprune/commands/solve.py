@@ -7,9 +7,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qprune.errors import QpruneError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from qprune.solve.sampling import SamplerCall
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,9 +54,14 @@ def parse_params(items: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # project modules are imported here, not at the top: the CLI imports every command module to
+    # build its parser, and the solve layer (dimod, scipy) would add ~1 s to every `qprune` call
     from qprune import backends
-    from qprune.qubo import fileio as qubo_io
     from qprune.atomic import write_json
+    from qprune.qubo import fileio as qubo_io
+    from qprune.solve.arrays import lagrangian
+    from qprune.solve.exact_k import solve_exact_k
+    from qprune.solve.sampling import SamplerCall
 
     # every check that can fail runs before any work, so a bad call writes nothing
     backends.info(args.backend)
@@ -75,10 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     if k is None:
-        labels, x, energy, info = _sample(bqm, args, params)
+        labels, x, energy, info = _sample(SamplerCall.of(args.backend, params), bqm, args)
     else:
-        from qprune.solve.exact_k import lagrangian, solve_exact_k
-
         res = solve_exact_k(lagrangian(bqm), k, args.backend, args.seed, max_iter=args.max_iter,
                             search_reads=args.search_reads, final_reads=args.reads,
                             polish=not args.no_polish, progress=args.progress, sampler_params=params)
@@ -111,35 +117,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample(bqm: Any, args: argparse.Namespace, params: dict[str, Any]) -> tuple[list[Any], list[int], float, dict[str, Any]]:
+def _sample(call: SamplerCall, bqm: Any, args: argparse.Namespace) -> tuple[list[Any], list[int], float, dict[str, Any]]:
+    """Plain sampling: the lowest-energy read of one call with ``--reads`` reads and ``--seed``."""
     import dimod
-    import numpy as np
 
-    from qprune import backends
-
-    sampler = backends.get(args.backend)
-    accepted = set(getattr(sampler, "parameters", {}) or {})
-    unknown = sorted(p for p in params if accepted and p not in accepted)
-    if unknown:
-        raise QpruneError(f"backend {args.backend!r} does not accept parameter(s) {unknown}; "
-                          f"it accepts {sorted(accepted)}")
-    kw = dict(params)
-    if "num_reads" in accepted:
-        kw["num_reads"] = args.reads
-    if "seed" in accepted:
-        kw["seed"] = args.seed
     if bqm.vartype is not dimod.BINARY:
         bqm = bqm.change_vartype(dimod.BINARY, inplace=False)
-    t0 = time.perf_counter()
-    ss = sampler.sample(bqm, **kw)
-    best = ss.first
-    dt = time.perf_counter() - t0
     labels = list(bqm.variables)
-    x = [int(best.sample[v]) for v in labels]
-    energies = np.asarray(ss.record.energy)
-    info = {"backend": args.backend, "seed": args.seed, "num_reads": int(ss.record.num_occurrences.sum()),
-            "solve_time_s": dt, "energy_min": float(energies.min()), "energy_mean": float(energies.mean())}
-    return labels, x, float(bqm.energy(best.sample)), info
+    s = call(bqm, labels, reads=args.reads, seed=args.seed)
+    x = [int(b) for b in s.X[s.best]]
+    info = {"backend": args.backend, "seed": args.seed, "num_reads": int(s.num_occurrences.sum()),
+            "solve_time_s": s.time_s, "energy_min": float(s.energy.min()), "energy_mean": float(s.energy.mean())}
+    return labels, x, float(bqm.energy(dict(zip(labels, x)))), info
 
 
 def _key(label: Any) -> str:

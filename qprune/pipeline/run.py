@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from qprune.solve.baselines import greedy_prune, random_prune
+from qprune.solve.constraint import ExactK
+from qprune.solve.strategies import get_strategy
 from qprune.errors import QpruneError
 from qprune.qubo.formulation import Formulation, Weights, formulate, preset_terms
 from qprune.model.signals import Signals, collect_signals
@@ -442,18 +444,11 @@ def solve_formulation(
     solver_options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> Any:
-    """Exact-k solve of a formulation with the gamma search or the layerwise strategy."""
-    options = dict(solver_options or {})
-    if strategy == "layerwise":
-        from qprune.solve.layerwise import solve_layerwise
-
-        max_per_layer = None if max_per_group is None else max_per_group[1]
-        return solve_layerwise(formulation, k, backend=backend, seed=seed, max_per_layer=max_per_layer,
-                               sampler_params=dict(sampler_params or {}), progress=progress, **options)
-    from qprune.solve.exact_k import solve_exact_k
-
-    return solve_exact_k(formulation, k, backend=backend, seed=seed, max_per_group=max_per_group,
-                         sampler_params=dict(sampler_params or {}), progress=progress, **options)
+    """Exact-k solve of a formulation with one of :data:`qprune.solve.strategies.STRATEGIES`."""
+    constraint = None if max_per_group is None else ExactK.build(formulation.num_variables, k, max_per_group)
+    return get_strategy(strategy).solve(formulation, k, backend, seed, constraint=constraint,
+                                        sampler_params=dict(sampler_params or {}), progress=progress,
+                                        options=solver_options)
 
 
 def finish(

@@ -35,12 +35,13 @@ class ExactK:
 
     # ----- construction
     @classmethod
-    def build(cls, n: int, k: int, max_per_group: Any = None) -> ExactK:
+    def build(cls, n: int, k: int, max_per_group: Any = None, *, name: str = "max_per_group") -> ExactK:
         """From ``max_per_group = (group id per variable, max pruned per group)`` or None.
 
         Group ids may be any hashable values; the max counts an int (the same for every group),
         a mapping id -> count (missing groups: no limit) or an array indexed by integer group id.
-        Raises a QpruneError naming the problem when the input is malformed or k is unreachable.
+        Raises a QpruneError naming the problem (and the argument, ``name``) when the input is
+        malformed or k is unreachable.
         """
         n, k = int(n), int(k)
         if not 0 <= k <= n:
@@ -50,13 +51,13 @@ class ExactK:
         try:
             group_ids, max_count = max_per_group
         except (TypeError, ValueError):
-            raise QpruneError("max_per_group must be a pair (group id per variable, max pruned per group)") from None
+            raise QpruneError(f"{name} must be a pair (group id per variable, max pruned per group)") from None
         gid = np.asarray(group_ids).ravel()
         if gid.shape != (n,):
-            raise QpruneError(f"max_per_group: {gid.size} group ids for {n} variables")
+            raise QpruneError(f"{name}: {gid.size} group ids for {n} variables")
         uniq, group = np.unique(gid, return_inverse=True)
         size = np.bincount(group, minlength=len(uniq))
-        cap = _caps(uniq, size, max_count)
+        cap = _caps(uniq, size, max_count, name)
         out = cls(n, k, group.astype(np.int64), np.minimum(cap, size).astype(np.int64))
         if out.reachable < k:
             raise QpruneError(f"k={k} cannot be met: the group caps allow at most {out.reachable} pruned units")
@@ -68,7 +69,24 @@ class ExactK:
         if layer_ids is None:
             raise QpruneError("per_layer needs the layer id of every unit")
         ids = np.asarray(layer_ids).ravel()
-        return cls.build(ids.size, k, None if max_per_layer is None else (ids, max_per_layer))
+        return cls.build(ids.size, k, None if max_per_layer is None else (ids, max_per_layer), name="max_per_layer")
+
+    @classmethod
+    def coerce(cls, n: int, k: int, constraint: ExactK | None = None, max_per_group: Any = None) -> ExactK:
+        """``constraint`` checked against ``(n, k)``, else :meth:`build` from ``max_per_group``.
+
+        What solvers call with their ``constraint=`` and the older ``max_per_group=`` convenience.
+        """
+        if constraint is None:
+            return cls.build(n, k, max_per_group)
+        if max_per_group is not None:
+            raise QpruneError("give either constraint or max_per_group, not both")
+        if not isinstance(constraint, ExactK):
+            raise QpruneError(f"constraint must be an ExactK, got {type(constraint).__name__}")
+        if (constraint.n, constraint.k) != (int(n), int(k)):
+            raise QpruneError(f"the constraint is for n={constraint.n}, k={constraint.k}; "
+                              f"this problem has n={int(n)} and asks for k={int(k)}")
+        return constraint
 
     def with_k(self, k: int) -> ExactK:
         """The same caps with another count."""
@@ -244,11 +262,13 @@ class ExactK:
         return X[self.ok_rows(X)] if X.size else X
 
     # ----- as a constrained model
-    def add_to_cqm(self, cqm: dimod.ConstrainedQuadraticModel, labels: Sequence[Hashable]) -> None:
-        """Add ``sum(x) == k`` (label ``"k"``) and one ``<= cap`` per binding group to ``cqm``."""
+    def add_to_cqm(self, cqm: dimod.ConstrainedQuadraticModel, labels: Sequence[Hashable], *,
+                   count_label: str = "k", cap_label: str = "cap_{}") -> None:
+        """Add ``sum(x) == k`` (label ``count_label``) and one ``<= cap`` per binding group to ``cqm``
+        (label ``cap_label.format(group index)``); a cap at or above its group's size adds nothing."""
         if len(labels) != self.n:
             raise QpruneError(f"{len(labels)} labels for a constraint on {self.n} variables")
-        cqm.add_constraint_from_iterable([(v, 1) for v in labels], "==", rhs=self.k, label="k")
+        cqm.add_constraint_from_iterable([(v, 1) for v in labels], "==", rhs=self.k, label=count_label)
         if self.group is None:
             return
         size = self.size
@@ -256,10 +276,10 @@ class ExactK:
             if self.cap[g] < size[g]:
                 members = [labels[i] for i in np.flatnonzero(self.group == g)]
                 cqm.add_constraint_from_iterable([(v, 1) for v in members], "<=", rhs=int(self.cap[g]),
-                                                 label=f"cap_{g}")
+                                                 label=cap_label.format(g))
 
 
-def _caps(uniq: np.ndarray, size: np.ndarray, max_count: Any) -> np.ndarray:
+def _caps(uniq: np.ndarray, size: np.ndarray, max_count: Any, name: str = "max_per_group") -> np.ndarray:
     """One limit per distinct group id from an int, a mapping or an array indexed by id."""
     if isinstance(max_count, Mapping):
         cap = np.array([int(max_count.get(u.item(), s)) for u, s in zip(uniq, size)])
@@ -268,8 +288,8 @@ def _caps(uniq: np.ndarray, size: np.ndarray, max_count: Any) -> np.ndarray:
     else:
         mc = np.asarray(max_count).ravel()
         if not np.issubdtype(uniq.dtype, np.integer) or uniq.min() < 0 or uniq.max() >= mc.size:
-            raise QpruneError(f"max_per_group: group ids must index the {mc.size} max counts (0..{mc.size - 1})")
+            raise QpruneError(f"{name}: group ids must index the {mc.size} max counts (0..{mc.size - 1})")
         cap = mc[uniq].astype(np.int64)
     if np.any(cap < 0):
-        raise QpruneError("max_per_group: a group's max count is negative")
+        raise QpruneError(f"{name}: a group's max count is negative")
     return cap.astype(np.int64)

@@ -1,0 +1,45 @@
+"""The table of exact-k strategies (qprune.solve.strategies) and its typed options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qprune.errors import QpruneError
+from qprune.instances.synthetic import random_formulation
+from qprune.solve.constraint import ExactK
+from qprune.solve.exact_k import GammaOptions, solve_exact_k
+from qprune.solve.layerwise import LayerwiseOptions, solve_layerwise
+from qprune.solve.strategies import STRATEGIES, get_strategy, solve
+
+
+def test_the_table_names_each_strategy_once() -> None:
+    assert list(STRATEGIES) == ["gamma", "layerwise"]
+    assert STRATEGIES["gamma"].options_type is GammaOptions
+    assert STRATEGIES["layerwise"].options_type is LayerwiseOptions
+    with pytest.raises(QpruneError, match="unknown strategy 'annealing'; choose 'gamma' or 'layerwise'"):
+        get_strategy("annealing")
+
+
+def test_options_are_checked_by_name() -> None:
+    gamma = get_strategy("gamma")
+    assert gamma.make_options(None) == GammaOptions()
+    assert gamma.make_options({"search_reads": 3}) == GammaOptions(search_reads=3)
+    with pytest.raises(QpruneError, match=r"strategy 'gamma' has no option\(s\) \['steps'\]"):
+        gamma.make_options({"steps": 3})
+    with pytest.raises(QpruneError, match="as a mapping"):
+        gamma.make_options(LayerwiseOptions())
+
+
+def test_the_table_gives_what_the_functions_give() -> None:
+    f = random_formulation((7, 8, 6), seed=2)
+    con = ExactK.build(f.num_variables, 8, (f.layer_ids, np.array([2, 5, 5])))
+    a = get_strategy("gamma").solve(f, 8, "neal", 3, constraint=con, options={"search_reads": 5, "final_reads": 10})
+    b = solve_exact_k(f, 8, "neal", 3, max_per_group=(f.layer_ids, np.array([2, 5, 5])), search_reads=5,
+                      final_reads=10)
+    np.testing.assert_array_equal(a.x, b.x)
+    assert a.x[f.layer_ids == 0].sum() <= 2
+    c = solve(f, 8, "neal", strategy="layerwise", seed=1, constraint=con, gamma=0.2)
+    d = solve_layerwise(f, 8, "neal", 1, gamma=0.2, max_per_layer=np.array([2, 5, 5]))
+    np.testing.assert_array_equal(c.x, d.x)
+    assert c.energy == d.energy
