@@ -88,7 +88,9 @@ from qprune.pipeline.run import (
     tune_weights,
     validation_score,
 )
+from qprune.pipeline.methods import MethodOptions
 from qprune.pipeline.report import aggregate, machine_info, training_summary
+from qprune.solve.strategies import STRATEGIES
 from qprune.model.space import build_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,11 +271,10 @@ def choose_weights(prep: Prepared, method: str, k: int, args: argparse.Namespace
     if args.tune <= 0:
         return {"weights": dataclasses.asdict(default), "source": "default (all 1)", "trials": 0, "tune_s": 0.0}
     t0 = time.perf_counter()
-    opts = {"backend": args.backend, "strategy": args.strategy}
-    x, _ = select_mask(prep, method, k, weights=default, seed=seed, **opts)
+    opts = MethodOptions(backend=args.backend, strategy=args.strategy, seed=seed)
+    x, _ = select_mask(prep, method, k, dataclasses.replace(opts, weights=default))
     default_val = validation_score(prep, x)
-    res = tune_weights(prep, method, k, n_trials=args.tune, sampler=args.tune_sampler, seed=seed,
-                       progress=False, **opts)
+    res = tune_weights(prep, method, k, opts, n_trials=args.tune, sampler=args.tune_sampler, progress=False)
     seconds = time.perf_counter() - t0
     tuned_better = res.best_value > default_val
     best = res.best_weights if tuned_better else default
@@ -346,8 +347,8 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
             prep = prep_for(seed)
             weights = Weights(**meta["weights"][m]["weights"]) if m in meta["weights"] else None
             t0 = time.perf_counter()
-            x, out = select_mask(prep, m, k, backend=args.backend, strategy=args.strategy, weights=weights,
-                                 seed=seed, tt_budget=args.tt_budget)
+            x, out = select_mask(prep, m, k, MethodOptions(backend=args.backend, strategy=args.strategy,
+                                                           weights=weights, seed=seed, tt_budget=args.tt_budget))
             select_s = time.perf_counter() - t0
             assert int(x.sum()) == k, f"{m} pruned {int(x.sum())} units, expected {k}"
             row: dict[str, Any] = {"setting": st.name, "method": m, "seed": seed, "k": int(x.sum()), "units": N,
@@ -538,7 +539,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tune-sampler", choices=("random", "tpe"), default="random",
                    help="random (the paper's) or tpe (default random)")
     p.add_argument("--backend", default="neal", help="QUBO backend (default neal)")
-    p.add_argument("--strategy", choices=("gamma", "layerwise"), default="gamma")
+    p.add_argument("--strategy", choices=tuple(STRATEGIES), default="gamma")
     p.add_argument("--test-batches", type=int, help="use only the first N test batches (default: the whole split)")
     p.add_argument("--vary-calibration", action="store_true",
                    help="draw another calibration subset per seed (one calibration pass per seed and setting)")

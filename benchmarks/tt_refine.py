@@ -47,9 +47,8 @@ from qprune.atomic import atomic_open, write_json
 from qprune.pipeline.report import machine_info, training_summary
 from qprune.errors import QpruneError
 from qprune.model.masking import apply_mask, prune_model, remove_gates
-from qprune.refine.tt import RefineResult, layer_groups, refine, refine_chunked
-from qprune.refine.scoring import MaskScorer, _ieee_fp32, naive_score
-from qprune.refine.scoring import _clock as _sync_clock  # this file's _clock reads wall and CPU time
+from qprune.refine import MaskScorer, RefineResult, layer_groups, naive_score, refine, refine_chunked
+from qprune.refine.forward import ieee_fp32, sync_clock  # this file's _clock reads wall and CPU time
 from qprune.model.stats import count_macs
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -231,11 +230,11 @@ def gemm_gflops(device: torch.device, n: int = 2048, reps: int = 5) -> float:
     b = torch.randn(n, n, device=device)
     cuda = device.type == "cuda"
     best = float("inf")
-    with _ieee_fp32(cuda):
+    with ieee_fp32(cuda):
         for _ in range(reps + 1):  # the first is a warm-up
-            t0 = _sync_clock(cuda)
+            t0 = sync_clock(cuda)
             a @ b
-            best = min(best, _sync_clock(cuda) - t0)
+            best = min(best, sync_clock(cuda) - t0)
     return 2 * n**3 / best / 1e9
 
 
@@ -336,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     prep = pipeline.prepare(model, problem, methods=("hybrid-qubo",), layers=n_layers, progress=False)
     space = prep.space
     k = round(args.sparsity * space.N)
-    seed_mask, _ = pipeline.select_mask(prep, "hybrid-qubo", k, seed=args.seed)
+    seed_mask, _ = pipeline.select_mask(prep, "hybrid-qubo", k, pipeline.MethodOptions(seed=args.seed))
     t_seed = time.perf_counter() - t0
     print(f"sub-problem: {len(space.layers)} of {n_layers_all} prunable layers, {space.N} units, "
           f"k={k}; QUBO seed in {t_seed:.1f}s", flush=True)
@@ -364,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     prep_full = pipeline.prepare(model, problem, methods=("hybrid-qubo",), progress=False)
     fs = prep_full.space
     kf = round(args.sparsity * fs.N)
-    seed_full, _ = pipeline.select_mask(prep_full, "hybrid-qubo", kf, seed=args.seed)
+    seed_full, _ = pipeline.select_mask(prep_full, "hybrid-qubo", kf, pipeline.MethodOptions(seed=args.seed))
     t_seed_full = time.perf_counter() - t0
     groups = layer_groups(fs.layer_ids, size=args.group_size)
     print(f"full model: {len(fs.layers)} layers, {fs.N} units, k={kf}; {len(groups)} chunks of "

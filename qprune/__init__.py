@@ -8,7 +8,15 @@ Typical use::
     result.pruned_model      # a physically smaller nn.Module
     result.bqm               # the pruning QUBO (dimod.BinaryQuadraticModel) at the found gamma
 
-Names are imported on first use so that ``import qprune`` does not import torch-pruning,
+The top level holds the main job and the extension points; every other piece is reachable
+through its subpackage, in the order data flows: :mod:`qprune.model` (filter space, signals,
+masking), :mod:`qprune.qubo` (terms, formulation, QUBO files), :mod:`qprune.solve` (exact-k
+search, layerwise DP, baselines), :mod:`qprune.refine` (tensor-train refinement, mask scoring),
+:mod:`qprune.pipeline` (methods, prune, tune, compare, reports); the leaves
+:mod:`qprune.backends` (solver registry) and :mod:`qprune.problems` (workloads), and
+:mod:`qprune.instances` (synthetic and OR-Library instances for tests and benchmarks).
+
+Names are imported on first use so that ``import qprune`` does not import torch, dimod,
 matplotlib or optuna until they are needed.
 """
 
@@ -18,6 +26,7 @@ from importlib import import_module
 from typing import Any
 
 from qprune.errors import BackendUnavailable, QpruneError
+from qprune.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -25,45 +34,31 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # the main job
     "prune": "qprune.pipeline.run", "prepare": "qprune.pipeline.run", "run_method": "qprune.pipeline.run",
-    "select_mask": "qprune.pipeline.run", "tune_weights": "qprune.pipeline.run", "PruneResult": "qprune.pipeline.run",
-    "METHODS": "qprune.pipeline.run", "evaluate": "qprune.pipeline.run",
-    "compare_methods": "qprune.pipeline.compare", "compare_rows": "qprune.pipeline.compare",
-    "search_weights": "qprune.pipeline.tune",
-    "greedy_prune": "qprune.solve.baselines", "random_prune": "qprune.solve.baselines",
-    # QUBO core
-    "Term": "qprune.qubo.types", "compute_terms": "qprune.qubo.terms", "register_term": "qprune.qubo.terms",
-    "term_requirements": "qprune.qubo.terms", "l1_scores": "qprune.qubo.providers",
-    "Weights": "qprune.qubo.presets", "Formulation": "qprune.qubo.formulation", "formulate": "qprune.qubo.formulation",
-    "preset_terms": "qprune.qubo.presets", "PRESETS": "qprune.qubo.presets",
-    "solve_exact_k": "qprune.solve.exact_k", "ExactKResult": "qprune.solve.result", "ExactK": "qprune.solve.constraint",
-    "solve_layerwise": "qprune.solve.layerwise",
+    "select_mask": "qprune.pipeline.run", "tune_weights": "qprune.pipeline.run",
+    "compare_methods": "qprune.pipeline.compare",
+    "METHODS": "qprune.pipeline.methods", "MethodOptions": "qprune.pipeline.methods",
+    # result types
+    "PruneResult": "qprune.pipeline.run", "ExactKResult": "qprune.solve.result", "RefineResult": "qprune.refine.result",
+    # extension points: QUBO terms and weights, the exact-k constraint (backends: qprune.backends.register)
+    "register_term": "qprune.qubo.terms", "Term": "qprune.qubo.types", "Weights": "qprune.qubo.presets",
+    "ExactK": "qprune.solve.constraint",
+    # QUBO files for external solvers, and pruned models for plain PyTorch
     "export_bqm": "qprune.qubo.fileio", "export_constrained": "qprune.qubo.fileio",
     "export_formulation": "qprune.qubo.fileio", "load_bqm": "qprune.qubo.fileio", "LoadedQubo": "qprune.qubo.fileio",
     "load_sample": "qprune.qubo.io_samples", "save_sample": "qprune.qubo.io_samples",
-    "synthetic_instance": "qprune.instances.synthetic", "random_formulation": "qprune.instances.synthetic",
-    # torch side
-    "FilterSpace": "qprune.model.units", "Unit": "qprune.model.units", "build_space": "qprune.model.space",
-    "Signals": "qprune.model.signals", "collect_signals": "qprune.model.signals",
-    "apply_mask": "qprune.model.masking", "Gates": "qprune.model.masking", "remove_gates": "qprune.model.masking",
     "save_pruned": "qprune.model.fileio", "load_pruned": "qprune.model.fileio",
-    "model_stats": "qprune.model.stats",
-    # refinement
-    "refine": "qprune.refine.tt", "refine_chunked": "qprune.refine.tt", "refine_mask": "qprune.refine.tt",
-    "RefineResult": "qprune.refine.tt", "MaskScorer": "qprune.refine.scoring", "naive_score": "qprune.refine.scoring",
 }
-_SUBMODULES = ("backends", "problems")
+_SUBPACKAGES = ("backends", "problems", "model", "qubo", "solve", "refine", "pipeline", "instances")
 
-__all__ = ["BackendUnavailable", "QpruneError", "__version__", *_EXPORTS, *_SUBMODULES]
+__all__ = ["BackendUnavailable", "QpruneError", "__version__", *_EXPORTS, *_SUBPACKAGES]
+
+_lazy_getattr, _ = lazy_exports(__name__, _EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
+    if name in _SUBPACKAGES:
         return import_module(f"qprune.{name}")
-    raise AttributeError(f"module 'qprune' has no attribute {name!r}")
+    return _lazy_getattr(name)
 
 
 def __dir__() -> list[str]:

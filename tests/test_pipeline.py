@@ -8,6 +8,7 @@ import torch
 
 import qprune.problems as problems
 from qprune.errors import QpruneError
+from qprune.pipeline.methods import MethodOptions
 from qprune.pipeline.run import METHODS, prepare, prune, resolve_k, run_method
 
 
@@ -25,7 +26,7 @@ def prepared(classify):
 
 @pytest.mark.parametrize("method", [m for m in METHODS if not METHODS[m].refine])
 def test_every_method_prunes_exactly_k(prepared, method):
-    result = run_method(prepared, method, sparsity=0.3, seed=0, remove=True)
+    result = run_method(prepared, method, sparsity=0.3, options=MethodOptions(seed=0), remove=True)
     k = int(round(0.3 * prepared.space.N))
     assert result.k == k and int(result.mask.sum()) == k
     per_layer = result.per_layer()
@@ -44,8 +45,8 @@ def test_every_method_prunes_exactly_k(prepared, method):
 
 
 def test_same_seed_same_mask(prepared):
-    a = run_method(prepared, "hybrid-qubo", k=20, seed=3, remove=False)
-    b = run_method(prepared, "hybrid-qubo", k=20, seed=3, remove=False)
+    a = run_method(prepared, "hybrid-qubo", k=20, options=MethodOptions(seed=3), remove=False)
+    b = run_method(prepared, "hybrid-qubo", k=20, options=MethodOptions(seed=3), remove=False)
     assert np.array_equal(a.mask, b.mask)
 
 

@@ -28,7 +28,7 @@ def test_presets_and_choices() -> None:
     assert FISHER_CHOICES == ("taylor", "weight", "channel", "both")
     # the names callers have always imported from the formulation module are the same objects
     assert formulation.PRESETS is PRESETS and formulation.Weights is Weights
-    assert formulation.preset_terms is preset_terms and qprune.PRESETS is PRESETS
+    assert formulation.preset_terms is preset_terms and qprune.qubo.PRESETS is PRESETS
 
 
 def test_contributions_are_the_documented_formulas() -> None:

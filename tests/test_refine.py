@@ -12,7 +12,8 @@ import pytest
 pytest.importorskip("protes")
 
 from qprune.errors import QpruneError
-from qprune.refine.tt import RefineResult, layer_groups, refine, refine_chunked
+from qprune.solve.constraint import ExactK
+from qprune.refine import RefineResult, layer_groups, refine, refine_chunked
 
 
 def _qubo(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +155,31 @@ def test_caps_per_group_are_kept() -> None:
         refine(bad, f, k, budget=10, max_per_group=(group, cap), progress=False)
 
 
+
+def test_constraint_is_the_same_as_max_per_group() -> None:
+    """``constraint=ExactK`` and the ``max_per_group=`` convenience are one feasible set: same
+    seed, same search; chunked refinement keeps the caps on the whole mask."""
+    n, k = 16, 7
+    group = np.repeat(np.arange(4), 4)
+    cap = np.array([3, 3, 2, 3])
+    seed = np.zeros(n, dtype=np.int8)
+    seed[[0, 1, 4, 5, 8, 12, 13]] = 1
+    h, J = _qubo(n, 6)
+    f = lambda M: -_energy(M, h, J)
+    con = ExactK.build(n, k, (group, cap))
+    a = refine(seed, f, k, budget=300, constraint=con, seed=2, progress=False)
+    b = refine(seed, f, k, budget=300, max_per_group=(group, cap), seed=2, progress=False)
+    np.testing.assert_array_equal(a.x, b.x)
+    assert a.trace == b.trace and a.proposals == b.proposals and con.ok(a.x)
+    with pytest.raises(QpruneError, match="not both"):
+        refine(seed, f, k, budget=10, constraint=con, max_per_group=(group, cap), progress=False)
+    with pytest.raises(QpruneError, match="k=6"):
+        refine(seed, f, k, budget=10, constraint=con.with_k(6), progress=False)
+    res = refine_chunked(seed, f, k, [np.arange(8), np.arange(8, 16)], budget=200, constraint=con, seed=0,
+                         progress=False)
+    assert con.ok(res.x) and res.value >= res.seed_value
+
+
 def test_bad_inputs_raise() -> None:
     seed = np.array([1, 0, 1, 0, 0], dtype=np.int8)
     f = lambda M: np.zeros(len(M))
@@ -203,8 +229,8 @@ def test_protes_import_leaves_rcparams_alone() -> None:
     code = (
         "import matplotlib as mpl\n"
         "before = dict(mpl.rcParams)\n"
-        "from qprune.refine.tt import _engine\n"
-        "_engine()\n"
+        "from qprune.refine.engine import engine\n"
+        "engine()\n"
         "import sys; assert 'protes' in sys.modules\n"
         "after = dict(mpl.rcParams)\n"
         "diff = {k for k in before if before[k] != after[k] and k != 'backend'}\n"
@@ -221,8 +247,7 @@ def test_refine_mask_on_a_model_keeps_caps_and_never_loses() -> None:
     import torch
     from qprune.problems.halfunet import HalfUNet
 
-    from qprune.refine.tt import refine_mask
-    from qprune.refine.scoring import naive_score
+    from qprune.refine import naive_score, refine_mask
     from qprune.model.space import build_space
 
     torch.manual_seed(0)

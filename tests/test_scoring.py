@@ -188,16 +188,17 @@ def test_cache_returns_identical_scores(tiny) -> None:
 
 
 def test_trace_mismatch_falls_back_to_plain_batching(tiny, monkeypatch) -> None:
-    from qprune.refine import scoring
+    from qprune.refine.recorder import Recorder
+    from qprune.refine.trace import TraceMismatch
 
     model, space, batches = tiny
     X = _masks(space, np.random.default_rng(5), 6)
     ref = naive_score(model, space, batches, psnr, X)
 
     def broken(self, *args, **kwargs):
-        raise scoring._TraceMismatch("simulated")
+        raise TraceMismatch("simulated")
 
-    monkeypatch.setattr(scoring._Recorder, "run_stage", broken)
+    monkeypatch.setattr(Recorder, "run_stage", broken)
     scorer = MaskScorer(model, space, batches, psnr, chunk=1, progress=False)
     assert _warns_but_equals(scorer, X, ref, "prefix sharing switched off")["prefix_tree"] is False
     _no_leftovers(model)
@@ -376,18 +377,18 @@ def test_cuda_scoring_turns_tf32_off_and_puts_the_settings_back() -> None:
     """cuDNN convolutions default to TF32: while scoring they run in IEEE float32, and the
     user's settings are restored afterwards, also when scoring fails (the flags are plain
     settings, so this runs on a CPU build of torch too)."""
-    from qprune.refine.scoring import _ieee_fp32
+    from qprune.refine.forward import ieee_fp32
 
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
     before = conv.fp32_precision, matmul.fp32_precision
     conv.fp32_precision, matmul.fp32_precision = "tf32", "tf32"
     try:
         with pytest.raises(RuntimeError, match="inside"):
-            with _ieee_fp32(True):
+            with ieee_fp32(True):
                 assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
                 raise RuntimeError("inside")
         assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
-        with _ieee_fp32(False):  # a CPU run leaves them alone
+        with ieee_fp32(False):  # a CPU run leaves them alone
             assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
     finally:
         conv.fp32_precision, matmul.fp32_precision = before

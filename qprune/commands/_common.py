@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from qprune.errors import QpruneError
+from qprune.qubo.presets import FISHER_CHOICES
+from qprune.solve.strategies import STRATEGIES
 
 
 def add_problem_args(p: argparse.ArgumentParser) -> None:
@@ -27,9 +29,9 @@ def add_solver_args(p: argparse.ArgumentParser, *, method: bool = True) -> None:
     p.add_argument("--sparsity", "-s", type=float, help="fraction of prunable units to remove")
     p.add_argument("--k", type=int, help="number of units to remove (instead of --sparsity)")
     p.add_argument("--backend", "-b", default="neal", help="solver backend (see `qprune backends`)")
-    p.add_argument("--strategy", choices=("gamma", "layerwise"), default="gamma",
+    p.add_argument("--strategy", choices=tuple(STRATEGIES), default="gamma",
                    help="exact-k strategy: gamma bisection (paper) or per-layer solves + DP")
-    p.add_argument("--fisher", choices=("taylor", "weight", "channel", "both"), default="channel",
+    p.add_argument("--fisher", choices=FISHER_CHOICES, default="channel",
                    help="Fisher term of the hybrid preset")
     p.add_argument("--weights", help="QUBO weights as JSON, e.g. '{\"alpha\": 2.0}', or a JSON file")
     p.add_argument("--seed", type=int, default=0, help="seed for every random step (default 0)")
@@ -62,7 +64,7 @@ def parse_weights(text: str | None) -> Any:
     """--weights as inline JSON or a JSON file (e.g. hpsearch's best-weights file)."""
     from dataclasses import fields
 
-    from qprune.qubo.formulation import Weights
+    from qprune.qubo.presets import Weights
 
     if not text:
         return None
@@ -84,6 +86,15 @@ def parse_weights(text: str | None) -> Any:
     except (TypeError, ValueError, AttributeError):
         raise QpruneError(f"--weights values must be numbers (and 'extra' a name -> number map): {raw}") from None
     return Weights(**values)
+
+
+def method_options(args: argparse.Namespace, weights: Any = None) -> Any:
+    """The :class:`qprune.pipeline.methods.MethodOptions` the solver flags describe."""
+    from qprune.pipeline.methods import MethodOptions
+
+    return MethodOptions(backend=args.backend, strategy=args.strategy, refine=getattr(args, "refine", None),
+                         weights=weights, fisher=args.fisher, seed=getattr(args, "seed", 0),
+                         tt_budget=getattr(args, "tt_budget", 2000))
 
 
 def check_output(path: str | None, flag: str) -> None:

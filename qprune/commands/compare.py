@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qprune.qubo.presets import FISHER_CHOICES
+from qprune.solve.strategies import STRATEGIES
+
 
 def _floats(text: str) -> list[float]:
     return [float(t) for t in text.split(",") if t.strip()]
@@ -28,8 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fraction(s) of prunable units, comma-separated (default 0.36)")
     p.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
     p.add_argument("--backend", "-b", default="neal")
-    p.add_argument("--strategy", choices=("gamma", "layerwise"), default="gamma")
-    p.add_argument("--fisher", choices=("taylor", "weight", "channel", "both"), default="channel")
+    p.add_argument("--strategy", choices=tuple(STRATEGIES), default="gamma")
+    p.add_argument("--fisher", choices=FISHER_CHOICES, default="channel")
     p.add_argument("--weights", help="QUBO weights as JSON or a JSON file")
     p.add_argument("--tune", type=int, default=0, metavar="TRIALS",
                    help="first tune each QUBO method's weights for TRIALS trials on the validation split")
@@ -41,16 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qprune.commands._common import load_problem_and_model, parse_weights
+    from qprune.commands._common import load_problem_and_model, method_options, parse_weights
     from qprune.pipeline.compare import compare_methods
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     weights = parse_weights(args.weights)
     problem, model, ckpt = load_problem_and_model(args)
     table = compare_methods(
-        model, problem, methods=methods, sparsities=args.sparsity, seeds=args.seeds, backend=args.backend,
-        strategy=args.strategy, fisher=args.fisher, weights=weights, refine=args.refine,
-        tt_budget=args.tt_budget, tune=args.tune, layers=args.layers, min_keep=args.min_keep, progress=not args.quiet,
+        model, problem, methods=methods, sparsities=args.sparsity, seeds=args.seeds,
+        options=method_options(args, weights), tune=args.tune, layers=args.layers, min_keep=args.min_keep,
+        progress=not args.quiet,
         out_dir=Path(args.out), extra={"checkpoint": ckpt},
     )
     print(table)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from qprune.commands._common import (
-    add_problem_args, add_solver_args, add_space_args, check_amount, check_output, load_problem_and_model, parse_weights,
+    add_problem_args, add_solver_args, add_space_args, check_amount, check_output, load_problem_and_model,
+    method_options, parse_weights,
 )
 
 
@@ -42,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     prep = prepare(model, problem, methods=[args.method], layers=args.layers, min_keep=args.min_keep,
                    fisher=args.fisher, weights=weights, progress=not args.quiet)
     k = resolve_k(prep.space.N, args.sparsity, args.k)
-    x, out = select_mask(prep, args.method, k, backend=args.backend, strategy=args.strategy, weights=weights,
-                         fisher=args.fisher, seed=args.seed)
+    # the QUBO is what is exported: no refinement stage, whatever --refine says
+    x, out = select_mask(prep, args.method, k, replace(method_options(args, weights), refine=None))
     formulation = out["formulation"]
     if args.constrained:
         qubo_io.export_constrained(formulation.objective_bqm(), k, args.output, format=args.format)

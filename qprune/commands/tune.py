@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qprune.commands._common import check_amount, check_output
+    from qprune.commands._common import check_amount, check_output, method_options
     from qprune.pipeline.run import method_spec, prepare, resolve_k, tune_weights
 
     check_amount(args)
@@ -36,9 +36,8 @@ def run(args: argparse.Namespace) -> int:
     prep = prepare(model, problem, methods=[args.method], layers=args.layers, min_keep=args.min_keep,
                    fisher=args.fisher, progress=not args.quiet)
     k = resolve_k(prep.space.N, args.sparsity, args.k)
-    result = tune_weights(prep, args.method, k, n_trials=args.trials, timeout=args.timeout, sampler=args.sampler,
-                          storage=args.storage, study_name=args.study, save_best=args.output, seed=args.seed,
-                          backend=args.backend, strategy=args.strategy, fisher=args.fisher,
+    result = tune_weights(prep, args.method, k, method_options(args), n_trials=args.trials, timeout=args.timeout,
+                          sampler=args.sampler, storage=args.storage, study_name=args.study, save_best=args.output,
                           progress=not args.quiet)
     print(f"best validation metric {result.best_value:.4f} after {result.n_trials} trials; "
           f"weights written to {args.output}")

@@ -18,19 +18,36 @@ Modules, in the order data flows:
 Nothing here imports the QUBO, solver or pipeline layers.
 """
 
-from qprune.model.cut import ChannelCut, channels_last
-from qprune.model.fileio import load_meta, load_pruned, save_pruned
-from qprune.model.graph import build_dependency_graph
-from qprune.model.masking import GateHook, Gates, apply_mask, equivalence_error, prune_model, remove_gates
-from qprune.model.signals import ALL_SIGNALS, Signals, collect_signals
-from qprune.model.space import build_space
-from qprune.model.stats import compare_latency, compare_stats, count_macs, count_params, measure_latency, model_stats
-from qprune.model.tensors import as_tuple, iter_tensors, map_tensors
-from qprune.model.units import FilterSpace, Unit
+from qprune.lazy import lazy_exports
 
-__all__ = [
-    "ALL_SIGNALS", "ChannelCut", "FilterSpace", "GateHook", "Gates", "Signals", "Unit", "apply_mask", "as_tuple",
-    "build_dependency_graph", "build_space", "channels_last", "collect_signals", "compare_latency", "compare_stats",
-    "count_macs", "count_params", "equivalence_error", "iter_tensors", "load_meta", "load_pruned", "map_tensors",
-    "measure_latency", "model_stats", "prune_model", "remove_gates", "save_pruned",
-]
+_EXPORTS: dict[str, str] = {
+    "ALL_SIGNALS": "qprune.model.signals",
+    "ChannelCut": "qprune.model.cut",
+    "FilterSpace": "qprune.model.units",
+    "GateHook": "qprune.model.masking",
+    "Gates": "qprune.model.masking",
+    "Signals": "qprune.model.signals",
+    "Unit": "qprune.model.units",
+    "apply_mask": "qprune.model.masking",
+    "as_tuple": "qprune.model.tensors",
+    "build_dependency_graph": "qprune.model.graph",
+    "build_space": "qprune.model.space",
+    "channels_last": "qprune.model.cut",
+    "collect_signals": "qprune.model.signals",
+    "compare_latency": "qprune.model.stats",
+    "compare_stats": "qprune.model.stats",
+    "count_macs": "qprune.model.stats",
+    "count_params": "qprune.model.stats",
+    "equivalence_error": "qprune.model.masking",
+    "iter_tensors": "qprune.model.tensors",
+    "load_meta": "qprune.model.fileio",
+    "load_pruned": "qprune.model.fileio",
+    "map_tensors": "qprune.model.tensors",
+    "measure_latency": "qprune.model.stats",
+    "model_stats": "qprune.model.stats",
+    "prune_model": "qprune.model.masking",
+    "remove_gates": "qprune.model.masking",
+    "save_pruned": "qprune.model.fileio",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

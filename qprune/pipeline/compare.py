@@ -7,7 +7,7 @@ comparison of N methods costs one calibration pass, not N.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 from qprune.atomic import atomic_open, write_json
 from qprune.errors import QpruneError
-from qprune.pipeline.run import method_spec, prepare, resolve_k, run_method, tune_weights
+from qprune.pipeline.methods import MethodOptions, method_spec
+from qprune.pipeline.run import prepare, resolve_k, run_method, tune_weights
 from qprune.pipeline.report import aggregate, compare_markdown, machine_info, plot_metric_vs_sparsity
 
 
@@ -32,13 +33,15 @@ def compare_rows(
     remove: bool = True,
     tune: int = 0,
     progress: bool = True,
-    **options: Any,
+    options: MethodOptions | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (sparsity, method, seed): metrics after pruning, params, MACs, latency, time.
 
-    With ``tune > 0`` each QUBO method's weights are first searched for ``tune`` trials on the
-    VALIDATION split at that k (the paper's procedure); the rows report test-split metrics.
+    ``options`` steer every run (its seed is replaced by each of ``seeds``). With ``tune > 0`` each
+    QUBO method's weights are first searched for ``tune`` trials on the VALIDATION split at that k
+    (the paper's procedure); the rows report test-split metrics.
     """
+    options = options or MethodOptions()
     for m in methods:
         method_spec(m)
     if not methods:
@@ -47,7 +50,7 @@ def compare_rows(
         if not 0.0 <= s < 1.0:
             raise QpruneError(f"sparsity={s} must be a fraction in [0, 1)")
     prep = prepare(model, problem, methods=methods, layers=layers, min_keep=min_keep,
-                   fisher=options.get("fisher", "channel"), weights=options.get("weights"), progress=progress)
+                   fisher=options.fisher, weights=options.weights, progress=progress)
     setting = setting or (f"{layers} layers" if layers is not None else "full model")
     rows: list[dict[str, Any]] = []
     jobs = [(s, m, seed) for s in sparsities for m in methods for seed in seeds]
@@ -61,25 +64,25 @@ def compare_rows(
         if spec.kind == "greedy" and (sparsity, method) in done:
             rows.append(dict(done[(sparsity, method)], seed=seed))
             continue
-        run_options = dict(options)
+        run_options = replace(options, seed=seed)
         tune_seconds = None
         if tune > 0 and spec.kind == "qubo":
             if (sparsity, method) not in tuned:
                 t0 = time.perf_counter()
-                search_options = {k: v for k, v in options.items() if k not in ("refine", "tt_budget")}
-                found = tune_weights(prep, method, resolve_k(prep.space.N, sparsity), n_trials=tune,
-                                     seed=seeds[0], progress=False, **search_options)
+                found = tune_weights(prep, method, resolve_k(prep.space.N, sparsity), replace(options, seed=seeds[0]),
+                                     n_trials=tune, progress=False)
                 tuned[(sparsity, method)] = (found.best_weights, time.perf_counter() - t0)
-            run_options["weights"], tune_seconds = tuned[(sparsity, method)]
+            weights, tune_seconds = tuned[(sparsity, method)]
+            run_options = replace(run_options, weights=weights)
         t0 = time.perf_counter()
-        result = run_method(prep, method, sparsity=sparsity, seed=seed, remove=remove, **run_options)
+        result = run_method(prep, method, sparsity=sparsity, options=run_options, remove=remove)
         elapsed = time.perf_counter() - t0
         row: dict[str, Any] = {
             "setting": setting, "method": method, "sparsity": sparsity, "seed": seed, "k": result.k,
             "units": prep.space.N, "energy": result.energy, "gamma": result.gamma,
             "method_seconds": elapsed, "signals_seconds": prep.timings.get("signals"),
             "tune_seconds": tune_seconds,
-            "weights": asdict(run_options["weights"]) if run_options.get("weights") is not None else None,
+            "weights": asdict(run_options.weights) if run_options.weights is not None else None,
         }
         row.update({f"{name}": v for name, v in result.metrics_after.items()})
         row.update({f"{name}_before": v for name, v in result.metrics_before.items()})

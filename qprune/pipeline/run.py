@@ -8,73 +8,43 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
 
 import dimod
 import numpy as np
 import torch
 from torch import nn
 
+from qprune.errors import QpruneError
+from qprune.model.masking import apply_mask
+from qprune.model.signals import Signals, collect_signals
+from qprune.model.space import build_space
+from qprune.model.stats import model_stats
+from qprune.model.units import FilterSpace
+from qprune.pipeline.methods import (
+    METHODS,
+    MethodOptions,
+    MethodSpec,
+    build_formulation,
+    method_needs,
+    method_spec,
+)
+from qprune.pipeline.tune import DEFAULT_SPACE, SearchResult, search_weights
+from qprune.pipeline.workload import Batch, Workload, as_workload, evaluate
+from qprune.qubo.formulation import Formulation
+from qprune.qubo.presets import DEFAULT_PRESET, Weights, preset_weights
+from qprune.refine.on_model import refine_mask
 from qprune.solve.baselines import greedy_prune, random_prune
 from qprune.solve.constraint import ExactK
+from qprune.solve.result import ExactKResult
 from qprune.solve.strategies import get_strategy
-from qprune.errors import QpruneError
-from qprune.qubo.formulation import Formulation, Weights, formulate, preset_terms
-from qprune.model.signals import Signals, collect_signals
-from qprune.model.space import FilterSpace, build_space
-from qprune.qubo.terms import compute_terms, term_requirements
 
-Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """How one named method picks its k units."""
-
-    name: str
-    kind: str  # "random" | "greedy" | "qubo"
-    needs: frozenset[str] = frozenset()  # signals to collect
-    score: str | None = None  # greedy: the Signals field ranked (lowest pruned first)
-    preset: str | None = None  # qubo: formulation preset
-    refine: bool = False  # "+tt" variants
-    description: str = ""
-
-
-METHODS: dict[str, MethodSpec] = {
-    m.name: m
-    for m in (
-        MethodSpec("random", "random", description="uniformly random units (a floor)"),
-        MethodSpec("l1-greedy", "greedy", score="l1", description="smallest mean |W| first"),
-        MethodSpec("taylor-greedy", "greedy", frozenset({"taylor"}), score="taylor",
-                   description="Molchanov et al. 2019: smallest Taylor importance first"),
-        MethodSpec("fisher-greedy", "greedy", frozenset({"channel_fisher"}), score="channel_fisher",
-                   description="smallest channel-Fisher importance first"),
-        MethodSpec("l1-qubo", "qubo", preset="l1", description="Wang et al.: L1 redundancy QUBO"),
-        MethodSpec("gradient-qubo", "qubo", preset="gradient", description="L1 redundancy + Taylor QUBO"),
-        MethodSpec("hybrid-qubo", "qubo", preset="hybrid",
-                   description="Taylor + Fisher + activation similarity QUBO (the paper's method)"),
-        MethodSpec("hybrid-qubo+tt", "qubo", preset="hybrid", refine=True,
-                   description="hybrid QUBO seed refined by tensor-train (PROTES) search on the validation metric"),
-    )
-}
-_SIGNALS = frozenset({"taylor", "weight_fisher", "channel_fisher", "activations"})
-
-
-def method_needs(spec: MethodSpec, fisher: str = "channel", weights: Weights | None = None) -> frozenset[str]:
-    """The calibration signals a method reads (l1 comes from the weights and is always there)."""
-    if spec.kind != "qubo":
-        return spec.needs
-    names = preset_terms(spec.preset or "hybrid", fisher, weights)
-    return frozenset(term_requirements(names)) & _SIGNALS
-
-
-def method_spec(name: str) -> MethodSpec:
-    """The :class:`MethodSpec` for ``name``; unknown names raise with the list of known ones."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise QpruneError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}") from None
+__all__ = [
+    "METHODS", "Batch", "MethodOptions", "MethodSpec", "PruneResult", "Prepared", "Workload", "as_workload",
+    "build_formulation", "evaluate", "finish", "method_needs", "method_spec", "prepare", "prune", "resolve_k",
+    "run_method", "select_mask", "solve_formulation", "tune_weights", "validation_score",
+]
 
 
 def resolve_k(n_units: int, sparsity: float | None = None, k: int | None = None) -> int:
@@ -127,80 +97,6 @@ class PruneResult:
             pruned = int(self.mask[sel].sum())
             rows.append({"layer": layer, "units": int(sel.sum()), "pruned": pruned, "kept": int(sel.sum()) - pruned})
         return rows
-
-
-# --------------------------------------------------------------------------- data plumbing
-
-
-@dataclass
-class Workload:
-    """What the pipeline needs from a problem or from plain batches + functions."""
-
-    calibration: Sequence[Batch]
-    validation: Sequence[Batch]
-    test: Sequence[Batch]
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    metrics: Callable[[torch.Tensor, torch.Tensor], Mapping[str, float]] | None
-    primary: str | None  # name of the headline metric
-    space_kwargs: dict[str, Any]
-
-
-def as_workload(
-    model: nn.Module,
-    problem_or_batches: Any,
-    *,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    metric_fn: Callable[[torch.Tensor, torch.Tensor], Mapping[str, float] | float] | None = None,
-) -> Workload:
-    """Adapt a :class:`qprune.problems.Problem` or an iterable of (input, target) batches."""
-    if hasattr(problem_or_batches, "calibration_batches"):
-        p = problem_or_batches
-        return Workload(
-            calibration=list(p.calibration_batches()),
-            validation=list(p.validation_batches()),
-            test=list(p.test_batches()),
-            loss=loss_fn or p.loss,
-            metrics=p.metrics,
-            primary=getattr(p, "primary_metric", None),
-            space_kwargs=dict(p.prunable(model)),
-        )
-    batches = list(problem_or_batches)
-    if not batches:
-        raise QpruneError("no calibration batches were given")
-    if loss_fn is None:
-        raise QpruneError("plain batches need a loss_fn(output, target)")
-    metrics = None
-    if metric_fn is not None:
-        def metrics(out: torch.Tensor, target: torch.Tensor) -> Mapping[str, float]:
-            value = metric_fn(out, target)
-            return value if isinstance(value, Mapping) else {"metric": float(value)}
-    return Workload(batches, batches, batches, loss_fn, metrics, None, {})
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    batches: Iterable[Batch],
-    metrics: Callable[[torch.Tensor, torch.Tensor], Mapping[str, float]] | None,
-) -> dict[str, float]:
-    """Mean of each metric over ``batches`` (weighted by batch size), model in eval mode."""
-    if metrics is None:
-        return {}
-    was_training = model.training
-    model.eval()
-    totals: dict[str, float] = {}
-    count = 0
-    for x, y in batches:
-        values = metrics(model(x), y)
-        n = int(x.shape[0])
-        for name, v in values.items():
-            totals[name] = totals.get(name, 0.0) + float(v) * n
-        count += n
-    model.train(was_training)
-    return {name: v / max(count, 1) for name, v in totals.items()}
-
-
-# --------------------------------------------------------------------------- the main job
 
 
 @dataclass
@@ -282,13 +178,9 @@ def prune(
         sparsity / k: fraction of the prunable units, or their count (exactly one).
         method: one of :data:`METHODS` (random, l1-greedy, taylor-greedy, fisher-greedy, l1-qubo,
             gradient-qubo, hybrid-qubo, hybrid-qubo+tt).
-        backend: a registered backend name (``qprune.backends.available()``) or a dimod sampler.
-        strategy: ``"gamma"`` (bisection on the capacity reward, the paper's) or ``"layerwise"``.
-        refine: ``None`` or ``"tt"`` (PROTES refinement of the QUBO mask on the validation metric).
-        weights: QUBO weights (alpha, alpha_f, beta_diag, beta_off, lam); gamma is searched.
-        fisher: which Fisher term the hybrid preset uses: taylor|weight|channel|both.
+        backend, strategy, refine, weights, fisher, seed, tt_budget, sampler_params, solver_options:
+            see :class:`qprune.pipeline.methods.MethodOptions`.
         layers / exclude / min_keep: restrict the filter space (see :func:`qprune.model.space.build_space`).
-        seed: seeds every random step; the same seed gives the same mask.
         remove: also build the physically smaller model (``pruned_model``).
 
     Returns:
@@ -296,75 +188,49 @@ def prune(
         test batches, params/MACs/latency, per-stage timings, the BQM and the solver info.
     """
     spec = method_spec(method)
-    _check_choices(refine, strategy)
-    prep = prepare(model, problem_or_batches, methods=[method], layers=layers, exclude=exclude,
-                   min_keep=min_keep, fisher=fisher, weights=weights, loss_fn=loss_fn, metric_fn=metric_fn, progress=progress)
-    return run_method(prep, spec.name, sparsity=sparsity, k=k, backend=backend, strategy=strategy,
-                      refine=refine, weights=weights, fisher=fisher, seed=seed, remove=remove,
-                      tt_budget=tt_budget, sampler_params=sampler_params, solver_options=solver_options,
-                      progress=progress)
+    options = MethodOptions(backend=backend, strategy=strategy, refine=refine, weights=weights, fisher=fisher,
+                            seed=seed, tt_budget=tt_budget, sampler_params=sampler_params,
+                            solver_options=solver_options)
+    prep = prepare(model, problem_or_batches, methods=[method], layers=layers, exclude=exclude, min_keep=min_keep,
+                   fisher=fisher, weights=weights, loss_fn=loss_fn, metric_fn=metric_fn, progress=progress)
+    return run_method(prep, spec.name, sparsity=sparsity, k=k, options=options, remove=remove, progress=progress)
 
 
-def _check_choices(refine: str | None, strategy: str) -> None:
-    if refine not in (None, "tt"):
-        raise QpruneError(f"unknown refine stage {refine!r}; choose 'tt' or leave it out")
-    if strategy not in ("gamma", "layerwise"):
-        raise QpruneError(f"unknown strategy {strategy!r}; choose 'gamma' or 'layerwise'")
-
-
-def select_mask(
-    prep: Prepared,
-    method: str,
-    k: int,
-    *,
-    backend: str | dimod.Sampler = "neal",
-    strategy: str = "gamma",
-    refine: str | None = None,
-    weights: Weights | None = None,
-    fisher: str = "channel",
-    seed: int | None = 0,
-    tt_budget: int = 2_000,
-    sampler_params: Mapping[str, Any] | None = None,
-    solver_options: Mapping[str, Any] | None = None,
-    progress: bool = False,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """The exactly-k mask (int8 [N], 1 = pruned) a method picks, and what the solve recorded."""
-    spec = method_spec(method)
-    _check_choices(refine, strategy)
-    space, signals = prep.space, prep.signals
+def constraint_of(space: FilterSpace, k: int) -> ExactK:
+    """Exactly ``k`` of the space's units, at most ``max_pruned_per_layer`` from each layer."""
     caps = space.max_pruned_per_layer
     if k > int(caps.sum()):
         raise QpruneError(f"k={k} exceeds the {int(caps.sum())} units that may go while keeping "
                           f"min_keep={space.min_keep} per layer")
-    missing = sorted(n for n in method_needs(spec, fisher, weights) if getattr(signals, n, None) is None)
+    return ExactK.per_layer(space.layer_ids, k, caps)
+
+
+def select_mask(prep: Prepared, method: str, k: int, options: MethodOptions | None = None, *,
+                progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """The exactly-k mask (int8 [N], 1 = pruned) a method picks, and what the solve recorded."""
+    spec = method_spec(method)
+    options = options or MethodOptions()
+    constraint = constraint_of(prep.space, k)
+    missing = sorted(n for n in method_needs(spec, options.fisher, options.weights)
+                     if getattr(prep.signals, n, None) is None)
     if missing:
         raise QpruneError(f"method {method!r} needs signals {missing} that prepare() did not collect")
-    do_refine = spec.refine or refine == "tt"
+    do_refine = spec.refine or options.refine == "tt"
     if do_refine and spec.kind != "qubo":
         raise QpruneError(f"--refine tt needs a QUBO method, not {method!r}")
     out: dict[str, Any] = {"timings": {}}
     t0 = time.perf_counter()
     if spec.kind == "random":
-        x = random_prune(space.N, k, seed=seed, layer_ids=space.layer_ids, max_per_layer=caps)
+        x = random_prune(prep.space.N, k, seed=options.seed, constraint=constraint)
     elif spec.kind == "greedy":
-        x = greedy_prune(_signal(signals, spec.score or "l1"), k, layer_ids=space.layer_ids, max_per_layer=caps)
+        x = greedy_prune(_signal(prep.signals, spec.score or "l1"), k, constraint=constraint)
     else:
-        formulation = build_formulation(space, signals, spec, weights=weights, fisher=fisher)
-        out["timings"]["formulate"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        solved = solve_formulation(
-            formulation, k, backend=backend, strategy=strategy, seed=seed,
-            max_per_group=(space.layer_ids, caps), sampler_params=sampler_params,
-            solver_options=solver_options, progress=progress,
-        )
-        x = np.asarray(solved.x, dtype=np.int8)
-        out.update(formulation=formulation, bqm=solved.bqm, gamma=solved.gamma, info=dict(solved.info))
+        x = _qubo_mask(prep, spec, constraint, options, out, progress)
     out["timings"]["solve"] = time.perf_counter() - t0
     if do_refine:
-        from qprune.refine.tt import refine_mask
-
         t0 = time.perf_counter()
-        refined = refine_mask(prep.model, space, prep.work, x, k, budget=tt_budget, seed=seed, progress=progress)
+        refined = refine_mask(prep.model, prep.space, prep.work, x, k, budget=options.tt_budget, seed=options.seed,
+                              progress=progress)
         x = np.asarray(refined.x, dtype=np.int8)
         out.setdefault("info", {})["refine"] = refined.summary()
         out["timings"]["refine"] = time.perf_counter() - t0
@@ -373,23 +239,26 @@ def select_mask(
     return x, out
 
 
-def run_method(
-    prep: Prepared,
-    method: str,
-    *,
-    sparsity: float | None = None,
-    k: int | None = None,
-    remove: bool = True,
-    progress: bool = False,
-    **options: Any,
-) -> PruneResult:
+def _qubo_mask(prep: Prepared, spec: MethodSpec, constraint: ExactK, options: MethodOptions,
+               out: dict[str, Any], progress: bool) -> np.ndarray:
+    t0 = time.perf_counter()
+    formulation = build_formulation(prep.space, prep.signals, spec, weights=options.weights, fisher=options.fisher)
+    out["timings"]["formulate"] = time.perf_counter() - t0
+    solved = solve_formulation(formulation, constraint.k, options, constraint=constraint, progress=progress)
+    out.update(formulation=formulation, bqm=solved.bqm, gamma=solved.gamma, info=dict(solved.info))
+    return np.asarray(solved.x, dtype=np.int8)
+
+
+def run_method(prep: Prepared, method: str, *, sparsity: float | None = None, k: int | None = None,
+               options: MethodOptions | None = None, remove: bool = True, progress: bool = False) -> PruneResult:
     """Select a mask with ``method`` on a prepared model, apply it, evaluate and measure."""
+    options = options or MethodOptions()
     kk = resolve_k(prep.space.N, sparsity, k)
-    x, out = select_mask(prep, method, kk, progress=progress, **options)
+    x, out = select_mask(prep, method, kk, options, progress=progress)
     timings = dict(prep.timings)
     timings.update(out["timings"])
     result = finish(prep.model, prep.space, x.astype(bool), prep.work, remove=remove, timings=timings)
-    result.method, result.k, result.seed = method, kk, options.get("seed", 0)
+    result.method, result.k, result.seed = method, kk, options.seed
     bqm = out.get("bqm")
     result.bqm, result.formulation, result.gamma = bqm, out.get("formulation"), out.get("gamma")
     if bqm is not None:
@@ -405,50 +274,13 @@ def _signal(signals: Signals, name: str) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
-def build_formulation(
-    space: FilterSpace,
-    signals: Signals,
-    spec: MethodSpec | str,
-    *,
-    weights: Weights | None = None,
-    fisher: str = "channel",
-) -> Formulation:
-    """Terms -> normalised QUBO for a QUBO method, from collected signals."""
-    spec = method_spec(spec) if isinstance(spec, str) else spec
-    inputs = {
-        "l1": signals.l1,
-        "taylor": signals.taylor,
-        "weight_fisher": signals.weight_fisher,
-        "channel_fisher": signals.channel_fisher,
-        "activations": signals.activations,
-        "params": space.params,
-        "layer_ids": space.layer_ids,
-    }
-    preset = spec.preset or "hybrid"
-    terms = compute_terms(list(preset_terms(preset, fisher, weights)), inputs)
-    return formulate(
-        terms, preset=preset, weights=weights or Weights(), fisher=fisher,
-        labels=space.labels, layer_ids=space.layer_ids,
-    )
-
-
-def solve_formulation(
-    formulation: Formulation,
-    k: int,
-    *,
-    backend: str | dimod.Sampler = "neal",
-    strategy: str = "gamma",
-    seed: int | None = 0,
-    max_per_group: tuple[np.ndarray, np.ndarray] | None = None,
-    sampler_params: Mapping[str, Any] | None = None,
-    solver_options: Mapping[str, Any] | None = None,
-    progress: bool = False,
-) -> Any:
-    """Exact-k solve of a formulation with one of :data:`qprune.solve.strategies.STRATEGIES`."""
-    constraint = None if max_per_group is None else ExactK.build(formulation.num_variables, k, max_per_group)
-    return get_strategy(strategy).solve(formulation, k, backend, seed, constraint=constraint,
-                                        sampler_params=dict(sampler_params or {}), progress=progress,
-                                        options=solver_options)
+def solve_formulation(formulation: Formulation, k: int, options: MethodOptions | None = None, *,
+                      constraint: ExactK | None = None, progress: bool = False) -> ExactKResult:
+    """Exact-k solve of a formulation with the options' strategy, backend, seed and sampler parameters."""
+    options = options or MethodOptions()
+    return get_strategy(options.strategy).solve(
+        formulation, k, options.backend, options.seed, constraint=constraint,
+        sampler_params=dict(options.sampler_params or {}), progress=progress, options=options.solver_options)
 
 
 def finish(
@@ -462,9 +294,6 @@ def finish(
     progress: bool = False,
 ) -> PruneResult:
     """Apply a mask, evaluate before/after on the test batches, and measure both models."""
-    from qprune.model.masking import apply_mask
-    from qprune.model.stats import model_stats
-
     timings = dict(timings or {})
     example = work.test[0][0][:1]
     t0 = time.perf_counter()
@@ -489,8 +318,6 @@ def finish(
 
 def validation_score(prep: Prepared, mask: np.ndarray) -> float:
     """The headline metric of the gated model on the validation batches (higher is better)."""
-    from qprune.model.masking import apply_mask
-
     gated = apply_mask(copy.deepcopy(prep.model), prep.space, np.asarray(mask, dtype=bool), mode="gate")
     values = evaluate(gated, prep.work.validation, prep.work.metrics)
     if not values:
@@ -503,6 +330,7 @@ def tune_weights(
     prep: Prepared,
     method: str,
     k: int,
+    options: MethodOptions | None = None,
     *,
     n_trials: int | None = 20,
     timeout: float | None = None,
@@ -510,28 +338,25 @@ def tune_weights(
     storage: str | None = None,
     study_name: str | None = None,
     save_best: str | None = None,
-    seed: int | None = 0,
     progress: bool = True,
-    **options: Any,
-) -> Any:
+) -> SearchResult:
     """Search the QUBO weights of ``method`` for the best validation metric at exactly ``k``.
 
     gamma is found by the exact-k search inside every trial; only the weights that the method's
-    preset reads are searched. Returns :class:`qprune.pipeline.tune.SearchResult`.
+    preset reads are searched; ``options.weights`` and ``options.refine`` are ignored (each trial
+    sets its weights; refinement would make every trial cost a TT search).
     """
-    from qprune.pipeline.tune import DEFAULT_SPACE, PRESET_WEIGHTS, search_weights
-
     spec = method_spec(method)
     if spec.kind != "qubo":
         raise QpruneError(f"method {method!r} has no QUBO weights to tune")
-    space = {name: DEFAULT_SPACE[name] for name in PRESET_WEIGHTS[spec.preset or "hybrid"]}
-    options.pop("weights", None)
+    base = replace(options or MethodOptions(), weights=None, refine=None)
+    space = {name: DEFAULT_SPACE[name] for name in preset_weights(spec.preset or DEFAULT_PRESET)}
 
     def score(weights: Weights) -> float:
-        x, _ = select_mask(prep, method, k, weights=weights, seed=seed, **options)
+        x, _ = select_mask(prep, method, k, replace(base, weights=weights))
         return validation_score(prep, x)
 
     return search_weights(
         score, n_trials=n_trials, timeout=timeout, sampler=sampler, space=space, storage=storage,
-        study_name=study_name or f"qprune-{method}-k{k}", seed=seed, progress=progress, save_best=save_best,
+        study_name=study_name or f"qprune-{method}-k{k}", seed=base.seed, progress=progress, save_best=save_best,
     )

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 from qprune.atomic import write_json
 from qprune.errors import QpruneError
-from qprune.qubo.formulation import Weights
+from qprune.qubo.presets import Weights
 
 #: Default log-uniform ranges for each weight; a weight that a preset ignores is still sampled but
 #: has no effect, so restrict ``space`` to the preset's weights for a tighter search.
@@ -28,13 +28,6 @@ DEFAULT_SPACE: dict[str, tuple[float, float]] = {
     "beta_off": (1e-3, 1e1),
     "lam": (1e-3, 1e1),
 }
-
-PRESET_WEIGHTS: dict[str, tuple[str, ...]] = {
-    "l1": ("beta_diag", "beta_off"),
-    "gradient": ("alpha", "beta_diag", "beta_off"),
-    "hybrid": ("alpha", "alpha_f", "beta_diag", "beta_off", "lam"),
-}
-
 
 @dataclass
 class SearchResult:

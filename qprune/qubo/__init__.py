@@ -14,35 +14,35 @@ Modules, in the order data flows:
 Nothing here imports torch, the solvers or the pipeline.
 """
 
-from qprune.qubo.fileio import (
-    FORMATS,
-    SAMPLE_FORMATS,
-    LoadedQubo,
-    export_bqm,
-    export_constrained,
-    export_formulation,
-    load_bqm,
-    load_sample,
-    parse_sample,
-    save_sample,
-)
-from qprune.qubo.formulation import Formulation, formulate
-from qprune.qubo.presets import FISHER_CHOICES, PRESETS, Weights, preset_terms, preset_weights
-from qprune.qubo.scaling import normalise_terms
-from qprune.qubo.terms import (
-    Term,
-    available_terms,
-    compute_terms,
-    l1_scores,
-    register_term,
-    term_requirements,
-    unregister_term,
-    validate_term,
-)
+from qprune.lazy import lazy_exports
 
-__all__ = [
-    "FISHER_CHOICES", "FORMATS", "PRESETS", "SAMPLE_FORMATS", "Formulation", "LoadedQubo", "Term", "Weights",
-    "available_terms", "compute_terms", "export_bqm", "export_constrained", "export_formulation", "formulate",
-    "l1_scores", "load_bqm", "load_sample", "normalise_terms", "parse_sample", "preset_terms", "preset_weights",
-    "register_term", "save_sample", "term_requirements", "unregister_term", "validate_term",
-]
+_EXPORTS: dict[str, str] = {
+    "FISHER_CHOICES": "qprune.qubo.presets",
+    "FORMATS": "qprune.qubo.fileio",
+    "Formulation": "qprune.qubo.formulation",
+    "LoadedQubo": "qprune.qubo.fileio",
+    "PRESETS": "qprune.qubo.presets",
+    "SAMPLE_FORMATS": "qprune.qubo.fileio",
+    "Term": "qprune.qubo.terms",
+    "Weights": "qprune.qubo.presets",
+    "available_terms": "qprune.qubo.terms",
+    "compute_terms": "qprune.qubo.terms",
+    "export_bqm": "qprune.qubo.fileio",
+    "export_constrained": "qprune.qubo.fileio",
+    "export_formulation": "qprune.qubo.fileio",
+    "formulate": "qprune.qubo.formulation",
+    "l1_scores": "qprune.qubo.terms",
+    "load_bqm": "qprune.qubo.fileio",
+    "load_sample": "qprune.qubo.fileio",
+    "normalise_terms": "qprune.qubo.scaling",
+    "parse_sample": "qprune.qubo.fileio",
+    "preset_terms": "qprune.qubo.presets",
+    "preset_weights": "qprune.qubo.presets",
+    "register_term": "qprune.qubo.terms",
+    "save_sample": "qprune.qubo.fileio",
+    "term_requirements": "qprune.qubo.terms",
+    "unregister_term": "qprune.qubo.terms",
+    "validate_term": "qprune.qubo.terms",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

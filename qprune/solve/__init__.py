@@ -24,20 +24,34 @@ Modules, in the order they build on each other:
 Imports only from the layers below (model, qubo) and from :mod:`qprune.backends`.
 """
 
-from qprune.solve.arrays import QuboArrays, lagrangian
-from qprune.solve.baselines import greedy_prune, random_prune
-from qprune.solve.constraint import ExactK
-from qprune.solve.cqm import build_exact_k_cqm, solve_cqm_exact_k
-from qprune.solve.exact_k import GammaOptions, exact_k_search, solve_exact_k
-from qprune.solve.layerwise import LayerwiseOptions, block_count_curve, layerwise_search, solve_layerwise
-from qprune.solve.local import repair_to_k, swap_polish
-from qprune.solve.result import ExactKResult
-from qprune.solve.sampling import SamplerCall, Samples, batch_variables, sample
-from qprune.solve.strategies import STRATEGIES, Strategy, get_strategy, solve
+from qprune.lazy import lazy_exports
 
-__all__ = [
-    "STRATEGIES", "ExactK", "ExactKResult", "GammaOptions", "LayerwiseOptions", "QuboArrays", "SamplerCall",
-    "Samples", "Strategy", "batch_variables", "block_count_curve", "build_exact_k_cqm", "exact_k_search",
-    "get_strategy", "greedy_prune", "lagrangian", "layerwise_search", "random_prune", "repair_to_k", "sample",
-    "solve", "solve_cqm_exact_k", "solve_exact_k", "solve_layerwise", "swap_polish",
-]
+_EXPORTS: dict[str, str] = {
+    "ExactK": "qprune.solve.constraint",
+    "ExactKResult": "qprune.solve.result",
+    "GammaOptions": "qprune.solve.exact_k",
+    "LayerwiseOptions": "qprune.solve.layerwise",
+    "QuboArrays": "qprune.solve.arrays",
+    "STRATEGIES": "qprune.solve.strategies",
+    "SamplerCall": "qprune.solve.sampling",
+    "Samples": "qprune.solve.sampling",
+    "Strategy": "qprune.solve.strategies",
+    "batch_variables": "qprune.solve.sampling",
+    "block_count_curve": "qprune.solve.layerwise",
+    "build_exact_k_cqm": "qprune.solve.cqm",
+    "exact_k_search": "qprune.solve.exact_k",
+    "get_strategy": "qprune.solve.strategies",
+    "greedy_prune": "qprune.solve.baselines",
+    "lagrangian": "qprune.solve.arrays",
+    "layerwise_search": "qprune.solve.layerwise",
+    "random_prune": "qprune.solve.baselines",
+    "repair_to_k": "qprune.solve.local",
+    "sample": "qprune.solve.sampling",
+    "solve": "qprune.solve.strategies",
+    "solve_cqm_exact_k": "qprune.solve.cqm",
+    "solve_exact_k": "qprune.solve.exact_k",
+    "solve_layerwise": "qprune.solve.layerwise",
+    "swap_polish": "qprune.solve.local",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

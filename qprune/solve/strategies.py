@@ -10,28 +10,48 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
-
-import dimod
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from qprune.errors import QpruneError
-from qprune.solve.constraint import ExactK
-from qprune.solve.exact_k import GammaOptions, exact_k_search
-from qprune.solve.layerwise import LayerwiseOptions, layerwise_search
-from qprune.solve.result import ExactKResult
+
+if TYPE_CHECKING:  # annotations only: the table itself stays cheap to import (the CLI reads its names)
+    import dimod
+
+    from qprune.solve.constraint import ExactK
+    from qprune.solve.result import ExactKResult
 
 __all__ = ["STRATEGIES", "Strategy", "get_strategy", "solve"]
+
+
+def _resolve(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(import_module(module), name)
 
 
 @dataclass(frozen=True)
 class Strategy:
     """One exact-k strategy: ``run(formulation, k, backend, seed, *, constraint, sampler_params,
-    progress, options)`` with ``options`` an instance of ``options_type``."""
+    progress, options)`` with ``options`` an instance of ``options_type``.
+
+    ``runner`` and ``options`` are ``"module:name"`` paths, imported on first use, so that reading
+    the table (names and descriptions for ``--help``) imports no solver.
+    """
 
     name: str
     description: str
-    options_type: type
-    run: Callable[..., ExactKResult]
+    options: str
+    runner: str
+
+    @property
+    def options_type(self) -> type:
+        """The strategy's options dataclass."""
+        return _resolve(self.options)
+
+    @property
+    def run(self) -> Callable[..., ExactKResult]:
+        """The strategy's search function."""
+        return _resolve(self.runner)
 
     def make_options(self, options: Any = None) -> Any:
         """``options`` as this strategy's dataclass (None: the defaults; a mapping: checked by name)."""
@@ -60,9 +80,9 @@ STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
         Strategy("gamma", "search on the capacity weight gamma until exactly k are pruned (the paper's)",
-                 GammaOptions, exact_k_search),
+                 "qprune.solve.exact_k:GammaOptions", "qprune.solve.exact_k:exact_k_search"),
         Strategy("layerwise", "per-layer best-energy-per-count curves + an exact DP over the layers",
-                 LayerwiseOptions, layerwise_search),
+                 "qprune.solve.layerwise:LayerwiseOptions", "qprune.solve.layerwise:layerwise_search"),
     )
 }
 
