@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from qprune import problems
 from qprune.errors import QpruneError
 from qprune.problems import training
 from qprune.problems.denoise import DenoiseProblem
+from test_problems import _train_cli
 
 
 def _tiny() -> DenoiseProblem:
@@ -101,32 +101,23 @@ def test_state_path_sits_beside_the_output() -> None:
     assert training.state_path("model") == Path("model.state.pt")
 
 
-def _cli(argv: list[str]) -> int:
-    from qprune.commands import train
-
-    parser = argparse.ArgumentParser(prog="qprune")
-    train.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train", *argv])
-    return args.func(args)
-
-
 def test_train_command_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "d.pt"
     argv = ["--problem", "denoise", "--width", "4", "--epochs", "2", "--patch", "32", "--limit", "4",
             "--config", '{"max_side": 128, "test_batches": 1, "val_batches": 1, "calib_batches": 1}',
             "-q", "-o", str(out), "--resume"]
-    assert _cli(argv) == 0  # --resume without a state starts fresh
+    assert _train_cli(argv) == 0  # --resume without a state starts fresh
     assert out.is_file() and not training.state_path(out).exists()  # the state goes once finished
     first = problems.read_checkpoint(out)["meta"]["history"]
     assert len(first) == 2
     capsys.readouterr()
-    assert _cli(argv) == 0
+    assert _train_cli(argv) == 0
     curves = tmp_path / "d_curves.png"
-    assert _cli([*argv, "--curves", str(curves)]) == 0
+    assert _train_cli([*argv, "--curves", str(curves)]) == 0
     assert "already trained (2 epochs); nothing to resume" in capsys.readouterr().out
     assert curves.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(QpruneError, match="is a finished checkpoint of a different run"):
-        _cli([*argv[:5], "3", *argv[6:]])
+        _train_cli([*argv[:5], "3", *argv[6:]])
 
 
 def test_convergence_rule() -> None:

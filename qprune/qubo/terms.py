@@ -189,28 +189,15 @@ register_term(
     requires=("l1", "layer_ids"),
     description="A_ij = s_i s_j within a layer (L1 parameter redundancy)",
 )
-register_term(
-    "taylor",
-    lambda inputs, per_param=True: taylor(inputs["taylor"], inputs.get("params"), per_param=per_param),
-    requires=("taylor", "params"),
-    description="first-order Taylor importance / P_i",
-)
-register_term(
-    "weight_fisher",
-    lambda inputs, per_param=True: weight_fisher(
-        inputs["weight_fisher"], inputs.get("params"), per_param=per_param
-    ),
-    requires=("weight_fisher", "params"),
-    description="Weight-Fisher importance / P_i",
-)
-register_term(
-    "channel_fisher",
-    lambda inputs, per_param=True: channel_fisher(
-        inputs["channel_fisher"], inputs.get("params"), per_param=per_param
-    ),
-    requires=("channel_fisher", "params"),
-    description="Channel-Fisher importance / P_i",
-)
+def _importance(provider: Callable[..., Term], signal: str) -> Callable[..., Term]:
+    """A gradient-importance provider reading ``inputs[signal]``, divided by P_i unless told not to."""
+    return lambda inputs, per_param=True: provider(inputs[signal], inputs.get("params"), per_param=per_param)
+
+
+for _signal, _fn, _what in (("taylor", taylor, "first-order Taylor importance"),
+                             ("weight_fisher", weight_fisher, "Weight-Fisher importance"),
+                             ("channel_fisher", channel_fisher, "Channel-Fisher importance")):
+    register_term(_signal, _importance(_fn, _signal), requires=(_signal, "params"), description=f"{_what} / P_i")
 register_term(
     "activation_similarity",
     lambda inputs: activation_similarity(inputs["activations"], inputs["layer_ids"]),
