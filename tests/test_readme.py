@@ -99,3 +99,19 @@ def test_readme_make_targets_exist_and_bench_paper_uses_the_shipped_checkpoint()
     args = build_parser().parse_args(shlex.split(train[0])[1:])
     assert args.command == "train" and args.resume and (ROOT / args.output).resolve() == shipped
     assert args.width == 64 and args.schedule == "cosine"
+
+
+def test_readme_names_resolve():
+    import importlib
+
+    names = set(re.findall(r"`(qprune(?:\.[A-Za-z_]+)+)", README))
+    assert "qprune.model.build_space" in names
+    for dotted in sorted(names):
+        parts = dotted.split(".")
+        obj = importlib.import_module(parts[0])
+        for i, part in enumerate(parts[1:], start=1):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError:
+                obj = importlib.import_module(".".join(parts[:i + 1]))
+        assert obj is not None, dotted
