@@ -15,14 +15,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_problem_args(p)
     add_solver_args(p)
     add_space_args(p)
-    p.add_argument("--output", "-o", help="pruned model file (loadable without qprune's search code)")
+    p.add_argument("--output", "-o", help="pruned model file, format by suffix: .pt2 (torch.export), .onnx "
+                                          "(ONNX, run by onnxruntime) or .pt (TorchScript); loads without qprune")
+    p.add_argument("--recipe", help="also write the mask as a recipe (.json) that re-applies to a fresh instance "
+                                    "of the model definition (qprune.model.recipe.apply_recipe)")
     p.add_argument("--report", help="report file: .md (Markdown) or .json")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from qprune.model.fileio import save_pruned
+    from qprune.model.fileio import format_for, runtime_latency, save_pruned
+    from qprune.model.recipe import save_recipe
     from qprune.pipeline.run import method_spec, prune
     from qprune.pipeline.report import render_markdown, summarize, write_report
 
@@ -30,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     method_spec(args.method)  # fail on a bad method before loading anything
     check_output(args.output, "--output")
     check_output(args.report, "--report")
+    check_output(args.recipe, "--recipe")
+    if args.output:
+        format_for(args.output)  # a bad suffix fails before any work
     weights = parse_weights(args.weights)
     problem, model, ckpt = load_problem_and_model(args)
     result = prune(
@@ -43,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
         save_pruned(result.pruned_model, args.output, example_inputs=problem.example_inputs(),
                     meta={"problem": problem.name, "checkpoint": ckpt, "method": args.method, "k": result.k,
                           "sample": result.sample})
+        summary["output"] = {"path": args.output, "format": format_for(args.output),
+                             "runtime_latency_ms": runtime_latency(args.output, problem.example_inputs())}
+    if args.recipe:
+        save_recipe(args.recipe, result.recipe({"problem": problem.name, "checkpoint": ckpt}))
     if args.report:
         write_report(args.report, summary, title=f"qprune prune: {problem.name}")
     print(render_markdown(summary, title=f"qprune prune: {problem.name}"))

@@ -18,6 +18,7 @@ from torch import nn
 
 from qprune.errors import QpruneError
 from qprune.model.masking import apply_mask
+from qprune.model.recipe import make_recipe
 from qprune.model.signals import Signals, collect_signals
 from qprune.model.space import build_space
 from qprune.model.stats import model_stats
@@ -82,6 +83,12 @@ class PruneResult:
     gamma: float | None = None
     solver_info: dict[str, Any] = field(default_factory=dict)
     seed: int | None = 0
+    space_options: dict[str, Any] = field(default_factory=dict)
+
+    def recipe(self, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The mask as a recipe that re-applies to a fresh model (:func:`qprune.model.recipe.apply_recipe`)."""
+        return make_recipe(self.space, self.mask, space_options=self.space_options,
+                           meta={"method": self.method, "k": self.k, "seed": self.seed, **dict(meta or {})})
 
     @property
     def sample(self) -> dict[str, int]:
@@ -108,6 +115,7 @@ class Prepared:
     space: FilterSpace
     signals: Signals
     timings: dict[str, float]
+    space_options: dict[str, Any] = field(default_factory=dict)  # the build_space keywords (for recipes)
 
 
 def prepare(
@@ -142,7 +150,7 @@ def prepare(
     t0 = time.perf_counter()
     signals = collect_signals(model, space, work.calibration, work.loss, needs=needs, progress=progress)
     timings["signals"] = time.perf_counter() - t0
-    return Prepared(model, work, space, signals, timings)
+    return Prepared(model, work, space, signals, timings, space_options=space_kwargs)
 
 
 def prune(
@@ -259,6 +267,7 @@ def run_method(prep: Prepared, method: str, *, sparsity: float | None = None, k:
     timings.update(out["timings"])
     result = finish(prep.model, prep.space, x.astype(bool), prep.work, remove=remove, timings=timings)
     result.method, result.k, result.seed = method, kk, options.seed
+    result.space_options = dict(prep.space_options)
     bqm = out.get("bqm")
     result.bqm, result.formulation, result.gamma = bqm, out.get("formulation"), out.get("gamma")
     if bqm is not None:
