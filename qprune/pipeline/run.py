@@ -347,13 +347,15 @@ def tune_weights(
     storage: str | None = None,
     study_name: str | None = None,
     save_best: str | None = None,
+    sampler_seed: int | None = None,
     progress: bool = True,
 ) -> SearchResult:
     """Search the QUBO weights of ``method`` for the best validation metric at exactly ``k``.
 
     gamma is found by the exact-k search inside every trial; only the weights that the method's
     preset reads are searched; ``options.weights`` and ``options.refine`` are ignored (each trial
-    sets its weights; refinement would make every trial cost a TT search).
+    sets its weights; refinement would make every trial cost a TT search). ``sampler_seed`` seeds
+    Optuna's sampler (default: ``options.seed``); workers sharing a study give each their own.
     """
     spec = method_spec(method)
     if spec.kind != "qubo":
@@ -367,5 +369,12 @@ def tune_weights(
 
     return search_weights(
         score, n_trials=n_trials, timeout=timeout, sampler=sampler, space=space, storage=storage,
-        study_name=study_name or f"qprune-{method}-k{k}", seed=base.seed, progress=progress, save_best=save_best,
+        study_name=study_name or default_study_name(method, k),
+        seed=base.seed if sampler_seed is None else sampler_seed, progress=progress, save_best=save_best,
     )
+
+
+def default_study_name(method: str, k: int) -> str:
+    """The study a weight search uses unless told otherwise: one per method and k."""
+    return f"qprune-{method}-k{k}"
+

@@ -93,23 +93,7 @@ def search_weights(
             raise QpruneError(f"range for {name!r} must satisfy 0 < low <= high, got ({lo}, {hi})")
     base = base or Weights()
 
-    storage_url = None
-    if storage is not None:
-        storage_url = str(storage)
-        if "://" not in storage_url:
-            Path(storage_url).parent.mkdir(parents=True, exist_ok=True)
-            storage_url = f"sqlite:///{Path(storage_url).resolve()}"
-    optuna_sampler = (
-        optuna.samplers.TPESampler(seed=seed) if sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed)
-    )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=storage_url,
-        sampler=optuna_sampler,
-        direction="maximize",
-        load_if_exists=True,
-    )
+    study = open_study(storage, study_name, sampler=sampler, seed=seed)
 
     def objective(trial: "optuna.Trial") -> float:
         values = asdict(base)
@@ -119,22 +103,60 @@ def search_weights(
 
     start = time.perf_counter()
     study.optimize(objective, n_trials=n_trials, timeout=timeout, show_progress_bar=progress)
-    seconds = time.perf_counter() - start
-
-    best = study.best_trial
-    best_values = asdict(base)
-    best_values.update({k: v for k, v in best.params.items() if k in known})
-    result = SearchResult(
-        best_weights=Weights(**best_values),
-        best_value=float(best.value),
-        n_trials=len(study.trials),
-        trials=[
-            {"number": t.number, "value": t.value, "params": t.params, "state": t.state.name}
-            for t in study.trials
-        ],
-        seconds=seconds,
-    )
+    result = study_result(study, base, seconds=time.perf_counter() - start)
     if save_best is not None:
         write_json(save_best, result.to_dict())
     return result
+
+
+def storage_url(storage: str | os.PathLike[str] | None) -> str | None:
+    """An Optuna RDB URL: a plain path is an SQLite file (its folder is made), a URL passes through."""
+    if storage is None:
+        return None
+    url = str(storage)
+    if "://" not in url:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{Path(url).resolve()}"
+    return url
+
+
+def open_study(storage: str | os.PathLike[str] | None, study_name: str, *, sampler: str = "tpe",
+               seed: int | None = 0) -> "optuna.Study":
+    """The study ``study_name`` in ``storage`` (created when absent), maximising, with a seeded sampler."""
+    import optuna
+
+    optuna_sampler = (
+        optuna.samplers.TPESampler(seed=seed) if sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed)
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.create_study(study_name=study_name, storage=storage_url(storage), sampler=optuna_sampler,
+                                   direction="maximize", load_if_exists=True)
+    except ImportError as exc:  # e.g. a postgresql:// URL without a driver
+        raise QpruneError(f"storage {storage!r} needs a database driver: {exc}") from None
+
+
+def study_result(study: "optuna.Study", base: Weights | None = None, seconds: float = 0.0) -> SearchResult:
+    """The best weights of a study (every worker's trials) and a record of each trial."""
+    known = set(asdict(Weights()))
+    best = study.best_trial
+    best_values = asdict(base or Weights())
+    best_values.update({k: v for k, v in best.params.items() if k in known})
+    return SearchResult(
+        best_weights=Weights(**best_values),
+        best_value=float(best.value),
+        n_trials=len(study.trials),
+        trials=[{"number": t.number, "value": t.value, "params": t.params, "state": t.state.name}
+                for t in study.trials],
+        seconds=seconds,
+    )
+
+
+def worker_shares(n_trials: int, workers: int) -> list[int]:
+    """``n_trials`` split over ``workers`` as evenly as possible (the first ones take the remainder)."""
+    if workers < 1:
+        raise QpruneError(f"workers must be >= 1, got {workers}")
+    if n_trials < workers:
+        raise QpruneError(f"{n_trials} trials cannot keep {workers} workers busy; give at least one trial each")
+    return [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
 
