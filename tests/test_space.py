@@ -69,7 +69,8 @@ def test_mobilenet_depthwise_is_tied_to_its_producer():
 
 def test_halfunet_units_gate_inside_naf_blocks_and_exclude_trunk():
     m = _halfunet(8)
-    space = build_space(m, torch.rand(1, 3, 32, 32))
+    # without residual-branch units (the space before they existed): the channels inside the blocks
+    space = build_space(m, torch.rand(1, 3, 32, 32), residual_branches=False)
     assert space.layers == [f"enc{s}.{b}.conv{c}" for s in (1, 2, 3) for b in (0, 1) for c in (1, 4)]
     u = space.units[space.labels.index("enc1.0.conv1:3")]
     # SimpleGate: channel j and j + C fall together, with the depthwise conv and the SCA conv
@@ -85,20 +86,40 @@ def test_halfunet_units_gate_inside_naf_blocks_and_exclude_trunk():
     assert "up1.conv" in space.excluded or "up1.conv" not in space.layers
 
 
+def test_halfunet_default_adds_the_residual_branch_layers():
+    """The default (``residual_branches="auto"``): conv3/conv5 of every NAF block and the three
+    upsample convs join the space as layers of their own; the trunk stays excluded."""
+    m = _halfunet(8)
+    space = build_space(m, torch.rand(1, 3, 32, 32))
+    blocks = [f"enc{s}.{b}" for s in (1, 2, 3) for b in (0, 1)]
+    assert space.layers == [f"{blk}.conv{c}" for blk in blocks for c in (1, 3, 4, 5)] + [
+        "up3.conv", "up2.conv", "up1.conv"]
+    u = space.units[space.labels.index("enc1.0.conv3:2")]
+    assert u.kind == "branch" and u.members == (("enc1.0.conv3", 2),) and u.outputs == (("enc1.0.conv3", 2),)
+    assert u.inputs == () and u.params == 8 + 1  # one 1x1 filter of 8 inputs + its bias; beta stays
+    assert space.layer_sizes[space.layers.index("up1.conv")] == 32  # one unit per conv filter (4F)
+    assert "normalised" in space.excluded["intro"] and "model output" in space.excluded["ending"]
+
+
 def test_layer_selection_by_count_name_and_pattern():
     m = _halfunet(8)
     x = torch.rand(1, 3, 16, 16)
-    first = build_space(m, x, layers=3, verify=False)
+    first = build_space(m, x, layers=3, verify=False, residual_branches=False)
     assert first.layers == ["enc1.0.conv1", "enc1.0.conv4", "enc1.1.conv1"]
     assert first.excluded["enc3.1.conv4"] == "not selected by layers="
     by_member = build_space(m, x, layers=["enc1.0.conv2"], verify=False)  # a member selects its layer
     assert by_member.layers == ["enc1.0.conv1"]
-    pattern = build_space(m, x, layers=["enc2.*"], verify=False)
+    assert build_space(m, x, layers=3, verify=False).layers == ["enc1.0.conv1", "enc1.0.conv3", "enc1.0.conv4"]
+    pattern = build_space(m, x, layers=["enc2.*"], verify=False, residual_branches=False)
     assert pattern.layers == ["enc2.0.conv1", "enc2.0.conv4", "enc2.1.conv1", "enc2.1.conv4"]
     with pytest.raises(QpruneError, match="matches no prunable layer"):
         build_space(m, x, layers=["nope"], verify=False)
     with pytest.raises(QpruneError, match="only 12 prunable layers"):
-        build_space(m, x, layers=13, verify=False)
+        build_space(m, x, layers=13, verify=False, residual_branches=False)
+    with pytest.raises(QpruneError, match="only 27 prunable layers"):
+        build_space(m, x, layers=28, verify=False)
+    with pytest.raises(QpruneError, match="residual_branches"):
+        build_space(m, x, residual_branches="yes")
     with pytest.raises(QpruneError, match="min_keep"):
         build_space(m, x, min_keep=0)
 
@@ -106,7 +127,7 @@ def test_layer_selection_by_count_name_and_pattern():
 def test_exclude_min_keep_and_mask_checks():
     m = _halfunet(8)
     x = torch.rand(1, 3, 16, 16)
-    space = build_space(m, x, exclude=("enc1.0.conv4", "enc3.*"), min_keep=3, verify=False)
+    space = build_space(m, x, exclude=("enc1.0.conv4", "enc3.*"), min_keep=3, verify=False, residual_branches=False)
     assert "enc1.0.conv4" not in space.layers and not any(n.startswith("enc3") for n in space.layers)
     assert "exclude=" in space.excluded["enc1.0.conv4"]
     assert np.all(space.max_pruned_per_layer == 8 - 3)
@@ -199,8 +220,11 @@ def test_channel_mixing_and_unremovable_units_are_excluded():
     torch.manual_seed(0)
     m = _Mixers().eval()
     space = build_space(m, torch.randn(1, 3, 8, 8))
-    assert space.layers == ["c", "e"]
-    assert "GroupNorm" in space.excluded["a"]
+    # a: a GroupNorm of 2 groups follows, so a whole group (4 channels) is one unit: removing it
+    # leaves the other group's statistics alone (GroupNorm(2, 8) -> GroupNorm(1, 4))
+    assert space.layers == ["a", "c", "e"]
+    assert [u.members for u in space.units[:2]] == [tuple(("a", c) for c in range(4)),
+                                                     tuple(("a", c) for c in range(4, 8))]
     assert "Softmax" in space.excluded["b"]
     assert space.excluded["d"].startswith(("physical removal fails", "gated and removed"))
     assert "model output" in space.excluded["f"]

@@ -6,6 +6,8 @@ Modules, in the order data flows:
 * :mod:`~qprune.model.graph` - torch-pruning's dependency graph with qprune's additions;
 * :mod:`~qprune.model.discovery` / :mod:`~qprune.model.mixing` - what each output channel drags
   along, and what blocks a layer;
+* :mod:`~qprune.model.residual` - residual-branch units (a branch's last conv, the trunk whole);
+* :mod:`~qprune.model.attention` - attention heads as units (MultiheadAttention, Swin, timm);
 * :mod:`~qprune.model.verification` - gate == removal, checked on the example inputs;
 * :mod:`~qprune.model.space` - :func:`build_space`, the entry point tying those together;
 * :mod:`~qprune.model.signals` (with :mod:`~qprune.model.probes` and
@@ -23,6 +25,9 @@ from qprune.lazy import lazy_exports
 _EXPORTS: dict[str, str] = {
     "ALL_SIGNALS": "qprune.model.signals",
     "ChannelCut": "qprune.model.cut",
+    "ChannelScatter": "qprune.model.residual",
+    "HeadMultiheadAttention": "qprune.model.attention",
+    "HeadWindowAttention": "qprune.model.attention",
     "FilterSpace": "qprune.model.units",
     "GateHook": "qprune.model.masking",
     "Gates": "qprune.model.masking",
@@ -37,11 +42,13 @@ _EXPORTS: dict[str, str] = {
     "compare_latency": "qprune.model.stats",
     "compare_stats": "qprune.model.stats",
     "count_macs": "qprune.model.stats",
+    "count_ops": "qprune.model.stats",
     "count_params": "qprune.model.stats",
     "equivalence_error": "qprune.model.masking",
     "iter_tensors": "qprune.model.tensors",
     "load_meta": "qprune.model.fileio",
     "load_pruned": "qprune.model.fileio",
+    "mac_terms": "qprune.model.stats",
     "map_tensors": "qprune.model.tensors",
     "measure_latency": "qprune.model.stats",
     "model_stats": "qprune.model.stats",

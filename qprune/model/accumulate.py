@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from qprune.errors import QpruneError
-from qprune.model.units import FilterSpace
+from qprune.model.units import FilterSpace, Slice, Unit
 
 __all__ = ["GradientSums", "Members", "Running", "per_channel_sum"]
 
@@ -44,79 +44,77 @@ def per_channel_sum(t: torch.Tensor, dim: int) -> torch.Tensor:
     return t.sum(dim=dims) if dims else t
 
 
-def _out_dim(mod: nn.Module) -> int:
-    return 1 if getattr(mod, "transposed", False) else 0
+def _member_filters(u: Unit, modules: Mapping[str, nn.Module]) -> list[Slice]:
+    """A unit's filters from its members' output rows (spaces saved without ``Unit.filters``)."""
+    out: list[Slice] = []
+    for path, c in u.members:
+        mod = modules.get(path)
+        if mod is None or not isinstance(getattr(mod, "weight", None), torch.Tensor):
+            raise QpruneError(f"model has no filter module {path!r} of the filter space")
+        out.append((f"{path}.weight", 1 if getattr(mod, "transposed", False) else 0, (c,)))
+        if getattr(mod, "bias", None) is not None:
+            out.append((f"{path}.bias", 0, (c,)))
+    return out
 
 
 class Members:
-    """Member filters of the units, grouped by module, for vectorised per-unit reductions.
+    """The units' own filter weights and biases (``Unit.filters``), for vectorised per-unit sums.
 
-    ``entries`` holds ``(module, output dim, member channels, their units)`` per member module.
+    ``entries`` holds ``(index into params(), dim, indices along dim, their units)`` per
+    parameter and dim: a conv's output rows and bias, a head's q/k/v rows, a branch end's rows.
     """
 
     def __init__(self, model: nn.Module, space: FilterSpace) -> None:
         modules = dict(model.named_modules())
-        rows: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        named = dict(model.named_parameters())
+        rows: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)
         for i, u in enumerate(space.units):
-            for path, c in u.members:
-                rows[path].append((c, i))
+            for name, d, ix in (u.filters or _member_filters(u, modules)):
+                rows[(name, int(d))].extend((int(c), i) for c in ix)
         self.n = space.N
-        self.entries: list[tuple[nn.Module, int, torch.Tensor, torch.Tensor]] = []
-        for path, pairs in rows.items():
-            mod = modules.get(path)
-            if mod is None or not isinstance(getattr(mod, "weight", None), torch.Tensor):
-                raise QpruneError(f"model has no filter module {path!r} of the filter space")
-            dev = mod.weight.device
-            ch = torch.tensor([c for c, _ in pairs], dtype=torch.long, device=dev)
-            un = torch.tensor([i for _, i in pairs], dtype=torch.long, device=dev)
-            self.entries.append((mod, _out_dim(mod), ch, un))
+        self._params: list[nn.Parameter] = []
+        index: dict[str, int] = {}
+        self.entries: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
+        for (name, d), pairs in rows.items():
+            p = named.get(name)
+            if p is None:
+                raise QpruneError(f"model has no parameter {name!r} of the filter space")
+            if name not in index:
+                index[name] = len(self._params)
+                self._params.append(p)
+            ch = torch.tensor([c for c, _ in pairs], dtype=torch.long, device=p.device)
+            un = torch.tensor([i for _, i in pairs], dtype=torch.long, device=p.device)
+            self.entries.append((index[name], d, ch, un))
 
     def params(self) -> list[nn.Parameter]:
-        """Weights and biases of the member modules, each weight followed by its bias (if any)."""
-        out = []
-        for mod, _, _, _ in self.entries:
-            out.append(mod.weight)
-            if getattr(mod, "bias", None) is not None:
-                out.append(mod.bias)
-        return out
+        """The parameters the filters live in (each once)."""
+        return list(self._params)
 
-    def scatter(self, per_module: list[torch.Tensor]) -> torch.Tensor:
-        """Sum per-out-channel vectors of each member module into a per-unit vector [N] (float64)."""
+    def scatter(self, per_param: Sequence[torch.Tensor]) -> torch.Tensor:
+        """float64 [N]: per unit, the sum over its filters' elements of ``per_param`` (tensors
+        shaped like :meth:`params`)."""
         acc = torch.zeros(self.n, dtype=torch.float64)
-        for (_, _, ch, un), v in zip(self.entries, per_module):
-            acc.index_add_(0, un.cpu(), v.detach()[ch].double().cpu())
+        sums: dict[tuple[int, int], torch.Tensor] = {}
+        for pi, d, ch, un in self.entries:
+            v = sums.get((pi, d))
+            if v is None:
+                v = sums[(pi, d)] = per_channel_sum(per_param[pi].detach(), d)
+            acc.index_add_(0, un.cpu(), v[ch].double().cpu())
         return acc
 
-    def per_filter(self, weight_values: Sequence[torch.Tensor], bias_values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Per module: the per-channel sum of its weight-shaped value plus its bias-shaped value.
-
-        ``weight_values``/``bias_values`` follow :meth:`params` (one per weight / per bias).
-        """
-        weights, biases = iter(weight_values), iter(bias_values)
-        out = []
-        for mod, odim, _, _ in self.entries:
-            v = per_channel_sum(next(weights), odim)
-            if getattr(mod, "bias", None) is not None:
-                v = v + next(biases)
-            out.append(v)
-        return out
-
     def l1(self) -> np.ndarray:
-        """float64 [N]: mean |w| over the units' member weights (biases excluded), pooled over members."""
-        sums, counts = [], []
+        """float64 [N]: mean |w| over the units' filter weights (biases and other vectors excluded)."""
         with torch.no_grad():
-            for mod, odim, _, _ in self.entries:
-                w = mod.weight.detach()
-                sums.append(per_channel_sum(w.abs(), odim))
-                counts.append(torch.full((w.shape[odim],), w.numel() // w.shape[odim], dtype=torch.float64))
-        return (self.scatter(sums) / self.scatter(counts)).numpy()
+            absw = [p.detach().abs() if p.dim() >= 2 else torch.zeros_like(p) for p in self._params]
+            ones = [torch.ones_like(p) if p.dim() >= 2 else torch.zeros_like(p) for p in self._params]
+            return (self.scatter(absw) / self.scatter(ones)).numpy()
 
 
 class GradientSums:
     """Running Taylor, weight-Fisher and channel-Fisher sums over calibration batches.
 
     Args:
-        members: the units' member filters; ``params`` are ``members.params()``.
+        members: the units' filters; ``params`` are ``members.params()``.
         ema: None = plain mean over batches; else the EMA decay.
         taylor, weight_fisher, channel_fisher: which signals to accumulate.
         taylor_abs: ``|Σ g w|`` instead of its square.
@@ -152,22 +150,11 @@ class GradientSums:
 
     def _update_params(self, pgrads: list[torch.Tensor]) -> None:
         if self.want_t:
-            prods = [g * p for p, g in zip(self.params, pgrads)]
-            s = self.members.scatter(self._per_filter(prods))
+            s = self.members.scatter([g * p for p, g in zip(self.params, pgrads)])
             self.taylor_acc.update(s.abs() if self.taylor_abs else s * s)
         if self.want_wf:
             for acc, g in zip(self.fisher_acc, pgrads):
                 acc.update(g.detach() * g.detach())
-
-    def _per_filter(self, per_param: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Split ``per_param`` (in :meth:`Members.params` order) into weight and bias values per module."""
-        weights, biases = [], []
-        it = iter(per_param)
-        for mod, _, _, _ in self.members.entries:
-            weights.append(next(it))
-            if getattr(mod, "bias", None) is not None:
-                biases.append(next(it))
-        return self.members.per_filter(weights, biases)
 
     def _update_channel_fisher(
         self, gate_grads: Sequence[torch.Tensor | None], virtual: Mapping[str, list[torch.Tensor]],
@@ -201,4 +188,4 @@ class GradientSums:
         if not self.want_wf:
             return None
         values = [acc.value * p.detach() ** 2 for p, acc in zip(self.params, self.fisher_acc)]
-        return self.members.scatter(self._per_filter(values)).numpy()
+        return self.members.scatter(values).numpy()

@@ -6,9 +6,12 @@ Scoring thousands of candidate masks needs the same arithmetic for far less: eve
 removes is already listed in the filter space (:attr:`qprune.model.space.Unit.slices`), so a mask's
 pruned network is the original parameters index-selected along those dimensions. :class:`ChannelCut`
 swaps such views in (``param.data``) for one mask, adjusts what a layer reads from its own
-attributes rather than from its weights (the ``groups`` of a depthwise convolution, the
-``num_groups`` of a per-channel GroupNorm) and slices the running statistics of norm layers along
-with their affine parameters; on exit everything is put back.
+attributes rather than from its weights (the ``groups`` of a depthwise or grouped convolution, the
+``num_groups`` of a GroupNorm) and slices the running statistics of norm layers along with their
+affine parameters; a cut branch end's output is scattered back to the trunk's width (a forward
+hook, as :class:`qprune.model.residual.ChannelScatter` does in the removed model) and attention
+modules with head units run their routed forward, which reads the head count from the cut
+weights (:mod:`qprune.model.attention`); on exit everything is put back.
 
 A cut network computes the same function as the gated one (a pruned unit contributes zeros there)
 up to float rounding, where the space's slices describe every tensor the units touch. Layers the
@@ -27,7 +30,8 @@ import torch
 from torch import nn
 
 from qprune.errors import QpruneError
-from qprune.model.discovery import is_depthwise
+from qprune.model import attention
+from qprune.model.discovery import is_depthwise, is_grouped
 from qprune.model.units import FilterSpace
 
 __all__ = ["ChannelCut", "channels_last"]
@@ -63,22 +67,35 @@ class ChannelCut:
         self._last: list[bytes | None] = [None] * len(self._plan)
         touched = {name.rpartition(".")[0] for name in owners}
         self._depthwise = [modules[p] for p in touched if is_depthwise(modules.get(p))]
-        self._groupnorms = [
-            modules[p] for p in touched
-            if isinstance(modules.get(p), nn.GroupNorm)
-            and modules[p].num_groups == modules[p].num_channels
-        ]
+        self._grouped = [modules[p] for p in touched if is_grouped(modules.get(p))]
+        self._groupnorms = [modules[p] for p in touched if isinstance(modules.get(p), nn.GroupNorm)]
+        # branch ends: output module -> (channel dim, full width, unit owning each channel)
+        self._scatter: dict[nn.Module, tuple[int, int, np.ndarray]] = {}
+        for e, width in space.producer_channels.items():
+            own = np.full(width, -1, dtype=np.int64)
+            for u, unit in enumerate(space.units):
+                for path, c in unit.outputs:
+                    if path == e:
+                        own[c] = u
+            self._scatter[modules[e]] = (-1 if isinstance(modules[e], nn.Linear) else 1, int(width), own)
+        self._scatter_index: dict[nn.Module, tuple[torch.Tensor, torch.Tensor] | None] = {}
+        self._heads = [modules[p] for p in space.attention if p in modules]
         self._index: dict[bytes, torch.Tensor] = {}
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._attrs: list[tuple[nn.Module, str, Any]] = []
+        self._handles: list[Any] = []
+        self._routes: attention.routed | None = None
 
     def __enter__(self) -> ChannelCut:  # noqa: PYI034 - typing.Self needs Python 3.11
         self._saved = [(t, t.data) for t, _ in self._plan]
         self._last = [None] * len(self._plan)
-        self._attrs = [(m, a, getattr(m, a)) for m in self._depthwise
+        self._attrs = [(m, a, getattr(m, a)) for m in self._depthwise + self._grouped
                        for a in ("groups", "in_channels", "out_channels")]
         self._attrs += [(m, a, getattr(m, a)) for m in self._groupnorms
                         for a in ("num_groups", "num_channels")]
+        self._scatter_index = {m: None for m in self._scatter}
+        self._handles = [m.register_forward_hook(self._scatter_back) for m in self._scatter]
+        self._routes = attention.routed(self._heads)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -86,7 +103,22 @@ class ChannelCut:
             t.data = data
         for m, attr, value in self._attrs:
             setattr(m, attr, value)
-        self._saved, self._attrs = None, []
+        for h in self._handles:
+            h.remove()
+        if self._routes is not None:
+            self._routes.close()
+        self._saved, self._attrs, self._handles, self._routes = None, [], [], None
+
+    def _scatter_back(self, module: nn.Module, args: tuple, out: Any) -> Any:
+        """A cut branch end's output at its kept channels of a zero tensor of the trunk's width."""
+        idx = self._scatter_index.get(module)
+        if idx is None or not isinstance(out, torch.Tensor):
+            return None
+        dim, width, _ = self._scatter[module]
+        shape = list(out.shape)
+        shape[dim] = width
+        full = torch.empty(shape, dtype=out.dtype, device=out.device)  # each element written once
+        return full.index_copy_(dim, idx[0].to(out.device), out).index_fill_(dim, idx[1].to(out.device), 0.0)
 
     def set(self, mask: np.ndarray | torch.Tensor) -> ChannelCut:
         """Cut every listed tensor to the channels of ``mask`` (``[N]`` 0/1, 1 = pruned)."""
@@ -111,8 +143,18 @@ class ChannelCut:
             t.data = out
         for mod in self._depthwise:
             mod.groups = mod.in_channels = mod.out_channels = int(mod.weight.shape[0])
+        orig = {(id(mod), a): v for mod, a, v in self._attrs}
+        for mod in self._grouped:  # whole groups only: the per-group widths stay
+            mod.out_channels = int(mod.weight.shape[0])
+            mod.groups = orig[(id(mod), "groups")] * mod.out_channels // orig[(id(mod), "out_channels")]
+            mod.in_channels = mod.groups * int(mod.weight.shape[1])
         for mod in self._groupnorms:
-            mod.num_groups = mod.num_channels = int(mod.weight.shape[0])
+            mod.num_channels = int(mod.weight.shape[0])
+            mod.num_groups = orig[(id(mod), "num_groups")] * mod.num_channels // orig[(id(mod), "num_channels")]
+        for mod, (_, _, own) in self._scatter.items():
+            keep = (own < 0) | ~m[np.maximum(own, 0)]
+            self._scatter_index[mod] = None if keep.all() else (
+                self._indices(keep, torch.device("cpu")), self._indices(~keep, torch.device("cpu")))
         return self
 
     def _indices(self, keep: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -7,7 +7,13 @@ where physical removal takes the channel away. Zeroing a conv's raw output would
 gated model therefore computes the same function as the physically pruned one (up to float
 rounding: summing fewer terms vs. summing zeros).
 
-* :class:`Gates` - forward pre-hooks on the consumers; ``set(mask)`` with one mask ``[N]``, or with
+Residual-branch units (:mod:`qprune.model.residual`) are zeroed at the OUTPUT of their branch end
+(``Unit.outputs``, forward hooks), which is exactly what removal adds into the trunk; attention
+heads at the output projection's input columns, with the attention module's forward routed so
+that the projection runs as a module (:mod:`qprune.model.attention`).
+
+* :class:`Gates` - forward pre-hooks on the consumers (and forward hooks on branch ends);
+  ``set(mask)`` with one mask ``[N]``, or with
   ``B`` masks ``[B, N]`` to score them all in ONE forward over a batch replicated ``B`` times
   (sample ``b·n + j`` sees mask ``b``); exact per sample because every layer in between acts per
   sample (models in eval mode).
@@ -30,11 +36,16 @@ import torch
 from torch import nn
 
 from qprune.errors import QpruneError
-from qprune.model.graph import build_dependency_graph
+from qprune.model import attention
+from qprune.model.graph import build_dependency_graph, paused_gc
+from qprune.model.residual import prune_branch
 from qprune.model.tensors import as_tuple, iter_tensors, map_tensors
 from qprune.model.units import FilterSpace, MaskLike
 
-__all__ = ["GateHook", "Gates", "apply_mask", "equivalence_error", "map_tensors", "prune_model", "remove_gates"]
+__all__ = [
+    "GateHook", "Gates", "OutputGateHook", "apply_mask", "equivalence_error", "map_tensors", "prune_model",
+    "remove_gates",
+]
 
 _ATTR = "_qprune_gates"
 
@@ -49,6 +60,20 @@ class GateHook:
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple | None:
         return self.gates._gate_input(self, args)
+
+
+class OutputGateHook(GateHook):
+    """Forward hook of one branch end: zeroes the pruned channels of its output."""
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any = None) -> Any:  # type: ignore[override]
+        if not isinstance(output, torch.Tensor):
+            return None
+        return self.gates._apply(self.path, output, self.channel_dim, self.gates._out_gate)
+
+
+def _channel_dim(mod: nn.Module) -> int:
+    """Where a module's channels are: dim 1 for convs and norms, the last dim for linears."""
+    return -1 if isinstance(mod, nn.Linear) else 1
 
 
 class Gates:
@@ -77,10 +102,18 @@ class Gates:
                 raise QpruneError(f"module {path!r} has {actual} input channels, the filter space expects {cin} "
                                   "(gate the unpruned model the space was built on)")
             self._slots[path] = torch.full((cin,), n, dtype=torch.long)
+        self._out_slots: dict[str, torch.Tensor] = {}
+        for path, cout in space.producer_channels.items():
+            if path not in modules:
+                raise QpruneError(f"model has no module {path!r} of the filter space (a different architecture?)")
+            self._out_slots[path] = torch.full((cout,), n, dtype=torch.long)
         for i, u in enumerate(space.units):
             for path, c in u.inputs:
                 self._slots[path][c] = i
+            for path, c in u.outputs:
+                self._out_slots[path][c] = i
         self._gate: dict[str, torch.Tensor | None] = {p: None for p in self._slots}
+        self._out_gate: dict[str, torch.Tensor | None] = {p: None for p in self._out_slots}
         self._cache: dict[tuple, torch.Tensor] = {}
         self.B: int | None = None  # None: one mask for every sample
         self._hooks: list[tuple[nn.Module, GateHook]] = []
@@ -89,6 +122,14 @@ class Gates:
             hook = GateHook(self, path, 1 if isinstance(mod, nn.modules.conv._ConvNd) else -1)
             mod.register_forward_pre_hook(hook)
             self._hooks.append((mod, hook))
+        for path in self._out_slots:
+            mod = modules[path]
+            out_hook = OutputGateHook(self, path, _channel_dim(mod))
+            mod.register_forward_hook(out_hook)
+            self._hooks.append((mod, out_hook))
+        # heads are gated at the output projection, which must then run as a module
+        self._routes = attention.routed([modules[p] for p, kind in space.attention.items()
+                                         if attention.ADAPTERS.get(kind) and p in modules])
 
     # ----- masks
     def set(self, masks: np.ndarray | torch.Tensor | Sequence) -> Gates:
@@ -104,16 +145,18 @@ class Gates:
         else:
             keep = torch.cat([keep, torch.ones(m.shape[0], 1)], dim=1)
             self.B = int(m.shape[0])
-        for path, slots in self._slots.items():
-            g = keep[..., slots]
-            # skip the multiply where this consumer sees nothing pruned
-            self._gate[path] = None if bool((g == 1).all()) else g
+        for table, slots_of in ((self._gate, self._slots), (self._out_gate, self._out_slots)):
+            for path, slots in slots_of.items():
+                g = keep[..., slots]
+                # skip the multiply where this consumer sees nothing pruned
+                table[path] = None if bool((g == 1).all()) else g
         self._cache.clear()
         return self
 
     def clear(self) -> Gates:
         """Open every gate (the model computes its unpruned function)."""
         self._gate = {p: None for p in self._slots}
+        self._out_gate = {p: None for p in self._out_slots}
         self._cache.clear()
         self.B = None
         return self
@@ -121,10 +164,12 @@ class Gates:
     def remove(self) -> None:
         """Take the hooks off the model (idempotent)."""
         for mod, hook in self._hooks:
-            for key, h in list(mod._forward_pre_hooks.items()):
-                if h is hook:
-                    del mod._forward_pre_hooks[key]
+            for hooks in (mod._forward_pre_hooks, mod._forward_hooks):
+                for key, h in list(hooks.items()):
+                    if h is hook:
+                        del hooks[key]
         self._hooks = []
+        self._routes.close()
         if getattr(self.model, _ATTR, None) is self:
             delattr(self.model, _ATTR)
 
@@ -151,46 +196,54 @@ class Gates:
         return map_tensors(out, lambda t: t.reshape(b, t.shape[0] // b, *t.shape[1:]))
 
     def _gate_input(self, hook: GateHook, args: tuple) -> tuple | None:
-        g = self._gate.get(hook.path)
-        if g is None or not self.enabled or not args:
+        if not args or not isinstance(args[0], torch.Tensor):
             return None
-        x = args[0]
-        if not isinstance(x, torch.Tensor):
+        gx = self._apply(hook.path, args[0], hook.channel_dim, self._gate)
+        return None if gx is None else (gx, *args[1:])
+
+    def _apply(self, path: str, x: torch.Tensor, channel_dim: int, table: dict[str, torch.Tensor | None]) -> Any:
+        """``x`` times the gates of ``path`` from ``table`` (None: nothing gated there)."""
+        g = table.get(path)
+        if g is None or not self.enabled:
             return None
-        c = x.shape[hook.channel_dim]
+        out = table is self._out_gate
+        c = x.shape[channel_dim]
         if g.shape[-1] != c:
-            raise QpruneError(f"gate of {hook.path!r} has {g.shape[-1]} channels but its input has {c}")
+            raise QpruneError(f"gate of {path!r} has {g.shape[-1]} channels but its {'output' if out else 'input'} "
+                              f"has {c}")
         if g.dim() == 1:
-            key = (hook.path, x.dtype, x.device, x.dim())
+            key = (path, out, x.dtype, x.device, x.dim())
             gx = self._cache.get(key)
             if gx is None:
                 shape = [1] * x.dim()
-                shape[hook.channel_dim] = c
+                shape[channel_dim] = c
                 gx = self._cache[key] = g.to(device=x.device, dtype=x.dtype).view(shape)
         else:
             b = g.shape[0]
             if x.shape[0] % b:
-                raise QpruneError(f"batched gates: input batch {x.shape[0]} at {hook.path!r} is not a multiple "
+                raise QpruneError(f"batched gates: input batch {x.shape[0]} at {path!r} is not a multiple "
                                   f"of the number of masks {b} (replicate the batch, or use Gates.run)")
             n = x.shape[0] // b
-            key = (hook.path, x.dtype, x.device, x.dim(), n)
+            key = (path, out, x.dtype, x.device, x.dim(), n)
             gx = self._cache.get(key)
             if gx is None:
                 rep = g.to(device=x.device, dtype=x.dtype).repeat_interleave(n, dim=0)  # [B*n, C]
-                if hook.channel_dim == 1:
+                if channel_dim == 1:
                     gx = rep.view(b * n, c, *([1] * (x.dim() - 2)))
                 else:
                     gx = rep.view(b * n, *([1] * (x.dim() - 2)), c)
                 self._cache[key] = gx
-        return (x * gx, *args[1:])
+        return x * gx
 
 
 def _strip_gates(model: nn.Module) -> None:
     """Remove every qprune gate hook (e.g. the ones a deepcopy of a gated model carries)."""
     for mod in model.modules():
-        for key, h in list(mod._forward_pre_hooks.items()):
-            if isinstance(h, GateHook):
-                del mod._forward_pre_hooks[key]
+        for hooks in (mod._forward_pre_hooks, mod._forward_hooks):
+            for key, h in list(hooks.items()):
+                if isinstance(h, GateHook):
+                    del hooks[key]
+    attention.strip_routes(model)
     if _ATTR in model.__dict__:
         delattr(model, _ATTR)
 
@@ -256,17 +309,27 @@ def prune_model(
         device = torch.device("cpu")
     inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
     flags = {n: p.requires_grad for n, p in new.named_parameters()}
-    dg = build_dependency_graph(new, inputs)
-    modules = dict(new.named_modules())
-    lids = space.layer_ids
-    for lid, layer in enumerate(space.layers):
-        sel = np.flatnonzero(m & (lids == lid))
-        if not sel.size:
-            continue
-        root = modules[layer]
-        idxs = sorted({c for i in sel for name, c in space.units[i].members if name == layer})
-        pruner = dg.get_pruner_of_module(root)
-        dg.get_pruning_group(root, pruner.prune_out_channels, idxs).prune()
+    with paused_gc():  # the graph's many small objects live until the cut is done
+        dg = build_dependency_graph(new, inputs)
+        modules = dict(new.named_modules())
+        lids = space.layer_ids
+        later: list[tuple[str, list[int]]] = []  # branch and head layers: cut after every group
+        for lid, layer in enumerate(space.layers):
+            sel = np.flatnonzero(m & (lids == lid))
+            if not sel.size:
+                continue
+            if space.units[sel[0]].kind != "channel":
+                later.append((layer, [int(i) for i in sel]))
+                continue
+            _prune_channels(dg, modules, layer, [space.units[i] for i in sel])
+        for layer, sel in later:
+            units = [space.units[i] for i in sel]
+            if units[0].kind == "head":
+                attention.prune_heads(new, layer, [u.channel for u in units])
+            else:
+                e = units[0].outputs[0][0]
+                prune_branch(new, layer, e, [u.channel for u in units], space.producer_channels[e],
+                             -1 if isinstance(modules[e], nn.Linear) else 1)
     for n, p in new.named_parameters():
         if n in flags:
             p.requires_grad_(flags[n])
@@ -278,6 +341,28 @@ def prune_model(
     return new
 
 
+def _prune_channels(dg: Any, modules: dict[str, nn.Module], layer: str, units: Sequence[Any]) -> None:
+    """Prune one layer's ``"channel"`` units: the root's group, then the out-channel groups of
+    members it does not reach (a grouped conv's output groups: its input side keeps no link)."""
+    names = {mod: n for n, mod in modules.items()}
+    root = modules[layer]
+    idxs = sorted({c for u in units for name, c in u.members if name == layer})
+    group = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs)
+    reached: dict[str, set[int]] = {}
+    for it in group.items:
+        if dg.is_out_channel_pruning_fn(it.dep.handler) and it.dep.target.module in names:
+            reached.setdefault(names[it.dep.target.module], set()).update(int(i) for i in it.idxs)
+    rest: dict[str, set[int]] = {}
+    for u in units:
+        for name, c in u.members:
+            if c not in reached.get(name, set()):
+                rest.setdefault(name, set()).add(c)
+    group.prune()
+    for name, chans in rest.items():
+        mod = modules[name]
+        dg.get_pruning_group(mod, dg.get_pruner_of_module(mod).prune_out_channels, sorted(chans)).prune()
+
+
 def equivalence_error(
     model: nn.Module,
     space: FilterSpace,
@@ -287,8 +372,8 @@ def equivalence_error(
     """``(max |gated − removed|, max |gated|)`` over all output tensors, both models in eval mode."""
     inputs = as_tuple(example_inputs)
     pruned = prune_model(model, space, mask, inputs)
-    others = [h.gates for mod in model.modules() for h in mod._forward_pre_hooks.values()
-              if isinstance(h, GateHook)]
+    others = [h.gates for mod in model.modules() for hooks in (mod._forward_pre_hooks, mod._forward_hooks)
+              for h in hooks.values() if isinstance(h, GateHook)]
     was_training = model.training
     gates = Gates(model, space).set(space.check_mask(mask))
     try:

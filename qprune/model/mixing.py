@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["op_mixing_reason"]
+__all__ = ["op_base", "op_mixing_reason"]
 
 _REDUCTIONS = {
     "mean", "sum", "nansum", "var", "std", "varmean", "stdmean", "amax", "amin", "max", "min", "prod",
@@ -65,8 +65,12 @@ def _reduction_reason(g: Any) -> str | None:
     return None
 
 
-def _op_base(name: str) -> str:
+def op_base(name: str) -> str:
+    """An autograd node's name without ``Backward<n>``, lower case (``AddBackward0`` -> ``add``)."""
     return re.sub(r"backward\d*$", "", name.lower())
+
+
+_op_base = op_base
 
 
 def _signed(d: int) -> int:

@@ -1,6 +1,8 @@
 """Forward pre-hooks at the units' gate positions (the consumers' inputs) for one calibration pass.
 
-A :class:`ConsumerProbes` hook on every consumer of the filter space
+A :class:`ConsumerProbes` hook on every gate position of the filter space (every consumer's input;
+every branch end's output, :mod:`qprune.model.residual`; attention modules routed so that their
+output projection runs as a module, :mod:`qprune.model.attention`)
 
 * records the spatial size of each unit's activation site once (for ``fisher_space="mean"``);
 * hands the consumer's input to :class:`ActivationSites` (pooled responses for similarity);
@@ -21,36 +23,43 @@ from torch import nn
 from torch.nn import functional as F
 
 from qprune.errors import QpruneError
+from qprune.model import attention
 from qprune.model.units import FilterSpace
 
-__all__ = ["ActivationSites", "ConsumerProbes"]
+__all__ = ["ActivationSites", "ConsumerProbes", "rep_site", "site"]
 
 
 class ConsumerProbes:
     """Hooks on the consumers of ``space`` (installed by the constructor; :meth:`remove` takes them off).
 
     Attributes:
-        slots: consumer path -> int [in channels]: the unit each input channel belongs to (N: none).
+        slots: gate site -> int [channels]: the unit each channel belongs to (N: none). A site is a
+            consumer path (its input) or ``"<path>#out"`` (a branch end's output).
         extent: float64 [N]: spatial size at each unit's activation site times its slots there.
-        virtual: consumer path -> the virtual gates created in the current batch (clear per batch).
+        virtual: site -> the virtual gates created in the current batch (clear per batch).
     """
 
     def __init__(self, model: nn.Module, space: FilterSpace, acts: ActivationSites | None, gates: bool) -> None:
         n = space.N
         modules = dict(model.named_modules())
-        self.slots = {p: torch.full((c,), n, dtype=torch.long) for p, c in space.consumer_channels.items()}
+        sizes = dict(space.consumer_channels)
+        sizes.update({site(p, True): c for p, c in space.producer_channels.items()})
+        self.slots = {p: torch.full((c,), n, dtype=torch.long) for p, c in sizes.items()}
         for i, u in enumerate(space.units):
             for p, c in u.inputs:
                 self.slots[p][c] = i
+            for p, c in u.outputs:
+                self.slots[site(p, True)][c] = i
         self.acts, self.gates = acts, gates
         self.extent = torch.ones(n, dtype=torch.float64)
-        self._rep_slots = [sum(1 for p, _ in u.inputs if p == u.inputs[0][0]) for u in space.units]
+        firsts = [rep_site(u) for u in space.units]
+        self._rep_slots = [sum(1 for p in _site_names(u) if p == f) for u, f in zip(space.units, firsts)]
         self._extent_known: set[str] = set()
         self._by_rep: dict[str, list[int]] = defaultdict(list)
-        for i, u in enumerate(space.units):
-            self._by_rep[u.inputs[0][0]].append(i)
+        for i, f in enumerate(firsts):
+            self._by_rep[f].append(i)
         self.virtual: dict[str, list[torch.Tensor]] = defaultdict(list)
-        missing = [p for p in space.consumer_channels if p not in modules]
+        missing = [p for p in [*space.consumer_channels, *space.producer_channels] if p not in modules]
         if missing:
             raise QpruneError(f"model has no module {missing[0]!r} of the filter space (a different architecture?)")
         self._handles = []
@@ -58,35 +67,50 @@ class ConsumerProbes:
             mod = modules[p]
             cdim = 1 if isinstance(mod, nn.modules.conv._ConvNd) else -1
             self._handles.append(mod.register_forward_pre_hook(self._hook(p, cdim)))
+        for p in space.producer_channels:
+            cdim = -1 if isinstance(modules[p], nn.Linear) else 1
+            self._handles.append(modules[p].register_forward_hook(self._out_hook(site(p, True), cdim)))
+        self._routes = attention.routed([modules[p] for p, kind in space.attention.items()
+                                         if attention.ADAPTERS.get(kind) and p in modules])
 
     def gate_tensors(self) -> list[torch.Tensor]:
         """The current batch's virtual gates, in the order :attr:`virtual` lists them."""
         return [v for vs in self.virtual.values() for v in vs]
 
     def remove(self) -> None:
-        """Take the hooks off and drop the gates."""
+        """Take the hooks (and routes) off and drop the gates."""
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._routes.close()
         self.virtual.clear()
 
     def _hook(self, path: str, cdim: int) -> Callable[[nn.Module, tuple], tuple | None]:
         def fn(module: nn.Module, args: tuple) -> tuple | None:
             if not args or not isinstance(args[0], torch.Tensor):
                 return None
-            x = args[0]
-            if path not in self._extent_known and path in self._by_rep:
-                self._record_extent(path, x, cdim)
-            if self.acts is not None:
-                self.acts.record(path, x.detach(), cdim)
-            if self.gates:
-                v = torch.ones(x.shape[cdim], dtype=x.dtype, device=x.device, requires_grad=True)
-                self.virtual[path].append(v)
-                shape = [1] * x.dim()
-                shape[cdim] = -1
-                return (x * v.view(shape), *args[1:])
-            return None
+            x = self._probe(path, args[0], cdim)
+            return None if x is None else (x, *args[1:])
         return fn
+
+    def _out_hook(self, key: str, cdim: int) -> Callable[[nn.Module, tuple, Any], Any]:
+        def fn(module: nn.Module, args: tuple, out: Any) -> Any:
+            return self._probe(key, out, cdim) if isinstance(out, torch.Tensor) else None
+        return fn
+
+    def _probe(self, key: str, x: torch.Tensor, cdim: int) -> torch.Tensor | None:
+        """Record ``x`` at gate site ``key``; with gates on, ``x`` times a virtual gate of ones."""
+        if key not in self._extent_known and key in self._by_rep:
+            self._record_extent(key, x, cdim)
+        if self.acts is not None:
+            self.acts.record(key, x.detach(), cdim)
+        if not self.gates:
+            return None
+        v = torch.ones(x.shape[cdim], dtype=x.dtype, device=x.device, requires_grad=True)
+        self.virtual[key].append(v)
+        shape = [1] * x.dim()
+        shape[cdim] = -1
+        return x * v.view(shape)
 
     def _record_extent(self, path: str, x: torch.Tensor, cdim: int) -> None:
         inner = x.shape[2:] if cdim == 1 else x.shape[1:-1]
@@ -94,6 +118,20 @@ class ConsumerProbes:
         self.extent[idx] = float(math.prod(inner)) * torch.tensor([self._rep_slots[i] for i in idx],
                                                                    dtype=torch.float64)
         self._extent_known.add(path)
+
+
+def site(path: str, output: bool = False) -> str:
+    """The key of a gate site: a consumer's path (its input), ``"<path>#out"`` for an output."""
+    return f"{path}#out" if output else path
+
+
+def _site_names(u: Any) -> list[str]:
+    return [site(p) for p, _ in u.inputs] + [site(p, True) for p, _ in u.outputs]
+
+
+def rep_site(u: Any) -> str:
+    """A unit's activation site: its first consumer input, else its first gated output."""
+    return _site_names(u)[0]
 
 
 class ActivationSites:
@@ -105,15 +143,16 @@ class ActivationSites:
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
         self.slot_lists: list[list[int]] = []
         for i, u in enumerate(space.units):
-            site = u.inputs[0][0]
-            sl = [c for p, c in u.inputs if p == site]
+            first = rep_site(u)
+            pairs = [(site(p), c) for p, c in u.inputs] + [(site(p, True), c) for p, c in u.outputs]
+            sl = [c for p, c in pairs if p == first]
             self.slot_lists.append(sl)
-            groups[(site, len(sl))].append(i)
+            groups[(first, len(sl))].append(i)
         # per site: list of (unit indices, slot matrix [U, S], chunks, columns so far)
         self.sites: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for (site, _), idx in groups.items():
+        for (key, _), idx in groups.items():
             mat = torch.tensor([self.slot_lists[i] for i in idx], dtype=torch.long)
-            self.sites[site].append({"units": idx, "slots": mat, "chunks": [], "cols": 0})
+            self.sites[key].append({"units": idx, "slots": mat, "chunks": [], "cols": 0})
 
     def record(self, path: str, x: torch.Tensor, cdim: int) -> None:
         """Keep the pooled responses of the units whose site is ``path`` (until ``cap`` columns)."""

@@ -2,15 +2,18 @@
 
 :func:`build_space` is the entry point. It traces the model once with torch-pruning
 (:mod:`qprune.model.graph`), walks the pruning group of every output channel of every root layer
-(:mod:`qprune.model.discovery`: what a unit holds, what blocks a layer), screens and selects the
-layers, assembles the :class:`~qprune.model.units.Unit` records and checks gate == removal
-(:mod:`qprune.model.verification`).
+(:mod:`qprune.model.discovery`: what a unit holds, what blocks a layer), adds the residual-branch
+units (:mod:`qprune.model.residual`) and the attention heads (:mod:`qprune.model.attention`),
+screens and selects the layers, assembles the :class:`~qprune.model.units.Unit` records and checks
+gate == removal (:mod:`qprune.model.verification`).
 
 ``Unit.layer`` is the *root*: the first module, in ``model.named_modules()`` order, whose output
-channel is in the unit; ``Unit.channel`` its smallest such channel; ``label = "<layer>:<channel>"``.
-The units of one root form one layer (one block of the QUBO). ``Unit.members`` lists every
-``(conv/linear path, output channel)`` that disappears (BatchNorm etc. are not listed: they are not
-filters, but their parameters are counted; see :mod:`qprune.model.units` for the counts).
+channel is in the unit (a branch end's conv; an attention module for heads); ``Unit.channel`` its
+smallest such channel (the head index); ``label = "<layer>:<channel>"``. The units of one root
+form one layer (one block of the QUBO). ``Unit.members`` lists every ``(conv/linear path, output
+channel)`` that disappears (BatchNorm etc. are not listed: they are not filters, but their
+parameters are counted; see :mod:`qprune.model.units` for the counts); a head unit's member is
+``(attention path, head)``.
 
 Restricting the space
     ``layers=None`` keeps every prunable layer; ``layers=n`` (int) keeps the first ``n`` prunable
@@ -25,6 +28,7 @@ Restricting the space
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -34,8 +38,11 @@ import torch
 from torch import nn
 
 from qprune.errors import QpruneError
+from qprune.model import attention
 from qprune.model.discovery import GroupInfo, discover_groups, trace_with_extents
-from qprune.model.graph import build_dependency_graph
+from qprune.model.graph import build_dependency_graph, paused_gc
+from qprune.model.residual import branch_units, find_branch_ends
+from qprune.model.stats import mac_terms
 from qprune.model.tensors import as_tuple
 from qprune.model.units import FilterSpace, Unit, count_removed
 from qprune.model.verification import verified
@@ -43,6 +50,9 @@ from qprune.model.verification import verified
 __all__ = ["FilterSpace", "Unit", "build_dependency_graph", "build_space"]
 
 Groups = Mapping[str, list[tuple[int, GroupInfo]]]  # root path -> [(root channel, its group)]
+BRANCH_MODES = ("auto", True, False)
+_FLAT_LINEAR = ("a linear on flat [batch, features] inputs (a classifier head): its outputs are units only "
+                "with include_linear=True (the default keeps the conv-filter space of the paper)")
 
 
 def build_space(
@@ -51,7 +61,9 @@ def build_space(
     *,
     layers: int | Sequence[str] | None = None,
     exclude: Sequence[str] = (),
-    include_linear: bool = False,
+    include_linear: bool | None = None,
+    residual_branches: bool | str = "auto",
+    heads: bool = True,
     min_keep: int = 1,
     verify: bool = True,
     _fast: bool = True,
@@ -64,25 +76,48 @@ def build_space(
         layers: ``None`` (all), an int ``n`` (the first ``n`` prunable layers in module order), or
             names/``fnmatch`` patterns of root or member modules.
         exclude: names/patterns of modules whose output channels must not change.
-        include_linear: also let ``nn.Linear`` output features be units.
+        include_linear: ``nn.Linear`` output features as units: ``None`` (default) the linears
+            that work on the last dim of a 3-D or higher input (MLP blocks of transformers and
+            ConvNeXt), not a classifier on flat features; ``True`` every linear; ``False`` none.
+        residual_branches: residual-branch units (:mod:`qprune.model.residual`): ``"auto"`` for
+            branch ends no other layer prunes, ``True`` for all (prunable trunks are then kept
+            whole), ``False`` none.
+        heads: attention heads as units (:mod:`qprune.model.attention`).
         min_keep: units of every layer that stay (>= 1).
         verify: check gate == removal with one unit of each layer pruned; drop failing layers.
 
     Raises:
-        QpruneError: bad ``layers``/``min_keep``, or nothing left to prune.
+        QpruneError: bad ``layers``/``min_keep``/``residual_branches``, or nothing left to prune.
     """
     if isinstance(min_keep, bool) or not isinstance(min_keep, (int, np.integer)) or min_keep < 1:
         raise QpruneError(f"min_keep must be an integer >= 1, got {min_keep!r}")
+    if not any(residual_branches is m or (isinstance(m, str) and residual_branches == m) for m in BRANCH_MODES):
+        raise QpruneError(f"residual_branches must be 'auto', True or False, got {residual_branches!r}")
     if isinstance(exclude, str):
         exclude = (exclude,)
-    inputs = as_tuple(example_inputs)
-    dg, extent = trace_with_extents(model, inputs)
-    raw, layer_reason = discover_groups(model, dg, include_linear=include_linear, fast=_fast)
-    excluded: dict[str, str] = {}
-    kept_layers = _screen_layers(model, raw, layer_reason, exclude, min_keep, excluded)
-    if layers is not None:
-        kept_layers = _select_layers(model, kept_layers, layers, raw, excluded)
-    space = _assemble(model, kept_layers, raw, extent, inputs, int(min_keep), excluded)
+    with paused_gc():  # many small objects, all alive until the space is built
+        inputs = as_tuple(example_inputs)
+        attn = _attention_modules(model, inputs) if heads else {}
+        dg, extent, rank = trace_with_extents(model, inputs)
+        linear_roots: bool | set[str] = (include_linear if include_linear is not None
+                                         else {n for n, r in rank.items() if r >= 3})
+        blocked = {f"{p}.qkv": f"attention projection: its heads are the units of {p}"
+                   for p, m in attn.items() if attention.adapter_for(m) == "timm"}
+        raw, layer_reason = discover_groups(model, dg, linear_roots=linear_roots, fast=_fast, blocked=blocked)
+        excluded: dict[str, str] = {}
+        kept = _screen_layers(model, raw, layer_reason, exclude, min_keep, excluded)
+        if include_linear is None:  # flat-feature linears stay out by default: say so
+            excluded.update({n: _FLAT_LINEAR for n, r in rank.items() if r < 3 and n not in excluded})
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        units = _channel_units(model, kept, raw, extent, shapes)
+        branches = _branch_layers(model, dg, units, residual_branches, exclude, min_keep, excluded, shapes)
+        units.update(branches)
+        units.update(_head_layers(model, attn, exclude, min_keep, excluded, shapes))
+        order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+        all_layers = sorted(units, key=order.__getitem__)
+        if layers is not None:
+            all_layers = _select_layers(all_layers, layers, units, excluded)
+        space = _assemble(model, all_layers, units, attn, inputs, int(min_keep), excluded, shapes)
     if verify and space.N:
         space = verified(model, space, inputs)
     if space.N == 0:
@@ -93,6 +128,26 @@ def build_space(
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _attention_modules(model: nn.Module, inputs: tuple[Any, ...]) -> dict[str, nn.Module]:
+    """Attention modules qprune has an adapter for that the model calls on ``inputs`` (module order)."""
+    cand = {n: m for n, m in model.named_modules() if attention.adapter_for(m) or
+            type(m).__name__ == "ShiftedWindowAttentionV2"}
+    if not cand:
+        return {}
+    called: set[str] = set()
+    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: called.add(n)) for n, m in cand.items()]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return {n: m for n, m in cand.items() if n in called}
 
 
 def _screen_layers(
@@ -107,6 +162,9 @@ def _screen_layers(
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     kept: list[str] = []
+    for root_name, why in layer_reason.items():
+        if root_name not in raw:
+            excluded[root_name] = why
     for root_name, entries in raw.items():
         if root_name in layer_reason:
             excluded[root_name] = layer_reason[root_name]
@@ -126,12 +184,77 @@ def _screen_layers(
     return kept
 
 
+def _branch_layers(
+    model: nn.Module, dg: Any, layers: dict[str, list[Unit]], mode: bool | str, exclude: Sequence[str],
+    min_keep: int, excluded: dict[str, str], shapes: Mapping[str, tuple[int, ...]],
+) -> dict[str, list[Unit]]:
+    """The residual-branch layers for ``mode``; with ``True`` the trunk layers they cut through
+    go to ``excluded`` (removed from ``layers``)."""
+    if mode is False:
+        return {}
+    ends = find_branch_ends(model, dg)
+    owner = {m: lay for lay, us in layers.items() for u in us for m, _ in u.members}
+    out: dict[str, list[Unit]] = {}
+    for x, end in ends.items():
+        if x in owner and mode == "auto":
+            continue  # its channels are pruned with a layer of the space already (a prunable trunk)
+        if _matches(x, exclude) or _matches(end.e, exclude):
+            excluded[x] = f"excluded by exclude= ({x})"
+            continue
+        if end.channels <= min_keep:
+            excluded[x] = f"{end.channels} unit(s), not more than min_keep={min_keep}"
+            continue
+        excluded.pop(x, None)
+        out[x] = branch_units(model, end, shapes)
+    if mode is True:
+        for x in out:
+            lay = owner.get(x)
+            if lay is not None and lay in layers:
+                del layers[lay]
+                excluded[lay] = "residual trunk kept whole: its branch ends are units (residual_branches=True)"
+    return out
+
+
+def _head_layers(
+    model: nn.Module, attn: Mapping[str, nn.Module], exclude: Sequence[str], min_keep: int,
+    excluded: dict[str, str], shapes: Mapping[str, tuple[int, ...]],
+) -> dict[str, list[Unit]]:
+    """One layer of head units per supported attention module."""
+    out: dict[str, list[Unit]] = {}
+    for path, m in attn.items():
+        why = attention.unsupported(m)
+        if why:
+            excluded[path] = why
+            continue
+        if _matches(path, exclude):
+            excluded[path] = f"excluded by exclude= ({path})"
+            continue
+        n_heads, hd = attention.head_geometry(m)
+        if n_heads <= min_keep:
+            excluded[path] = f"{n_heads} head(s), not more than min_keep={min_keep}"
+            continue
+        site = attention.out_projection(path, m)
+        units = []
+        for h in range(n_heads):
+            slices, filters = attention.head_slices(path, m, h)
+            units.append(Unit(
+                label=f"{path}:{h}", layer=path, channel=h, members=((path, h),),
+                params=int(count_removed(shapes, [slices])),
+                filter_params=int(sum(len(ix) * _row_size(shapes[p], d) for p, d, ix in filters)),
+                inputs=tuple((site, c) for c in range(h * hd, (h + 1) * hd)), slices=slices, kind="head",
+                filters=filters,
+            ))
+        out[path] = units
+    return out
+
+
+def _row_size(shape: tuple[int, ...], dim: int) -> int:
+    """Elements of one index along ``dim`` of a tensor of ``shape``."""
+    return math.prod(shape) // int(shape[dim])
+
+
 def _select_layers(
-    model: nn.Module,
-    kept: list[str],
-    layers: int | Sequence[str],
-    raw: Groups,
-    excluded: dict[str, str],
+    kept: list[str], layers: int | Sequence[str], units: Mapping[str, list[Unit]], excluded: dict[str, str],
 ) -> list[str]:
     """Apply ``layers=`` (a count or names/patterns); the layers left out join ``excluded``."""
     if isinstance(layers, bool):
@@ -143,55 +266,57 @@ def _select_layers(
             raise QpruneError(f"layers={layers} but the model has only {len(kept)} prunable layers")
         chosen = kept[: int(layers)]
     else:
-        chosen = _layers_by_name(model, kept, [layers] if isinstance(layers, str) else layers, raw, excluded)
+        patterns = [layers] if isinstance(layers, str) else layers
+        chosen = []
+        for pat in patterns:
+            hits = [n for n in kept if _matches(n, [pat]) or any(_matches(m, [pat]) for u in units[n] for m, _ in u.members)]
+            if not hits:
+                why = excluded.get(pat)
+                raise QpruneError(f"layers: {pat!r} matches no prunable layer"
+                                  + (f" ({pat} is excluded: {why})" if why else ""))
+            chosen.extend(h for h in hits if h not in chosen)
+        chosen.sort(key=kept.index)
     for n in kept:
         if n not in chosen:
             excluded[n] = "not selected by layers="
     return chosen
 
 
-def _layers_by_name(
-    model: nn.Module, kept: list[str], patterns: Sequence[str], raw: Groups, excluded: Mapping[str, str],
-) -> list[str]:
-    """Kept layers whose root or a member module matches one of ``patterns``, in module order."""
-    names = {m: n for n, m in model.named_modules()}
-    chosen: list[str] = []
-    for pat in patterns:
-        hits = [n for n in kept if _matches(n, [pat])
-                or any(_matches(names[m], [pat]) for _, info in raw[n] for m, _ in info.members)]
-        if not hits:
-            why = excluded.get(pat)
-            raise QpruneError(f"layers: {pat!r} matches no prunable layer"
-                              + (f" ({pat} is excluded: {why})" if why else ""))
-        chosen.extend(h for h in hits if h not in chosen)
-    chosen.sort(key=kept.index)
-    return chosen
+def _channel_units(
+    model: nn.Module, kept: list[str], raw: Groups, extent: Mapping[str, int], shapes: Mapping[str, tuple[int, ...]],
+) -> dict[str, list[Unit]]:
+    """The ``"channel"`` units of every kept root, by root path."""
+    maker = _UnitMaker(model, extent, shapes)
+    return {root: [maker.unit(root, r, info) for r, info in raw[root]] for root in kept}
 
 
 def _assemble(
-    model: nn.Module,
-    kept_layers: list[str],
-    raw: Groups,
-    extent: Mapping[str, int],
-    inputs: tuple[Any, ...],
-    min_keep: int,
-    excluded: dict[str, str],
+    model: nn.Module, chosen: list[str], layers: Mapping[str, list[Unit]], attn: Mapping[str, nn.Module],
+    inputs: tuple[Any, ...], min_keep: int, excluded: dict[str, str], shapes: Mapping[str, tuple[int, ...]],
 ) -> FilterSpace:
-    """The :class:`FilterSpace` of the kept layers' units (before verification)."""
-    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    units: list[Unit] = []
+    """The :class:`FilterSpace` of the chosen layers' units (before verification)."""
+    modules = dict(model.named_modules())
+    units = [u for lay in chosen for u in layers[lay]]
     consumer_channels: dict[str, int] = {}
-    maker = _UnitMaker(model, extent, shapes)
-    for root_name in kept_layers:
-        for r, info in raw[root_name]:
-            units.append(maker.unit(root_name, r, info, consumer_channels))
+    producer_channels: dict[str, int] = {}
+    for u in units:
+        for n, _ in u.inputs:
+            mod = modules[n]
+            consumer_channels[n] = int(mod.in_channels if isinstance(mod, nn.modules.conv._ConvNd) else mod.in_features)
+        for n, _ in u.outputs:
+            mod = modules[n]
+            producer_channels[n] = int(getattr(mod, "out_channels", None) or getattr(mod, "out_features", None)
+                                       or mod.num_features)
     return FilterSpace(
-        units=units, layers=list(kept_layers), min_keep=min_keep, excluded=excluded,
+        units=units, layers=list(chosen), min_keep=min_keep, excluded=excluded,
         total_params=int(sum(p.numel() for p in model.parameters())),
         param_shapes={p: shapes[p] for u in units for p, _, _ in u.slices},
         consumer_channels=consumer_channels,
         input_specs=[(tuple(x.shape), str(x.dtype).replace("torch.", "")) for x in inputs
                      if isinstance(x, torch.Tensor)],
+        producer_channels=producer_channels,
+        attention={p: str(attention.adapter_for(attn[p])) for p in chosen if p in attn},
+        mac_terms=mac_terms(model, inputs),
     )
 
 
@@ -203,43 +328,49 @@ class _UnitMaker:
         self.order = {n: i for i, (n, _) in enumerate(model.named_modules())}
         self.modules = dict(model.named_modules())
         self.extent, self.shapes = extent, shapes
+        self._cache: dict[str, tuple[bool, bool]] = {}
 
-    def unit(self, root_name: str, r: int, info: GroupInfo, consumer_channels: dict[str, int]) -> Unit:
-        """The unit of root channel ``r``; records its consumers' input widths in ``consumer_channels``."""
+    def unit(self, root_name: str, r: int, info: GroupInfo) -> Unit:
+        """The unit of root channel ``r``."""
         names, order = self.names, self.order
         members = tuple(sorted({(names[m], int(c)) for m, c in info.members}, key=lambda t: (order[t[0]], t[1])))
         root_channels = [c for n, c in members if n == root_name] or [r]
         channel = min(root_channels)
-        inputs = self._inputs(info, consumer_channels)
         slices = tuple(sorted((p, d, tuple(sorted(ix))) for (p, d), ix in info.slices.items()))
         for p, _, _ in slices:
             if p not in self.shapes:
                 raise QpruneError(f"internal: parameter {p!r} of a unit is not a parameter of the model")
+        filters = self._filters(members)
         return Unit(
             label=f"{root_name}:{channel}", layer=root_name, channel=int(channel), members=members,
-            params=int(count_removed(self.shapes, [slices])), filter_params=int(self._filter_params(members)),
-            inputs=inputs, slices=slices,
+            params=int(count_removed(self.shapes, [slices])),
+            filter_params=int(sum(len(ix) * _row_size(self.shapes[p], d) for p, d, ix in filters)),
+            inputs=self._inputs(info), slices=slices, filters=filters,
         )
 
-    def _inputs(self, info: GroupInfo, consumer_channels: dict[str, int]) -> tuple[tuple[str, int], ...]:
+    def _inputs(self, info: GroupInfo) -> tuple[tuple[str, int], ...]:
         """Gate positions, the consumer whose input carries the most elements first."""
         per_consumer: dict[str, list[int]] = defaultdict(list)
         for m, c in info.inputs:
             per_consumer[self.names[m]].append(int(c))
         ranked = sorted(per_consumer,
                         key=lambda n: (-len(set(per_consumer[n])) * self.extent.get(n, 1), self.order[n]))
-        for n in per_consumer:
-            mod = self.modules[n]
-            consumer_channels[n] = int(mod.in_channels if isinstance(mod, nn.modules.conv._ConvNd)
-                                       else mod.in_features)
         return tuple((n, c) for n in ranked for c in sorted(set(per_consumer[n])))
 
-    def _filter_params(self, members: Sequence[tuple[str, int]]) -> int:
-        """The member filters' own weights + biases (the paper's ``P_i``)."""
-        filt = 0
-        for n, _ in members:
-            mod = self.modules[n]
-            w = mod.weight
-            odim = 1 if getattr(mod, "transposed", False) else 0
-            filt += w.numel() // w.shape[odim] + (1 if getattr(mod, "bias", None) is not None else 0)
-        return filt
+    def _traits(self, path: str) -> tuple[bool, bool]:
+        """``(transposed, has bias)`` of a member module, cached (module attribute reads are slow)."""
+        t = self._cache.get(path)
+        if t is None:
+            mod = self.modules[path]
+            t = self._cache[path] = (bool(getattr(mod, "transposed", False)), getattr(mod, "bias", None) is not None)
+        return t
+
+    def _filters(self, members: Sequence[tuple[str, int]]) -> tuple[tuple[str, int, tuple[int, ...]], ...]:
+        """The member filters' own weights + biases as slices (the paper's ``P_i`` runs over them)."""
+        rows: dict[tuple[str, int], set[int]] = defaultdict(set)
+        for n, c in members:
+            transposed, bias = self._traits(n)
+            rows[(f"{n}.weight", 1 if transposed else 0)].add(c)
+            if bias:
+                rows[(f"{n}.bias", 0)].add(c)
+        return tuple(sorted((p, d, tuple(sorted(ix))) for (p, d), ix in rows.items()))

@@ -2,9 +2,17 @@
 
 * parameters: ``sum(p.numel())`` over the unique parameters (buffers such as BN running stats
   excluded);
-* MACs: torch-pruning's ``tp.utils.count_ops_and_params`` (multiply-accumulates of conv / linear /
-  norm / pooling modules per input sample; functional ops inside ``forward`` are not counted);
-  FLOPs = 2 x MACs;
+* MACs (:func:`count_macs`): multiply-accumulates per input sample of every convolution
+  (output positions x weight elements; input positions for a transposed conv), every linear
+  (tokens x weight elements) and every attention module qprune knows (q/k/v and output
+  projections and the two attention products, per head; :mod:`qprune.model.attention`). Biases,
+  norms, activations and pooling are not MACs and are not counted; functional convs/linears of
+  other modules are not seen. FLOPs = 2 x MACs. Every counted term is ``positions x (elements
+  of one weight tensor)`` or ``MACs per head x heads`` (:func:`mac_terms`), which is what lets
+  :meth:`qprune.model.units.FilterSpace.predicted_macs` predict the count of a pruned model
+  exactly. (Before the attention and branch units, this was torch-pruning's
+  ``count_ops_and_params``, which also counts norms, activations, pooling and biases:
+  :func:`count_ops` still gives that number.)
 * latency: median wall time of ``repeats`` forwards under ``torch.inference_mode`` after ``warmup``
   forwards, in eval mode, with ``torch.set_num_threads(threads)`` for the measurement (restored
   afterwards). On a shared machine pin ``threads=1``: oversubscribed intra-op threads make
@@ -16,15 +24,20 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
+from collections import defaultdict
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from qprune.model.attention import adapter_for, head_geometry, head_macs
 from qprune.model.tensors import as_tuple
 
-__all__ = ["compare_latency", "compare_stats", "count_macs", "count_params", "measure_latency", "model_stats"]
+__all__ = [
+    "compare_latency", "compare_stats", "count_macs", "count_ops", "count_params", "mac_terms", "measure_latency",
+    "model_stats",
+]
 
 
 def count_params(model: nn.Module) -> int:
@@ -33,11 +46,68 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
-    """Multiply-accumulates per input sample, counted by torch-pruning on a copy of ``model``."""
+    """Multiply-accumulates per input sample (see the module doc for what counts)."""
+    return int(sum(c * n for _, c, n in mac_terms(model, example_inputs)))
+
+
+def count_ops(model: nn.Module, example_inputs: Any) -> int:
+    """torch-pruning's ``count_ops_and_params`` per sample (MACs plus norm/activation/pool/bias ops)."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         macs, _ = tp.utils.count_ops_and_params(model, as_tuple(example_inputs))
     return int(macs)
+
+
+def mac_terms(model: nn.Module, example_inputs: Any) -> list[tuple[str, int, int]]:
+    """``(name, coefficient per sample, elements)`` whose products sum to the model's MACs.
+
+    ``name`` is a weight's parameter name (coefficient: output positions or tokens, summed over
+    the module's calls) or ``"heads:<attention path>"`` (coefficient: MACs per head; elements: the
+    heads). One forward in eval mode under ``no_grad``.
+    """
+    xs = as_tuple(example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    # MultiheadAttention / Swin run their projections functionally (or, routed, as modules): their
+    # head term counts them, so their own linears are never counted twice
+    inside = {c for m in model.modules() if adapter_for(m) in ("mha", "swin") for c in m.modules() if c is not m}
+    coeff: dict[str, int] = defaultdict(int)
+    numel: dict[str, int] = {}
+
+    def conv(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        ref = args[0] if m.transposed else out  # a transposed conv's work runs over its input positions
+        name = f"{names[m]}.weight"
+        coeff[name] += ref.numel() // ref.shape[1]
+        numel[name] = m.weight.numel()
+
+    def linear(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        name = f"{names[m]}.weight"
+        coeff[name] += args[0].numel() // m.in_features
+        numel[name] = m.weight.numel()
+
+    def attn(m: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        name = f"heads:{names[m]}"
+        coeff[name] += head_macs(m, args, kwargs, out)[0]
+        numel[name] = head_geometry(m)[0]
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            hooks.append(m.register_forward_hook(conv))
+        elif isinstance(m, nn.Linear) and m not in inside:
+            hooks.append(m.register_forward_hook(linear))
+        elif adapter_for(m) is not None:
+            hooks.append(m.register_forward_hook(attn, with_kwargs=True))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*xs)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    batch = next((int(x.shape[0]) for x in xs if isinstance(x, torch.Tensor) and x.dim()), 1) or 1
+    return [(n, c // batch, numel[n]) for n, c in coeff.items()]
 
 
 def measure_latency(

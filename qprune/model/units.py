@@ -17,6 +17,20 @@ Parameter counts
     and :meth:`FilterSpace.param_overlap` returns ``O``. ``Unit.filter_params`` is the paper's
     ``P_i`` (the member filters' own weights + biases), the natural normaliser for Taylor/Fisher
     sums, which run over those same weights.
+
+Unit kinds (``Unit.kind``)
+    ``"channel"``: output channels (of convs, linears, whole groups of grouped convs / GroupNorm)
+    with everything their torch-pruning group drags along, gated at the consumers' inputs;
+    ``"branch"``: one output channel of a conv/linear whose result is added into a residual trunk
+    that stays whole, gated at the branch's output (``Unit.outputs``) and removed by keeping the
+    conv's other channels and adding them into the trunk at their indices
+    (:mod:`qprune.model.residual`); ``"head"``: one attention head (:mod:`qprune.model.attention`),
+    gated at the output projection's input columns of the head.
+
+MACs
+    :meth:`FilterSpace.predicted_macs` predicts :func:`qprune.model.stats.count_macs` of the pruned
+    model: every counted term is ``positions x (kept elements of one weight tensor)`` or ``MACs per
+    head x kept heads`` (``FilterSpace.mac_terms``, recorded on the example inputs).
 """
 
 from __future__ import annotations
@@ -56,6 +70,11 @@ class Unit:
             consumer is the one whose input carries the most elements (the activation used for
             similarity).
         slices: ``(parameter name, dim, indices)`` removed with the unit (for exact counts).
+        kind: ``"channel"``, ``"branch"`` or ``"head"`` (see the module doc).
+        outputs: ``(module path, output channel)`` where the gate zeroes the unit at a module's
+            OUTPUT (branch units); ``inputs`` and ``outputs`` together are the gate positions.
+        filters: the unit's own weights and biases as slices (Taylor, Fisher and L1 sum over
+            them); empty = the ``members``' output rows (spaces saved before this field).
     """
 
     label: str
@@ -66,6 +85,14 @@ class Unit:
     filter_params: int = 0
     inputs: tuple[tuple[str, int], ...] = ()
     slices: tuple[Slice, ...] = ()
+    kind: str = "channel"
+    outputs: tuple[tuple[str, int], ...] = ()
+    filters: tuple[Slice, ...] = ()
+
+    @property
+    def sites(self) -> tuple[tuple[str, int], ...]:
+        """Every gate position, consumers' inputs first (the first one is the activation site)."""
+        return self.inputs + self.outputs
 
 
 @dataclass
@@ -74,6 +101,10 @@ class FilterSpace:
 
     ``units`` are ordered by layer (module order) then channel; ``layers[layer_ids[i]] ==
     units[i].layer``. ``excluded`` maps a layer that is NOT in the space to the reason.
+    ``consumer_channels`` / ``producer_channels`` give the input / output width of every module
+    gated at its input / output; ``attention`` maps an attention module with head units to its
+    kind (:data:`qprune.model.attention.ADAPTERS`); ``mac_terms`` are ``(parameter name or
+    "heads:<layer>", positions or MACs per head, full element count)``.
     """
 
     units: list[Unit]
@@ -84,6 +115,9 @@ class FilterSpace:
     param_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     consumer_channels: dict[str, int] = field(default_factory=dict)
     input_specs: list[tuple[tuple[int, ...], str]] = field(default_factory=list)
+    producer_channels: dict[str, int] = field(default_factory=dict)
+    attention: dict[str, str] = field(default_factory=dict)
+    mac_terms: list[tuple[str, int, int]] = field(default_factory=list)
 
     # ----- vectors over units
     @property
@@ -183,6 +217,22 @@ class FilterSpace:
         """Parameter count of the physically pruned model (exact, overlaps included)."""
         return self.total_params - self.removed_params(mask)
 
+    def predicted_macs(self, mask: MaskLike) -> int:
+        """MACs per sample of the physically pruned model, as :func:`qprune.model.stats.count_macs`
+        counts them (0 when the space was built without MAC terms)."""
+        m = self.to_mask(mask)
+        pruned = _pruned_dims([self.units[i].slices for i in np.flatnonzero(m)])
+        heads = {lay: int(c) for lay, c in zip(self.layers, np.bincount(self.layer_ids[m], minlength=self.n_layers))}
+        total = 0
+        for name, coeff, numel in self.mac_terms:
+            if name.startswith("heads:"):
+                total += coeff * (numel - heads.get(name[len("heads:"):], 0))
+            elif name in pruned:
+                total += coeff * _kept(self.param_shapes[name], pruned[name])
+            else:
+                total += coeff * numel
+        return int(total)
+
     def param_overlap(self) -> scipy.sparse.coo_matrix:
         """``scipy.sparse.coo_matrix`` [N, N], upper triangle: ``O_ij`` of the exact pairwise count.
 
@@ -208,8 +258,10 @@ class FilterSpace:
         """A few lines: units per layer and why the other layers are out."""
         lines = [(f"FilterSpace: {self.N} units in {self.n_layers} layers, min_keep={self.min_keep}, "
                   f"{self.total_params} parameters")]
+        kinds = {u.layer: u.kind for u in self.units}
         for lid, (name, size, cap) in enumerate(zip(self.layers, self.layer_sizes, self.max_pruned_per_layer)):
-            lines.append(f"  [{lid}] {name}: {int(size)} units (max {int(cap)} pruned)")
+            kind = "" if kinds.get(name, "channel") == "channel" else f" {kinds[name]}"
+            lines.append(f"  [{lid}] {name}: {int(size)}{kind} units (max {int(cap)} pruned)")
         for name, why in self.excluded.items():
             lines.append(f"  excluded {name}: {why}")
         return "\n".join(lines)
@@ -231,6 +283,10 @@ class FilterSpace:
             param_shapes={k: tuple(v) for k, v in d["param_shapes"].items()},
             consumer_channels=dict(d["consumer_channels"]),
             input_specs=[(tuple(s), str(dt)) for s, dt in d["input_specs"]],
+            # fields added later: absent from spaces saved before them
+            producer_channels=dict(d.get("producer_channels", {})),
+            attention=dict(d.get("attention", {})),
+            mac_terms=[(str(n), int(c), int(k)) for n, c, k in d.get("mac_terms", [])],
         )
 
 
@@ -240,18 +296,25 @@ def count_removed(shapes: Mapping[str, tuple[int, ...]], slice_sets: Sequence[Se
     ``shapes`` maps each parameter name a slice names to its full shape; the count is the full size
     minus the kept sub-tensor's size, per parameter.
     """
+    pruned = _pruned_dims(slice_sets)
+    return sum(math.prod(shapes[p]) - _kept(shapes[p], dims) for p, dims in pruned.items())
+
+
+def _pruned_dims(slice_sets: Sequence[Sequence[Slice]]) -> dict[str, dict[int, set[int]]]:
+    """Per parameter and dimension: the union of the indices the slices remove."""
     pruned: dict[str, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
     for slices in slice_sets:
         for p, d, ix in slices:
             pruned[p][d].update(ix)
-    total = 0
-    for p, dims in pruned.items():
-        shape = shapes[p]
-        kept = 1
-        for d, size in enumerate(shape):
-            kept *= size - len(dims.get(d, ()))
-        total += math.prod(shape) - kept
-    return total
+    return pruned
+
+
+def _kept(shape: tuple[int, ...], dims: Mapping[int, set[int]]) -> int:
+    """Elements of a tensor of ``shape`` left after removing ``dims[d]`` along each dimension d."""
+    kept = 1
+    for d, size in enumerate(shape):
+        kept *= size - len(dims.get(d, ()))
+    return kept
 
 
 def _mask_from_labels(labels: Sequence[str], sample: Mapping[str, int]) -> np.ndarray:

@@ -58,6 +58,9 @@ def without_layers(space: FilterSpace, reasons: Mapping[str, str]) -> FilterSpac
         param_shapes={p: space.param_shapes[p] for u in units for p, _, _ in u.slices},
         consumer_channels={n: space.consumer_channels[n] for n in {p for u in units for p, _ in u.inputs}},
         input_specs=space.input_specs,
+        producer_channels={n: space.producer_channels[n] for n in {p for u in units for p, _ in u.outputs}},
+        attention={p: k for p, k in space.attention.items() if p in keep},
+        mac_terms=list(space.mac_terms),
     )
 
 
