@@ -28,7 +28,7 @@ from torch import nn
 from qprune.atomic import atomic_open
 from qprune.errors import QpruneError
 
-from .base import Batch, BaseProblem, Problem, TrainResult
+from .base import Batch, BaseProblem, FinetuneResult, Problem, TrainResult
 from .plain import plain
 
 CHECKPOINT_FORMAT = "qprune-checkpoint"
@@ -47,7 +47,7 @@ PRETRAINED: dict[str, str] = {
 }
 
 __all__ = [
-    "Batch", "BaseProblem", "Problem", "TrainResult", "available", "get", "register",
+    "Batch", "BaseProblem", "FinetuneResult", "Problem", "TrainResult", "available", "get", "register",
     "save_checkpoint", "load_checkpoint", "load_pretrained", "pretrained_path", "default_checkpoint",
     "read_checkpoint", "PRETRAINED", "plain",
 ]

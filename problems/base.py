@@ -44,6 +44,22 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+@dataclass
+class FinetuneResult:
+    """What :meth:`BaseProblem.finetune` returns: the trained pruned model and the metric before/after."""
+
+    model: nn.Module
+    before: dict[str, float]
+    after: dict[str, float]
+    history: list[dict[str, float]]
+    meta: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: metrics before and after, the gain in each, the settings and the history."""
+        gain = {k: self.after[k] - v for k, v in self.before.items() if k in self.after}
+        return {"before": self.before, "after": self.after, "gain": gain, "history": self.history, **self.meta}
+
+
 def batched(x: torch.Tensor, y: torch.Tensor, batch_size: int, limit: int | None = None) -> list[Batch]:
     """Consecutive batches of ``batch_size`` (the last may be smaller), at most ``limit`` of them."""
     n = int(x.shape[0])
@@ -122,6 +138,11 @@ class BaseProblem:
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def distill_loss(self, out: torch.Tensor, teacher_out: torch.Tensor) -> torch.Tensor:
+        """How far ``out`` is from the teacher's output; by default the task loss with the teacher's
+        output as the target (right for image-to-image problems; classifiers override it)."""
+        return self.loss(out, teacher_out)
+
     def build_model(self) -> nn.Module:
         raise NotImplementedError
 
@@ -152,7 +173,8 @@ class BaseProblem:
               schedule: str = "cosine", weight_decay: float = 0.0, device: str = "cpu",
               precision: str = "auto", channels_last: bool | None = None, step_every: int = 10,
               state: str | Path | None = None, resume: bool = False,
-              progress: bool = True, log: Callable[[str], None] | None = None) -> TrainResult:
+              progress: bool = True, log: Callable[[str], None] | None = None,
+              distill: training.Distillation | None = None) -> TrainResult:
         """Train with Adam (the paper's optimiser) and return the model plus checkpoint metadata.
 
         ``schedule``: ``"cosine"`` (anneals to 0 over the run) or ``"step"`` (the paper's StepLR:
@@ -164,6 +186,7 @@ class BaseProblem:
         the paper), not the best-on-validation one; it is returned on the CPU in NCHW layout.
         ``device``: ``"cpu"``, ``"cuda"`` or ``"auto"``. ``meta`` holds the settings, wall time and
         final validation/test metrics, plus the trivial baseline's test metrics when there is one.
+        ``distill``: knowledge distillation from a teacher (:meth:`finetune` uses it).
         """
         device = training.resolve_device(device)
         settings = training.TrainSettings(
@@ -174,7 +197,7 @@ class BaseProblem:
         set_seed(seed)
         model = (self.build_model() if model is None else model).to(device)
         run = training.fit(self, model, settings, device=device, state=None if state is None else Path(state),
-                           resume=resume, progress=progress, log=log)
+                           resume=resume, progress=progress, log=log, distill=distill)
         model = run.model.cpu().to(memory_format=torch.contiguous_format)
         test = self.test_batches()
         meta: dict[str, Any] = {
@@ -193,3 +216,25 @@ class BaseProblem:
         """One human line about the held-out result in ``meta`` (as printed by ``qprune train``)."""
         test = meta.get("test_metrics", {})
         return "held-out test split: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items())
+
+    def finetune(self, model: nn.Module, *, epochs: int = 3, lr: float = 1e-4, seed: int = 0,
+                 teacher: nn.Module | None = None, distill_weight: float = 0.5, device: str = "cpu",
+                 precision: str = "auto", state: str | Path | None = None, resume: bool = False,
+                 progress: bool = True, log: Callable[[str], None] | None = None) -> FinetuneResult:
+        """Recovery fine-tuning of a (physically pruned) model with this problem's training loop.
+
+        The same loop as :meth:`train` (Adam, cosine schedule, resumable ``state``), from the
+        pruned model's weights and with a smaller learning rate; with ``teacher`` (the unpruned
+        model) each step also pulls the output towards the teacher's (:class:`training.Distillation`,
+        ``distill_weight`` of the loss). ``before``/``after`` are the held-out test metrics; the
+        model is trained in place and returned on the CPU.
+        """
+        before = self.evaluate(model)
+        distill = None if teacher is None else training.Distillation(teacher, float(distill_weight))
+        run = self.train(model, epochs=epochs, lr=lr, seed=seed, schedule="cosine", device=device,
+                         precision=precision, state=state, resume=resume, progress=progress, log=log,
+                         distill=distill)
+        meta = {"epochs": int(epochs), "lr": float(lr), "seed": int(seed),
+                "distill_weight": None if teacher is None else float(distill_weight),
+                "seconds": run.meta["train_seconds"], "val_after": run.meta["val_metrics"]}
+        return FinetuneResult(run.model, before, run.meta["test_metrics"], run.history, meta)

@@ -25,6 +25,8 @@ CIFAR_LAYOUT = (f"expected CIFAR-10 python layout <root>/{CIFAR_DIR}/"
 # Per-channel statistics of the CIFAR-10 training set (standard values).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+# Distillation temperature: Hinton et al.'s usual choice, soft enough to carry the teacher's ranking.
+DISTILL_TEMPERATURE = 4.0
 
 
 # --------------------------------------------------------------------------- model
@@ -228,6 +230,12 @@ class ClassifyProblem(BaseProblem):
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy."""
         return F.cross_entropy(out, target)
+
+    def distill_loss(self, out: torch.Tensor, teacher_out: torch.Tensor) -> torch.Tensor:
+        """Hinton's distillation loss: KL divergence of the softened class distributions (T = 4), times T²."""
+        t = DISTILL_TEMPERATURE
+        return F.kl_div(F.log_softmax(out / t, 1), F.log_softmax(teacher_out / t, 1), reduction="batchmean",
+                        log_target=True) * (t * t)
 
     def metrics(self, out: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         """``{"accuracy": fraction correct}``."""

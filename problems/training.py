@@ -14,6 +14,7 @@ with the same history as one that never stopped.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +40,7 @@ class Trainable(Protocol):
     config: dict
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+    def distill_loss(self, out: torch.Tensor, teacher_out: torch.Tensor) -> torch.Tensor: ...
     def evaluate(self, model: nn.Module, batches: Sequence[Batch] | None = None) -> dict[str, float]: ...
     def calibration_batches(self) -> list[Batch]: ...
     def validation_batches(self) -> list[Batch]: ...
@@ -112,6 +114,23 @@ def _schedule(opt: torch.optim.Optimizer, s: TrainSettings, steps_per_epoch: int
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 ** ((k // steps_per_epoch) // s.step_every))
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation from a frozen teacher (the unpruned model), mixed into the task loss.
+
+    Each step minimises ``(1 - weight) * problem.loss(out, y) + weight * problem.distill_loss(out,
+    teacher(x))``; the teacher runs without gradients, in eval mode, on the same batch.
+    """
+
+    teacher: nn.Module
+    weight: float = 0.5
+
+    def check(self) -> None:
+        """Raise a QpruneError when the weight is not in [0, 1]."""
+        if not 0.0 <= self.weight <= 1.0:
+            raise QpruneError(f"distillation weight must be in [0, 1], got {self.weight}")
+
+
 # --------------------------------------------------------------------------- state file
 
 
@@ -150,11 +169,12 @@ class _Run:
         return len(self.history)
 
 
-def save_state(path: Path, problem: Trainable, settings: TrainSettings, run: _Run) -> None:
+def save_state(path: Path, problem: Trainable, settings: TrainSettings, run: _Run,
+               distill_weight: float | None = None) -> None:
     """Write the run's whole state atomically (a stop mid-write keeps the previous epoch's file)."""
     payload = {
         "format": STATE_FORMAT, "version": STATE_VERSION, "problem": problem.name,
-        "config": plain(problem.config), "settings": asdict(settings),
+        "config": plain(problem.config), "settings": asdict(settings), "distill": distill_weight,
         "model": {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()},
         "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
         "numpy_rng": _rng_state(run.rng), "torch_rng": torch.get_rng_state(),
@@ -164,15 +184,18 @@ def save_state(path: Path, problem: Trainable, settings: TrainSettings, run: _Ru
         torch.save(payload, fh)
 
 
-def load_state(path: Path, problem: Trainable, settings: TrainSettings, run: _Run) -> None:
-    """Restore ``run`` from ``path``; the problem and settings must be the ones the file was made with."""
+def load_state(path: Path, problem: Trainable, settings: TrainSettings, run: _Run,
+               distill_weight: float | None = None) -> None:
+    """Restore ``run`` from ``path``; problem, settings and distillation must be the file's own."""
     try:
         st = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a foreign file
         raise QpruneError(f"{path} is not a qprune training state ({type(exc).__name__}: {exc})") from exc
     if not isinstance(st, dict) or st.get("format") != STATE_FORMAT:
         raise QpruneError(f"{path} is not a qprune training state (no 'format': {STATE_FORMAT!r})")
-    mine = {"problem": problem.name, "config": plain(problem.config), "settings": asdict(settings)}
+    # "distill" is absent from states written before distillation existed: None, as now without it
+    mine = {"problem": problem.name, "config": plain(problem.config), "settings": asdict(settings),
+            "distill": distill_weight}
     for key, want in mine.items():
         if st.get(key) != want:
             have = st.get(key)
@@ -183,7 +206,10 @@ def load_state(path: Path, problem: Trainable, settings: TrainSettings, run: _Ru
                 what = f"saved {have!r}, now {want!r}"
             raise QpruneError(f"cannot resume from {path}: it holds a run of another {key.rstrip('s')} ({what}); "
                               "rerun with the same options or delete the state file")
-    run.model.load_state_dict(st["model"])
+    try:
+        run.model.load_state_dict(st["model"])
+    except RuntimeError as exc:  # a state of another architecture (e.g. another pruned model)
+        raise QpruneError(f"cannot resume from {path}: its model does not fit this one ({str(exc)[:200]})") from None
     run.opt.load_state_dict(st["optimizer"])
     run.sched.load_state_dict(st["scheduler"])
     _set_rng_state(run.rng, st["numpy_rng"])
@@ -221,14 +247,24 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable[[
     return loss.detach()
 
 
+def _distilled(problem: Trainable, distill: Distillation, x: torch.Tensor, settings: TrainSettings,
+               device: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss of one batch under distillation: the teacher's output on ``x`` is computed first."""
+    with torch.no_grad(), _autocast(settings, device):
+        teacher_out = distill.teacher(_layout(x.to(device), settings)).float()
+    w = distill.weight
+    return lambda out, y: (1.0 - w) * problem.loss(out, y) + w * problem.distill_loss(out, teacher_out)
+
+
 def train_epoch(problem: Trainable, run: _Run, settings: TrainSettings, device: str, epoch: int,
-                on_batch: Callable[[float], None]) -> float:
+                on_batch: Callable[[float], None], distill: Distillation | None = None) -> float:
     """One epoch of Adam steps; returns the sample-weighted mean training loss."""
     run.model.train()
     running, seen = 0.0, 0
     for x, y in problem._train_epoch_batches(epoch, run.rng):
+        loss_fn = problem.loss if distill is None else _distilled(problem, distill, x, settings, device)
         try:
-            loss = train_step(run.model, run.opt, problem.loss, x, y, settings, device)
+            loss = train_step(run.model, run.opt, loss_fn, x, y, settings, device)
         except QpruneError as exc:
             raise QpruneError(f"epoch {epoch + 1}: {exc}") from None
         run.sched.step()
@@ -248,18 +284,31 @@ def epoch_row(problem: Trainable, model: nn.Module, epoch: int, lr: float, train
     return row
 
 
+def _teacher(distill: Distillation | None, settings: TrainSettings, device: str) -> Distillation | None:
+    """A frozen copy of the teacher on ``device``, in eval mode and the run's layout (the caller's stays as is)."""
+    if distill is None:
+        return None
+    distill.check()
+    teacher = copy.deepcopy(distill.teacher).to(device).eval()
+    if settings.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return Distillation(teacher.requires_grad_(False), distill.weight)
+
+
 def fit(problem: Trainable, model: nn.Module, settings: TrainSettings, *, device: str = "cpu",
         state: Path | None = None, resume: bool = False, progress: bool = True,
-        log: Callable[[str], None] | None = None) -> _Run:
+        log: Callable[[str], None] | None = None, distill: Distillation | None = None) -> _Run:
     """Train ``model`` for ``settings.epochs``; save ``state`` after each epoch, resume from it if asked.
 
     ``train_eval`` metrics come from the problem's calibration batches (a seeded subset of the
     training split, no augmentation), as many batches as the validation set has, so the two curves
-    are measured on equally many samples.
+    are measured on equally many samples. ``distill`` adds knowledge distillation from a teacher.
     """
     from tqdm.auto import tqdm
 
     settings.check()
+    distill = _teacher(distill, settings, device)
+    weight = None if distill is None else distill.weight
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -269,7 +318,7 @@ def fit(problem: Trainable, model: nn.Module, settings: TrainSettings, *, device
         if not resume:
             raise QpruneError(f"a training state {state} exists (a stopped run); pass --resume to continue "
                               "it or delete the file to start again")
-        load_state(state, problem, settings, run)
+        load_state(state, problem, settings, run, weight)
         if log is not None:
             log(f"resumed from {state} after epoch {run.epochs_done} of {settings.epochs}")
     val = problem.validation_batches()
@@ -284,12 +333,12 @@ def fit(problem: Trainable, model: nn.Module, settings: TrainSettings, *, device
             bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.4g}")
 
         lr = float(run.opt.param_groups[0]["lr"])
-        loss = train_epoch(problem, run, settings, device, epoch, on_batch)
+        loss = train_epoch(problem, run, settings, device, epoch, on_batch, distill)
         row = epoch_row(problem, run.model, epoch, lr, loss, time.perf_counter() - t0, train_eval, val)
         run.history.append(row)
         run.seconds += time.perf_counter() - t0
         if state is not None:
-            save_state(state, problem, settings, run)
+            save_state(state, problem, settings, run, weight)
         if log is not None:
             line = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
             if progress:

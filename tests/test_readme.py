@@ -41,7 +41,7 @@ def test_readme_commands_run_in_order(tmp_path, monkeypatch, capsys):
         assert code == 0, f"`{cmd}` exited {code}: {err.strip().splitlines()[-1:] }"
     # what the commands promise to write
     for name in ("digits.pt", "pruned.pt2", "recipe.json", "report.md", "qubo.lp", "qubo.json", "sample.json",
-                 "applied.md", "cmp/compare.md", "cmp/compare.png", "weights.json", "study.db"):
+                 "applied.md", "finetuned.pt2", "finetuned.md", "cmp/compare.md", "cmp/compare.png", "weights.json", "study.db"):
         assert (tmp_path / name).is_file(), name
 
 

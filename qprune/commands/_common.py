@@ -39,6 +39,20 @@ def add_solver_args(p: argparse.ArgumentParser, *, method: bool = True) -> None:
     p.add_argument("--tt-budget", type=int, default=2000, help="metric evaluations for --refine tt")
 
 
+def add_finetune_args(p: argparse.ArgumentParser, *, flag: str | None = "--finetune") -> None:
+    """Recovery fine-tuning flags; ``flag`` also adds ``--finetune EPOCHS`` (prune, compare)."""
+    if flag:
+        p.add_argument(flag, type=int, default=0, metavar="EPOCHS",
+                       help="fine-tune each pruned model for EPOCHS epochs with the problem's training loop "
+                            "(default 0: none)")
+    p.add_argument("--distill", action="store_true",
+                   help="fine-tune with knowledge distillation from the unpruned model")
+    p.add_argument("--distill-weight", type=float, default=0.5,
+                   help="share of the distillation term in the fine-tuning loss (default 0.5)")
+    p.add_argument("--lr" if flag is None else "--finetune-lr", dest="finetune_lr", type=float, default=1e-4,
+                   help="fine-tuning learning rate, Adam with a cosine schedule (default 1e-4)")
+
+
 def load_problem_and_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """(problem, trained model, checkpoint path) from --problem/--checkpoint/--data."""
     from qprune import problems

@@ -18,7 +18,7 @@ def _ints(text: str) -> list[int]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from qprune.commands._common import add_problem_args, add_space_args
+    from qprune.commands._common import add_finetune_args, add_problem_args, add_space_args
 
     p = subparsers.add_parser("compare", help="compare pruning methods at equal k (table + JSON + plot)",
                               description="Run several methods on one checkpoint at the same k and write "
@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qprune.commands._common import load_problem_and_model, method_options, parse_weights
-    from qprune.pipeline.compare import compare_methods
+    from qprune.pipeline.compare import FinetuneOptions, compare_methods
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     weights = parse_weights(args.weights)
@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     table = compare_methods(
         model, problem, methods=methods, sparsities=args.sparsity, seeds=args.seeds,
         options=method_options(args, weights), tune=args.tune, layers=args.layers, min_keep=args.min_keep,
-        progress=not args.quiet,
-        out_dir=Path(args.out), extra={"checkpoint": ckpt},
+        progress=not args.quiet, out_dir=Path(args.out), extra={"checkpoint": ckpt},
+        finetune=FinetuneOptions(args.finetune, args.finetune_lr, args.distill, args.distill_weight)
+        if args.finetune > 0 else None,
     )
     print(table)
     print(f"wrote {args.out}/compare.md, compare.json, compare.png")

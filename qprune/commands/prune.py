@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from qprune.commands._common import (
-    add_problem_args, add_solver_args, add_space_args, check_amount, check_output, load_problem_and_model, parse_weights,
+    add_finetune_args, add_problem_args, add_solver_args, add_space_args, check_amount, check_output,
+    load_problem_and_model, parse_weights,
 )
 
 
@@ -20,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", help="also write the mask as a recipe (.json) that re-applies to a fresh instance "
                                     "of the model definition (qprune.model.recipe.apply_recipe)")
     p.add_argument("--report", help="report file: .md (Markdown) or .json")
+    add_finetune_args(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -43,9 +45,15 @@ def run(args: argparse.Namespace) -> int:
         model, problem, sparsity=args.sparsity, k=args.k, method=args.method, backend=args.backend,
         strategy=args.strategy, refine=args.refine, weights=weights, fisher=args.fisher,
         layers=args.layers, min_keep=args.min_keep, seed=args.seed, tt_budget=args.tt_budget,
-        remove=args.output is not None or args.report is not None, progress=not args.quiet,
+        remove=args.output is not None or args.report is not None or args.finetune > 0, progress=not args.quiet,
     )
     summary = summarize(result, backend=str(args.backend), extra={"problem": problem.name, "checkpoint": ckpt})
+    if args.finetune > 0:
+        ft = problem.finetune(result.pruned_model, epochs=args.finetune, lr=args.finetune_lr, seed=args.seed,
+                              teacher=model if args.distill else None, distill_weight=args.distill_weight,
+                              progress=not args.quiet)
+        result.pruned_model = ft.model  # what is saved below is the fine-tuned model
+        summary["finetune"] = {k: v for k, v in ft.to_dict().items() if k != "history"}
     if args.output:
         save_pruned(result.pruned_model, args.output, example_inputs=problem.example_inputs(),
                     meta={"problem": problem.name, "checkpoint": ckpt, "method": args.method, "k": result.k,

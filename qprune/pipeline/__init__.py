@@ -12,6 +12,7 @@
 from qprune.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
+    "FinetuneOptions": "qprune.pipeline.compare",
     "METHODS": "qprune.pipeline.methods",
     "MethodOptions": "qprune.pipeline.methods",
     "MethodSpec": "qprune.pipeline.methods",

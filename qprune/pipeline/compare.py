@@ -7,7 +7,7 @@ comparison of N methods costs one calibration pass, not N.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,6 +18,27 @@ from qprune.errors import QpruneError
 from qprune.pipeline.methods import MethodOptions, method_spec
 from qprune.pipeline.run import prepare, resolve_k, run_method, tune_weights
 from qprune.pipeline.report import aggregate, compare_markdown, machine_info, plot_metric_vs_sparsity
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Recovery fine-tuning of every pruned model in a comparison, with the problem's own loop.
+
+    The problem must have a ``finetune`` method (:meth:`qprune.problems.BaseProblem.finetune`);
+    with ``distill`` the unpruned model is the teacher.
+    """
+
+    epochs: int
+    lr: float = 1e-4
+    distill: bool = False
+    distill_weight: float = 0.5
+
+
+def _finetuned(problem: Any, teacher: Any, pruned: Any, ft: FinetuneOptions, seed: int) -> dict[str, Any]:
+    """The row entries of one fine-tuned model: ``<metric>_ft`` on the test split and the time it took."""
+    done = problem.finetune(pruned, epochs=ft.epochs, lr=ft.lr, seed=seed, teacher=teacher if ft.distill else None,
+                            distill_weight=ft.distill_weight, progress=False)
+    return {**{f"{k}_ft": v for k, v in done.after.items()}, "finetune_seconds": done.meta["seconds"]}
 
 
 def compare_rows(
@@ -34,14 +55,20 @@ def compare_rows(
     tune: int = 0,
     progress: bool = True,
     options: MethodOptions | None = None,
+    finetune: FinetuneOptions | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (sparsity, method, seed): metrics after pruning, params, MACs, latency, time.
 
     ``options`` steer every run (its seed is replaced by each of ``seeds``). With ``tune > 0`` each
     QUBO method's weights are first searched for ``tune`` trials on the VALIDATION split at that k
-    (the paper's procedure); the rows report test-split metrics.
+    (the paper's procedure); the rows report test-split metrics. With ``finetune`` every pruned model
+    is also fine-tuned and the rows get ``<metric>_ft`` (a greedy mask, the same for every seed, is
+    fine-tuned once, with the first seed).
     """
     options = options or MethodOptions()
+    if finetune is not None and not callable(getattr(problem, "finetune", None)):
+        raise QpruneError(f"finetune: problem {getattr(problem, 'name', problem)!r} has no finetune method "
+                          "(a qprune.problems.BaseProblem has one)")
     for m in methods:
         method_spec(m)
     if not methods:
@@ -75,7 +102,8 @@ def compare_rows(
             weights, tune_seconds = tuned[(sparsity, method)]
             run_options = replace(run_options, weights=weights)
         t0 = time.perf_counter()
-        result = run_method(prep, method, sparsity=sparsity, options=run_options, remove=remove)
+        result = run_method(prep, method, sparsity=sparsity, options=run_options,
+                            remove=remove or finetune is not None)
         elapsed = time.perf_counter() - t0
         row: dict[str, Any] = {
             "setting": setting, "method": method, "sparsity": sparsity, "seed": seed, "k": result.k,
@@ -88,6 +116,8 @@ def compare_rows(
         row.update({f"{name}_before": v for name, v in result.metrics_before.items()})
         row.update({f"{name}": v for name, v in result.stats_after.items()})
         row.update({f"{name}_before": v for name, v in result.stats_before.items()})
+        if finetune is not None:
+            row.update(_finetuned(problem, model, result.pruned_model, finetune, seed))
         rows.append(row)
         done[(sparsity, method)] = row
     return rows
@@ -107,6 +137,7 @@ def compare_methods(
     """Run :func:`compare_rows`, write compare.{md,json,png} to ``out_dir`` and return the table."""
     rows = compare_rows(model, problem, methods=methods, sparsities=sparsities, seeds=seeds, **kwargs)
     metric_keys = [k for k in _METRIC_ORDER if k in rows[0]]
+    metric_keys += [f"{k}_ft" for k in metric_keys if f"{k}_ft" in rows[0]]
     keys = metric_keys + [k for k in ("params", "macs", "latency_ms", "method_seconds") if k in rows[0]]
     agg = aggregate(rows, keys)
     title = f"qprune compare: {getattr(problem, 'name', 'model')}, sparsity {', '.join(map(str, sparsities))}"

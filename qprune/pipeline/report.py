@@ -108,11 +108,24 @@ def render_markdown(summary: Mapping[str, Any], *, title: str = "qprune report")
         lines.append(f"| {name} | {_fmt(summary['metrics_before'][name])} | {_fmt(summary['metrics_after'].get(name))} |")
     for name in summary["stats_before"]:
         lines.append(f"| {name} | {_fmt(summary['stats_before'][name])} | {_fmt(summary['stats_after'].get(name))} |")
+    if summary.get("finetune"):
+        lines += _finetune_lines(summary["finetune"])
     lines += ["", "## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in summary["timings"].items()]
     lines += ["", "## Per layer", "", "| layer | units | pruned | kept |", "|---|---|---|---|"]
     lines += [f"| `{r['layer']}` | {r['units']} | {r['pruned']} | {r['kept']} |" for r in summary["per_layer"]]
     return "\n".join(lines) + "\n"
+
+
+def _finetune_lines(ft: Mapping[str, Any]) -> list[str]:
+    distill = ft.get("distill_weight")
+    how = f"distilled from the unpruned model (weight {distill:g})" if distill is not None else "no distillation"
+    lines = ["", "## Recovery fine-tuning", "",
+             f"{ft['epochs']} epochs, lr {ft['lr']:g}, {how}, {ft['seconds']} s (held-out test split).", "",
+             "| | pruned | fine-tuned | gain |", "|---|---|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} | {_fmt(ft['after'].get(k))} | {ft['gain'].get(k, 0.0):+.4g} |"
+              for k, v in ft["before"].items()]
+    return lines
 
 
 def write_report(path: str | os.PathLike[str], summary: Mapping[str, Any], *, title: str = "qprune report") -> None:
