@@ -135,9 +135,12 @@ class Distillation:
 
 
 def state_path(output: str | Path) -> Path:
-    """Where the resumable state of a run writing ``output`` lives (``x.pt`` -> ``x.state.pt``)."""
+    """Where the resumable state of a run writing ``output`` lives (``x.pt`` or ``x.pt2`` -> ``x.state.pt``).
+
+    Always ``.pt``: the state is a torch file whatever format the finished model is written in.
+    """
     out = Path(output)
-    return out.with_name(out.stem + ".state" + (out.suffix or ".pt"))
+    return out.with_name(out.stem + ".state.pt")
 
 
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from qprune.model.masking import Gates, equivalence_error, prune_model
 from qprune.model.signals import collect_signals
 from qprune.model.space import build_space
 from qprune.model.stats import count_macs, count_params
+from test_masking import _realistic
 
 HAVE_TIMM = importlib.util.find_spec("timm") is not None
 needs_timm = pytest.mark.skipif(not HAVE_TIMM, reason="timm is not installed (pip install timm --no-deps)")
@@ -33,16 +34,7 @@ def _lively(m: nn.Module, x: torch.Tensor) -> nn.Module:
                 p.uniform_(0.2, 0.6)
             if n.startswith("head") and p.dim() == 2 and float(p.abs().max()) == 0:
                 p.normal_(0.0, 0.02)
-        for mod in m.modules():
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                mod.reset_running_stats()
-                mod.momentum = None
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_(0.0, 0.2)
-        m.train()
-        for _ in range(2):
-            m(x + 0.1 * torch.randn_like(x))
-    return m.eval()
+    return _realistic(m, x, passes=2)
 
 
 def _build(arch: str) -> nn.Module:

@@ -19,7 +19,7 @@ from qprune.model.space import build_space
 
 
 
-def _realistic(m: nn.Module, x: torch.Tensor) -> nn.Module:
+def _realistic(m: nn.Module, x: torch.Tensor, passes: int = 3) -> nn.Module:
     """Random init, but BN statistics from data and non-trivial BN affine parameters.
 
     Fresh BNs (mean 0, var 1, gamma 1, beta 0) are nearly the identity and some nets then output
@@ -34,7 +34,7 @@ def _realistic(m: nn.Module, x: torch.Tensor) -> nn.Module:
                 mod.weight.uniform_(0.5, 1.5)
                 mod.bias.normal_(0.0, 0.2)
         m.train()
-        for _ in range(3):
+        for _ in range(passes):
             m(x + 0.1 * torch.randn_like(x))
     return m.eval()
 

@@ -18,6 +18,7 @@ from qprune.model.signals import collect_signals
 from qprune.model.space import build_space
 from qprune.model.stats import count_macs, count_params
 from qprune.model.units import FilterSpace
+from test_masking import _realistic
 
 
 def _halfunet(width: int) -> nn.Module:
@@ -32,19 +33,6 @@ def _halfunet(width: int) -> nn.Module:
     return m.eval()
 
 
-def _realistic(m: nn.Module, x: torch.Tensor) -> nn.Module:
-    """BN statistics from data and non-trivial affine parameters (a gate at the wrong place shows)."""
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                mod.reset_running_stats()
-                mod.momentum = None
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_(0.0, 0.2)
-        m.train()
-        for _ in range(2):
-            m(x + 0.1 * torch.randn_like(x))
-    return m.eval()
 
 
 def _check_removal(model: nn.Module, space, mask: np.ndarray, x: torch.Tensor, atol: float) -> nn.Module:
@@ -116,7 +104,7 @@ def test_resnet_block_last_convs_become_units_and_the_trunk_stays(arch: str) -> 
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
-    model = _realistic(getattr(torchvision.models, arch)(), x)
+    model = _realistic(getattr(torchvision.models, arch)(), x, passes=2)
     with torch.no_grad():  # logits of order 1, so that float32's rounding stays below the absolute 1e-5
         model.fc.weight.mul_(2.0 / float(model(x).abs().max()))
         model.fc.bias.zero_()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from qprune.commands._common import add_finetune_args, add_problem_args, check_output, load_problem_and_model
 from qprune.errors import QpruneError
@@ -31,19 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def state_file(output: str | Path) -> Path:
-    """Where a fine-tuning run writing ``output`` keeps its resumable state."""
-    out = Path(output)
-    return out.with_name(out.stem + ".state.pt")
-
-
 def run(args: argparse.Namespace) -> int:
     """Rebuild, fine-tune, save; returns the exit code."""
     import copy
 
-    from qprune.atomic import atomic_open, write_json
     from qprune.model.fileio import format_for, save_pruned
     from qprune.model.recipe import apply_recipe, load_recipe
+    from qprune.pipeline.report import write_report
+    from qprune.problems.training import state_path
 
     check_output(args.output, "--output")
     check_output(args.report, "--report")
@@ -56,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     problem, model, ckpt = load_problem_and_model(args)
     model.eval()
     pruned = apply_recipe(copy.deepcopy(model), recipe, problem.example_inputs())
-    state = state_file(args.output)
+    state = state_path(args.output)
     ft = problem.finetune(pruned, epochs=args.epochs, lr=args.finetune_lr, seed=args.seed,
                           teacher=model if args.distill else None, distill_weight=args.distill_weight,
                           device=args.device, precision=args.precision, state=state, resume=args.resume,
@@ -67,14 +61,9 @@ def run(args: argparse.Namespace) -> int:
     state.unlink(missing_ok=True)  # the model file is written: nothing left to resume
     summary = {"problem": problem.name, "checkpoint": ckpt, "recipe": str(args.recipe), "output": args.output,
                "unpruned": problem.evaluate(model), **ft.to_dict()}
-    text = finetune_markdown(summary)
     if args.report:
-        if Path(args.report).suffix.lower() == ".json":
-            write_json(args.report, summary)
-        else:
-            with atomic_open(args.report) as fh:
-                fh.write(text)
-    print(text)
+        write_report(args.report, summary, render=finetune_markdown)
+    print(finetune_markdown(summary))
     return 0
 
 

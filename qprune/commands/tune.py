@@ -47,10 +47,6 @@ def _search(args: argparse.Namespace, trials: int, worker: int, progress: bool) 
     return k, study, result
 
 
-def _worker(args: argparse.Namespace, trials: int, worker: int) -> None:
-    _search(args, trials, worker, progress=False)
-
-
 def run(args: argparse.Namespace) -> int:
     from qprune.atomic import write_json
     from qprune.commands._common import check_amount, check_output
@@ -65,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     shares = worker_shares(args.trials, args.workers)
     # spawn, not fork: each worker imports torch afresh instead of inheriting a parent's threads
     ctx = multiprocessing.get_context("spawn")
-    others = [ctx.Process(target=_worker, args=(args, n, i), name=f"qprune-tune-{i}")
+    others = [ctx.Process(target=_search, args=(args, n, i, False), name=f"qprune-tune-{i}")
               for i, n in enumerate(shares[1:], start=1)]
     for proc in others:
         proc.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -128,13 +128,15 @@ def _finetune_lines(ft: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(path: str | os.PathLike[str], summary: Mapping[str, Any], *, title: str = "qprune report") -> None:
-    """Markdown to ``path`` (``.md``) or JSON (``.json``), atomically."""
+def write_report(path: str | os.PathLike[str], summary: Mapping[str, Any], *, title: str = "qprune report",
+                 render: Callable[[Mapping[str, Any]], str] | None = None) -> None:
+    """Markdown to ``path`` (``.md``) or JSON (``.json``), atomically; ``render`` makes the Markdown
+    of another command's summary (default: :func:`render_markdown` of a prune summary)."""
     if Path(path).suffix.lower() == ".json":
         write_json(path, dict(summary))
         return
     with atomic_open(path) as fh:
-        fh.write(render_markdown(summary, title=title))
+        fh.write(render(summary) if render is not None else render_markdown(summary, title=title))
 
 
 # --------------------------------------------------------------------------- comparison tables
