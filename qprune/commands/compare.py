@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="first tune each QUBO method's weights for TRIALS trials on the validation split")
     p.add_argument("--refine", choices=("tt",), help="refine every QUBO method's mask with TT search")
     p.add_argument("--tt-budget", type=int, default=2000)
+    add_finetune_args(p)
     p.add_argument("--out", default="out/compare", help="output directory (default out/compare)")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=run)
