@@ -10,7 +10,7 @@ TORCH   := torch==2.13.0
 # so it goes in without deps; tests/conftest.py defines the two op schemas its import needs.
 TVISION := torchvision==0.28.0
 
-.PHONY: demo test test-slow install bench bench-qubo bench-speed bench-backends bench-tt bench-paper bench-train gpu-bundle train-sidd clean
+.PHONY: demo test test-slow install bench bench-qubo bench-speed bench-backends bench-tt bench-paper bench-train bench-scale gpu-bundle train-sidd clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,11 @@ bench-speed: $(STAMP)
 
 bench-backends: $(STAMP)
 	$(VPY) benchmarks/backends.py
+
+# Every prune() stage against the number of units (torchvision models, ~700 to ~25,000 units), with
+# torch-pruning's global Taylor pruning timed beside it; writes benchmarks/results/scale.{json,md,png}.
+bench-scale: $(STAMP)
+	$(VPY) benchmarks/scale.py
 
 # TT_DEVICE=auto scores the candidate masks on a CUDA device when torch sees one.
 TT_DEVICE ?= cpu

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="qprune-external-"))
     lp, js = work / "qubo.lp", work / "qubo.json"
     qprune.export_constrained(formulation.objective_bqm(), k, lp, linearize=True)  # objective + sum(x) = k
-    qprune.export_bqm(out["bqm"], js)                                # the BQM at the gamma qprune found
+    qprune.export_bqm(out["solved"].bqm, js)                         # the BQM at the gamma qprune found
     answers = {"qprune (neal)": {lab: int(v) for lab, v in zip(prep.space.labels, mask)},
                "HiGHS on the LP": solve_lp_with_highs(lp, time_limit=5 if args.quick else 60),
                "your code on the JSON": solve_json_yourself(js, k)}

@@ -9,7 +9,7 @@ from typing import Any
 
 from qprune.errors import QpruneError
 from qprune.qubo.presets import FISHER_CHOICES
-from qprune.solve.strategies import STRATEGIES
+from qprune.solve.strategies import DEFAULT_STRATEGY, STRATEGIES
 
 
 def add_problem_args(p: argparse.ArgumentParser) -> None:
@@ -29,8 +29,9 @@ def add_solver_args(p: argparse.ArgumentParser, *, method: bool = True) -> None:
     p.add_argument("--sparsity", "-s", type=float, help="fraction of prunable units to remove")
     p.add_argument("--k", type=int, help="number of units to remove (instead of --sparsity)")
     p.add_argument("--backend", "-b", default="neal", help="solver backend (see `qprune backends`)")
-    p.add_argument("--strategy", choices=tuple(STRATEGIES), default="gamma",
-                   help="exact-k strategy: gamma bisection (paper) or per-layer solves + DP")
+    p.add_argument("--strategy", choices=tuple(STRATEGIES), default=DEFAULT_STRATEGY,
+                   help=f"exact-k strategy: gamma bisection (paper) or per-layer curves + DP "
+                        f"(default {DEFAULT_STRATEGY})")
     p.add_argument("--fisher", choices=FISHER_CHOICES, default="channel",
                    help="Fisher term of the hybrid preset")
     p.add_argument("--weights", help="QUBO weights as JSON, e.g. '{\"alpha\": 2.0}', or a JSON file")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from qprune.qubo.presets import FISHER_CHOICES
-from qprune.solve.strategies import STRATEGIES
+from qprune.solve.strategies import DEFAULT_STRATEGY, STRATEGIES
 
 
 def _floats(text: str) -> list[float]:
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fraction(s) of prunable units, comma-separated (default 0.36)")
     p.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
     p.add_argument("--backend", "-b", default="neal")
-    p.add_argument("--strategy", choices=tuple(STRATEGIES), default="gamma")
+    p.add_argument("--strategy", choices=tuple(STRATEGIES), default=DEFAULT_STRATEGY)
     p.add_argument("--fisher", choices=FISHER_CHOICES, default="channel")
     p.add_argument("--weights", help="QUBO weights as JSON or a JSON file")
     p.add_argument("--tune", type=int, default=0, metavar="TRIALS",

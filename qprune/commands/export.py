@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
         qubo_io.export_constrained(formulation.objective_bqm(), k, args.output, format=args.format)
         what = f"objective + constraint sum(x) = {k}"
     else:
-        qubo_io.export_bqm(out["bqm"], args.output, format=args.format)
+        qubo_io.export_bqm(out["solved"].bqm, args.output, format=args.format)
         what = f"BQM at gamma = {out['gamma']:.6g} (solver found exactly k = {k})"
     print(f"wrote {args.output}: {what}, {prep.space.N} variables, "
-          f"{out['bqm'].num_interactions} interactions")
+          f"{out['solved'].bqm.num_interactions} interactions")
     return 0

@@ -19,7 +19,7 @@ from qprune.model.units import FilterSpace
 from qprune.qubo.formulation import Formulation, formulate
 from qprune.qubo.presets import DEFAULT_PRESET, FISHER_CHOICES, Weights, preset_terms
 from qprune.qubo.terms import compute_terms, term_requirements
-from qprune.solve.strategies import get_strategy
+from qprune.solve.strategies import DEFAULT_STRATEGY, get_strategy
 
 REFINE_STAGES = ("tt",)
 
@@ -92,7 +92,7 @@ class MethodOptions:
     """
 
     backend: str | dimod.Sampler = "neal"
-    strategy: str = "gamma"
+    strategy: str = DEFAULT_STRATEGY
     refine: str | None = None
     weights: Weights | None = None
     fisher: str = "channel"

@@ -39,7 +39,7 @@ from qprune.refine.on_model import refine_mask
 from qprune.solve.baselines import greedy_prune, random_prune
 from qprune.solve.constraint import ExactK
 from qprune.solve.result import ExactKResult
-from qprune.solve.strategies import get_strategy
+from qprune.solve.strategies import DEFAULT_STRATEGY, get_strategy
 
 __all__ = [
     "METHODS", "Batch", "MethodOptions", "MethodSpec", "PruneResult", "Prepared", "Workload", "as_workload",
@@ -77,7 +77,7 @@ class PruneResult:
     stats_before: dict[str, float]
     stats_after: dict[str, float]
     timings: dict[str, float]
-    bqm: dimod.BinaryQuadraticModel | None = None
+    solved: ExactKResult | None = field(default=None, repr=False)  # the exact-k solve, when one ran
     formulation: Formulation | None = None
     energy: float | None = None  # of the chosen mask on `bqm`
     gamma: float | None = None
@@ -89,6 +89,12 @@ class PruneResult:
         """The mask as a recipe that re-applies to a fresh model (:func:`qprune.model.recipe.apply_recipe`)."""
         return make_recipe(self.space, self.mask, space_options=self.space_options,
                            meta={"method": self.method, "k": self.k, "seed": self.seed, **dict(meta or {})})
+
+    @property
+    def bqm(self) -> dimod.BinaryQuadraticModel | None:
+        """The QUBO at ``gamma`` (None for a method without one), built on first read: for 11,000
+        units it is ~10 million couplings, seconds that a caller reading only the mask need not pay."""
+        return None if self.solved is None else self.solved.bqm
 
     @property
     def sample(self) -> dict[str, int]:
@@ -161,7 +167,7 @@ def prune(
     k: int | None = None,
     method: str = "hybrid-qubo",
     backend: str | dimod.Sampler = "neal",
-    strategy: str = "gamma",
+    strategy: str = DEFAULT_STRATEGY,
     refine: str | None = None,
     weights: Weights | None = None,
     fisher: str = "channel",
@@ -215,7 +221,9 @@ def constraint_of(space: FilterSpace, k: int) -> ExactK:
 
 def select_mask(prep: Prepared, method: str, k: int, options: MethodOptions | None = None, *,
                 progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
-    """The exactly-k mask (int8 [N], 1 = pruned) a method picks, and what the solve recorded."""
+    """The exactly-k mask (int8 [N], 1 = pruned) a method picks, and what the solve recorded:
+    ``timings``; for a QUBO method also ``formulation``, ``gamma``, ``info`` and ``solved`` (the
+    :class:`~qprune.solve.result.ExactKResult`, whose ``bqm`` is the QUBO at ``gamma``)."""
     spec = method_spec(method)
     options = options or MethodOptions()
     constraint = constraint_of(prep.space, k)
@@ -253,7 +261,8 @@ def _qubo_mask(prep: Prepared, spec: MethodSpec, constraint: ExactK, options: Me
     formulation = build_formulation(prep.space, prep.signals, spec, weights=options.weights, fisher=options.fisher)
     out["timings"]["formulate"] = time.perf_counter() - t0
     solved = solve_formulation(formulation, constraint.k, options, constraint=constraint, progress=progress)
-    out.update(formulation=formulation, bqm=solved.bqm, gamma=solved.gamma, info=dict(solved.info))
+    # the result, not its BQM: solved.bqm may be built on first read (see ExactKResult)
+    out.update(formulation=formulation, solved=solved, gamma=solved.gamma, info=dict(solved.info))
     return np.asarray(solved.x, dtype=np.int8)
 
 
@@ -268,10 +277,9 @@ def run_method(prep: Prepared, method: str, *, sparsity: float | None = None, k:
     result = finish(prep.model, prep.space, x.astype(bool), prep.work, remove=remove, timings=timings)
     result.method, result.k, result.seed = method, kk, options.seed
     result.space_options = dict(prep.space_options)
-    bqm = out.get("bqm")
-    result.bqm, result.formulation, result.gamma = bqm, out.get("formulation"), out.get("gamma")
-    if bqm is not None:
-        result.energy = float(bqm.energy(dict(zip(prep.space.labels, x.tolist()))))
+    result.solved, result.formulation, result.gamma = out.get("solved"), out.get("formulation"), out.get("gamma")
+    if result.formulation is not None:  # of the final mask (refinement may have moved it), on bqm's terms
+        result.energy = float(result.formulation.energy(x, result.gamma))
     result.solver_info = out.get("info", {})
     return result
 

@@ -222,7 +222,11 @@ def _add_block(
     b = block_of[idx]
     if np.all(b == b[0]):
         p = pos[idx]
-        dense[b[0]][np.ix_(p, p)] += M
+        D = dense[b[0]]
+        if p.size == D.shape[0] and np.array_equal(p, np.arange(p.size)):
+            D += M  # the whole layer in order (every built-in term): no m x m fancy-index scatter
+        else:
+            D[np.ix_(p, p)] += M
         return
     for layer_block in np.unique(b):
         sel = b == layer_block

@@ -74,7 +74,10 @@ def _validate_block(where: str, idx: np.ndarray, M: np.ndarray, n: int | None) -
         raise QpruneError(f"{where}: repeated unit index")
     if not np.all(np.isfinite(M)):
         raise QpruneError(f"{where}: contains NaN or inf")
-    if not np.allclose(M, M.T, rtol=1e-10, atol=1e-12 * (np.abs(M).max(initial=0.0) + 1.0)):
+    # exact symmetry first: every built-in term is, and one comparison costs a fifth of allclose's
+    # temporaries (measured 6 s of a 10 s formulate on resnet50's 2,048-unit layers under load)
+    if not np.array_equal(M, M.T) and not np.allclose(M, M.T, rtol=1e-10,
+                                                      atol=1e-12 * (np.abs(M).max(initial=0.0) + 1.0)):
         raise QpruneError(f"{where}: matrix is not symmetric")
     if np.any(np.diag(M) != 0.0):
         raise QpruneError(f"{where}: nonzero diagonal; put diagonal values in the linear part")

@@ -7,6 +7,7 @@ merged into one block, exactly; per-layer caps are then enforced inside the bloc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,6 +42,22 @@ class Block:
     @property
     def merged(self) -> bool:
         return len(self.layers) > 1
+
+    @cached_property
+    def nonnegative(self) -> bool:
+        """No coupling below 0: the energy is supermodular (a unit's cost to prune only rises as others
+        go), the regime where greedy additions and single swaps do well; every built-in term is."""
+        return bool(self.M.size == 0 or float(self.M.min()) >= 0.0)
+
+    @cached_property
+    def m_max(self) -> float:
+        """The largest coupling (or 0): bounds how much one coupling can change a swap's gain."""
+        return float(self.M.max()) if self.M.size else 0.0
+
+    @cached_property
+    def row_max(self) -> np.ndarray:
+        """Each unit's largest coupling (0 counts: the diagonal): the per-unit form of ``m_max``."""
+        return self.M.max(axis=1) if self.M.size else np.zeros(self.m)
 
 
 def energies(X: np.ndarray, h: np.ndarray, M: np.ndarray) -> np.ndarray:

@@ -5,21 +5,26 @@ through how many units each layer gives up. So:
 
 1. For each block b, find C_b(c) = min { E_b(x_b) : |x_b| = c } for every count c = 0..cap_b.
    Blocks of <= ``brute_force_max`` variables are enumerated (exact, :mod:`qprune.solve.count_curve`).
-   Larger blocks are solved with the chosen backend (:mod:`qprune.solve.harvest`): per-block uniform
-   shifts lambda (the Lagrange multiplier of the block's own count: E_b(x) - lambda |x| differs from
-   E_b by a constant at fixed count, so ANY read of the shifted problem is a valid count-c candidate)
-   spread the reads over all counts; the best read of each count is kept, then improved with
-   count-preserving swap descent and propagated to c +- 1 (:mod:`qprune.solve.block_moves`) until no
-   count improves. Heuristic blocks are batched into one BQM per lambda step (they are independent),
-   so a backend call costs one sampler overhead for many layers; how many variables go into one
-   call is the backend's to say (:func:`qprune.solve.sampling.batch_variables`).
+   Larger blocks get a greedy curve (add the cheapest unit, then drop the dearest: a state per count
+   in O(m^2), :func:`qprune.solve.block_moves.greedy_curve`). The blocks a backend samples
+   (:mod:`qprune.solve.harvest`; by default, for the software samplers, only blocks with negative
+   couplings, which no built-in term makes) also get per-block uniform shifts lambda (the Lagrange
+   multiplier of the block's own count: E_b(x) - lambda |x| differs from E_b by a constant at fixed
+   count, so ANY read of the shifted problem is a valid count-c candidate) spreading the reads over
+   all counts; the best state of each count is kept. Sampled blocks are batched into one BQM per
+   lambda step (they are independent), so a backend call costs one sampler overhead for many
+   layers; how many variables go into one call is the backend's to say
+   (:func:`qprune.solve.sampling.batch_variables`).
 2. min sum_b C_b(c_b) subject to sum_b c_b = k and c_b <= cap_b is a knapsack-style DP over layers
    (:mod:`qprune.solve.dp`, O(B k c_max), milliseconds), exact given the curves; the result has
    exactly k ones by construction.
-3. Focus: the DP only reads each curve near the count it picks, so the heavy blocks are sampled
-   again with shifts at which that count is optimal (where the gamma search's reads land too), the
-   picked count and its neighbours get a swap tabu search, and the DP runs again — until it keeps
-   its counts (at most ``focus_rounds``).
+3. Focus: the DP only reads each curve near the count it picks, so there the heavy blocks get
+   count-preserving swap descent and a swap tabu search (:mod:`qprune.solve.block_moves`, each
+   step exact over a window of candidate pairs, :mod:`qprune.solve.swap_search`), improvements
+   propagate to nearby counts, the sampled blocks are sampled again with shifts at which that
+   count is optimal (where the gamma search's reads land too), and the DP runs again — until it
+   keeps its counts (at most ``focus_rounds``). On resnet50 (11,456 units) this reaches the energy
+   the all-sampled curves reached, in seconds instead of minutes (``benchmarks/scale.py``).
 
 Gamma: ``energy`` is E at a gamma. Given ``gamma=``, that gamma is used (e.g. the gamma search's final
 one, to compare both strategies on the same BQM). Otherwise the default is the gamma where the exact
@@ -38,6 +43,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import dimod
@@ -57,7 +63,16 @@ from qprune.solve.workers import auto_jobs, child_seeds, pack, run_tasks
 if TYPE_CHECKING:  # pragma: no cover
     from qprune.qubo.formulation import Formulation
 
-__all__ = ["BRUTE_FORCE_MAX", "LayerwiseOptions", "block_count_curve", "layerwise_search", "solve_layerwise"]
+# Software samplers whose reads the greedy curves + swap search matched on the pruning QUBOs at a
+# fraction of the time (benchmarks/scale.py): by default they sample only the blocks with negative
+# couplings (ferromagnetic clusters that single swaps cannot break up); no built-in term has any.
+SEARCH_ONLY = frozenset({"neal", "tabu", "greedy", "exact"})
+# Tabu moves per count at most: 300 found on efficientnet_b0's 1,152-unit layers the states annealing
+# found (100 did on two of three), at about 0.4 s a layer.
+TABU_MAX = 300
+
+__all__ = ["BRUTE_FORCE_MAX", "SEARCH_ONLY", "TABU_MAX", "LayerwiseOptions", "block_count_curve", "layerwise_search",
+           "solve_layerwise"]
 
 
 @dataclass(frozen=True)
@@ -67,11 +82,13 @@ class LayerwiseOptions:
     gamma: float | None = None
     n_jobs: int | None = None
     brute_force_max: int = BRUTE_FORCE_MAX
-    steps: int = 4
+    steps: int | None = None
     reads: int = 5
     focus_rounds: int = 3
-    focus_steps: int = 2
+    focus_steps: int | None = None
     tabu_iters: int = 2
+    tabu_max: int = TABU_MAX
+    focus_window: int = 8
     batch_variables: int | None = None
 
 
@@ -87,6 +104,9 @@ class _Plan:
     steps: int
     focus_steps: int
     tabu_iters: int
+    tabu_max: int
+    focus_window: int
+    sample_all: bool  # False: only the heavy blocks with a negative coupling are sampled
     n_jobs: int | None
     batch_variables: int
     progress: bool
@@ -105,11 +125,13 @@ def solve_layerwise(
     sampler_params: Mapping[str, Any] | None = None,
     progress: bool = False,
     brute_force_max: int = BRUTE_FORCE_MAX,
-    steps: int = 4,
+    steps: int | None = None,
     reads: int = 5,
     focus_rounds: int = 3,
-    focus_steps: int = 2,
+    focus_steps: int | None = None,
     tabu_iters: int = 2,
+    tabu_max: int = TABU_MAX,
+    focus_window: int = 8,
     batch_variables: int | None = None,
 ) -> ExactKResult:
     """Exactly-k solve of a block-diagonal :class:`~qprune.qubo.formulation.Formulation`, layer by layer.
@@ -118,8 +140,9 @@ def solve_layerwise(
         formulation: the QUBO; its blocks must be per layer (``Formulation.blocks``). Cross-layer
             couplings are handled exactly by merging the layers they join into one block.
         k: number of units to prune (ones in the result).
-        backend: registered backend name or a dimod sampler, used for blocks larger than
-            ``brute_force_max`` (smaller ones are enumerated exactly).
+        backend: registered backend name or a dimod sampler, sampled on the blocks larger than
+            ``brute_force_max`` (smaller ones are enumerated exactly) when ``steps`` or
+            ``focus_steps`` ask for it.
         seed: seeds every backend call (the same seed gives the same mask, whatever ``n_jobs``).
         gamma: the capacity weight the energy is minimised at; None: the gamma at which the exact
             per-layer Lagrangian relaxation first prunes k units (see the module docstring).
@@ -131,12 +154,21 @@ def solve_layerwise(
         sampler_params: extra keyword arguments for every backend call (e.g. ``num_sweeps``).
         progress: show a progress bar over block groups.
         brute_force_max: blocks of at most this many variables are enumerated (2^m states).
-        steps: first-pass backend solves per heavy block, their shifts spread over all counts.
+        steps: first-pass backend solves per sampled heavy block (None: 4), their shifts spread over
+            all counts, merged with the greedy curve every heavy block gets. Which heavy blocks are
+            sampled: all of them when ``steps`` or ``focus_steps`` is given or the backend is not
+            one of :data:`SEARCH_ONLY`; with a :data:`SEARCH_ONLY` backend and both left None, only
+            those with a negative coupling (no built-in term makes one). On the pruning QUBOs the
+            greedy curves + swap search matched the sampled curves' energy at a fraction of the time
+            (``benchmarks/scale.py``).
         reads: ``num_reads`` per backend solve (when the backend takes it).
-        focus_rounds, focus_steps, tabu_iters: then, per round, ``focus_steps`` solves per heavy
-            block with shifts at which the count the DP chose for it is optimal, a swap tabu search
-            of ``tabu_iters`` x m moves at that count and its two neighbours, and a new DP; rounds
-            stop (at most ``focus_rounds``) once the DP keeps its counts.
+        focus_rounds, focus_steps, tabu_iters, tabu_max, focus_window: then, per round,
+            ``focus_steps`` solves per sampled heavy block (None: 2) with shifts at which the count
+            the DP chose for it is optimal, swap descent at every count within ``focus_window`` of
+            it, a tabu search of ``min(tabu_iters * m, tabu_max)`` moves at that count (each count
+            once per solve), propagation of every improvement to the neighbouring counts (within
+            the window), and a new DP; rounds stop (at most ``focus_rounds``) once the DP keeps
+            its counts.
         batch_variables: heavy blocks are batched into one BQM of at most this many variables
             (None: what the backend asks for, :func:`qprune.solve.sampling.batch_variables`).
 
@@ -147,7 +179,8 @@ def solve_layerwise(
     """
     options = LayerwiseOptions(gamma=gamma, n_jobs=n_jobs, brute_force_max=brute_force_max, steps=steps,
                                reads=reads, focus_rounds=focus_rounds, focus_steps=focus_steps,
-                               tabu_iters=tabu_iters, batch_variables=batch_variables)
+                               tabu_iters=tabu_iters, tabu_max=tabu_max, focus_window=focus_window,
+                               batch_variables=batch_variables)
     return layerwise_search(formulation, k, backend, seed, constraint=constraint, max_per_layer=max_per_layer,
                             sampler_params=sampler_params, progress=progress, options=options)
 
@@ -191,7 +224,8 @@ def layerwise_search(
     if int(x.sum()) != k:  # the DP picks one state of count c per block: cannot happen
         raise RuntimeError(f"layerwise assembled {int(x.sum())} ones, expected {k}")
     info = {"strategy": "layerwise", "gamma": gamma_used, "gamma_source": gamma_source,
-            **_per_layer(blocks, curves, x), "dp_energy_per_round": history,
+            **_per_layer(blocks, curves, x), "sampled_blocks": int(sum(_sampled(b, plan) for b in blocks)),
+            "dp_energy_per_round": history,
             "backend": backend_name(backend), "seed": seed, "times": timings, "repaired": False}
     result = _result(formulation, x, gamma_used, info)
     timings["total_s"] = time.perf_counter() - t_start
@@ -227,8 +261,18 @@ def _plan(backend: str | dimod.Sampler, seed: int | None, sampler_params: Mappin
     reads = int(params.pop("num_reads", options.reads))
     batch = batch_variables(backend) if options.batch_variables is None else options.batch_variables
     SamplerCall.of(backend, params)  # fail now (missing extra, no token, bad parameter), not in a worker
-    return _Plan(backend, seed, params, reads, int(options.brute_force_max), int(options.steps),
-                 int(options.focus_steps), int(options.tabu_iters), options.n_jobs, int(batch), progress)
+    # asked for (steps given) or a backend chosen for itself (a QPU, QAOA): sample every heavy block
+    sample_all = not (isinstance(backend, str) and backend in SEARCH_ONLY) or options.steps is not None \
+        or options.focus_steps is not None
+    steps = 4 if options.steps is None else int(options.steps)
+    focus_steps = 2 if options.focus_steps is None else int(options.focus_steps)
+    for name, value in (("steps", steps), ("focus_steps", focus_steps), ("tabu_iters", options.tabu_iters),
+                        ("tabu_max", options.tabu_max), ("focus_window", options.focus_window)):
+        if int(value) < 0:
+            raise QpruneError(f"{name} must be >= 0, got {value}")
+    return _Plan(backend, seed, params, reads, int(options.brute_force_max), steps, focus_steps,
+                 int(options.tabu_iters), int(options.tabu_max), int(options.focus_window), sample_all,
+                 options.n_jobs, int(batch), progress)
 
 
 def _first_pass(formulation: Formulation, k: int, caps: dict[int, int], plan: _Plan, gamma: float | None,
@@ -255,15 +299,25 @@ def _first_pass(formulation: Formulation, k: int, caps: dict[int, int], plan: _P
     return blocks, curves, shift, gamma_used, "lagrangian"
 
 
+def _sampled(b: Block, plan: _Plan) -> bool:
+    """Whether the backend samples this block (else: enumeration or greedy + swap search only)."""
+    return b.m > plan.brute_force_max and (plan.sample_all or not b.nonnegative)
+
+
 def _curves(blocks: list[Block], plan: _Plan) -> list[Curve]:
     """First pass: every block's curve; the grouping (and so the result) does not depend on n_jobs."""
-    order = sorted(range(len(blocks)), key=lambda i: blocks[i].m <= plan.brute_force_max)  # heavy first
-    groups = pack(blocks, order, plan.batch_variables)
+    sampled = [i for i, b in enumerate(blocks) if _sampled(b, plan)]
+    searched = [i for i, b in enumerate(blocks) if not _sampled(b, plan)]
+    # sampled blocks share backend calls, so they go apart from the rest, heavy first
+    searched.sort(key=lambda i: blocks[i].m <= plan.brute_force_max)
+    groups = pack(blocks, sampled, plan.batch_variables) + pack(blocks, searched, plan.batch_variables)
     seeds = child_seeds(plan.seed, "curves", len(groups))
     tasks = [GroupTask([blocks[i] for i in g], plan.backend, seeds[j], plan.reads, dict(plan.sampler_params),
-                       plan.brute_force_max, steps=plan.steps) for j, g in enumerate(groups)]
-    results = run_tasks(tasks, plan.backend, auto_jobs(plan.n_jobs, blocks, plan.brute_force_max, len(tasks)),
-                        "layer curves", plan.progress)
+                       plan.brute_force_max, steps=plan.steps if _sampled(blocks[g[0]], plan) else 0)
+             for j, g in enumerate(groups)]
+    jobs = auto_jobs(plan.n_jobs, blocks, plan.brute_force_max, len(tasks),
+                     sampling=plan.steps > 0 and bool(sampled))
+    results = run_tasks(tasks, plan.backend, jobs, "layer curves", plan.progress)
     out: list[Curve] = [None] * len(blocks)  # type: ignore[list-item]
     for g, res in zip(groups, results):
         for i, c in zip(g, res):
@@ -290,27 +344,43 @@ def _focus_rounds(blocks: list[Block], curves: list[Curve], shift: np.ndarray, k
 
 
 def _focus(blocks: list[Block], curves: list[Curve], counts: list[int], plan: _Plan, round_: int) -> list[Curve]:
-    """Re-sample the heuristic blocks with shifts at which their DP-chosen count is optimal, so the
-    reads concentrate where the solution is decided (as the gamma search's do), and re-polish."""
-    todo = [i for i, (c, count) in enumerate(zip(curves, counts)) if not c.exact and 0 < count]
-    if not todo or (plan.focus_steps < 1 and plan.tabu_iters < 1):
+    """Improve the heuristic blocks where the DP reads them: re-sample with shifts at which their
+    DP-chosen count is optimal, so the reads concentrate where the solution is decided (as the gamma
+    search's do), then descent + tabu at that count and its neighbours, propagated nearby."""
+    def steps(i: int) -> int:
+        return plan.focus_steps if _sampled(blocks[i], plan) else 0
+
+    todo = [i for i, (c, count) in enumerate(zip(curves, counts))
+            if not c.exact and 0 < count and (steps(i) > 0 or not _settled(c, count, plan))]
+    if not todo:
         return curves
-    groups = pack(blocks, todo, plan.batch_variables)
+    groups = pack(blocks, [i for i in todo if steps(i)], plan.batch_variables) \
+        + pack(blocks, [i for i in todo if not steps(i)], plan.batch_variables)
     seeds = child_seeds(plan.seed, f"focus{round_}", len(groups))
     tasks = []
     for j, g in enumerate(groups):
-        lam = np.stack([focus_lambdas(curves[i].E, counts[i], plan.focus_steps) for i in g], axis=1)
+        lam = np.stack([focus_lambdas(curves[i].E, counts[i], steps(i)) for i in g], axis=1)
         tasks.append(GroupTask([blocks[i] for i in g], plan.backend, seeds[j], plan.reads,
                                dict(plan.sampler_params), plan.brute_force_max, focus=lam,
                                curves=[curves[i] for i in g], counts=[counts[i] for i in g],
-                               tabu_iters=plan.tabu_iters))
-    done = run_tasks(tasks, plan.backend, auto_jobs(plan.n_jobs, [blocks[i] for i in todo], plan.brute_force_max,
-                                                    len(tasks)), "layer focus", plan.progress)
+                               tabu_iters=plan.tabu_iters, tabu_max=plan.tabu_max, window=plan.focus_window))
+    jobs = auto_jobs(plan.n_jobs, [blocks[i] for i in todo], plan.brute_force_max, len(tasks),
+                     sampling=any(steps(i) for i in todo))
+    done = run_tasks(tasks, plan.backend, jobs, "layer focus", plan.progress)
     out = list(curves)
     for g, res in zip(groups, done):
         for i, c in zip(g, res):
             out[i] = replace(c, time_s=curves[i].time_s + c.time_s)
     return out
+
+
+def _settled(curve: Curve, count: int, plan: _Plan) -> bool:
+    """Whether the counts near ``count`` had their descent and ``count`` its tabu search."""
+    if curve.settled is None or curve.polished is None:
+        return False
+    lo, hi = max(0, count - plan.focus_window), min(curve.E.size - 1, count + plan.focus_window)
+    no_tabu = min(plan.tabu_iters, plan.tabu_max) < 1 or not np.isfinite(curve.E[count])
+    return bool(curve.polished[lo:hi + 1].all() and (no_tabu or curve.settled[count]))
 
 
 def _per_layer(blocks: list[Block], curves: list[Curve], x: np.ndarray) -> dict[str, Any]:
@@ -333,4 +403,4 @@ def _result(formulation: Formulation, x: np.ndarray, gamma: float, info: dict[st
     labels = list(formulation.labels)
     return ExactKResult(labels=labels, x=x, sample=dict(zip(labels, x.tolist())),
                         energy=float(formulation.energy(x, gamma)), objective=float(formulation.energy(x, 0.0)),
-                        gamma=gamma, bqm=formulation.bqm(gamma), info=info)
+                        gamma=gamma, bqm=partial(formulation.bqm, gamma), info=info)  # built when read

@@ -33,10 +33,15 @@ def child_seeds(seed: int | None, tag: str, n: int) -> list[int]:
     return [int(s.generate_state(1)[0] % (2**31 - 1)) for s in np.random.SeedSequence(entropy).spawn(n)]
 
 
-def auto_jobs(n_jobs: int | None, blocks: list[Block], brute_force_max: int, n_tasks: int) -> int:
+def auto_jobs(n_jobs: int | None, blocks: list[Block], brute_force_max: int, n_tasks: int,
+              sampling: bool = True) -> int:
     """Workers: as given, else the idle cores (cores minus the load average, this process aside)
     when there are seconds of work to share; measured on a loaded 2-core machine, a second
-    process there made the 4,000-unit solve slower, not faster."""
+    process there made the 4,000-unit solve slower, not faster. Without sampler calls the work
+    (greedy curves, swap search) is about a second for 10,000 units, less than starting a pool
+    and pickling the blocks there and back: one process."""
+    if n_jobs is None and not sampling:
+        n_jobs = 1
     if n_jobs is None:
         heavy = sum(b.m for b in blocks if b.m > brute_force_max)
         brute = sum(b.m for b in blocks if b.m <= brute_force_max)
