@@ -14,16 +14,16 @@ of the hybrid mask on the validation metric; slow). Every method prunes exactly 
 setting (asserted per row and per setting).
 
 Counts. The paper's Half-UNet has "64 filters per layer", so its L-layer sub-problems hold 64 L
-filters and prune 60/256, 200/512 and 480/1024 of them (23.4 %, 39.1 %, 46.9 %). Our prunable units
-are the 12 layers x F channels inside the NAF blocks (``enc*.*.conv1`` = the SimpleGate pair of
-conv1/conv2 + SCA, and ``enc*.*.conv4``; the residual trunk is normalised by LayerNorm2d and the
-output conv must keep 3 channels, so they are not prunable units). We keep the paper's FRACTION:
-k = round(paper_count / (64 L) * our units in those layers). At F = 64 the 4- and 8-layer settings
-have 256 and 512 units, so k is exactly the paper's 60 and 200. The Half-UNet has only 12 prunable
-layers, so the 16-layer setting uses all 12 (768 units at F = 64) at the paper's 46.9 %: k = 360.
-It is the full model at a higher sparsity, not a 16-layer sub-problem; the output says so.
+filters and prune 60/256, 200/512 and 480/1024 of them (23.4 %, 39.1 %, 46.9 %). Our F = 64 space
+has 27 prunable layers: in each of the 6 NAF blocks ``conv1`` (the SimpleGate pair of conv1/conv2 +
+SCA), ``conv3`` (the first residual branch, added into the trunk under ``beta``), ``conv4`` (the
+FFN's SimpleGate pair) and ``conv5`` (the second residual branch, under ``gamma``), 64 units each,
+then the three upsample convs ``up3/up2/up1.conv`` (256 output channels each, added into the skip
+trunk), 2304 units in all; the output conv keeps its 3 channels. We keep the paper's FRACTION:
+k = round(paper_count / (64 L) * our units in those layers). The first 4, 8 and 16 layers hold
+256, 512 and 1024 units, so k is exactly the paper's 60, 200 and 480.
 
-Seeds. ``--seeds`` (default 0,1,2) seed the QUBO solver (simulated annealing inside the gamma
+Seeds. ``--seeds`` (default 0,1,2,3,4) seed the QUBO solver (simulated annealing inside the gamma
 search) and ``random``. ``taylor-greedy`` (and any greedy method) is deterministic: it is run once
 and its row repeated per seed (std 0). The denoise problem's ``seed`` option moves the data split,
 the synthetic noise AND the calibration order together, so it cannot vary the calibration subset
@@ -39,11 +39,12 @@ searched to exact k in every trial and the solver seed = the first run seed; the
 uses the defaults. ``hybrid-qubo+tt`` uses the weights chosen for ``hybrid-qubo``. The weights and
 their validation PSNR are in the output.
 
-Model. ``--checkpoint PATH``, else the F = ``--width`` SIDD model that ``make train-sidd`` caches at
-``~/.cache/qprune/denoise_sidd_f64.pt`` (for another width ``denoise_sidd_f<W>.pt``). When that file
+Model. ``--checkpoint PATH``, else the shipped F = 64 SIDD model
+``problems/checkpoints/denoise_sidd_f64.pt`` (``make train-sidd`` trains it again; another
+``--width W`` looks for ``denoise_sidd_f<W>.pt`` there). When that file
 is missing the script says so and exits 2; with ``--train`` it first runs the make target's command
 (``qprune train --problem denoise --width W --data ../shared/data/sidd_small_256 --epochs E
---schedule step --device auto -o CKPT``; ``--train-epochs``, default 100 as in the paper; on the
+--schedule cosine --device auto -o CKPT``; ``--train-epochs``, default 100 as in the paper; on the
 2-core CPU machine an epoch takes minutes, see the report). The SIDD folder is resolved from this
 file's location (``<repo>/../shared/data/sidd_small_256``).
 
@@ -73,6 +74,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 
 from qprune.atomic import atomic_open, write_json
 from qprune.errors import QpruneError
@@ -90,13 +92,14 @@ from qprune.pipeline.run import (
 )
 from qprune.pipeline.methods import MethodOptions
 from qprune.pipeline.report import aggregate, machine_info, training_summary
-from qprune.solve.strategies import STRATEGIES
+from qprune.qubo.providers import CAPACITY_REWARDS
+from qprune.solve.strategies import DEFAULT_STRATEGY, STRATEGIES
 from qprune.model.space import build_space
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SIDD_DATA = (ROOT.parent / "shared" / "data" / "sidd_small_256").resolve()
-CACHE = Path.home() / ".cache" / "qprune"
+CACHE = ROOT / "problems" / "checkpoints"
 QUICK_CKPT = ROOT / "problems" / "checkpoints" / "denoise_bundled_f16.pt"
 
 PAPER_FILTERS_PER_LAYER = 64
@@ -137,7 +140,7 @@ def train_command(width: int, epochs: int, ckpt: Path) -> list[str]:
     qprune = Path(sys.executable).with_name("qprune")
     exe = [str(qprune)] if qprune.is_file() else [sys.executable, "-m", "qprune.cli"]
     return exe + ["train", "--problem", "denoise", "--width", str(width), "--data", str(SIDD_DATA),
-                  "--epochs", str(epochs), "--schedule", "step", "--device", "auto", "-o", str(ckpt)]
+                  "--epochs", str(epochs), "--schedule", "cosine", "--device", "auto", "-o", str(ckpt)]
 
 
 def pick_checkpoint(args: argparse.Namespace) -> tuple[Path, str]:
@@ -152,7 +155,7 @@ def pick_checkpoint(args: argparse.Namespace) -> tuple[Path, str]:
                             "a pipeline check, not the paper's setting")
     ckpt = CACHE / f"denoise_sidd_f{args.width}.pt"
     if ckpt.is_file():
-        return ckpt, f"the F={args.width} SIDD model cached by `make train-sidd` ({ckpt})"
+        return ckpt, f"the shipped F={args.width} SIDD model ({ckpt.relative_to(ROOT)}; `make train-sidd` retrains it)"
     cmd = train_command(args.width, args.train_epochs, ckpt)
     if not SIDD_DATA.is_dir():
         die(f"no checkpoint at {ckpt} and the SIDD folder {SIDD_DATA} is absent, "
@@ -170,6 +173,19 @@ def pick_checkpoint(args: argparse.Namespace) -> tuple[Path, str]:
     if rc != 0 or not ckpt.is_file():
         die(f"training failed (exit {rc}); command: {' '.join(cmd)}")
     return ckpt, f"trained by this run with `{' '.join(cmd)}` in {time.perf_counter() - t0:.0f} s"
+
+
+def data_override(ckpt: Path) -> dict[str, str]:
+    """``data=`` for load_checkpoint when the folder recorded in ``ckpt`` is absent here but ours exists.
+
+    The shipped SIDD model records the absolute path it was trained from; on another checkout the
+    SIDD folder is ``<repo>/../shared/data/sidd_small_256``.
+    """
+    recorded = torch.load(ckpt, weights_only=True).get("config", {}).get("data")
+    if isinstance(recorded, str) and recorded.endswith("sidd_small_256") and not Path(recorded).is_dir() \
+            and SIDD_DATA.is_dir():
+        return {"data": str(SIDD_DATA)}
+    return {}
 
 
 class CalibrationSeeded:
@@ -271,7 +287,7 @@ def choose_weights(prep: Prepared, method: str, k: int, args: argparse.Namespace
     if args.tune <= 0:
         return {"weights": dataclasses.asdict(default), "source": "default (all 1)", "trials": 0, "tune_s": 0.0}
     t0 = time.perf_counter()
-    opts = MethodOptions(backend=args.backend, strategy=args.strategy, seed=seed)
+    opts = MethodOptions(backend=args.backend, strategy=args.strategy, capacity=args.capacity, seed=seed)
     x, _ = select_mask(prep, method, k, dataclasses.replace(opts, weights=default))
     default_val = validation_score(prep, x)
     res = tune_weights(prep, method, k, opts, n_trials=args.tune, sampler=args.tune_sampler, progress=False)
@@ -327,7 +343,7 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
         if args.tune > 0:
             log(f"  {m}: weights {w['source']}; val PSNR default {w['val_psnr_default']:.3f}, "
                 f"best trial {w['val_psnr_best_trial']:.3f} ({w['tune_s']:.0f} s)")
-    if TT_METHOD in methods:
+    if TT_METHOD in methods and st.name in {t.strip() for t in args.tt_settings.split(",")}:
         base = meta["weights"].get("hybrid-qubo")
         if base is not None:  # tuned once for hybrid-qubo; no extra search time for the +tt row
             meta["weights"][TT_METHOD] = dict(base, source="the weights chosen for hybrid-qubo", tune_s=0.0)
@@ -337,6 +353,8 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
 
     rows: list[dict] = []
     done: dict[str, dict] = {}
+    tt_here = st.name in {t.strip() for t in args.tt_settings.split(",")}
+    methods = [m for m in methods if m != TT_METHOD or tt_here]
     for m in methods:
         spec = method_spec(m)
         deterministic = spec.kind == "greedy" and not args.vary_calibration
@@ -348,7 +366,8 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
             weights = Weights(**meta["weights"][m]["weights"]) if m in meta["weights"] else None
             t0 = time.perf_counter()
             x, out = select_mask(prep, m, k, MethodOptions(backend=args.backend, strategy=args.strategy,
-                                                           weights=weights, seed=seed, tt_budget=args.tt_budget))
+                                                           capacity=args.capacity, weights=weights, seed=seed,
+                                                           tt_budget=args.tt_budget))
             select_s = time.perf_counter() - t0
             assert int(x.sum()) == k, f"{m} pruned {int(x.sum())} units, expected {k}"
             row: dict[str, Any] = {"setting": st.name, "method": m, "seed": seed, "k": int(x.sum()), "units": N,
@@ -380,8 +399,10 @@ def mean_std(agg: dict[str, Any], key: str) -> str:
     return f"{v:.3f} ± {s:.3f}" if len(agg["seeds"]) > 1 else f"{v:.3f}"
 
 
-def ordering_paragraph(aggs: list[dict], settings_meta: list[dict], seeds: Sequence[int]) -> str:
+def ordering_paragraph(aggs: list[dict], settings_meta: list[dict], seeds: Sequence[int],
+                       paired: Sequence[dict] = ()) -> str:
     by = {(a["setting"], a["method"]): a for a in aggs}
+    test = {(r["setting"], r["a"], r["b"]): r for r in paired}
     lines = []
     full = [m for m in settings_meta if m["setting"] == "full"]
     trio = ("hybrid-qubo", "taylor-greedy", "l1-qubo")
@@ -403,11 +424,11 @@ def ordering_paragraph(aggs: list[dict], settings_meta: list[dict], seeds: Seque
                 why = "more than twice the larger seed std"
             else:
                 why = "NOT clearly larger than the seed spread"
-            txt += f" (hybrid − taylor = {sep_ht:+.3f} dB; {why}).**"
+            txt += f" (hybrid − taylor = {sep_ht:+.3f} dB; {why}){_test_clause(test, 'full')}.**"
         else:
             order = sorted(trio, key=lambda m: -by[("full", m)]["psnr"])
             txt += (f"The paper's ordering hybrid-qubo > taylor-greedy > l1-qubo does NOT hold here: measured "
-                    f"order {' > '.join(order)} (hybrid − taylor = {sep_ht:+.3f} dB).**")
+                    f"order {' > '.join(order)} (hybrid − taylor = {sep_ht:+.3f} dB{_test_clause(test, 'full')}).**")
         lines.append(txt)
         masks = ", ".join(f"{m} {by[('full', m)]['distinct_masks']}" for m in trio if len(seeds) > 1)
         if masks:
@@ -426,8 +447,69 @@ def ordering_paragraph(aggs: list[dict], settings_meta: list[dict], seeds: Seque
         d = h["psnr"] - t["psnr"]
         lines.append(f"Setting {s} (k = {meta['k']} of {meta['units']}): hybrid-qubo {mean_std(h, 'psnr')} vs "
                      f"taylor-greedy {mean_std(t, 'psnr')} dB, hybrid − taylor = {d:+.3f} dB "
-                     f"(paper: {PAPER[s]['hybrid-qubo'][0] - PAPER[s]['taylor-greedy'][0]:+.3f} dB).")
+                     f"(paper: {PAPER[s]['hybrid-qubo'][0] - PAPER[s]['taylor-greedy'][0]:+.3f} dB)"
+                     f"{_test_clause(test, s)}.")
     return "\n\n".join(lines)
+
+
+PAIRS = (("hybrid-qubo", "taylor-greedy"), ("hybrid-qubo", "l1-qubo"), (TT_METHOD, "hybrid-qubo"))
+
+
+def paired_tests(rows: list[dict], settings_meta: list[dict], key: str = "psnr") -> list[dict[str, Any]]:
+    """Per setting and pair (a, b): the per-seed differences a - b of ``key`` and two paired tests.
+
+    Wilcoxon's signed-rank test (two-sided, exact for small n; scipy) is the one we state: it assumes
+    no normal differences. The paired t-test is printed beside it. With 5 seeds the smallest two-sided
+    Wilcoxon p-value possible is 2/32 = 0.0625, so p < 0.05 cannot happen with 5 seeds; the t-test can.
+    """
+    out = []
+    for meta in settings_meta:
+        by = {(r["method"], r["seed"]): r[key] for r in rows if r["setting"] == meta["setting"] and key in r}
+        for a, b in PAIRS:
+            seeds = sorted(sd for (m, sd) in by if m == a and (b, sd) in by)
+            if not seeds:
+                continue
+            d = np.array([by[(a, sd)] - by[(b, sd)] for sd in seeds])
+            rec: dict[str, Any] = {"setting": meta["setting"], "a": a, "b": b, "key": key, "seeds": seeds,
+                                   "diffs": d.tolist(), "mean": float(d.mean()),
+                                   "std": float(d.std(ddof=1)) if d.size > 1 else 0.0,
+                                   "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
+                                   "wilcoxon_p": None, "ttest_p": None}
+            if d.size > 1 and np.any(d != 0):
+                rec["wilcoxon_p"] = float(stats.wilcoxon(d, alternative="two-sided").pvalue)
+                if d.std() > 0:
+                    rec["ttest_p"] = float(stats.ttest_1samp(d, 0.0).pvalue)
+            out.append(rec)
+    return out
+
+
+def paired_section(paired: list[dict[str, Any]]) -> list[str]:
+    """Markdown table of :func:`paired_tests`."""
+    if not paired:
+        return []
+    out = ["## Paired differences per seed (test PSNR, dB)", "",
+           ("a − b on the same seed (same calibration subset with --vary-calibration, same solver seed). Test: "
+            "Wilcoxon signed-rank, two-sided (stated); paired t-test beside it. With 5 seeds the smallest "
+            "possible two-sided Wilcoxon p is 0.0625."), "",
+           "| setting | a − b | per seed | mean ± std | a better / worse | Wilcoxon p | paired t p |",
+           "|---|---|---|---|---|---|---|"]
+    for r in paired:
+        per = ", ".join(f"{v:+.3f}" for v in r["diffs"])
+        out.append(f"| {r['setting']} | `{r['a']}` − `{r['b']}` | {per} | {r['mean']:+.3f} ± {r['std']:.3f} | "
+                   f"{r['wins']} / {r['losses']} | {_p(r['wilcoxon_p'])} | {_p(r['ttest_p'])} |")
+    return out + [""]
+
+
+def _p(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3g}"
+
+
+def _test_clause(test: dict, setting: str) -> str:
+    r = test.get((setting, "hybrid-qubo", "taylor-greedy"))
+    if r is None or r["wilcoxon_p"] is None:
+        return ""
+    return (f"; per seed hybrid better in {r['wins']} of {len(r['diffs'])}, Wilcoxon signed-rank p = "
+            f"{r['wilcoxon_p']:.3g}, paired t p = {_p(r['ttest_p'])}")
 
 
 def render_markdown(payload: dict[str, Any]) -> str:
@@ -483,6 +565,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
                          if "val_psnr_default" in w else "")
                 out.append(f"- `{m}`: {ws} — {w['source']}{extra}")
             out.append("")
+    out += paired_section(payload.get("paired", []))
     metas = {m["setting"]: m for m in payload["settings"]}
     s0 = "full" if "full" in metas else payload["settings"][0]["setting"]
     meta0 = metas[s0]
@@ -533,13 +616,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma list (default {','.join(DEFAULT_METHODS)})")
     p.add_argument("--tt", action="store_true", help=f"add {TT_METHOD} (PROTES refinement; slow)")
     p.add_argument("--tt-budget", type=int, default=2000, help="TT evaluations per run (paper 20000; default 2000)")
-    p.add_argument("--seeds", help="comma list of seeds (default 0,1,2; --quick: 0)")
+    p.add_argument("--seeds", help="comma list of seeds (default 0,1,2,3,4; --quick: 0)")
     p.add_argument("--tune", type=int, default=None, help="weight-search trials per (setting, QUBO method) on "
                    "validation (default 10; --quick: 2; 0 = default weights)")
     p.add_argument("--tune-sampler", choices=("random", "tpe"), default="random",
                    help="random (the paper's) or tpe (default random)")
     p.add_argument("--backend", default="neal", help="QUBO backend (default neal)")
-    p.add_argument("--strategy", choices=tuple(STRATEGIES), default="gamma")
+    p.add_argument("--strategy", choices=tuple(STRATEGIES), default=DEFAULT_STRATEGY,
+                   help=f"exact-k strategy (default {DEFAULT_STRATEGY}; gamma = the paper's bisection)")
+    p.add_argument("--capacity", choices=CAPACITY_REWARDS, default="params",
+                   help="what gamma's reward counts: params (the paper's D_i = P_i / sum P) or units (1/N)")
+    p.add_argument("--tt-settings", default="4,8,16",
+                   help="settings that get the TT row (default the sub-problems 4,8,16, as the paper)")
     p.add_argument("--test-batches", type=int, help="use only the first N test batches (default: the whole split)")
     p.add_argument("--vary-calibration", action="store_true",
                    help="draw another calibration subset per seed (one calibration pass per seed and setting)")
@@ -549,7 +637,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-name", help="output stem in benchmarks/results (default paper_tables, quick: paper_tables_quick)")
     args = p.parse_args(argv)
     if args.seeds is None:
-        args.seeds = "0" if args.quick else "0,1,2"
+        args.seeds = "0" if args.quick else "0,1,2,3,4"
     if args.tune is None:
         args.tune = 2 if args.quick else 10
     args.out_name = args.out_name or ("paper_tables_quick" if args.quick else "paper_tables")
@@ -574,7 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from qprune.problems import load_checkpoint
 
     ckpt, note = pick_checkpoint(args)
-    problem, model = load_checkpoint(ckpt, test_batches=args.test_batches)
+    problem, model = load_checkpoint(ckpt, test_batches=args.test_batches, **data_override(ckpt))
     if problem.name != "denoise":
         die(f"{ckpt} is a {problem.name!r} checkpoint; this benchmark needs denoise")
     log(f"model {ckpt} ({note}); F={problem.config['width']}, data {problem.config['data']}")
@@ -613,7 +701,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         (f"Counts: paper filters per layer assumed {PAPER_FILTERS_PER_LAYER} (\"64 filters per layer\"); k = "
         "round(paper count / (64 x layers) x our units); full model: 36 %."),
         ("Which layers the paper isolated for its sub-problems is not stated; we take the first L prunable layers "
-        "in module order (enc1.0.conv1, enc1.0.conv4, enc1.1.conv1, ...)."),
+        "in module order (enc1.0.conv1, enc1.0.conv3, enc1.0.conv4, enc1.0.conv5, enc1.1.conv1, ...)."),
+        (f"Capacity reward (what gamma multiplies): {args.capacity}"
+         + (" (D_i = P_i / sum P, the paper's)." if args.capacity == "params" else
+            " (D_i = 1/N: a pure count reward; our units differ in size, so the paper's P_i-proportional reward "
+            "would also steer the mask towards big units).")),
         "The paper's unpruned baselines differ per table (unseeded data splits); ours is one model on one fixed split.",
         ("No fine-tuning after pruning (as in the paper). PSNR/SSIM of the gated model, which equals the physically "
         "pruned model (qprune.model.masking)."),
@@ -640,7 +732,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine_info(), "loadavg_start": load_start,
         "argv": sys.argv[1:] if argv is None else list(argv), "notes": notes,
     }
-    payload["ordering"] = ordering_paragraph(aggs, metas, seeds)
+    payload["paired"] = paired_tests(all_rows, metas)
+    payload["ordering"] = ordering_paragraph(aggs, metas, seeds, payload["paired"])
     payload["total_s"] = time.perf_counter() - t_start
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS / f"{args.out_name}.json", payload)

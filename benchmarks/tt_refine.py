@@ -22,8 +22,8 @@ The search scores masks on a fixed validation subset (``--search-images``); ever
 the tables is on the held-out TEST split (and the validation-subset value is shown beside it, so
 over-fitting to the subset shows).
 
-Model: ``--checkpoint``, else the F=64 SIDD model ``make train-sidd`` caches
-(``~/.cache/qprune/denoise_sidd_f64.pt``), else the small shipped checkpoint; the JSON says which.
+Model: ``--checkpoint``, else the shipped F=64 SIDD model (``problems/checkpoints/denoise_sidd_f64.pt``,
+trained again by ``make train-sidd``), else the small shipped checkpoint; the JSON says which.
 Output: ``benchmarks/results/tt_refine.{json,md}`` (``--out-name`` changes the stem). On a shared 2-core machine use ``--threads 1``
 (the default): with two threads and other jobs running, OpenMP barriers made passes 10x slower.
 """
@@ -52,7 +52,7 @@ from qprune.refine.forward import ieee_fp32, sync_clock  # this file's _clock re
 from qprune.model.stats import count_macs
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SIDD_CKPT = Path.home() / ".cache" / "qprune" / "denoise_sidd_f64.pt"
+SIDD_CKPT = Path(__file__).resolve().parents[1] / "problems" / "checkpoints" / "denoise_sidd_f64.pt"
 SCORE_TOL_DB = 1e-4  # "equal scores": float rounding only
 GOAL = 10.0  # the issue's speed-up goal for batched scoring over one mask per pass
 
@@ -94,7 +94,7 @@ def pick_checkpoint(arg: str | None) -> tuple[Path, str]:
     if arg:
         return Path(arg), "given with --checkpoint"
     if SIDD_CKPT.is_file():
-        return SIDD_CKPT, "the F=64 SIDD model cached by `make train-sidd`"
+        return SIDD_CKPT, "the shipped F=64 SIDD model (problems/checkpoints/denoise_sidd_f64.pt)"
     from qprune.problems import pretrained_path
 
     try:
@@ -273,7 +273,7 @@ def result_row(res: RefineResult) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", help="denoise checkpoint (default: SIDD F=64 cache, else shipped)")
+    ap.add_argument("--checkpoint", help="denoise checkpoint (default: the shipped SIDD F=64 model, else the F=16 one)")
     ap.add_argument("--data", help="dataset folder, when it is no longer where the checkpoint was trained "
                                    "(e.g. the SIDD folder on another machine)")
     ap.add_argument("--sparsity", type=float, default=0.36, help="fraction of units pruned")

@@ -8,7 +8,8 @@ import torch
 
 import qprune.problems as problems
 from qprune.errors import QpruneError
-from qprune.pipeline.methods import MethodOptions
+from qprune.qubo.presets import Weights
+from qprune.pipeline.methods import MethodOptions, build_formulation
 from qprune.pipeline.run import METHODS, prepare, prune, resolve_k, run_method
 
 
@@ -71,3 +72,21 @@ def test_unknown_method(classify):
     problem, model = classify
     with pytest.raises(QpruneError, match="unknown method 'nope'"):
         prune(model, problem, sparsity=0.3, method="nope", progress=False)
+
+
+def test_units_capacity_is_a_pure_count_reward(prepared):
+    """With reward="units" a separable QUBO (Taylor alone) prunes exactly its k cheapest units, whatever
+    their sizes; the paper's params reward prefers big units instead."""
+    weights = Weights(beta_diag=0.0, beta_off=0.0)
+    f = build_formulation(prepared.space, prepared.signals, "gradient-qubo", weights=weights, capacity="units")
+    np.testing.assert_allclose(f.reward, 1.0 / prepared.space.N)
+    k = 20
+    cheapest = np.sort(np.argsort(f.linear, kind="stable")[:k])
+    assert np.bincount(prepared.space.layer_ids[cheapest]).max() <= prepared.space.max_pruned_per_layer.min()
+    units = run_method(prepared, "gradient-qubo", k=k, options=MethodOptions(capacity="units", weights=weights),
+                       remove=False)
+    assert np.array_equal(np.flatnonzero(units.mask), cheapest)
+    by_params = build_formulation(prepared.space, prepared.signals, "gradient-qubo", weights=weights)
+    np.testing.assert_allclose(by_params.reward, prepared.space.params / prepared.space.params.sum())
+    with pytest.raises(QpruneError, match="unknown capacity reward 'size'"):
+        MethodOptions(capacity="size")

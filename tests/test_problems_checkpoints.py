@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from qprune import problems
+from qprune.problems.training import convergence
 from qprune.errors import QpruneError
 
 
@@ -54,3 +57,36 @@ def test_training_summary_flags_a_short_run_from_the_checkpoint_record() -> None
     assert "the paper trains 100 epochs; this model had 12" in text
     assert "(the paper trains" not in training_summary({**meta, "epochs": 100})
     assert training_summary({}) == "the checkpoint carries no training record"
+
+
+SIDD_CKPT = problems.CHECKPOINT_DIR / "denoise_sidd_f64.pt"
+SIDD_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sidd_small_256"
+
+
+def test_sidd_checkpoint_loads_weights_only_and_its_history_converged() -> None:
+    raw = torch.load(SIDD_CKPT, weights_only=True)
+    meta = raw["meta"]
+    assert raw["problem"] == "denoise" and raw["config"]["width"] == 64
+    assert SIDD_CKPT.stat().st_size < 5_000_000 and SIDD_CKPT.name in (problems.CHECKPOINT_DIR / "README.md").read_text()
+    history = meta["history"]
+    assert [r["epoch"] for r in history] == list(range(1, meta["epochs"] + 1))
+    verdict = convergence(history)  # < 0.05 dB validation gain over the last 10 % of >= 20 epochs
+    assert verdict["converged"], verdict
+    assert meta["command"].startswith("qprune train --problem denoise --width 64")
+    assert meta["test_metrics"]["psnr"] > meta["test_baseline_metrics"]["psnr"] + 3.0
+
+
+@pytest.mark.skipif(not SIDD_DATA.is_dir(), reason=f"the SIDD-Small folder {SIDD_DATA} is absent")
+def test_sidd_checkpoint_test_metrics_reproduce() -> None:
+    torch.set_num_threads(2)
+    problem, model = problems.load_checkpoint(SIDD_CKPT, data=str(SIDD_DATA))
+    batches = problem.test_batches()
+    assert sum(len(y) for _, y in batches) == problem.checkpoint_meta["test_samples"]
+    with torch.no_grad():
+        measured = problem.evaluate(model, batches)
+    noisy = problem.baseline_metrics(batches)
+    recorded = problem.checkpoint_meta
+    print(f"SIDD test split: noisy {noisy['psnr']:.3f} dB -> model {measured['psnr']:.3f} dB / {measured['ssim']:.4f}")
+    assert measured["psnr"] == pytest.approx(recorded["test_metrics"]["psnr"], abs=0.01)
+    assert measured["ssim"] == pytest.approx(recorded["test_metrics"]["ssim"], abs=1e-3)
+    assert noisy["psnr"] == pytest.approx(recorded["test_baseline_metrics"]["psnr"], abs=0.01)

@@ -111,6 +111,9 @@ def test_capacity_hand_computed():
     np.testing.assert_allclose(capacity(np.array([1.0, 3.0])).linear, [0.25, 0.75])
     with pytest.raises(QpruneError, match=r"params\[0\] = -1.0"):
         capacity(np.array([-1.0, 3.0]))
+    np.testing.assert_allclose(capacity(np.array([1.0, 3.0, 4.0]), reward="units").linear, [1 / 3] * 3)
+    with pytest.raises(QpruneError, match="unknown capacity reward 'filters'"):
+        capacity(np.array([1.0]), reward="filters")
 
 
 def test_similarity_identical_channels_correlate_one():

@@ -9,6 +9,7 @@ from typing import Any
 
 from qprune.errors import QpruneError
 from qprune.qubo.presets import FISHER_CHOICES
+from qprune.qubo.providers import CAPACITY_REWARDS
 from qprune.solve.strategies import DEFAULT_STRATEGY, STRATEGIES
 
 
@@ -34,6 +35,9 @@ def add_solver_args(p: argparse.ArgumentParser, *, method: bool = True) -> None:
                         f"(default {DEFAULT_STRATEGY})")
     p.add_argument("--fisher", choices=FISHER_CHOICES, default="channel",
                    help="Fisher term of the hybrid preset")
+    p.add_argument("--capacity", choices=CAPACITY_REWARDS, default="params",
+                   help="what the reward gamma multiplies counts: params (the paper's D_i = P_i / sum P) "
+                        "or units (1/N, a pure count reward)")
     p.add_argument("--weights", help="QUBO weights as JSON, e.g. '{\"alpha\": 2.0}', or a JSON file")
     p.add_argument("--seed", type=int, default=0, help="seed for every random step (default 0)")
     p.add_argument("--refine", choices=("tt",), help="refine the QUBO mask with tensor-train search")
@@ -108,7 +112,8 @@ def method_options(args: argparse.Namespace, weights: Any = None) -> Any:
     from qprune.pipeline.methods import MethodOptions
 
     return MethodOptions(backend=args.backend, strategy=args.strategy, refine=getattr(args, "refine", None),
-                         weights=weights, fisher=args.fisher, seed=getattr(args, "seed", 0),
+                         weights=weights, fisher=args.fisher, capacity=getattr(args, "capacity", "params"),
+                         seed=getattr(args, "seed", 0),
                          tt_budget=getattr(args, "tt_budget", 2000))
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from qprune.qubo.presets import FISHER_CHOICES
+from qprune.qubo.providers import CAPACITY_REWARDS
 from qprune.solve.strategies import DEFAULT_STRATEGY, STRATEGIES
 
 
@@ -33,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", "-b", default="neal")
     p.add_argument("--strategy", choices=tuple(STRATEGIES), default=DEFAULT_STRATEGY)
     p.add_argument("--fisher", choices=FISHER_CHOICES, default="channel")
+    p.add_argument("--capacity", choices=CAPACITY_REWARDS, default="params",
+                   help="what gamma's reward counts: params (the paper's) or units (a pure count reward)")
     p.add_argument("--weights", help="QUBO weights as JSON or a JSON file")
     p.add_argument("--tune", type=int, default=0, metavar="TRIALS",
                    help="first tune each QUBO method's weights for TRIALS trials on the validation split")

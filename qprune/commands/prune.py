@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     result = prune(
         model, problem, sparsity=args.sparsity, k=args.k, method=args.method, backend=args.backend,
         strategy=args.strategy, refine=args.refine, weights=weights, fisher=args.fisher,
-        layers=args.layers, min_keep=args.min_keep, seed=args.seed, tt_budget=args.tt_budget,
+        capacity=args.capacity, layers=args.layers, min_keep=args.min_keep, seed=args.seed, tt_budget=args.tt_budget,
         remove=args.output is not None or args.report is not None or args.finetune > 0, progress=not args.quiet,
     )
     summary = summarize(result, backend=str(args.backend), extra={"problem": problem.name, "checkpoint": ckpt})

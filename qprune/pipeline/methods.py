@@ -17,7 +17,8 @@ from qprune.errors import QpruneError
 from qprune.model.signals import Signals
 from qprune.model.units import FilterSpace
 from qprune.qubo.formulation import Formulation, formulate
-from qprune.qubo.presets import DEFAULT_PRESET, FISHER_CHOICES, Weights, preset_terms
+from qprune.qubo.presets import CAPACITY, DEFAULT_PRESET, FISHER_CHOICES, Weights, preset_terms
+from qprune.qubo.providers import CAPACITY_REWARDS
 from qprune.qubo.terms import compute_terms, term_requirements
 from qprune.solve.strategies import DEFAULT_STRATEGY, get_strategy
 
@@ -85,6 +86,8 @@ class MethodOptions:
         refine: None or ``"tt"`` (PROTES refinement of a QUBO mask on the validation metric).
         weights: QUBO weights (None: all 1); gamma is searched.
         fisher: the Fisher term of the hybrid preset (taylor|weight|channel|both).
+        capacity: what the reward gamma multiplies counts: ``"params"`` (the paper's D_i = P_i / sum P)
+            or ``"units"`` (1 / N: a pure count reward, so units of unequal size are not preferred).
         seed: seeds every random step; the same seed gives the same mask.
         tt_budget: metric evaluations of the TT refinement.
         sampler_params: passed to the sampler (unknown names are an error).
@@ -96,6 +99,7 @@ class MethodOptions:
     refine: str | None = None
     weights: Weights | None = None
     fisher: str = "channel"
+    capacity: str = "params"
     seed: int | None = 0
     tt_budget: int = 2_000
     sampler_params: Mapping[str, Any] | None = None
@@ -107,6 +111,8 @@ class MethodOptions:
             raise QpruneError(f"unknown refine stage {self.refine!r}; choose 'tt' or leave it out")
         if self.fisher not in FISHER_CHOICES:
             raise QpruneError(f"unknown fisher choice {self.fisher!r}; choose one of {', '.join(FISHER_CHOICES)}")
+        if self.capacity not in CAPACITY_REWARDS:
+            raise QpruneError(f"unknown capacity reward {self.capacity!r}; choose one of {', '.join(CAPACITY_REWARDS)}")
         if isinstance(self.tt_budget, bool) or int(self.tt_budget) < 1:
             raise QpruneError(f"tt_budget must be a positive integer, got {self.tt_budget!r}")
         if self.weights is not None and not isinstance(self.weights, Weights):
@@ -120,8 +126,10 @@ def build_formulation(
     *,
     weights: Weights | None = None,
     fisher: str = "channel",
+    capacity: str = "params",
 ) -> Formulation:
-    """Terms -> normalised QUBO for a QUBO method, from collected signals."""
+    """Terms -> normalised QUBO for a QUBO method, from collected signals (``capacity``: see
+    :class:`MethodOptions`)."""
     spec = method_spec(spec) if isinstance(spec, str) else spec
     inputs = {
         "l1": signals.l1,
@@ -133,7 +141,8 @@ def build_formulation(
         "layer_ids": space.layer_ids,
     }
     preset = spec.preset or DEFAULT_PRESET
-    terms = compute_terms(list(preset_terms(preset, fisher, weights)), inputs)
+    terms = compute_terms(list(preset_terms(preset, fisher, weights)), inputs,
+                          options={CAPACITY: {"reward": capacity}})
     return formulate(
         terms, preset=preset, weights=weights or Weights(), fisher=fisher,
         labels=space.labels, layer_ids=space.layer_ids,

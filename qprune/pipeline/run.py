@@ -171,6 +171,7 @@ def prune(
     refine: str | None = None,
     weights: Weights | None = None,
     fisher: str = "channel",
+    capacity: str = "params",
     layers: Sequence[str] | int | None = None,
     exclude: Sequence[str] = (),
     min_keep: int = 1,
@@ -192,7 +193,7 @@ def prune(
         sparsity / k: fraction of the prunable units, or their count (exactly one).
         method: one of :data:`METHODS` (random, l1-greedy, taylor-greedy, fisher-greedy, l1-qubo,
             gradient-qubo, hybrid-qubo, hybrid-qubo+tt).
-        backend, strategy, refine, weights, fisher, seed, tt_budget, sampler_params, solver_options:
+        backend, strategy, refine, weights, fisher, capacity, seed, tt_budget, sampler_params, solver_options:
             see :class:`qprune.pipeline.methods.MethodOptions`.
         layers / exclude / min_keep: restrict the filter space (see :func:`qprune.model.space.build_space`).
         remove: also build the physically smaller model (``pruned_model``).
@@ -203,7 +204,7 @@ def prune(
     """
     spec = method_spec(method)
     options = MethodOptions(backend=backend, strategy=strategy, refine=refine, weights=weights, fisher=fisher,
-                            seed=seed, tt_budget=tt_budget, sampler_params=sampler_params,
+                            capacity=capacity, seed=seed, tt_budget=tt_budget, sampler_params=sampler_params,
                             solver_options=solver_options)
     prep = prepare(model, problem_or_batches, methods=[method], layers=layers, exclude=exclude, min_keep=min_keep,
                    fisher=fisher, weights=weights, loss_fn=loss_fn, metric_fn=metric_fn, progress=progress)
@@ -258,7 +259,8 @@ def select_mask(prep: Prepared, method: str, k: int, options: MethodOptions | No
 def _qubo_mask(prep: Prepared, spec: MethodSpec, constraint: ExactK, options: MethodOptions,
                out: dict[str, Any], progress: bool) -> np.ndarray:
     t0 = time.perf_counter()
-    formulation = build_formulation(prep.space, prep.signals, spec, weights=options.weights, fisher=options.fisher)
+    formulation = build_formulation(prep.space, prep.signals, spec, weights=options.weights, fisher=options.fisher,
+                                    capacity=options.capacity)
     out["timings"]["formulate"] = time.perf_counter() - t0
     solved = solve_formulation(formulation, constraint.k, options, constraint=constraint, progress=progress)
     # the result, not its BQM: solved.bqm may be built on first read (see ExactKResult)

@@ -12,7 +12,8 @@ function                            inputs                      what
 :func:`channel_fisher`              channel_fisher, params      I_CF / P_i
 :func:`activation_similarity`       activations, layer_ids      max(0, Pearson S_ij) within a layer
 :func:`capacity`                    params                      D_i = P_i / sum P (the reward gamma
-                                                                multiplies)
+                                                                multiplies; ``reward="units"``:
+                                                                D_i = 1 / N)
 ==================================  ==========================  ====================================
 
 They know nothing of the registry (:mod:`qprune.qubo.terms` registers each under its name) nor of
@@ -32,8 +33,11 @@ from qprune.errors import QpruneError
 from qprune.qubo.scaling import param_normalise
 from qprune.qubo.types import Block, Term, layer_index
 
+#: what the capacity reward D_i counts: parameters (the paper's D_i = P_i / sum P) or units (1 / N)
+CAPACITY_REWARDS = ("params", "units")
+
 __all__ = [
-    "activation_similarity", "capacity", "channel_fisher", "l1_redundancy", "l1_scores", "pearson", "taylor",
+    "CAPACITY_REWARDS", "activation_similarity", "capacity", "channel_fisher", "l1_redundancy", "l1_scores", "pearson", "taylor",
     "weight_fisher",
 ]
 
@@ -142,12 +146,23 @@ def pearson(rows: np.ndarray) -> np.ndarray:
     return S
 
 
-def capacity(params: np.ndarray) -> Term:
-    """Capacity reward D_i = P_i / sum_j P_j (gamma multiplies it; not rescaled by normalisation)."""
+def capacity(params: np.ndarray, reward: str = "params") -> Term:
+    """Capacity reward that gamma multiplies (not rescaled by normalisation).
+
+    ``reward="params"`` (the paper's): D_i = P_i / sum_j P_j, so gamma also prefers pruning big units;
+    where all units are the same size (the paper's filters) that is a pure count reward. ``"units"``:
+    D_i = 1 / N, a pure count reward for any unit sizes, so at exactly k pruned units the gamma term is a
+    constant and the solve minimises the other terms alone (with units of unequal size, e.g. residual
+    branches beside SimpleGate pairs, ``"params"`` trades the terms for removed parameters instead).
+    """
+    if reward not in CAPACITY_REWARDS:
+        raise QpruneError(f"unknown capacity reward {reward!r}; choose one of {', '.join(CAPACITY_REWARDS)}")
     P = _vector(params, "params")
     if np.any(P <= 0):
         bad = int(np.flatnonzero(P <= 0)[0])
         raise QpruneError(f"params[{bad}] = {float(P[bad])!r}; parameter counts must be positive")
+    if reward == "units":
+        return Term("capacity", linear=np.full(P.shape, 1.0 / P.size))
     return Term("capacity", linear=P / P.sum())
 
 

@@ -206,7 +206,7 @@ register_term(
 )
 register_term(
     "capacity",
-    lambda inputs: capacity(inputs["params"]),
+    lambda inputs, reward="params": capacity(inputs["params"], reward=reward),
     requires=("params",),
-    description="D_i = P_i / sum P, the reward that gamma multiplies",
+    description="D_i = P_i / sum P (reward='units': 1 / N), the reward that gamma multiplies",
 )
