@@ -535,6 +535,8 @@ def render_markdown(payload: dict[str, Any]) -> str:
            (f"- machine: {payload['machine']['platform']}, {payload['machine']['cpu_count']} CPUs, torch "
            f"{payload['machine']['torch']} with {payload['machine']['torch_threads']} thread(s); "
            f"load average at start {payload['loadavg_start']}; total wall time {payload['total_s']:.0f} s"),
+           *([] if payload.get("complete", True) else
+             ["", f"**PARTIAL: the run stopped after setting(s) {', '.join(m['setting'] for m in payload['settings'])}.**"]),
            "", "## Result", "", payload["ordering"], "", "## Tables (test split; mean ± std over seeds)", ""]
     for meta in payload["settings"]:
         s = meta["setting"]
@@ -688,7 +690,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows, meta = run_setting(model, problem, st, methods, seeds, args, prep_cache)
         all_rows += rows
         metas.append(meta)
+        # written after every setting, so a run stopped later still leaves the settings it finished
+        write_results(args, ckpt, note, problem, methods, seeds, test, val, unpruned, all_rows, metas,
+                      t_start, load_start, argv, final=st is settings[-1])
+    return 0
 
+
+def write_results(args: argparse.Namespace, ckpt: Path, note: str, problem: Any, methods: list[str],
+                  seeds: list[int], test: list, val: list, unpruned: dict[str, float], all_rows: list[dict],
+                  metas: list[dict], t_start: float, load_start: list | None, argv: Sequence[str] | None,
+                  *, final: bool) -> None:
+    """Aggregate, test and write the JSON and Markdown of the settings done so far."""
     keys = [k for k in ("psnr", "ssim", "params", "macs", "select_s") if k in all_rows[0]]
     aggs = aggregate(all_rows, keys)
     for a in aggs:
@@ -735,14 +747,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload["paired"] = paired_tests(all_rows, metas)
     payload["ordering"] = ordering_paragraph(aggs, metas, seeds, payload["paired"])
     payload["total_s"] = time.perf_counter() - t_start
+    payload["complete"] = final
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS / f"{args.out_name}.json", payload)
     md = render_markdown(payload)
     with atomic_open(RESULTS / f"{args.out_name}.md") as fh:
         fh.write(md)
-    print(md)
+    if final:
+        print(md)
     log(f"wrote {RESULTS / (args.out_name + '.json')} and .md in {payload['total_s']:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":
