@@ -10,7 +10,7 @@ TORCH   := torch==2.13.0
 # so it goes in without deps; tests/conftest.py defines the two op schemas its import needs.
 TVISION := torchvision==0.28.0
 
-.PHONY: demo test test-slow install bench bench-qubo bench-speed bench-backends bench-tt bench-paper bench-train bench-scale gpu-bundle train-sidd clean
+.PHONY: demo test test-slow install bench bench-qubo bench-speed bench-backends bench-tt bench-paper bench-ablation bench-peers bench-train bench-scale bench-budgets gpu-bundle train-sidd clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench-backends: $(STAMP)
 bench-scale: $(STAMP)
 	$(VPY) benchmarks/scale.py
 
+# Methods at equal MACs budgets (hybrid-qubo, our greedy, torch-pruning's global ranking) on the digits
+# classifier and the trained SIDD model; writes benchmarks/results/budgets.{json,md,png}.
+bench-budgets: $(STAMP)
+	$(VPY) benchmarks/budgets.py
+
 # TT_DEVICE=auto scores the candidate masks on a CUDA device when torch sees one.
 TT_DEVICE ?= cpu
 bench-tt: $(STAMP)
@@ -77,11 +82,23 @@ train-sidd: $(STAMP)
 bench-paper: $(STAMP)
 	$(VPY) benchmarks/paper_tables.py --checkpoint $(SIDD_CKPT) --vary-calibration
 
+# torch-pruning 1.6.1's own criteria (its groups, its MetaPruner) beside taylor-greedy and hybrid-qubo at the
+# full-model k of the F = 64 model; writes benchmarks/results/peers.{json,md}. A hybrid row with the weights in
+# PEERS_WEIGHTS is added when that file exists.
+PEERS_WEIGHTS ?= benchmarks/results/peers.weights.json
+bench-peers: $(STAMP)
+	$(VPY) benchmarks/peers.py --checkpoint $(SIDD_CKPT) $(if $(wildcard $(PEERS_WEIGHTS)),--weights $(PEERS_WEIGHTS))
+
+# Issue 17's referee checks on the same model: term ablation at 36 %, gamma search vs a quadratic penalty,
+# and QUBO energy vs test PSNR over 200+ exact-k masks (Spearman); writes benchmarks/results/ablation.{json,md,png}.
+bench-ablation: $(STAMP)
+	$(VPY) benchmarks/ablation.py --checkpoint $(SIDD_CKPT) --test-images 8
+
 # Training step time per setting (layout, precision, compile, threads) and the fp32-vs-bf16 quality check.
 bench-train: $(STAMP)
 	$(VPY) benchmarks/train_speed.py
 
-bench: bench-qubo bench-speed bench-backends bench-tt bench-paper bench-train
+bench: bench-qubo bench-speed bench-backends bench-tt bench-paper bench-peers bench-train
 
 clean:
 	rm -rf $(VENV) out *.egg-info .gpu

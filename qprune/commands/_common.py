@@ -10,6 +10,7 @@ from typing import Any
 from qprune.errors import QpruneError
 from qprune.qubo.presets import FISHER_CHOICES
 from qprune.qubo.providers import CAPACITY_REWARDS
+from qprune.solve.budget import parse_budget
 from qprune.solve.strategies import DEFAULT_STRATEGY, STRATEGIES
 
 
@@ -42,6 +43,32 @@ def add_solver_args(p: argparse.ArgumentParser, *, method: bool = True) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for every random step (default 0)")
     p.add_argument("--refine", choices=("tt",), help="refine the QUBO mask with tensor-train search")
     p.add_argument("--tt-budget", type=int, default=2000, help="metric evaluations for --refine tt")
+
+
+def add_budget_args(p: argparse.ArgumentParser) -> None:
+    """--budget and the per-layer limits that go with it (qprune.pipeline.budgeted)."""
+    p.add_argument("--budget", help="instead of --sparsity/--k: keep at most this fraction of the model's "
+                                    "units, params, macs or latency, e.g. macs=0.5 (lands within 1 %% below)")
+    p.add_argument("--round-to", type=int, default=1, help="with --budget: kept counts multiples of N per layer")
+    p.add_argument("--max-prune", help="with --budget: prune at most this many units of a layer (an int) or "
+                                       "this fraction of it (a float, e.g. 0.75)")
+    p.add_argument("--min-keep-frac", type=float, help="with --budget: every layer keeps at least this fraction")
+    p.add_argument("--latency-table", help="with --budget latency=F: the per-layer latency table (JSON) "
+                                           "measured on this device (`qprune.solve.latency_table`)")
+
+
+def parse_max_prune(text: str | None) -> int | float | None:
+    """--max-prune as an int count or a float fraction (one-line error otherwise)."""
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise QpruneError(f"--max-prune {text!r} must be a count (int) or a fraction (float)") from None
 
 
 def add_finetune_args(p: argparse.ArgumentParser, *, flag: str | None = "--finetune") -> None:
@@ -127,7 +154,13 @@ def check_output(path: str | None, flag: str) -> None:
 
 
 def check_amount(args: argparse.Namespace) -> None:
-    """--sparsity/--k sanity that needs no model: exactly one, sparsity in [0, 1), k >= 0."""
+    """--sparsity/--k sanity that needs no model: exactly one, sparsity in [0, 1), k >= 0 (or a
+    --budget, parsed here so that a bad one fails before any work)."""
+    if getattr(args, "budget", None) is not None:
+        if args.sparsity is not None or args.k is not None:
+            raise QpruneError("give --budget or --sparsity/--k, not both")
+        parse_budget(args.budget)
+        return
     if (args.sparsity is None) == (args.k is None):
         raise QpruneError("give exactly one of --sparsity (a fraction in [0, 1)) or --k (a count)")
     if args.sparsity is not None and not 0.0 <= args.sparsity < 1.0:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 
 from qprune.commands._common import (
-    add_finetune_args, add_problem_args, add_solver_args, add_space_args, check_amount, check_output,
-    load_problem_and_model, parse_weights,
+    add_budget_args, add_finetune_args, add_problem_args, add_solver_args, add_space_args, check_amount, check_output,
+    load_problem_and_model, parse_max_prune, parse_weights,
 )
+from qprune.errors import QpruneError
+from qprune.pipeline.figures import check_image_batches, write_comparison_figure
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,11 +18,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_problem_args(p)
     add_solver_args(p)
     add_space_args(p)
+    add_budget_args(p)
     p.add_argument("--output", "-o", help="pruned model file, format by suffix: .pt2 (torch.export), .onnx "
                                           "(ONNX, run by onnxruntime) or .pt (TorchScript); loads without qprune")
     p.add_argument("--recipe", help="also write the mask as a recipe (.json) that re-applies to a fresh instance "
                                     "of the model definition (qprune.model.recipe.apply_recipe)")
     p.add_argument("--report", help="report file: .md (Markdown) or .json")
+    p.add_argument("--figure", help="PNG of a few test images side by side: noisy, unpruned, pruned, clean "
+                                    "(image-to-image problems such as denoise; the paper's Figure 5)")
+    p.add_argument("--figure-images", type=int, default=3, help="rows (test images) of --figure (default 3)")
     add_finetune_args(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -37,17 +43,30 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.output, "--output")
     check_output(args.report, "--report")
     check_output(args.recipe, "--recipe")
+    check_output(args.figure, "--figure")
+    if args.figure and not args.figure.lower().endswith(".png"):
+        raise QpruneError(f"--figure {args.figure!r} must end in .png")
+    if args.figure_images < 1:
+        raise QpruneError(f"--figure-images {args.figure_images} must be >= 1")
     if args.output:
         format_for(args.output)  # a bad suffix fails before any work
     weights = parse_weights(args.weights)
+    max_prune = parse_max_prune(args.max_prune)
     problem, model, ckpt = load_problem_and_model(args)
+    if args.figure:
+        check_image_batches(problem.test_batches())  # before the pruning work
     result = prune(
         model, problem, sparsity=args.sparsity, k=args.k, method=args.method, backend=args.backend,
         strategy=args.strategy, refine=args.refine, weights=weights, fisher=args.fisher,
-        capacity=args.capacity, layers=args.layers, min_keep=args.min_keep, seed=args.seed, tt_budget=args.tt_budget,
+        capacity=args.capacity, layers=args.layers, seed=args.seed, tt_budget=args.tt_budget,
+        min_keep=args.min_keep if args.min_keep_frac is None else args.min_keep_frac,
+        budget=args.budget, round_to=args.round_to, max_prune=max_prune, latency_table=args.latency_table,
         remove=args.output is not None or args.report is not None or args.finetune > 0, progress=not args.quiet,
     )
     summary = summarize(result, backend=str(args.backend), extra={"problem": problem.name, "checkpoint": ckpt})
+    if args.figure:  # the pruned model as selected, before any fine-tuning
+        summary["figure"] = write_comparison_figure(args.figure, model, result.gated_model, problem.test_batches(),
+                                                    images=args.figure_images)
     if args.finetune > 0:
         ft = problem.finetune(result.pruned_model, epochs=args.finetune, lr=args.finetune_lr, seed=args.seed,
                               teacher=model if args.distill else None, distill_weight=args.distill_weight,

@@ -110,6 +110,12 @@ def render_markdown(summary: Mapping[str, Any], *, title: str = "qprune report")
         lines.append(f"| {name} | {_fmt(summary['stats_before'][name])} | {_fmt(summary['stats_after'].get(name))} |")
     if summary.get("finetune"):
         lines += _finetune_lines(summary["finetune"])
+    if summary.get("figure"):
+        fig = summary["figure"]
+        lines += ["", f"## Test images ({', '.join(fig['columns'])}; before any fine-tuning)", "",
+                  f"![{' | '.join(fig['columns'])}]({Path(fig['path']).name})", "",
+                  f"`{fig['path']}`: PSNR (dB) of noisy / unpruned / pruned per image: "
+                  + "; ".join(" / ".join(f"{v:.2f}" for v in row) for row in fig["psnr"])]
     lines += ["", "## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in summary["timings"].items()]
     lines += ["", "## Per layer", "", "| layer | units | pruned | kept |", "|---|---|---|---|"]

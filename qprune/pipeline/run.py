@@ -23,6 +23,7 @@ from qprune.model.signals import Signals, collect_signals
 from qprune.model.space import build_space
 from qprune.model.stats import model_stats
 from qprune.model.units import FilterSpace
+from qprune.pipeline.budgeted import BudgetRequest, select_budget_mask
 from qprune.pipeline.methods import (
     METHODS,
     MethodOptions,
@@ -38,6 +39,7 @@ from qprune.qubo.presets import DEFAULT_PRESET, Weights, preset_weights
 from qprune.refine.on_model import refine_mask
 from qprune.solve.baselines import greedy_prune, random_prune
 from qprune.solve.constraint import ExactK
+from qprune.solve.latency_table import load_table
 from qprune.solve.result import ExactKResult
 from qprune.solve.strategies import DEFAULT_STRATEGY, get_strategy
 
@@ -174,8 +176,12 @@ def prune(
     capacity: str = "params",
     layers: Sequence[str] | int | None = None,
     exclude: Sequence[str] = (),
-    min_keep: int = 1,
+    min_keep: int | float = 1,
     seed: int | None = 0,
+    budget: Any = None,
+    round_to: int = 1,
+    max_prune: Any = None,
+    latency_table: Any = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     metric_fn: Callable[[torch.Tensor, torch.Tensor], Mapping[str, float] | float] | None = None,
     remove: bool = True,
@@ -195,7 +201,13 @@ def prune(
             gradient-qubo, hybrid-qubo, hybrid-qubo+tt).
         backend, strategy, refine, weights, fisher, capacity, seed, tt_budget, sampler_params, solver_options:
             see :class:`qprune.pipeline.methods.MethodOptions`.
-        layers / exclude / min_keep: restrict the filter space (see :func:`qprune.model.space.build_space`).
+        layers / exclude / min_keep: restrict the filter space (see :func:`qprune.model.space.build_space`);
+            a float ``min_keep`` in (0, 1) is the fraction of every layer kept (budget solves only).
+        budget: instead of sparsity / k, ``{"macs": 0.5}`` or ``"macs=0.5"`` (also units, params,
+            latency): keep at most that fraction of the unpruned model's cost, and at least 1 % less
+            (:mod:`qprune.pipeline.budgeted`); ``round_to`` (kept counts multiples of it), ``max_prune``
+            (per layer: a count, or a float fraction) and ``latency_table`` (a
+            :class:`~qprune.solve.latency_table.LatencyTable` or its JSON file) go with it.
         remove: also build the physically smaller model (``pruned_model``).
 
     Returns:
@@ -206,9 +218,29 @@ def prune(
     options = MethodOptions(backend=backend, strategy=strategy, refine=refine, weights=weights, fisher=fisher,
                             capacity=capacity, seed=seed, tt_budget=tt_budget, sampler_params=sampler_params,
                             solver_options=solver_options)
-    prep = prepare(model, problem_or_batches, methods=[method], layers=layers, exclude=exclude, min_keep=min_keep,
+    request, keep = _budget_request(budget, sparsity, k, min_keep, round_to, max_prune, latency_table)
+    prep = prepare(model, problem_or_batches, methods=[method], layers=layers, exclude=exclude, min_keep=keep,
                    fisher=fisher, weights=weights, loss_fn=loss_fn, metric_fn=metric_fn, progress=progress)
-    return run_method(prep, spec.name, sparsity=sparsity, k=k, options=options, remove=remove, progress=progress)
+    return run_method(prep, spec.name, sparsity=sparsity, k=k, options=options, remove=remove, progress=progress,
+                      budget=request)
+
+
+def _budget_request(budget: Any, sparsity: float | None, k: int | None, min_keep: int | float, round_to: int,
+                    max_prune: Any, latency_table: Any) -> tuple[BudgetRequest | None, int]:
+    """The budget request (None without a budget) and the integer min_keep for the space."""
+    frac = isinstance(min_keep, float) and not float(min_keep).is_integer()
+    if budget is None:
+        if frac or round_to != 1 or max_prune is not None or latency_table is not None:
+            raise QpruneError("min_keep as a fraction, round_to, max_prune and latency_table need a budget "
+                              "(e.g. budget={'units': 0.5})")
+        return None, int(min_keep)
+    if sparsity is not None or k is not None:
+        raise QpruneError("give a budget or sparsity / k, not both")
+    if frac and not 0.0 < float(min_keep) < 1.0:
+        raise QpruneError(f"min_keep={min_keep} must be a count >= 1 or a fraction in (0, 1)")
+    request = BudgetRequest.of(budget, round_to=round_to, min_keep_frac=float(min_keep) if frac else None,
+                               max_prune=max_prune, latency=load_table(latency_table))
+    return request, 1 if frac else int(min_keep)
 
 
 def constraint_of(space: FilterSpace, k: int) -> ExactK:
@@ -269,11 +301,19 @@ def _qubo_mask(prep: Prepared, spec: MethodSpec, constraint: ExactK, options: Me
 
 
 def run_method(prep: Prepared, method: str, *, sparsity: float | None = None, k: int | None = None,
-               options: MethodOptions | None = None, remove: bool = True, progress: bool = False) -> PruneResult:
-    """Select a mask with ``method`` on a prepared model, apply it, evaluate and measure."""
+               options: MethodOptions | None = None, remove: bool = True, progress: bool = False,
+               budget: BudgetRequest | None = None) -> PruneResult:
+    """Select a mask with ``method`` on a prepared model (exactly k, or within ``budget``), apply it,
+    evaluate and measure."""
     options = options or MethodOptions()
-    kk = resolve_k(prep.space.N, sparsity, k)
-    x, out = select_mask(prep, method, kk, options, progress=progress)
+    if budget is None:
+        kk = resolve_k(prep.space.N, sparsity, k)
+        x, out = select_mask(prep, method, kk, options, progress=progress)
+    else:
+        if sparsity is not None or k is not None:
+            raise QpruneError("give a budget or sparsity / k, not both")
+        x, out = select_budget_mask(prep.space, prep.signals, method, budget, options, progress=progress)
+        kk = int(x.sum())
     timings = dict(prep.timings)
     timings.update(out["timings"])
     result = finish(prep.model, prep.space, x.astype(bool), prep.work, remove=remove, timings=timings)

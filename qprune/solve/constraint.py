@@ -32,6 +32,7 @@ class ExactK:
     k: int
     group: np.ndarray | None = None  # int64 [N], 0..G-1
     cap: np.ndarray | None = None  # int64 [G]
+    round_to: int = 1  # kept count of every group a multiple of this (or the whole group kept)
 
     # ----- construction
     @classmethod
@@ -72,6 +73,40 @@ class ExactK:
         return cls.build(ids.size, k, None if max_per_layer is None else (ids, max_per_layer), name="max_per_layer")
 
     @classmethod
+    def layer_limits(cls, layer_ids: np.ndarray, k: int = 0, *, min_keep: int = 1, min_keep_frac: float | None = None,
+                     max_prune: Any = None, round_to: int = 1) -> ExactK:
+        """Per-layer limits as caps: keep at least ``max(min_keep, ceil(min_keep_frac * size))`` of
+        every layer, prune at most ``max_prune`` (an int or a fraction in (0, 1] of the layer; or a
+        mapping / array per layer id), and keep a multiple of ``round_to`` (``allowed``).
+
+        ``k`` is the exact count for the exact-k solvers; a budget solve ignores it (use 0).
+        """
+        ids = np.asarray(layer_ids, dtype=np.int64).ravel()
+        size = np.bincount(ids) if ids.size else np.zeros(0, np.int64)
+        if isinstance(round_to, bool) or int(round_to) != round_to or int(round_to) < 1:
+            raise QpruneError(f"round_to={round_to!r} must be a positive integer")
+        keep = np.full(size.size, max(int(min_keep), 1), dtype=np.int64)
+        if min_keep_frac is not None:
+            if not 0.0 <= float(min_keep_frac) < 1.0:
+                raise QpruneError(f"min_keep fraction {min_keep_frac!r} must lie in [0, 1)")
+            keep = np.maximum(keep, np.ceil(float(min_keep_frac) * size - 1e-9).astype(np.int64))
+        cap = np.maximum(size - keep, 0)
+        if max_prune is not None:
+            cap = np.minimum(cap, _max_prune(max_prune, size))
+        out = cls(ids.size, int(k), ids, cap.astype(np.int64), int(round_to))
+        if int(k) > out.reachable:
+            raise QpruneError(f"k={k} cannot be met: the per-layer limits allow at most {out.reachable} pruned units")
+        return out
+
+    def allowed(self, g: int) -> np.ndarray:
+        """The pruned counts group ``g`` may take: 0..cap whose kept count is a multiple of ``round_to``
+        (0, the whole group kept, always)."""
+        size = self.n if self.group is None else int(self.size[g])
+        cap = size if self.cap is None else int(min(self.cap[g], size))
+        c = np.arange(cap + 1)
+        return c[((size - c) % self.round_to == 0) | (c == 0)]
+
+    @classmethod
     def coerce(cls, n: int, k: int, constraint: ExactK | None = None, max_per_group: Any = None) -> ExactK:
         """``constraint`` checked against ``(n, k)``, else :meth:`build` from ``max_per_group``.
 
@@ -92,7 +127,7 @@ class ExactK:
         """The same caps with another count."""
         if not 0 <= int(k) <= self.reachable:
             raise QpruneError(f"k={k} is outside [0, {self.reachable}] (what the caps allow)")
-        return ExactK(self.n, int(k), self.group, self.cap)
+        return ExactK(self.n, int(k), self.group, self.cap, self.round_to)
 
     def restrict(self, idx: Sequence[int] | np.ndarray, k: int, fixed: np.ndarray | None = None) -> ExactK:
         """The constraint on the variables ``idx`` alone, with count ``k``; ``fixed`` (a full mask)
@@ -151,7 +186,11 @@ class ExactK:
         X = np.atleast_2d(X)
         if self.group is None:
             return np.ones(X.shape[0], dtype=bool)
-        return np.all(self.counts_rows(X) <= self.cap[None, :], axis=1)
+        c = self.counts_rows(X)
+        ok = np.all(c <= self.cap[None, :], axis=1)
+        if self.round_to > 1:
+            ok &= np.all(((self.size[None, :] - c) % self.round_to == 0) | (c == 0), axis=1)
+        return ok
 
     def ok_rows(self, X: np.ndarray) -> np.ndarray:
         """Per row of ``X [B, N]``: feasible (exactly k ones, every group within its cap)?"""
@@ -277,6 +316,30 @@ class ExactK:
                 members = [labels[i] for i in np.flatnonzero(self.group == g)]
                 cqm.add_constraint_from_iterable([(v, 1) for v in members], "<=", rhs=int(self.cap[g]),
                                                  label=cap_label.format(g))
+
+
+def _max_prune(max_prune: Any, size: np.ndarray) -> np.ndarray:
+    """``max_prune`` per layer: an int count, a float fraction in [0, 1] of the layer, or a mapping /
+    array of those by layer id."""
+    if isinstance(max_prune, Mapping):
+        raw = [max_prune.get(g, size[g]) for g in range(size.size)]
+    elif np.ndim(max_prune) == 0:
+        raw = [max_prune] * size.size
+    else:
+        raw = list(np.asarray(max_prune).ravel())
+        if len(raw) != size.size:
+            raise QpruneError(f"max_prune: {len(raw)} values for {size.size} layers")
+    out = np.zeros(size.size, dtype=np.int64)
+    for g, v in enumerate(raw):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) or v < 0:
+            raise QpruneError(f"max_prune={v!r} must be a count >= 0 or a fraction in (0, 1]")
+        if isinstance(v, (float, np.floating)):  # a fraction of the layer; an int is a count
+            if v > 1:
+                raise QpruneError(f"max_prune={v!r} must be a count >= 0 or a fraction in (0, 1]")
+            out[g] = int(math.floor(float(v) * size[g] + 1e-9))
+        else:
+            out[g] = int(v)
+    return out
 
 
 def _caps(uniq: np.ndarray, size: np.ndarray, max_count: Any, name: str = "max_per_group") -> np.ndarray:

@@ -52,6 +52,8 @@ import numpy as np
 from qprune.errors import QpruneError
 from qprune.solve.blocks import Block, build_blocks, check_blocks_cover
 from qprune.solve.block_moves import focus_lambdas
+from qprune.solve.budget import Budget, CostModel
+from qprune.solve.budget_search import block_table, search_counts
 from qprune.solve.constraint import ExactK
 from qprune.solve.count_curve import BRUTE_FORCE_MAX, block_count_curve
 from qprune.solve.dp import combine_counts, lagrangian_gamma
@@ -71,8 +73,8 @@ SEARCH_ONLY = frozenset({"neal", "tabu", "greedy", "exact"})
 # found (100 did on two of three), at about 0.4 s a layer.
 TABU_MAX = 300
 
-__all__ = ["BRUTE_FORCE_MAX", "SEARCH_ONLY", "TABU_MAX", "LayerwiseOptions", "block_count_curve", "layerwise_search",
-           "solve_layerwise"]
+__all__ = ["BRUTE_FORCE_MAX", "SEARCH_ONLY", "TABU_MAX", "LayerwiseOptions", "block_count_curve", "layerwise_budget",
+           "layerwise_search", "solve_layerwise"]
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,75 @@ def layerwise_search(
     result = _result(formulation, x, gamma_used, info)
     timings["total_s"] = time.perf_counter() - t_start
     return result
+
+
+def layerwise_budget(
+    formulation: Formulation,
+    cost: CostModel,
+    budget: Budget,
+    limits: ExactK,
+    backend: str | dimod.Sampler = "neal",
+    seed: int | None = 0,
+    *,
+    sampler_params: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    options: LayerwiseOptions | None = None,
+) -> ExactKResult:
+    """The layerwise strategy under a budget instead of an exact count.
+
+    The same block curves as :func:`layerwise_search`, at gamma = 0 (the budget takes the place of
+    the capacity reward; ``options.gamma`` overrides), combined by
+    :func:`qprune.solve.budget_search.search_counts` (Lagrange multiplier on the budget's exact
+    cost) instead of the count DP; the focus rounds then improve every block around the count the
+    budget search chose, until it keeps its counts. ``limits`` (groups = layer ids, see
+    :meth:`ExactK.layer_limits`) gives the caps and ``round_to``; its ``k`` is not used.
+    """
+    options = LayerwiseOptions() if options is None else options
+    t_start = time.perf_counter()
+    for attr in ("blocks", "layer_ids", "linear", "reward", "labels"):
+        if not hasattr(formulation, attr):
+            raise QpruneError("a budget needs a qprune Formulation (its per-layer blocks); "
+                              f"got {type(formulation).__name__}")
+    lid = np.asarray(formulation.layer_ids)
+    if limits.group is None or limits.n != lid.size or not np.array_equal(limits.group, lid):
+        raise QpruneError("budget limits must be per layer (ExactK.layer_limits over the formulation's layer ids)")
+    check_blocks_cover(formulation)
+    caps = {int(lay): int(limits.cap[lay]) for lay in np.unique(lid)}
+    plan = _plan(backend, seed, sampler_params, progress, options)
+    gamma = 0.0 if options.gamma is None else float(options.gamma)
+    blocks = build_blocks(formulation, gamma, caps)
+    curves = _curves(blocks, plan)
+    history: list[float] = []
+    counts: list[int] | None = None
+    for round_ in range(int(options.focus_rounds) + 1):
+        tables = [block_table(cost, b.idx, c.E, c.X, _block_allowed(b, c, limits)) for b, c in zip(blocks, curves)]
+        sol = search_counts(cost, budget, tables)
+        history.append(sol.energy)
+        if sol.counts == counts or round_ == int(options.focus_rounds):
+            break
+        counts = sol.counts
+        curves = _focus(blocks, curves, counts, plan, round_)
+    x = np.zeros(lid.size, np.int8)
+    for b, c, count in zip(blocks, curves, sol.counts):
+        x[b.idx] = c.X[count]
+    info = {"strategy": "layerwise", "gamma": gamma, "gamma_source": "budget", **_per_layer(blocks, curves, x),
+            "budget": budget.text, "budget_cost": sol.cost, "budget_full": sol.full, "budget_landed": sol.landed,
+            "budget_lambda": sol.lam, "budget_energy_per_round": history, **sol.info,
+            "backend": backend_name(backend), "seed": seed,
+            "times": {"total_s": time.perf_counter() - t_start}, "repaired": False}
+    return _result(formulation, x, gamma, info)
+
+
+def _block_allowed(block: Block, curve: Curve, limits: ExactK) -> np.ndarray:
+    """Counts of a block whose state keeps every layer within its limits (``round_to`` included)."""
+    if len(block.layers) == 1:
+        return limits.allowed(int(block.layers[0]))
+    ok = []
+    for c in range(curve.E.size):
+        per = [int(curve.X[c][block.sub == j].sum()) for j in range(len(block.layers))]
+        if all(n in set(limits.allowed(int(lay)).tolist()) for n, lay in zip(per, block.layers)):
+            ok.append(c)
+    return np.asarray(ok, dtype=np.int64)
 
 
 def _layer_caps(lid: np.ndarray, k: int, constraint: ExactK | None, max_per_layer: Any) -> dict[int, int]:

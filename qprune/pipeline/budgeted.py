@@ -1,0 +1,118 @@
+"""Mask selection under a budget (units / params / MACs / latency) instead of an exact count.
+
+Every method supports a budget: random and the greedy methods through their per-layer sorted scores
+(count c of a layer prunes its c lowest-scored units), the QUBO methods through the layerwise
+strategy's curves (:func:`qprune.solve.layerwise.layerwise_budget`); both are combined by the
+Lagrange-multiplier search of :mod:`qprune.solve.budget_search`. What cannot take a budget says so:
+the ``gamma`` strategy (it searches the capacity weight for an exact count) and TT refinement
+(its objective holds the count, not a budget).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from qprune.errors import QpruneError
+from qprune.model.signals import Signals
+from qprune.model.units import FilterSpace
+from qprune.pipeline.methods import MethodOptions, build_formulation, method_needs, method_spec
+from qprune.solve.budget import Budget, CostModel, parse_budget
+from qprune.solve.budget_search import score_tables, search_counts
+from qprune.solve.constraint import ExactK
+from qprune.solve.layerwise import layerwise_budget
+from qprune.solve.strategies import get_strategy
+
+__all__ = ["BudgetRequest", "budget_limits", "select_budget_mask"]
+
+
+@dataclass(frozen=True)
+class BudgetRequest:
+    """A budget and the per-layer limits it is met under.
+
+    ``min_keep_frac``: every layer keeps at least this fraction of its units; ``max_prune``: at most
+    this many (int) or this fraction (float) of a layer's units go; ``round_to``: kept counts are
+    multiples of it; ``latency``: the :class:`qprune.solve.latency_table.LatencyTable` a latency
+    budget is measured with.
+    """
+
+    budget: Budget
+    round_to: int = 1
+    min_keep_frac: float | None = None
+    max_prune: Any = None
+    latency: Any = None
+
+    @classmethod
+    def of(cls, budget: Any, *, round_to: int = 1, min_keep_frac: float | None = None, max_prune: Any = None,
+           latency: Any = None) -> BudgetRequest:
+        """From a budget in any form :func:`qprune.solve.budget.parse_budget` reads."""
+        b = parse_budget(budget)
+        if b.kind == "latency" and latency is None:
+            raise QpruneError("a latency budget needs a latency table: give latency_table= (a file or a "
+                              "LatencyTable; qprune.solve.latency_table.measure_latency_table makes one)")
+        return cls(b, int(round_to), min_keep_frac, max_prune, latency)
+
+
+def budget_limits(space: FilterSpace, request: BudgetRequest) -> ExactK:
+    """The space's per-layer limits under a request (``min_keep`` of the space, then the request's)."""
+    return ExactK.layer_limits(space.layer_ids, 0, min_keep=space.min_keep, min_keep_frac=request.min_keep_frac,
+                               max_prune=request.max_prune, round_to=request.round_to)
+
+
+def select_budget_mask(space: FilterSpace, signals: Signals, method: str, request: BudgetRequest,
+                       options: MethodOptions | None = None, *, progress: bool = False,
+                       ) -> tuple[np.ndarray, dict[str, Any]]:
+    """The mask (int8 [N], 1 = pruned) ``method`` picks within ``request``'s budget, and what the
+    solve recorded (as :func:`qprune.pipeline.run.select_mask`; ``info`` holds the budget, its cost,
+    the unpruned cost and whether it landed within the tolerance)."""
+    spec = method_spec(method)
+    options = options or MethodOptions()
+    if spec.refine or options.refine is not None:
+        raise QpruneError(f"method {method!r}: TT refinement keeps an exact count and cannot hold a budget; "
+                          "use a method without +tt / --refine")
+    missing = sorted(n for n in method_needs(spec, options.fisher, options.weights) if getattr(signals, n, None) is None)
+    if missing:
+        raise QpruneError(f"method {method!r} needs signals {missing} that prepare() did not collect")
+    limits = budget_limits(space, request)
+    cost = CostModel.build(space, request.budget.kind, request.latency)
+    out: dict[str, Any] = {"timings": {}}
+    t0 = time.perf_counter()
+    if spec.kind in ("random", "greedy"):
+        scores = np.random.default_rng(options.seed).random(space.N) if spec.kind == "random" \
+            else np.asarray(getattr(signals, spec.score or "l1"), dtype=np.float64)
+        tables, orders = score_tables(cost, scores, limits)
+        sol = search_counts(cost, request.budget, tables)
+        x = np.zeros(space.N, np.int8)
+        for order, count in zip(orders, sol.counts):
+            x[order[:count]] = 1
+        info = {"budget": request.budget.text, "budget_cost": sol.cost, "budget_full": sol.full,
+                "budget_landed": sol.landed, "budget_lambda": sol.lam, **sol.info}
+    else:
+        if get_strategy(options.strategy).name != "layerwise":
+            raise QpruneError(f"strategy {options.strategy!r} searches gamma for an exact count and cannot hold a "
+                              "budget; use strategy 'layerwise'")
+        t1 = time.perf_counter()
+        formulation = build_formulation(space, signals, spec, weights=options.weights, fisher=options.fisher,
+                                        capacity=options.capacity)
+        out["timings"]["formulate"] = time.perf_counter() - t1
+        solved = layerwise_budget(formulation, cost, request.budget, limits, options.backend, options.seed,
+                                  sampler_params=dict(options.sampler_params or {}), progress=progress,
+                                  options=get_strategy("layerwise").make_options(options.solver_options))
+        x = np.asarray(solved.x, dtype=np.int8)
+        info = dict(solved.info)
+        out.update(formulation=formulation, solved=solved, gamma=solved.gamma)
+    out["timings"]["solve"] = time.perf_counter() - t0
+    if not limits.within_caps(x)[0]:  # every path visits allowed counts only: a bug if it fires
+        raise RuntimeError(f"{method} broke the per-layer limits under budget {request.budget.text}")
+    info["budget_fraction"] = float(cost.of_mask(x) / cost.full())
+    if not info.get("budget_landed", True):
+        warnings.warn(f"budget {request.budget.text}: the allowed per-layer counts reached "
+                      f"{info['budget_fraction']:.4f}, not within {request.budget.tolerance:g} below the target",
+                      stacklevel=2)
+    info["round_to"] = request.round_to
+    out["info"] = info
+    return x, out

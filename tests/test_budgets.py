@@ -1,0 +1,264 @@
+"""Budgets (issue 19): units / params / MACs / latency targets, per-layer limits, round_to, bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import dimod
+import highspy
+import numpy as np
+import pytest
+import torch
+
+import qprune.problems as problems
+from qprune.cli import main
+from qprune.errors import QpruneError
+from qprune.model.masking import apply_mask
+from qprune.model.signals import collect_signals
+from qprune.model.space import build_space
+from qprune.model.stats import count_macs, count_params
+from qprune.pipeline.budgeted import BudgetRequest, budget_limits, select_budget_mask
+from qprune.pipeline.methods import MethodOptions
+from qprune.pipeline.run import prepare, prune
+from qprune.solve.budget import Budget, CostModel, parse_budget
+from qprune.solve.budget_cqm import budget_cqm, cost_polynomial, write_budget_lp
+from qprune.solve.constraint import ExactK
+from qprune.solve.latency_table import LatencyTable, load_table, measure_latency_table
+from qprune.torchvision_compat import prepare_torchvision
+
+
+@pytest.fixture(scope="module")
+def denoise():
+    """The bundled F=16 Half-UNet, prepared once for a QUBO and a greedy method."""
+    problem, model = problems.load_pretrained("denoise")
+    return prepare(model, problem, methods=["hybrid-qubo", "l1-greedy"], progress=False)
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    """torchvision resnet18 (random weights, seeded), its space and an example input."""
+    prepare_torchvision()
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    ex = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    return model, build_space(model, ex), ex
+
+
+def _real(kind: str, model: torch.nn.Module, space, x: np.ndarray, ex: torch.Tensor) -> tuple[float, float]:
+    """(pruned, unpruned) cost measured on the physically pruned model."""
+    pruned = apply_mask(copy.deepcopy(model), space, x.astype(bool), mode="remove", example_inputs=ex)
+    if kind == "macs":
+        return count_macs(pruned, ex), count_macs(model, ex)
+    if kind == "params":
+        return count_params(pruned), count_params(model)
+    return space.N - int(x.sum()), space.N
+
+
+@pytest.mark.parametrize("method", ["hybrid-qubo", "l1-greedy"])
+@pytest.mark.parametrize("budget", ["units=0.5", "params=0.5", "macs=0.5", "macs=0.7", "params=0.8"])
+def test_half_unet_lands_within_one_percent_below(denoise, method, budget):
+    kind, frac = budget.split("=")
+    x, out = select_budget_mask(denoise.space, denoise.signals, method, BudgetRequest.of(budget))
+    ex = denoise.work.test[0][0][:1]
+    got, full = _real(kind, denoise.model, denoise.space, x, ex)
+    assert float(frac) - 0.01 <= got / full <= float(frac)
+    assert out["info"]["budget_landed"] and out["info"]["budget_fraction"] == pytest.approx(got / full, abs=1e-12)
+
+
+def test_resnet18_every_kind_lands(resnet18):
+    model, space, ex = resnet18
+    signals = collect_signals(model, space, [], None, needs={"l1"}, progress=False)  # l1 needs no data
+    for budget in ("units=0.6", "params=0.5", "macs=0.5", "macs=0.3"):
+        kind, frac = budget.split("=")
+        x, _ = select_budget_mask(space, signals, "l1-greedy", BudgetRequest.of(budget, round_to=8))
+        got, full = _real(kind, model, space, x, ex)
+        assert float(frac) - 0.01 <= got / full <= float(frac), budget
+        kept = space.layer_sizes - np.bincount(space.layer_ids[x.astype(bool)], minlength=space.n_layers)
+        assert np.all(kept % 8 == 0), kept
+
+
+def test_cost_model_is_exact_on_random_masks(denoise):
+    space = denoise.space
+    cp, cm = CostModel.build(space, "params"), CostModel.build(space, "macs")
+    for seed in range(4):
+        m = space.random_mask(int(0.2 * (seed + 1) * space.N), seed=seed)
+        assert cp.of_mask(m) == space.predicted_params(m)
+        assert cm.of_mask(m) == space.predicted_macs(m)
+
+
+def test_round_to_and_limits_hold(denoise):
+    space = denoise.space
+    req = BudgetRequest.of("macs=0.6", round_to=8, min_keep_frac=0.25, max_prune=0.5)
+    x, _ = select_budget_mask(space, denoise.signals, "hybrid-qubo", req)
+    pruned = np.bincount(space.layer_ids[x.astype(bool)], minlength=space.n_layers)
+    kept = space.layer_sizes - pruned
+    assert np.all(kept % 8 == 0) and np.all(kept >= np.ceil(0.25 * space.layer_sizes))
+    assert np.all(pruned <= space.layer_sizes // 2) and pruned.sum() > 0
+    assert budget_limits(space, req).within_caps(x)[0]
+    lim = ExactK.layer_limits(space.layer_ids, min_keep=1, max_prune=3)
+    x, _ = select_budget_mask(space, denoise.signals, "l1-greedy", BudgetRequest.of("units=0.9", max_prune=3))
+    assert np.bincount(space.layer_ids[x.astype(bool)]).max() <= 3 and lim.within_caps(x)[0]
+
+
+def test_a_budget_too_small_for_the_limits_says_so(denoise):
+    with pytest.raises(QpruneError, match="cannot be met"):
+        select_budget_mask(denoise.space, denoise.signals, "l1-greedy", BudgetRequest.of("macs=0.3", round_to=8))
+
+
+def test_what_cannot_take_a_budget_says_so(denoise):
+    req = BudgetRequest.of("macs=0.5")
+    with pytest.raises(QpruneError, match="strategy 'gamma'.*cannot hold a budget"):
+        select_budget_mask(denoise.space, denoise.signals, "hybrid-qubo", req, MethodOptions(strategy="gamma"))
+    with pytest.raises(QpruneError, match="cannot hold a budget"):
+        select_budget_mask(denoise.space, denoise.signals, "hybrid-qubo+tt", req)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("flops=0.5", "unknown budget kind 'flops'"), ("macs=0", r"\(0, 1\]"), ("macs=1.5", r"\(0, 1\]"),
+    ("macs=-0.2", r"\(0, 1\]"), ("macs=half", "must be a number"), ("macs", "KIND=FRACTION"),
+])
+def test_bad_budgets_raise_one_line(text, match):
+    with pytest.raises(QpruneError, match=match) as info:
+        parse_budget(text)
+    assert "\n" not in str(info.value)
+
+
+def test_parse_forms():
+    assert parse_budget({"macs": 0.5}) == parse_budget("macs=0.5") == Budget("macs", 0.5)
+    assert parse_budget(" params = 1 ").fraction == 1.0
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--budget", "flops=0.5"], "unknown budget kind"), (["--budget", "macs=1.5"], r"\(0, 1\]"),
+    (["--budget", "macs=0.5", "--sparsity", "0.3"], "not both"),
+])
+def test_cli_bad_budget_exits_2_with_one_line(capsys, args, match):
+    assert main(["prune", "--problem", "classify", "-q", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(match, err), err
+
+
+def test_cli_prune_with_budget_writes_report(tmp_path):
+    report = tmp_path / "r.json"
+    assert main(["prune", "--problem", "classify", "--budget", "macs=0.5", "--round-to", "4", "--method",
+                 "l1-greedy", "--report", str(report), "-q"]) == 0
+    data = json.loads(report.read_text())
+    frac = data["stats_after"]["macs"] / data["stats_before"]["macs"]
+    assert 0.49 <= frac <= 0.5, frac
+
+
+def test_prune_api_budget(denoise):
+    problem, model = problems.load_pretrained("classify")
+    result = prune(model, problem, budget={"params": 0.6}, method="hybrid-qubo", round_to=2, progress=False)
+    frac = result.stats_after["params"] / result.stats_before["params"]
+    assert 0.59 <= frac <= 0.6
+    with pytest.raises(QpruneError, match="not both"):
+        prune(model, problem, budget={"params": 0.6}, k=3, progress=False)
+    with pytest.raises(QpruneError, match="need a budget"):
+        prune(model, problem, k=3, round_to=8, progress=False)
+
+
+def test_latency_table_budget_and_device_check(tmp_path):
+    problem, model = problems.load_pretrained("classify")
+    prep = prepare(model, problem, methods=["l1-greedy"], progress=False)
+    ex = prep.work.test[0][0][:1]
+    path = tmp_path / "lat.json"
+    table = measure_latency_table(prep.model, prep.space, ex, points=2, repeats=5, path=path, progress=False)
+    loaded = load_table(path)
+    assert loaded.device == table.device and set(loaded.layers) == set(prep.space.layers)
+    req = BudgetRequest.of("latency=0.8", latency=loaded)
+    x, out = select_budget_mask(prep.space, prep.signals, "l1-greedy", req)
+    cost = CostModel.build(prep.space, "latency", loaded)
+    assert 0.79 <= cost.of_mask(x) / cost.full() <= 0.8 and out["info"]["budget_landed"]
+    other = json.loads(path.read_text())
+    other["device"] = "riscv | some other cpu | torch 0 | threads=1"
+    path.write_text(json.dumps(other))
+    with pytest.raises(QpruneError, match="measured on 'riscv"):
+        load_table(path)
+    assert main(["prune", "--problem", "classify", "--budget", "latency=0.8", "--latency-table", str(path),
+                 "-q"]) == 2
+    with pytest.raises(QpruneError, match="needs a latency table"):
+        BudgetRequest.of("latency=0.5")
+    assert isinstance(table, LatencyTable)
+
+
+@pytest.mark.slow
+def test_budgets_benchmark_quick(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "benchmarks/budgets.py", "--quick", "--repeats", "3",
+                          "--out", str(tmp_path / "b")], cwd=root, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert (tmp_path / "b.md").is_file() and (tmp_path / "b.png").stat().st_size > 0
+    for p in res["problems"]:
+        assert {r["method"] for r in p["rows"]} == {"hybrid-qubo", "taylor-greedy", "l1-greedy", "tp-magnitude",
+                                                  "tp-taylor"}
+        for r in p["rows"]:
+            assert r["macs_fraction"] <= r["budget"] + 1e-12
+            if r["method"] in ("hybrid-qubo", "taylor-greedy", "l1-greedy"):
+                assert r["macs_fraction"] >= r["budget"] - 0.01
+
+
+@pytest.fixture(scope="module")
+def classify_budgeted():
+    problem, model = problems.load_pretrained("classify")
+    prep = prepare(model, problem, methods=["hybrid-qubo"], progress=False)
+    req = BudgetRequest.of("macs=0.6")
+    x, out = select_budget_mask(prep.space, prep.signals, "hybrid-qubo", req)
+    assert out["info"]["budget_landed"]
+    cost = CostModel.build(prep.space, "macs")
+    objective = out["formulation"].objective_bqm()
+    cqm = budget_cqm(objective, cost, req.budget, budget_limits(prep.space, req))
+    return prep, x, cost, objective, cqm
+
+
+def test_budget_cqm_is_exact_and_reads_back(classify_budgeted, tmp_path):
+    prep, x, cost, objective, cqm = classify_budgeted
+    labels = list(objective.variables)
+    const, poly = cost_polynomial(cost, labels)
+    for seed in range(3):  # the expanded polynomial is the exact cost
+        m = prep.space.random_mask(int(0.1 * (seed + 1) * prep.space.N), seed=seed)
+        assert const + poly.energy(dict(zip(labels, m.astype(int).tolist()))) == pytest.approx(cost.of_mask(m))
+    sample = dict(zip(labels, x.tolist()))
+    assert cqm.check_feasible(sample) and {"budget_max", "budget_min"} <= set(cqm.constraints)
+    path = tmp_path / "b.cqm"
+    with cqm.to_file() as src:
+        path.write_bytes(src.read())
+    with path.open("rb") as fh:
+        assert dimod.ConstrainedQuadraticModel.from_file(fh).check_feasible(sample)
+    lp = tmp_path / "b.lp"
+    order = write_budget_lp(cqm, str(lp), linearize=True)
+    assert order == labels
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    assert h.readModel(str(lp)) == highspy.HighsStatus.kOk
+    assert h.getNumCol() > len(labels)  # the x's and the linearised products
+    with pytest.raises(QpruneError, match="round_to"):
+        budget_cqm(objective, cost, Budget("macs", 0.6), ExactK.layer_limits(prep.space.layer_ids, round_to=8))
+
+
+@pytest.mark.slow
+def test_highs_solves_the_linearised_budget_lp(classify_budgeted, tmp_path):
+    prep, x, cost, objective, cqm = classify_budgeted
+    labels = list(objective.variables)
+    lp = tmp_path / "b.lp"
+    write_budget_lp(cqm, str(lp), linearize=True)
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("time_limit", 30.0)
+    assert h.readModel(str(lp)) == highspy.HighsStatus.kOk
+    h.run()
+    names = [h.getColName(i)[1] for i in range(h.getNumCol())]
+    sol = dict(zip(names, h.getSolution().col_value))
+    xs = np.array([round(sol[f"x{i}"]) for i in range(len(labels))], dtype=np.int8)
+    assert 0.59 - 1e-9 <= cost.of_mask(xs) / cost.full() <= 0.6 + 1e-9  # HiGHS's incumbent meets the budget
+    if h.getModelStatus() == highspy.HighsModelStatus.kOptimal:  # proven optimal: no worse than ours
+        ours = objective.energy(dict(zip(labels, x.tolist())))
+        assert objective.energy(dict(zip(labels, xs.tolist()))) <= ours + 1e-6
