@@ -78,9 +78,11 @@ SIDD_TRAIN   = $(VENV)/bin/qprune train --problem denoise --width 64 --data $(SI
 train-sidd: $(STAMP)
 	$(SIDD_TRAIN)
 
-# The paper tables use the shipped F = 64 SIDD model (train-sidd makes it again).
+# The paper tables use the shipped F = 64 SIDD model (train-sidd makes it again). PAPER_TT="--tt --tt-budget 150"
+# adds the TT row on the sub-problems (at 150 evaluations a run took 11-22 min per seed here).
+PAPER_TT ?=
 bench-paper: $(STAMP)
-	$(VPY) benchmarks/paper_tables.py --checkpoint $(SIDD_CKPT) --vary-calibration
+	$(VPY) benchmarks/paper_tables.py --checkpoint $(SIDD_CKPT) --vary-calibration --seeds 0,1,2,3,4 --methods taylor-greedy,l1-qubo,hybrid-qubo,random --tune 12 $(PAPER_TT)
 
 # torch-pruning 1.6.1's own criteria (its groups, its MetaPruner) beside taylor-greedy and hybrid-qubo at the
 # full-model k of the F = 64 model; writes benchmarks/results/peers.{json,md}. A hybrid row with the weights in
@@ -98,7 +100,7 @@ bench-ablation: $(STAMP)
 bench-train: $(STAMP)
 	$(VPY) benchmarks/train_speed.py
 
-bench: bench-qubo bench-speed bench-backends bench-tt bench-paper bench-peers bench-train
+bench: bench-qubo bench-speed bench-backends bench-tt bench-paper bench-peers bench-ablation bench-budgets bench-scale bench-train
 
 clean:
 	rm -rf $(VENV) out *.egg-info .gpu

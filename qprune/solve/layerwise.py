@@ -202,10 +202,7 @@ def layerwise_search(
     """:func:`solve_layerwise` with its knobs as one :class:`LayerwiseOptions` (the ``"layerwise"`` strategy)."""
     options = LayerwiseOptions() if options is None else options
     t_start = time.perf_counter()
-    for attr in ("blocks", "layer_ids", "linear", "reward", "labels"):
-        if not hasattr(formulation, attr):
-            raise QpruneError("strategy 'layerwise' needs a qprune Formulation (its per-layer blocks); "
-                              f"got {type(formulation).__name__}")
+    _require_formulation(formulation, "strategy 'layerwise'")
     n = len(formulation.labels)
     k = int(k)
     if not 0 <= k <= n:
@@ -234,6 +231,14 @@ def layerwise_search(
     return result
 
 
+def _require_formulation(formulation: Any, who: str) -> None:
+    """Refuse anything but a qprune Formulation: the per-layer blocks are what layerwise reads."""
+    for attr in ("blocks", "layer_ids", "linear", "reward", "labels"):
+        if not hasattr(formulation, attr):
+            raise QpruneError(f"{who} needs a qprune Formulation (its per-layer blocks); "
+                              f"got {type(formulation).__name__}")
+
+
 def layerwise_budget(
     formulation: Formulation,
     cost: CostModel,
@@ -257,10 +262,7 @@ def layerwise_budget(
     """
     options = LayerwiseOptions() if options is None else options
     t_start = time.perf_counter()
-    for attr in ("blocks", "layer_ids", "linear", "reward", "labels"):
-        if not hasattr(formulation, attr):
-            raise QpruneError("a budget needs a qprune Formulation (its per-layer blocks); "
-                              f"got {type(formulation).__name__}")
+    _require_formulation(formulation, "a budget")
     lid = np.asarray(formulation.layer_ids)
     if limits.group is None or limits.n != lid.size or not np.array_equal(limits.group, lid):
         raise QpruneError("budget limits must be per layer (ExactK.layer_limits over the formulation's layer ids)")
