@@ -64,3 +64,8 @@ def test_plugin_backend_installs_and_serves(tmp_path: Path) -> None:
     out = _run(["-m", "qprune.cli", "prune", "--problem", "classify", "--sparsity", "0.3", "--backend", "icm",
                 "--quiet"], env=env)
     assert "on backend `icm`" in out
+
+
+def test_budgeted_prune() -> None:
+    out = _run(["examples/budgeted_prune.py", "--quick"])
+    assert "keep at most 70% of the MACs" in out and "kept channels per layer" in out
