@@ -173,18 +173,20 @@ def test_latency_table_budget_and_device_check(tmp_path):
     table = measure_latency_table(prep.model, prep.space, ex, points=2, repeats=5, path=path, progress=False)
     loaded = load_table(path)
     assert loaded.device == table.device and set(loaded.layers) == set(prep.space.layers)
-    cost = CostModel.build(prep.space, "latency", loaded)
-    # the table is measured here, on a machine that may be busy, so how much latency the per-layer
-    # limits can save at most varies: take the first target they reach; refusals must say why
-    for target in (0.8, 0.9, 0.95, 0.98):
-        req = BudgetRequest.of(f"latency={target}", latency=loaded)
-        try:
-            x, out = select_budget_mask(prep.space, prep.signals, "l1-greedy", req)
-            break
-        except QpruneError as err:
-            assert "cannot be met: the per-layer limits keep at least" in str(err)
-    else:
-        pytest.fail("no latency target down to 0.98 was reachable")
+    assert CostModel.build(prep.space, "latency", loaded).full() > 0
+    assert loaded.full_ms > 0 and all(len(e["counts"]) == len(e["delta_ms"]) for e in loaded.layers.values())
+    # How much a busy machine's timings let the limits save varies from run to run, so the landing is
+    # checked on a table of this device with known savings (as a user's own profiler would give):
+    # pruning a whole layer saves its share of 80 % of the latency, linearly in the count.
+    sp = prep.space
+    given = LatencyTable(device=loaded.device, full_ms=loaded.full_ms, threads=loaded.threads, layers={
+        lay: {"counts": [0.0, float(size)], "delta_ms": [0.0, 0.8 * loaded.full_ms * float(size) / sp.N]}
+        for lay, size in zip(sp.layers, sp.layer_sizes)})
+    given.check_device()
+    target = 0.8
+    req = BudgetRequest.of(f"latency={target}", latency=given)
+    x, out = select_budget_mask(sp, prep.signals, "l1-greedy", req)
+    cost = CostModel.build(sp, "latency", given)
     assert target - 0.01 <= cost.of_mask(x) / cost.full() <= target and out["info"]["budget_landed"]
     other = json.loads(path.read_text())
     other["device"] = "riscv | some other cpu | torch 0 | threads=1"
