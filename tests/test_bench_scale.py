@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,3 +51,28 @@ def test_scale_rejects_bad_arguments() -> None:
     assert exc.value.code == 2
     args = scale.parse_args(["--quick", "--gamma-on", "none"])
     assert args.model_list == scale.QUICK and args.gamma_list == () and args.sparse_list == scale.QUICK[:1]
+
+
+def test_scale_mask_packing_and_no_worse() -> None:
+    scale = _scale()
+    x = (np.random.default_rng(0).random(11_404) < 0.3).astype(np.int8)
+    assert np.array_equal(scale._unpack(scale._pack(x), x.size), x)
+    assert scale.no_worse(-1988.3010903017735, -1988.3010903017823)  # one state, two summation orders
+    assert not scale.no_worse(-1988.301041, -1988.301090)  # the 4.9e-5 gap issue 18 had
+    assert scale.no_worse(-2.0, -1.0)
+
+
+def test_scale_gamma_reuse_checks_the_formulation(tmp_path: Path) -> None:
+    scale = _scale()
+    with pytest.raises(SystemExit) as exc:
+        scale.parse_args(["--gamma-from", str(tmp_path / "missing.json")])
+    assert exc.value.code == 2
+    x = np.array([1, 0, 1, 1, 0], np.int8)
+    old = {"default": {"gamma": 2.5}, "gamma_search": {"time_s": 9.0, "gamma": 3.0, "energy": -4.0,
+                                                       "x_hex": scale._pack(x)},
+           "at_default_gamma": {"gamma_search": -3.5}}
+    res = SimpleNamespace(gamma=2.5, space=SimpleNamespace(N=5))
+    g, gx = scale._gamma_search(res, None, old)
+    assert g["time_s"] == 9.0 and g["at_default_gamma"] == -3.5 and np.array_equal(gx, x)
+    with pytest.raises(SystemExit, match="another formulation"):
+        scale._gamma_search(SimpleNamespace(gamma=2.6, space=res.space), None, old)

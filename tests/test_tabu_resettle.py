@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +11,6 @@ from qprune.solve.block_moves import greedy_curve, refine_curve
 from qprune.solve.blocks import Block, energies
 from qprune.solve.harvest import RESETTLE, _settle, _settle_window
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _block(seed: int, m: int = 300) -> Block:
@@ -54,37 +50,3 @@ def test_settled_count_is_not_searched_again() -> None:
     settled[c0] = True
     E2, X2 = _settle_window(b, E.copy(), X.copy(), settled, c0, 150, (c0 - 8, c0 + 8))
     assert E2[c0] == E[c0] and np.array_equal(X2[c0], X[c0])
-
-
-def _scale():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import scale
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return scale
-
-
-def test_scale_mask_packing_and_no_worse() -> None:
-    scale = _scale()
-    x = (np.random.default_rng(0).random(11_404) < 0.3).astype(np.int8)
-    assert np.array_equal(scale._unpack(scale._pack(x), x.size), x)
-    assert scale.no_worse(-1988.3010903017735, -1988.3010903017823)  # one state, two summation orders
-    assert not scale.no_worse(-1988.301041, -1988.301090)  # the 4.9e-5 gap issue 18 had
-    assert scale.no_worse(-2.0, -1.0)
-
-
-def test_scale_gamma_reuse_checks_the_formulation(tmp_path: Path) -> None:
-    scale = _scale()
-    with pytest.raises(SystemExit) as exc:
-        scale.parse_args(["--gamma-from", str(tmp_path / "missing.json")])
-    assert exc.value.code == 2
-    x = np.array([1, 0, 1, 1, 0], np.int8)
-    old = {"default": {"gamma": 2.5}, "gamma_search": {"time_s": 9.0, "gamma": 3.0, "energy": -4.0,
-                                                       "x_hex": scale._pack(x)},
-           "at_default_gamma": {"gamma_search": -3.5}}
-    res = SimpleNamespace(gamma=2.5, space=SimpleNamespace(N=5))
-    g, gx = scale._gamma_search(res, None, old)
-    assert g["time_s"] == 9.0 and g["at_default_gamma"] == -3.5 and np.array_equal(gx, x)
-    with pytest.raises(SystemExit, match="another formulation"):
-        scale._gamma_search(SimpleNamespace(gamma=2.6, space=res.space), None, old)
