@@ -20,7 +20,7 @@ import numpy as np
 from qprune.errors import QpruneError
 from qprune.model.signals import Signals
 from qprune.model.units import FilterSpace
-from qprune.pipeline.methods import MethodOptions, build_formulation, method_needs, method_spec
+from qprune.pipeline.methods import MethodOptions, build_formulation, check_signals, method_spec
 from qprune.solve.budget import Budget, CostModel, parse_budget
 from qprune.solve.budget_search import score_tables, search_counts
 from qprune.solve.constraint import ExactK
@@ -74,9 +74,7 @@ def select_budget_mask(space: FilterSpace, signals: Signals, method: str, reques
     if spec.refine or options.refine is not None:
         raise QpruneError(f"method {method!r}: TT refinement keeps an exact count and cannot hold a budget; "
                           "use a method without +tt / --refine")
-    missing = sorted(n for n in method_needs(spec, options.fisher, options.weights) if getattr(signals, n, None) is None)
-    if missing:
-        raise QpruneError(f"method {method!r} needs signals {missing} that prepare() did not collect")
+    check_signals(spec, options, signals)
     limits = budget_limits(space, request)
     cost = CostModel.build(space, request.budget.kind, request.latency)
     out: dict[str, Any] = {"timings": {}}

@@ -66,6 +66,13 @@ def method_needs(spec: MethodSpec, fisher: str = "channel", weights: Weights | N
     return frozenset(term_requirements(names)) & _SIGNALS
 
 
+def check_signals(spec: MethodSpec, options: MethodOptions, signals: Signals) -> None:
+    """Refuse a method whose calibration signals ``prepare()`` did not collect (one line naming them)."""
+    missing = sorted(n for n in method_needs(spec, options.fisher, options.weights) if getattr(signals, n, None) is None)
+    if missing:
+        raise QpruneError(f"method {spec.name!r} needs signals {missing} that prepare() did not collect")
+
+
 def method_spec(name: str) -> MethodSpec:
     """The :class:`MethodSpec` for ``name``; unknown names raise with the list of known ones."""
     try:

@@ -29,6 +29,7 @@ from qprune.pipeline.methods import (
     MethodOptions,
     MethodSpec,
     build_formulation,
+    check_signals,
     method_needs,
     method_spec,
 )
@@ -204,8 +205,8 @@ def prune(
         layers / exclude / min_keep: restrict the filter space (see :func:`qprune.model.space.build_space`);
             a float ``min_keep`` in (0, 1) is the fraction of every layer kept (budget solves only).
         budget: instead of sparsity / k, ``{"macs": 0.5}`` or ``"macs=0.5"`` (also units, params,
-            latency): keep at most that fraction of the unpruned model's cost, and at least 1 % less
-            (:mod:`qprune.pipeline.budgeted`); ``round_to`` (kept counts multiples of it), ``max_prune``
+            latency): keep at most that fraction of the unpruned model's cost, landing within 1 % below
+            it (:mod:`qprune.pipeline.budgeted`); ``round_to`` (kept counts multiples of it), ``max_prune``
             (per layer: a count, or a float fraction) and ``latency_table`` (a
             :class:`~qprune.solve.latency_table.LatencyTable` or its JSON file) go with it.
         remove: also build the physically smaller model (``pruned_model``).
@@ -260,10 +261,7 @@ def select_mask(prep: Prepared, method: str, k: int, options: MethodOptions | No
     spec = method_spec(method)
     options = options or MethodOptions()
     constraint = constraint_of(prep.space, k)
-    missing = sorted(n for n in method_needs(spec, options.fisher, options.weights)
-                     if getattr(prep.signals, n, None) is None)
-    if missing:
-        raise QpruneError(f"method {method!r} needs signals {missing} that prepare() did not collect")
+    check_signals(spec, options, prep.signals)
     do_refine = spec.refine or options.refine == "tt"
     if do_refine and spec.kind != "qubo":
         raise QpruneError(f"--refine tt needs a QUBO method, not {method!r}")
