@@ -10,7 +10,7 @@ TORCH   := torch==2.13.0
 # so it goes in without deps; tests/conftest.py defines the two op schemas its import needs.
 TVISION := torchvision==0.28.0
 
-.PHONY: demo test test-slow install bench bench-qubo bench-speed bench-backends bench-tt bench-paper bench-ablation bench-peers bench-train bench-scale bench-budgets gpu-bundle train-sidd clean
+.PHONY: demo test test-slow install bench bench-qubo bench-speed bench-backends bench-tt bench-paper bench-paper-tt bench-ablation bench-peers bench-train bench-scale bench-budgets bench-rounding gpu-bundle train-sidd clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -78,11 +78,16 @@ SIDD_TRAIN   = $(VENV)/bin/qprune train --problem denoise --width 64 --data $(SI
 train-sidd: $(STAMP)
 	$(SIDD_TRAIN)
 
-# The paper tables use the shipped F = 64 SIDD model (train-sidd makes it again). PAPER_TT="--tt --tt-budget 150"
-# adds the TT row on the sub-problems (at 150 evaluations a run took 11-22 min per seed here).
+# The paper tables use the shipped F = 64 SIDD model (train-sidd makes it again). bench-paper-tt then adds the
+# hybrid-qubo+tt rows of the 4/8/16-layer sub-problems to that finished file (TT_BUDGET evaluations per run; at 50
+# a run took ~200 s here, 74 min for all 15 at 2 threads; it resumes where a stopped run left off).
 PAPER_TT ?=
+TT_BUDGET ?= 50
 bench-paper: $(STAMP)
 	$(VPY) benchmarks/paper_tables.py --checkpoint $(SIDD_CKPT) --vary-calibration --seeds 0,1,2,3,4 --methods taylor-greedy,l1-qubo,hybrid-qubo,random --tune 12 $(PAPER_TT)
+
+bench-paper-tt: $(STAMP)
+	$(VPY) benchmarks/paper_tables.py --tt-from benchmarks/results/paper_tables.json --tt-budget $(TT_BUDGET) --threads 2
 
 # torch-pruning 1.6.1's own criteria (its groups, its MetaPruner) beside taylor-greedy and hybrid-qubo at the
 # full-model k of the F = 64 model; writes benchmarks/results/peers.{json,md}. A hybrid row with the weights in
@@ -96,11 +101,16 @@ bench-peers: $(STAMP)
 bench-ablation: $(STAMP)
 	$(VPY) benchmarks/ablation.py --checkpoint $(SIDD_CKPT) --test-images 8
 
+# Do multiples of 8 channels pay on this CPU? A c -> c 3x3 conv swept over c, and the SIDD model at half
+# its MACs with round_to 1 and 8; writes benchmarks/results/rounding.{json,md}.
+bench-rounding: $(STAMP)
+	$(VPY) benchmarks/rounding.py
+
 # Training step time per setting (layout, precision, compile, threads) and the fp32-vs-bf16 quality check.
 bench-train: $(STAMP)
 	$(VPY) benchmarks/train_speed.py
 
-bench: bench-qubo bench-speed bench-backends bench-tt bench-paper bench-peers bench-ablation bench-budgets bench-scale bench-train
+bench: bench-qubo bench-speed bench-backends bench-tt bench-paper bench-paper-tt bench-peers bench-ablation bench-budgets bench-rounding bench-scale bench-train
 
 clean:
 	rm -rf $(VENV) out *.egg-info .gpu

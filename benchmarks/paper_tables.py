@@ -52,7 +52,13 @@ file's location (``<repo>/../shared/data/sidd_small_256``).
 bundled photos with synthetic noise), seed 0 only, 2 tuning trials: a pipeline check in a few
 minutes, NOT a paper comparison. It writes ``paper_tables_quick.{json,md}`` so that it never
 overwrites the real results; the full run writes ``benchmarks/results/paper_tables.{json,md}``
-(``--out-name`` changes the stem).
+(``--out-name`` changes the stem, ``--out-dir`` the folder).
+
+``--tt-from JSON``: add the ``hybrid-qubo+tt`` rows to a finished results file instead of running the
+table again (the TT refinement is the slow part, so the table runs first without it). It takes the
+file's checkpoint, seeds, solver and weight search, re-runs hybrid-qubo per seed with the recorded
+weights, stops with exit 2 unless it gets the recorded masks back, refines them with
+``--tt-budget`` evaluations, and rewrites the file after every setting (a stopped run resumes).
 
 Wall time per method: ``select_s`` = choosing the mask (formulate + exact-k solve [+ TT]), mean
 over seeds; the calibration pass (``signals_s``, one pass per setting collecting what all methods
@@ -64,6 +70,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -305,7 +312,10 @@ def choose_weights(prep: Prepared, method: str, k: int, args: argparse.Namespace
 
 
 def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], seeds: Sequence[int],
-                args: argparse.Namespace, prep_cache: dict) -> tuple[list[dict], dict[str, Any]]:
+                args: argparse.Namespace, prep_cache: dict,
+                weights: dict[str, dict] | None = None) -> tuple[list[dict], dict[str, Any]]:
+    """Rows of every (method, seed) of one setting, and its metadata; ``weights`` (method -> the
+    ``meta["weights"]`` record of an earlier run) are used as given instead of being searched."""
 
     def prep_for(seed: int) -> Prepared:
         key = (st.layers, seed if args.vary_calibration else None)
@@ -329,21 +339,22 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
         "units": N, "k": k, "fraction": st.fraction, "rule": st.rule,
         "signals_s": {str(s): prep_for(s).timings.get("signals") for s in seeds} if args.vary_calibration
         else prep0.timings.get("signals"),
-        "weights": {},
+        "weights": dict(weights or {}),
     }
     log(f"setting {st.name}: {N} units in {len(prep0.space.layers)} layers, k = {k} ({st.fraction:.2%})")
 
     # weights per QUBO method, tuned on validation with the first seed's preparation
     for m in methods:
         spec = method_spec(m)
-        if spec.kind != "qubo" or spec.refine:
+        if spec.kind != "qubo" or spec.refine or m in meta["weights"]:
             continue
         meta["weights"][m] = choose_weights(prep0, m, k, args, seeds[0])
         w = meta["weights"][m]
         if args.tune > 0:
             log(f"  {m}: weights {w['source']}; val PSNR default {w['val_psnr_default']:.3f}, "
                 f"best trial {w['val_psnr_best_trial']:.3f} ({w['tune_s']:.0f} s)")
-    if TT_METHOD in methods and st.name in {t.strip() for t in args.tt_settings.split(",")}:
+    if TT_METHOD in methods and TT_METHOD not in meta["weights"] and \
+            st.name in {t.strip() for t in args.tt_settings.split(",")}:
         base = meta["weights"].get("hybrid-qubo")
         if base is not None:  # tuned once for hybrid-qubo; no extra search time for the +tt row
             meta["weights"][TT_METHOD] = dict(base, source="the weights chosen for hybrid-qubo", tune_s=0.0)
@@ -534,7 +545,10 @@ def render_markdown(payload: dict[str, Any]) -> str:
            + (f", {un['params']:.0f} params" if "params" in un else ""),
            (f"- machine: {payload['machine']['platform']}, {payload['machine']['cpu_count']} CPUs, torch "
            f"{payload['machine']['torch']} with {payload['machine']['torch_threads']} thread(s); "
-           f"load average at start {payload['loadavg_start']}; total wall time {payload['total_s']:.0f} s"),
+           f"load average at start {payload['loadavg_start']}; total wall time {payload['total_s']:.0f} s"
+           + (f" (the {TT_METHOD} rows: {tt['wall_s']:.0f} s of it, a later run with "
+              f"{tt['machine']['torch_threads']} torch thread(s), load average at start {tt['loadavg_start']})"
+              if (tt := payload.get("tt_run")) else "")),
            *([] if payload.get("complete", True) else
              ["", f"**PARTIAL: the run stopped after setting(s) {', '.join(m['setting'] for m in payload['settings'])}.**"]),
            "", "## Result", "", payload["ordering"], "", "## Tables (test split; mean ± std over seeds)", ""]
@@ -630,12 +644,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="what gamma's reward counts: params (the paper's D_i = P_i / sum P) or units (1/N)")
     p.add_argument("--tt-settings", default="4,8,16",
                    help="settings that get the TT row (default the sub-problems 4,8,16, as the paper)")
+    p.add_argument("--tt-from", metavar="JSON",
+                   help=f"add the {TT_METHOD} rows of --tt-settings to this finished results file (its model, "
+                        "seeds and weights; resumes when some settings already have them) and rewrite it")
     p.add_argument("--test-batches", type=int, help="use only the first N test batches (default: the whole split)")
     p.add_argument("--vary-calibration", action="store_true",
                    help="draw another calibration subset per seed (one calibration pass per seed and setting)")
     p.add_argument("--no-size", action="store_true", help="skip physical removal (params/MACs columns)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     p.add_argument("--quick", action="store_true", help="shipped F=16 checkpoint, seed 0, 2 tuning trials")
+    p.add_argument("--out-dir", default=str(RESULTS), help=f"output folder (default {RESULTS})")
     p.add_argument("--out-name", help="output stem in benchmarks/results (default paper_tables, quick: paper_tables_quick)")
     args = p.parse_args(argv)
     if args.seeds is None:
@@ -663,6 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from qprune.problems import load_checkpoint
 
+    source = adopt_source(args) if args.tt_from else None
     ckpt, note = pick_checkpoint(args)
     problem, model = load_checkpoint(ckpt, test_batches=args.test_batches, **data_override(ckpt))
     if problem.name != "denoise":
@@ -683,6 +702,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"unpruned on test: PSNR {unpruned['psnr']:.3f} dB, SSIM {unpruned['ssim']:.4f} "
         f"({time.perf_counter() - t0:.1f} s)")
 
+    if args.tt_from:
+        add_tt(args, model, problem, full_space.n_layers, source, (test, val, unpruned), t_start, load_start, argv)
+        return 0
     all_rows: list[dict] = []
     metas: list[dict] = []
     prep_cache: dict = {}
@@ -694,6 +716,69 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_results(args, ckpt, note, problem, methods, seeds, test, val, unpruned, all_rows, metas,
                       t_start, load_start, argv, final=st is settings[-1])
     return 0
+
+
+def adopt_source(args: argparse.Namespace) -> dict[str, Any]:
+    """Load ``--tt-from``'s results and take its run's settings (model, seeds, solver, weight search)."""
+    path = Path(args.tt_from)
+    try:
+        source = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        die(f"--tt-from {path}: cannot read it as a results JSON ({exc})")
+    if source.get("quick") != bool(args.quick) or not source.get("rows"):
+        die(f"--tt-from {path}: {'a --quick' if source.get('quick') else 'a full'} run with "
+            f"{len(source.get('rows', []))} rows; give a finished run of the same kind")
+    args.checkpoint = source["checkpoint"]
+    args.seeds = ",".join(str(s) for s in source["seeds"])
+    for key in ("backend", "strategy", "tune", "tune_sampler", "vary_calibration"):
+        setattr(args, key, source[key])
+    args.capacity = source.get("capacity", "params")  # files older than the capacity option used the paper's
+    args.source_argv = source["argv"]
+    tt_before = float((source.get("tt_run") or {}).get("wall_s", 0.0))  # an earlier, stopped --tt-from run
+    args.source_run = {"machine": source["machine"], "loadavg_start": source["loadavg_start"],
+                       "first_s": float(source.get("total_s", 0.0)) - tt_before, "tt_before_s": tt_before}
+    return source
+
+
+def add_tt(args: argparse.Namespace, model: Any, problem: Any, n_layers: int, source: dict[str, Any],
+           splits: tuple[list, list, dict], t_start: float, load_start: list | None,
+           argv: Sequence[str] | None) -> None:
+    """Add the ``hybrid-qubo+tt`` rows to a finished results file, leaving its other rows as they are.
+
+    Per setting in ``--tt-settings`` (skipped when the file already holds its TT rows, so a stopped
+    run resumes): the recorded ``hybrid-qubo`` weights, ``hybrid-qubo`` re-run per seed as a check
+    (its mask must equal the recorded one: the same calibration draw and solve, so TT refines the
+    very mask the table reports), then TT from it. Results are rewritten after every setting.
+    """
+    names = {t.strip() for t in args.tt_settings.split(",")}
+    seeds = list(source["seeds"])
+    rows = list(source["rows"])
+    metas = [dict(m) for m in source["settings"]]
+    methods = list(source["methods"]) + ([TT_METHOD] if TT_METHOD not in source["methods"] else [])
+    t0 = t_start - float(source.get("total_s", 0.0))  # the file's total wall time includes both runs
+    todo = [i for i, m in enumerate(metas) if m["setting"] in names
+            and {r["seed"] for r in rows if r["setting"] == m["setting"] and r["method"] == TT_METHOD} != set(seeds)]
+    prep_cache: dict = {}
+    for n, i in enumerate(todo):
+        meta = metas[i]
+        st = make_settings([meta["setting"]], n_layers)[0]
+        new_rows, new_meta = run_setting(model, problem, st, ["hybrid-qubo", TT_METHOD], seeds, args, prep_cache,
+                                         weights={m: w for m, w in meta["weights"].items() if m == "hybrid-qubo"})
+        recorded = {r["seed"]: r["mask_sha1"] for r in rows
+                    if r["setting"] == meta["setting"] and r["method"] == "hybrid-qubo"}
+        for r in new_rows:
+            if r["method"] == "hybrid-qubo" and recorded.get(r["seed"]) != r["mask_sha1"]:
+                die(f"setting {meta['setting']} seed {r['seed']}: hybrid-qubo mask {r['mask_sha1']} is not the "
+                    f"recorded {recorded.get(r['seed'])} (another calibration draw or solver); run the whole table")
+        rows = [r for r in rows if not (r["setting"] == meta["setting"] and r["method"] == TT_METHOD)]
+        rows += [r for r in new_rows if r["method"] == TT_METHOD]
+        metas[i] = dict(meta, weights=dict(meta["weights"], **{TT_METHOD: new_meta["weights"][TT_METHOD]}),
+                        tt_signals_s=new_meta["signals_s"])
+        prep_cache.clear()
+        write_results(args, Path(source["checkpoint"]), source["checkpoint_note"], problem, methods, seeds,
+                      *splits, rows, metas, t0, load_start, argv, final=n == len(todo) - 1)
+    if not todo:
+        log(f"{args.tt_from} already holds {TT_METHOD} rows for every seed of settings {sorted(names)}")
 
 
 def write_results(args: argparse.Namespace, ckpt: Path, note: str, problem: Any, methods: list[str],
@@ -729,7 +814,12 @@ def write_results(args: argparse.Namespace, ckpt: Path, note: str, problem: Any,
         "tries the same candidate weights; the one kept is the best on validation for that setting."),
     ]
     if TT_METHOD in methods:
-        notes.append(f"{TT_METHOD}: budget {args.tt_budget} evaluations (paper 20,000) on the validation batches.")
+        notes.append(f"{TT_METHOD}: budget {args.tt_budget} evaluations (paper 20,000) on the validation batches, "
+                     "starting from the hybrid-qubo mask of the same seed; its `select s` includes that solve.")
+    if getattr(args, "tt_from", None):
+        notes.append(f"The {TT_METHOD} rows were added by a later run (`--tt-from`; its arguments are `tt_argv`): "
+                     "it re-ran hybrid-qubo per seed with the recorded weights and got the recorded masks "
+                     "(mask_sha1 equal), then refined them; the other rows are the first run's.")
     payload: dict[str, Any] = {
         "quick": bool(args.quick), "checkpoint": str(ckpt), "checkpoint_note": note,
         "checkpoint_meta": getattr(problem, "checkpoint_meta", {}),
@@ -742,20 +832,27 @@ def write_results(args: argparse.Namespace, ckpt: Path, note: str, problem: Any,
         "paper": {s: {m: {"psnr": v[0], "ssim": v[1]} for m, v in d.items()} for s, d in PAPER.items()},
         "paper_seconds_full": PAPER_SECONDS_FULL,
         "machine": machine_info(), "loadavg_start": load_start,
-        "argv": sys.argv[1:] if argv is None else list(argv), "notes": notes,
+        "argv": sys.argv[1:] if argv is None else list(argv), "notes": notes, "capacity": args.capacity,
     }
+    payload["total_s"] = time.perf_counter() - t_start
+    if getattr(args, "tt_from", None):  # the first run's machine and time stay; the TT run gets its own record
+        first = args.source_run
+        payload["tt_argv"], payload["argv"] = payload["argv"], args.source_argv
+        payload["tt_run"] = {"machine": payload["machine"], "loadavg_start": load_start,
+                             "wall_s": payload["total_s"] - first["first_s"]}
+        payload["machine"], payload["loadavg_start"] = first["machine"], first["loadavg_start"]
     payload["paired"] = paired_tests(all_rows, metas)
     payload["ordering"] = ordering_paragraph(aggs, metas, seeds, payload["paired"])
-    payload["total_s"] = time.perf_counter() - t_start
     payload["complete"] = final
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / f"{args.out_name}.json", payload)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / f"{args.out_name}.json", payload)
     md = render_markdown(payload)
-    with atomic_open(RESULTS / f"{args.out_name}.md") as fh:
+    with atomic_open(out_dir / f"{args.out_name}.md") as fh:
         fh.write(md)
     if final:
         print(md)
-    log(f"wrote {RESULTS / (args.out_name + '.json')} and .md in {payload['total_s']:.0f} s")
+    log(f"wrote {out_dir / (args.out_name + '.json')} and .md in {payload['total_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,9 @@ _EXPORTS: dict[str, str] = {
     "export_bqm": "qprune.qubo.fileio", "export_constrained": "qprune.qubo.fileio",
     "export_formulation": "qprune.qubo.fileio", "load_bqm": "qprune.qubo.fileio", "LoadedQubo": "qprune.qubo.fileio",
     "load_sample": "qprune.qubo.io_samples", "save_sample": "qprune.qubo.io_samples",
+    # budgets (prune(..., budget=...)) as constrained problems for external solvers, and solved back
+    "BudgetRequest": "qprune.pipeline.budgeted", "budget_problem": "qprune.pipeline.budgeted",
+    "solve_budget_file": "qprune.solve.budget_milp",
     "save_pruned": "qprune.model.fileio", "load_pruned": "qprune.model.fileio",
 }
 _SUBPACKAGES = ("backends", "problems", "model", "qubo", "solve", "refine", "pipeline", "instances")

@@ -26,7 +26,8 @@ from qprune.pipeline.budgeted import BudgetRequest, budget_limits, select_budget
 from qprune.pipeline.methods import MethodOptions
 from qprune.pipeline.run import prepare, prune
 from qprune.solve.budget import Budget, CostModel, parse_budget
-from qprune.solve.budget_cqm import budget_cqm, cost_polynomial, write_budget_lp
+from qprune.solve.budget_cqm import budget_cqm, cost_polynomial, unit_variables, write_budget_lp
+from qprune.solve.budget_milp import is_budget_file
 from qprune.solve.constraint import ExactK
 from qprune.solve.latency_table import LatencyTable, load_table, measure_latency_table
 from qprune.torchvision_compat import prepare_torchvision
@@ -251,8 +252,39 @@ def test_budget_cqm_is_exact_and_reads_back(classify_budgeted, tmp_path):
     h.setOptionValue("output_flag", False)
     assert h.readModel(str(lp)) == highspy.HighsStatus.kOk
     assert h.getNumCol() > len(labels)  # the x's and the linearised products
-    with pytest.raises(QpruneError, match="round_to"):
-        budget_cqm(objective, cost, Budget("macs", 0.6), ExactK.layer_limits(prep.space.layer_ids, round_to=8))
+
+
+def _with_aux(space, x: np.ndarray, r: int) -> dict:
+    """The round_to auxiliaries that go with mask ``x``: w (layer touched), z (kept count / r)."""
+    aux = {}
+    for g, size in enumerate(np.bincount(space.layer_ids)):
+        pruned = int(x[space.layer_ids == g].sum())
+        aux[f"round_w_{g}"] = int(pruned > 0)
+        aux[f"round_z_{g}"] = (int(size) - pruned) // r if pruned else 0
+    return aux
+
+
+def test_round_to_is_exact_in_the_cqm(classify_budgeted):
+    prep, _, cost, objective, _ = classify_budgeted
+    labels = list(objective.variables)
+    req = BudgetRequest.of("macs=0.6", round_to=8)
+    x8, out = select_budget_mask(prep.space, prep.signals, "hybrid-qubo", req)
+    cqm = budget_cqm(objective, cost, req.budget, budget_limits(prep.space, req))
+    assert unit_variables(list(cqm.variables)) == labels
+    sample = dict(zip(labels, x8.tolist()))
+    assert cqm.check_feasible({**sample, **_with_aux(prep.space, x8, 8)})
+    # one more unit pruned in a touched layer: its kept count is no multiple of 8, for no w, z at all
+    g = int(prep.space.layer_ids[np.flatnonzero(x8)[0]])
+    i = int(np.flatnonzero((prep.space.layer_ids == g) & (x8 == 0))[0])
+    bad = x8.copy()
+    bad[i] = 1
+    size = int((prep.space.layer_ids == g).sum())
+    con = cqm.constraints[f"round_{g}"]
+    for w in (0, 1):
+        for z in range(size // 8 + 1):
+            trial = {**dict(zip(labels, bad.tolist())), **_with_aux(prep.space, bad, 8),
+                     f"round_w_{g}": w, f"round_z_{g}": z}
+            assert con.lhs.energy(trial) != con.rhs
 
 
 @pytest.mark.slow
@@ -273,3 +305,149 @@ def test_highs_solves_the_linearised_budget_lp(classify_budgeted, tmp_path):
     if h.getModelStatus() == highspy.HighsModelStatus.kOptimal:  # proven optimal: no worse than ours
         ours = objective.energy(dict(zip(labels, x.tolist())))
         assert objective.energy(dict(zip(labels, xs.tolist()))) <= ours + 1e-6
+
+
+def _export(tmp_path: Path, name: str, *extra: str) -> Path:
+    out = tmp_path / name
+    assert main(["export", "--problem", "classify", "--budget", "macs=0.6", "-o", str(out), "-q", *extra]) == 0
+    return out
+
+
+def test_cli_exports_the_budgeted_problem_as_cqm_and_lp(classify_budgeted, tmp_path, capsys):
+    prep, x, cost, objective, cqm = classify_budgeted
+    labels = list(objective.variables)
+    path = _export(tmp_path, "b.cqm")
+    with path.open("rb") as fh:
+        read = dimod.ConstrainedQuadraticModel.from_file(fh)
+    assert set(read.variables) == set(labels) and {"budget_max", "budget_min"} <= set(read.constraints)
+    sample = dict(zip(labels, x.tolist()))
+    assert read.check_feasible(sample)  # the mask `prune --budget macs=0.6` picks is feasible in the file
+    assert read.objective.energy(sample) == pytest.approx(objective.energy(sample))
+    assert is_budget_file(path)
+    lp = _export(tmp_path, "b.lp")
+    assert is_budget_file(lp) and "budget_max" in lp.read_text()
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    assert h.readModel(str(lp)) == highspy.HighsStatus.kOk
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, extra, match", [
+    ("b.coo", [], "cannot hold it"), ("b.json", [], "cannot hold it"),
+    ("b.cqm", ["--budget", "latency=0.5"], "cannot be exported"),
+    ("b.cqm", ["--budget", "macs=0"], r"\(0, 1\]"),
+])
+def test_cli_export_refuses_what_a_budget_file_cannot_hold(tmp_path, capsys, name, extra, match):
+    args = ["export", "--problem", "classify", "--budget", "macs=0.6", "-o", str(tmp_path / name), "-q"]
+    assert main(args + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(match, err), err
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_cli_solve_refuses_a_backend_that_takes_no_constraints(tmp_path, capsys):
+    path = _export(tmp_path, "b.cqm")
+    capsys.readouterr()
+    for args, match in ((["--backend", "openjij"], "takes no constraints"), (["--k", "5"], "--k does not apply")):
+        assert main(["solve", str(path), *args, "--out", str(tmp_path / "s.json")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and match in err, err
+    assert not (tmp_path / "s.json").exists()
+    plain = tmp_path / "q.coo"
+    assert main(["export", "--problem", "classify", "--sparsity", "0.3", "-o", str(plain), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["solve", str(plain), "--backend", "highs"]) == 2
+    assert "no budget constraint" in capsys.readouterr().err
+
+
+def test_cli_solve_says_when_no_mask_fits_the_budget_window(tmp_path, capsys):
+    # one layer of 16 units, each worth the same MACs: no count lands in [0.79, 0.80] of the model
+    path = tmp_path / "one.cqm"
+    assert main(["export", "--problem", "classify", "--layers", "1", "--budget", "macs=0.8", "-o", str(path),
+                 "-q"]) == 0
+    capsys.readouterr()
+    assert main(["solve", str(path), "--backend", "highs", "--time-limit", "20"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"HiGHS proved {path} infeasible" in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["b.cqm", "b.lp"])
+def test_cli_solve_brings_a_budgeted_file_back_within_the_budget(classify_budgeted, tmp_path, name):
+    prep, x, cost, objective, cqm = classify_budgeted
+    path = _export(tmp_path, name)
+    out = tmp_path / "s.json"
+    assert main(["solve", str(path), "--backend", "highs", "--time-limit", "20", "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["info"]["backend"] == "highs" and got["info"]["feasible"]
+    keys = [str(v) for v in objective.variables] if name.endswith(".cqm") else \
+        [f"x{i}" for i in range(len(objective.variables))]
+    mask = np.array([got["sample"][k] for k in keys], dtype=np.int8)
+    assert 0.59 - 1e-9 <= cost.of_mask(mask) / cost.full() <= 0.6 + 1e-9
+    assert got["info"]["count"] == int(mask.sum())
+    if name.endswith(".cqm"):
+        assert got["energy"] == pytest.approx(objective.energy(dict(zip(objective.variables, mask.tolist()))))
+
+
+@pytest.mark.slow
+def test_cli_round_to_survives_the_export_and_solve_round_trip(classify_budgeted, tmp_path):
+    path = _export(tmp_path, "r8.cqm", "--round-to", "8")
+    out = tmp_path / "s.json"
+    assert main(["solve", str(path), "--backend", "highs", "--time-limit", "20", "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["info"]["feasible"] and not [k for k in got["sample"] if k.startswith("round_")]
+    space = classify_budgeted[0].space
+    mask = np.array([got["sample"][u] for u in space.labels], dtype=np.int8)
+    for g, size in enumerate(np.bincount(space.layer_ids)):
+        pruned = int(mask[space.layer_ids == g].sum())
+        assert pruned == 0 or (size - pruned) % 8 == 0, (g, size, pruned)
+
+
+@pytest.mark.slow
+def test_cli_solve_starts_highs_from_qprunes_own_budgeted_mask(classify_budgeted, tmp_path):
+    objective = classify_budgeted[3]
+    recipe = tmp_path / "r.json"
+    assert main(["prune", "--problem", "classify", "--budget", "macs=0.6", "--round-to", "8", "--recipe",
+                 str(recipe), "-o", str(tmp_path / "p.pt"), "-q"]) == 0
+    pruned = set(json.loads(recipe.read_text())["pruned"])
+    start = {v: int(str(v) in pruned) for v in objective.variables}
+    path = _export(tmp_path, "r8.cqm", "--round-to", "8")
+    out = tmp_path / "s.json"
+    assert main(["solve", str(path), "--backend", "highs", "--time-limit", "10", "--start", str(recipe),
+                 "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["info"]["feasible"]
+    assert got["energy"] <= objective.energy(start) + 1e-6  # HiGHS keeps the start or finds better
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps({**json.loads(recipe.read_text()), "labels": ["a:0"], "pruned": []}))
+    assert main(["solve", str(path), "--backend", "highs", "--start", str(bad)]) == 2
+
+
+def test_cli_compare_at_equal_budgets_writes_rows_table_and_plot(tmp_path):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--problem", "classify", "--budget", "macs=0.8,0.6", "--methods",
+                 "l1-greedy,taylor-greedy", "--out", str(out), "--quiet"]) == 0
+    data = json.loads((out / "compare.json").read_text())
+    assert data["budgets"] == ["macs=0.8", "macs=0.6"] and data["sparsities"] == []
+    assert {(r["budget"], r["method"]) for r in data["rows"]} == {
+        (b, m) for b in ("macs=0.8", "macs=0.6") for m in ("l1-greedy", "taylor-greedy")}
+    for r in data["rows"]:  # l1-greedy at 0.6 needs the exchange move: one conv1 unit is 3 % of the MACs
+        target = float(r["budget"].split("=")[1])
+        assert target - 0.01 <= r["macs_kept"] <= target + 1e-12, r
+        assert r["sparsity"] == pytest.approx(r["k"] / r["units"])
+    table = (out / "compare.md").read_text()
+    assert "| budget |" in table
+    assert sum(line.startswith("|") and "macs=0.6" in line for line in table.splitlines()) == 2
+    assert (out / "compare.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--budget", "macs"], "KIND=F"), (["--budget", "macs=0.8", "--tune", "2"], "not both"),
+    (["--budget", "macs=0.8", "--sparsity", "0.3"], "not both"), (["--budget", "flops=0.5"], "unknown budget kind"),
+])
+def test_cli_compare_bad_budget_exits_2_with_one_line(tmp_path, capsys, args, match):
+    assert main(["compare", "--problem", "classify", "--methods", "l1-greedy", "--out", str(tmp_path / "c"),
+                 "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(match, err), err
+    assert not (tmp_path / "c").exists()

@@ -53,7 +53,12 @@ def test_compare_writes_table_json_plot(tmp_path, capsys):
     assert len(ks) == 6
     assert ks[(0.2, "random")] == ks[(0.2, "taylor-greedy")] == ks[(0.2, "hybrid-qubo")]
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| `hybrid-qubo` |" in (out / "compare.md").read_text()
+    table = (out / "compare.md").read_text()
+    # one table row per (method, sparsity): sparsities are never averaged together
+    assert sum(line.startswith("| full model | `hybrid-qubo` |") for line in table.splitlines()) == 2
+    assert f"| `hybrid-qubo` | 0.4 | {ks[(0.4, 'hybrid-qubo')]} |" in table
+    agg = {(a["method"], a["target"]): a for a in data["aggregate"]}
+    assert agg[("taylor-greedy", 0.4)]["k"] == ks[(0.4, "taylor-greedy")]
 
 
 @pytest.mark.parametrize(

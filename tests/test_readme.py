@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -41,7 +42,8 @@ def test_readme_commands_run_in_order(tmp_path, monkeypatch, capsys):
         assert code == 0, f"`{cmd}` exited {code}: {err.strip().splitlines()[-1:] }"
     # what the commands promise to write
     for name in ("digits.pt", "pruned.pt2", "recipe.json", "report.md", "qubo.lp", "qubo.json", "sample.json",
-                 "applied.md", "finetuned.pt2", "finetuned.md", "cmp/compare.md", "cmp/compare.png", "weights.json", "study.db"):
+                 "applied.md", "finetuned.pt2", "finetuned.md", "cmp/compare.md", "cmp/compare.png", "weights.json", "study.db", "budget.cqm",
+                 "budget_sample.json", "cmp_budget/compare.png"):
         assert (tmp_path / name).is_file(), name
 
 
@@ -91,6 +93,15 @@ def test_readme_make_targets_exist_and_bench_paper_uses_the_shipped_checkpoint()
         sys.path.remove(str(ROOT / "benchmarks"))
     tab = paper_tables.parse_args(shlex.split(tables[0])[2:])
     assert (ROOT / tab.checkpoint).resolve() == shipped and tab.vary_calibration
+    # bench-paper-tt adds the TT rows to that table's file; the shipped file holds them for every seed
+    dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", "bench-paper-tt"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    tt = paper_tables.parse_args(shlex.split(next(line for line in dry if "paper_tables.py" in line))[2:])
+    results = json.loads((ROOT / tt.tt_from).read_text())
+    assert (ROOT / results["checkpoint"]).resolve() == shipped and results["complete"]
+    for setting in tt.tt_settings.split(","):
+        seeds = {r["seed"] for r in results["rows"] if r["setting"] == setting and r["method"] == "hybrid-qubo+tt"}
+        assert seeds == set(results["seeds"]), setting
     # train-sidd remakes that file, resumably, with the recipe the README states
     dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", "train-sidd"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout.splitlines()

@@ -113,8 +113,12 @@ def test_resnet_block_last_convs_become_units_and_the_trunk_stays(arch: str) -> 
     space = build_space(model, x[:1], residual_branches=True)
     last = "conv2" if arch == "resnet18" else "conv3"
     ends = [n for n in space.layers if n.endswith((last, "downsample.0"))]
-    assert len(ends) == (8 if arch == "resnet18" else 16) + 4 - 1  # every block's last conv + 3 downsamples
-    assert "residual trunk kept whole" in space.excluded["conv1"]
+    # every block's last conv + the downsamples: 3 in resnet18, 4 in resnet50 (its layer1 widens 64 -> 256)
+    assert len(ends) == (8 + 3 if arch == "resnet18" else 16 + 4)
+    if arch == "resnet18":  # the stem's output is the trunk itself (layer1 adds onto it)
+        assert "residual trunk kept whole" in space.excluded["conv1"]
+    else:  # resnet50's stem feeds layer1.0's conv1 and downsample: a plain prunable layer
+        assert "conv1" in space.layers and "conv1" not in space.excluded
     u = space.units[space.labels.index(f"layer1.0.{last}:3")]
     assert u.kind == "branch" and u.outputs == ((f"layer1.0.bn{last[-1]}", 3),)  # gated after its BatchNorm
     mask = space.random_mask(0.3, seed=2)

@@ -18,8 +18,24 @@ def _ints(text: str) -> list[int]:
     return [int(t) for t in text.split(",") if t.strip()]
 
 
+def _budgets(args: argparse.Namespace) -> list:
+    """``--budget macs=0.8,0.5``: one request per fraction, all with the per-layer limits given."""
+    from qprune.commands._common import parse_max_prune
+    from qprune.errors import QpruneError
+    from qprune.pipeline.budgeted import BudgetRequest
+
+    if args.budget is None:
+        return []
+    kind, sep, fractions = args.budget.partition("=")
+    if not sep or not fractions.strip():
+        raise QpruneError(f"--budget {args.budget!r}: give KIND=F[,F...], e.g. macs=0.8,0.5")
+    return [BudgetRequest.of(f"{kind.strip()}={f.strip()}", round_to=args.round_to,
+                             min_keep_frac=args.min_keep_frac, max_prune=parse_max_prune(args.max_prune),
+                             latency=args.latency_table) for f in fractions.split(",") if f.strip()]
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from qprune.commands._common import add_finetune_args, add_problem_args, add_space_args
+    from qprune.commands._common import add_budget_args, add_finetune_args, add_problem_args, add_space_args
 
     p = subparsers.add_parser("compare", help="compare pruning methods at equal k (table + JSON + plot)",
                               description="Run several methods on one checkpoint at the same k and write "
@@ -28,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_space_args(p)
     p.add_argument("--methods", default="random,l1-greedy,taylor-greedy,l1-qubo,hybrid-qubo",
                    help="comma-separated methods")
-    p.add_argument("--sparsity", "-s", type=_floats, default=[0.36],
+    p.add_argument("--sparsity", "-s", type=_floats,
                    help="fraction(s) of prunable units, comma-separated (default 0.36)")
     p.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
     p.add_argument("--backend", "-b", default="neal")
@@ -41,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="first tune each QUBO method's weights for TRIALS trials on the validation split")
     p.add_argument("--refine", choices=("tt",), help="refine every QUBO method's mask with TT search")
     p.add_argument("--tt-budget", type=int, default=2000)
+    add_budget_args(p)
     add_finetune_args(p)
     p.add_argument("--out", default="out/compare", help="output directory (default out/compare)")
     p.add_argument("--quiet", "-q", action="store_true")
@@ -53,9 +70,11 @@ def run(args: argparse.Namespace) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     weights = parse_weights(args.weights)
+    budgets = _budgets(args)
+    sparsities = [] if budgets and args.sparsity is None else (args.sparsity or [0.36])
     problem, model, ckpt = load_problem_and_model(args)
     table = compare_methods(
-        model, problem, methods=methods, sparsities=args.sparsity, seeds=args.seeds,
+        model, problem, methods=methods, sparsities=sparsities, seeds=args.seeds, budgets=budgets,
         options=method_options(args, weights), tune=args.tune, layers=args.layers, min_keep=args.min_keep,
         progress=not args.quiet, out_dir=Path(args.out), extra={"checkpoint": ckpt},
         finetune=FinetuneOptions(args.finetune, args.finetune_lr, args.distill, args.distill_weight)

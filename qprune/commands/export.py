@@ -5,20 +5,30 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from pathlib import Path
+
 from qprune.commands._common import (
-    add_problem_args, add_solver_args, add_space_args, check_amount, check_output, load_problem_and_model,
-    method_options, parse_weights,
+    add_budget_args, add_problem_args, add_solver_args, add_space_args, check_amount, check_output,
+    load_problem_and_model, method_options, parse_max_prune, parse_weights,
 )
+from qprune.errors import QpruneError
+from qprune.solve.budget import parse_budget
+
+BUDGET_FORMATS = {".cqm": "dimod", ".dimod": "dimod", ".lp": "lp"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export", help="write the pruning QUBO (at the found gamma, or the constrained form) to a file",
         description="Build the pruning QUBO of a QUBO method, find gamma for exactly k, and export it. "
-                    "With --constrained, write the objective without the gamma term plus sum(x) = k.")
+                    "With --constrained, write the objective without the gamma term plus sum(x) = k. "
+                    "With --budget, write the objective plus the budget (quadratic) and the per-layer caps "
+                    "as constraints: a dimod CQM (.cqm) or a linearised MILP in LP format (.lp, HiGHS reads it); "
+                    "`qprune solve` solves either back.")
     add_problem_args(p)
     add_solver_args(p)
     add_space_args(p)
+    add_budget_args(p)
     p.add_argument("--format", "-f", help="file format (default: from the suffix of -o): "
                    "dimod, coo, json, qubo, lp, npz")
     p.add_argument("--constrained", action="store_true",
@@ -33,10 +43,10 @@ def run(args: argparse.Namespace) -> int:
     from qprune.pipeline.run import method_spec, prepare, resolve_k, select_mask
 
     check_amount(args)
+    if args.budget is not None:
+        return _export_budget(args)
     spec = method_spec(args.method)
     if spec.kind != "qubo":
-        from qprune.errors import QpruneError
-
         raise QpruneError(f"method {args.method!r} builds no QUBO; export needs a *-qubo method")
     check_output(args.output, "--output")
     weights = parse_weights(args.weights)
@@ -55,4 +65,36 @@ def run(args: argparse.Namespace) -> int:
         what = f"BQM at gamma = {out['gamma']:.6g} (solver found exactly k = {k})"
     print(f"wrote {args.output}: {what}, {prep.space.N} variables, "
           f"{out['solved'].bqm.num_interactions} interactions")
+    return 0
+
+
+def _export_budget(args: argparse.Namespace) -> int:
+    """``--budget``: the budgeted problem as a CQM or linearised LP (checks first, then the model)."""
+    from qprune.atomic import atomic_open
+    from qprune.pipeline.budgeted import BudgetRequest, budget_problem
+    from qprune.pipeline.run import prepare
+    from qprune.solve.budget_cqm import write_budget_lp
+
+    fmt = args.format or BUDGET_FORMATS.get(Path(args.output).suffix.lower())
+    if fmt not in ("dimod", "lp"):
+        raise QpruneError(f"--budget exports a constrained problem: format {fmt or Path(args.output).suffix!r} "
+                          "cannot hold it; use .cqm (dimod) or .lp")
+    check_output(args.output, "--output")
+    if parse_budget(args.budget).kind == "latency":
+        raise QpruneError("a latency budget is a measured per-layer table, not a polynomial in the units: "
+                          "it cannot be exported; use macs=, params= or units=")
+    request = BudgetRequest.of(args.budget, round_to=args.round_to, min_keep_frac=args.min_keep_frac,
+                               max_prune=parse_max_prune(args.max_prune), latency=args.latency_table)
+    weights = parse_weights(args.weights)
+    problem, model, _ = load_problem_and_model(args)
+    prep = prepare(model, problem, methods=[args.method], layers=args.layers, min_keep=args.min_keep,
+                   fisher=args.fisher, weights=weights, progress=not args.quiet)
+    cqm = budget_problem(prep.space, prep.signals, args.method, request, method_options(args, weights))
+    if fmt == "lp":
+        write_budget_lp(cqm, args.output, linearize=True)
+    else:
+        with cqm.to_file() as src, atomic_open(args.output, "wb") as fh:
+            fh.write(src.read())
+    print(f"wrote {args.output}: objective + budget {request.budget.text} ({', '.join(cqm.constraints)[:80]}), "
+          f"{len(cqm.variables)} variables{' (linearised products as continuous y_i_j)' if fmt == 'lp' else ''}")
     return 0

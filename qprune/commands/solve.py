@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "solve", help="solve a QUBO file (any format qprune reads) with a backend",
         description="Solve a QUBO file. A constrained file (objective + sum(x) = k) or --k runs the "
                     "exact-k search (gamma search with a reward of 1 per variable, then k-preserving "
-                    "repair/polish); otherwise the backend samples the BQM and the best sample is kept.")
+                    "repair/polish); otherwise the backend samples the BQM and the best sample is kept. A budgeted "
+                    "file (`qprune export --budget`: .cqm or .lp with a budget constraint) is solved as a MILP "
+                    "by HiGHS (--backend highs, the only backend that takes it; --time-limit).")
     p.add_argument("file", help="QUBO file: .bqm/.cqm (dimod), .coo, .json, .qubo, .lp, .npz")
     p.add_argument("--format", "-f", help="file format when the suffix does not say")
     p.add_argument("--backend", "-b", default="neal", help="solver backend (see `qprune backends`; default neal)")
@@ -33,6 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-polish", action="store_true", help="skip the pair-swap local search")
     p.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
                    help="backend parameter, e.g. -p num_sweeps=500 (VALUE read as JSON when it parses)")
+    p.add_argument("--time-limit", type=float, default=60.0,
+                   help="budgeted files: HiGHS's time limit in seconds (its best incumbent is kept; default 60)")
+    p.add_argument("--start", metavar="FILE",
+                   help="budgeted files: HiGHS's first incumbent, a sample file or a recipe from `qprune prune "
+                        "--budget ... --recipe` (a recipe's units in order: x<i> in an .lp)")
     p.add_argument("--out", "-o", help="write {sample, energy, info} as JSON here ('-' for stdout)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=run)
@@ -57,14 +64,15 @@ def run(args: argparse.Namespace) -> int:
     # project modules are imported here, not at the top: the CLI imports every command module to
     # build its parser, and the solve layer (dimod, scipy) would add ~1 s to every `qprune` call
     from qprune import backends
-    from qprune.atomic import write_json
     from qprune.qubo import fileio as qubo_io
     from qprune.solve.arrays import lagrangian
     from qprune.solve.exact_k import solve_exact_k
+    from qprune.solve.budget_milp import is_budget_file
     from qprune.solve.sampling import SamplerCall
 
     # every check that can fail runs before any work, so a bad call writes nothing
-    backends.info(args.backend)
+    if args.backend != "highs":
+        backends.info(args.backend)
     params = parse_params(args.param)
     for flag, value, low in (("--reads", args.reads, 1), ("--search-reads", args.search_reads, 1),
                              ("--max-iter", args.max_iter, 0)):
@@ -74,6 +82,11 @@ def run(args: argparse.Namespace) -> int:
         parent = Path(args.out).resolve().parent
         if parent.exists() and not parent.is_dir():
             raise QpruneError(f"--out {args.out!r}: {str(parent)!r} is not a directory")
+    if is_budget_file(args.file):
+        return _solve_budget(args)
+    if args.backend == "highs":
+        raise QpruneError(f"--backend highs solves budgeted files (`qprune export --budget`); {args.file} has no "
+                          "budget constraint: use a QUBO backend (see `qprune backends`)")
     loaded = qubo_io.load_bqm(args.file, format=args.format)
     bqm = loaded.bqm
     n = bqm.num_variables
@@ -106,6 +119,13 @@ def run(args: argparse.Namespace) -> int:
         summary += (f", gamma {info['gamma']:.6g}, {info['solves']} solves"
                     + (f", repaired ({info['repair_moves']} moves)" if info["repaired"] else "")
                     + (f", polished ({info['polish_moves']} swaps)" if info["polished"] else ""))
+    return _emit(args, summary, payload)
+
+
+def _emit(args: argparse.Namespace, summary: str, payload: dict[str, Any]) -> int:
+    """Print the summary; the JSON goes to stdout (``--out -``, summary on stderr) or to ``--out``."""
+    from qprune.atomic import write_json
+
     if args.out == "-":
         print(summary, file=sys.stderr)
         print(json.dumps(payload, indent=1, default=_json_default))
@@ -115,6 +135,51 @@ def run(args: argparse.Namespace) -> int:
         summary += f"; wrote {args.out}"
     print(summary)
     return 0
+
+
+def _solve_budget(args: argparse.Namespace) -> int:
+    """A budgeted file: HiGHS on its (linearised) MILP; prints/writes as the QUBO path does."""
+    from qprune.solve.budget_milp import budget_file_units, solve_budget_file
+
+    if args.backend not in ("highs", "neal"):  # neal: the default, i.e. no backend asked for
+        raise QpruneError(f"backend {args.backend!r} takes no constraints: a budgeted file is solved with "
+                          "--backend highs (or as a CQM by LeapHybridCQMSampler, outside qprune)")
+    if args.k is not None:
+        raise QpruneError("--k does not apply to a budgeted file: its budget constraint sets the size")
+    start = _read_start(args.start, budget_file_units(args.file)) if args.start else None
+    t0 = time.perf_counter()
+    res = solve_budget_file(args.file, time_limit=args.time_limit, seed=args.seed, start=start)
+    count = sum(res.x)
+    info = dict(res.info, backend="highs", file=str(args.file), num_variables=len(res.x), count=count,
+                wall_time_s=time.perf_counter() - t0)
+    payload = {"sample": {_key(v): int(b) for v, b in zip(res.labels, res.x)}, "energy": res.objective,
+               "info": info}
+    summary = (f"solved {args.file}: {len(res.x)} variables, budgeted MILP, HiGHS ({info['status']}): "
+               f"objective {res.objective:.10g}, {count} ones, feasible {info['feasible']}, "
+               f"{info['wall_time_s']:.2f} s")
+    return _emit(args, summary, payload)
+
+
+def _read_start(path: str, units: list[Any]) -> list[int]:
+    """A start for a budgeted file: a recipe (its pruned labels; by position in an .lp's x<i>) or a
+    sample file matched to the file's unit labels."""
+    from qprune.model.recipe import RECIPE_FORMAT, load_recipe
+    from qprune.qubo.io_samples import load_sample
+
+    try:
+        is_recipe = json.loads(Path(path).read_text()).get("format") == RECIPE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_recipe = False
+    if not is_recipe:
+        return [int(v) for v in load_sample(path, [str(u) for u in units])]
+    recipe = load_recipe(path)
+    by_position = bool(units) and units[0] == "x0" and "x0" not in recipe["labels"]  # an .lp's renamed units
+    labels = recipe["labels"] if by_position else [str(u) for u in units]
+    if len(recipe["labels"]) != len(units) or not (by_position or set(labels) == set(recipe["labels"])):
+        raise QpruneError(f"--start {path}: the recipe's {len(recipe['labels'])} units are not the "
+                          f"{len(units)} units of the budgeted file")
+    pruned = set(recipe["pruned"])
+    return [int(label in pruned) for label in labels]
 
 
 def _sample(call: SamplerCall, bqm: Any, args: argparse.Namespace) -> tuple[list[Any], list[int], float, dict[str, Any]]:

@@ -75,6 +75,13 @@ class ChannelScatter:
     def _scatter(self, y: torch.Tensor) -> torch.Tensor:
         shape = list(y.shape)
         shape[self.scatter_dim] = self.full_channels
+        if self.scatter_dim == 1 and y.dim() == 4 and not y.is_contiguous() \
+                and y.is_contiguous(memory_format=torch.channels_last):
+            # an NHWC branch (behind a LayerNorm2d's permute) stays NHWC: scattered as NCHW, the trunk
+            # add mixed layouts and the F = 64 Half-UNet at half its MACs ran slower than unpruned
+            # (benchmarks/results/rounding.md); zero-filled then copied is the faster order here
+            nhwc = torch.zeros(y.size(0), y.size(2), y.size(3), self.full_channels, dtype=y.dtype, device=y.device)
+            return nhwc.index_copy_(3, self.index, y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         # every element written once (kept channels copied, pruned ones zeroed): measured 3x
         # cheaper than zero-filling the whole tensor first and copying the kept channels over
         out = torch.empty(shape, dtype=y.dtype, device=y.device)

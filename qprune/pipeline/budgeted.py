@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import dimod
 import numpy as np
 
 from qprune.errors import QpruneError
@@ -22,12 +23,13 @@ from qprune.model.signals import Signals
 from qprune.model.units import FilterSpace
 from qprune.pipeline.methods import MethodOptions, build_formulation, check_signals, method_spec
 from qprune.solve.budget import Budget, CostModel, parse_budget
+from qprune.solve.budget_cqm import budget_cqm
 from qprune.solve.budget_search import score_tables, search_counts
 from qprune.solve.constraint import ExactK
 from qprune.solve.layerwise import layerwise_budget
 from qprune.solve.strategies import get_strategy
 
-__all__ = ["BudgetRequest", "budget_limits", "select_budget_mask"]
+__all__ = ["BudgetRequest", "budget_limits", "budget_problem", "select_budget_mask"]
 
 
 @dataclass(frozen=True)
@@ -114,3 +116,20 @@ def select_budget_mask(space: FilterSpace, signals: Signals, method: str, reques
     info["round_to"] = request.round_to
     out["info"] = info
     return x, out
+
+
+def budget_problem(space: FilterSpace, signals: Signals, method: str, request: BudgetRequest,
+                   options: MethodOptions | None = None) -> dimod.ConstrainedQuadraticModel:
+    """The budgeted problem of a QUBO method as a dimod CQM, for external solvers: the method's
+    objective (no gamma term), the budget as the quadratic constraints ``budget_max``/``budget_min``
+    the per-layer caps and ``round_to`` (:func:`qprune.solve.budget_cqm.budget_cqm`; a latency
+    budget has no such form and is refused)."""
+    spec = method_spec(method)
+    if spec.kind != "qubo":
+        raise QpruneError(f"method {method!r} builds no QUBO; a budgeted export needs a *-qubo method")
+    options = options or MethodOptions()
+    check_signals(spec, options, signals)
+    formulation = build_formulation(space, signals, spec, weights=options.weights, fisher=options.fisher,
+                                    capacity=options.capacity)
+    cost = CostModel.build(space, request.budget.kind, request.latency)
+    return budget_cqm(formulation.objective_bqm(), cost, request.budget, budget_limits(space, request))

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from qprune.atomic import atomic_open, write_json
 from qprune.errors import QpruneError
+from qprune.pipeline.budgeted import BudgetRequest
 from qprune.pipeline.methods import MethodOptions, method_spec
 from qprune.pipeline.run import prepare, resolve_k, run_method, tune_weights
 from qprune.pipeline.report import aggregate, compare_markdown, machine_info, plot_metric_vs_sparsity
@@ -56,8 +57,13 @@ def compare_rows(
     progress: bool = True,
     options: MethodOptions | None = None,
     finetune: FinetuneOptions | None = None,
+    budgets: Sequence[BudgetRequest] = (),
 ) -> list[dict[str, Any]]:
     """One row per (sparsity, method, seed): metrics after pruning, params, MACs, latency, time.
+
+    With ``budgets`` (then ``sparsities`` must be empty) the rows are per (budget, method, seed):
+    every method prunes to the same budget (:func:`qprune.pipeline.budgeted.select_budget_mask`),
+    each row with its own count ``k`` and ``sparsity`` = k / N.
 
     ``options`` steer every run (its seed is replaced by each of ``seeds``). With ``tune > 0`` each
     QUBO method's weights are first searched for ``tune`` trials on the VALIDATION split at that k
@@ -76,17 +82,22 @@ def compare_rows(
     for s in sparsities:
         if not 0.0 <= s < 1.0:
             raise QpruneError(f"sparsity={s} must be a fraction in [0, 1)")
+    if budgets and (sparsities or tune > 0):
+        raise QpruneError("compare at budgets: give budgets or sparsities, not both; and no --tune "
+                          "(it searches weights at one k; give --weights)")
+    targets: list[float | BudgetRequest] = list(budgets) or list(sparsities)
     prep = prepare(model, problem, methods=methods, layers=layers, min_keep=min_keep,
                    fisher=options.fisher, weights=options.weights, progress=progress)
     setting = setting or (f"{layers} layers" if layers is not None else "full model")
     rows: list[dict[str, Any]] = []
-    jobs = [(s, m, seed) for s in sparsities for m in methods for seed in seeds]
+    jobs = [(s, m, seed) for s in targets for m in methods for seed in seeds]
     # deterministic methods give the same mask for every seed: run them once, reuse the row
-    done: dict[tuple[float, str], dict[str, Any]] = {}
-    tuned: dict[tuple[float, str], tuple[Any, float]] = {}
+    done: dict[tuple[Any, str], dict[str, Any]] = {}
+    tuned: dict[tuple[Any, str], tuple[Any, float]] = {}
     bar = tqdm(jobs, desc="compare", disable=not progress)
     for sparsity, method, seed in bar:
-        bar.set_postfix_str(f"{method} s={sparsity:g} seed={seed}")
+        budget = sparsity if isinstance(sparsity, BudgetRequest) else None
+        bar.set_postfix_str(f"{method} {budget.budget.text if budget else f's={sparsity:g}'} seed={seed}")
         spec = method_spec(method)
         if spec.kind == "greedy" and (sparsity, method) in done:
             rows.append(dict(done[(sparsity, method)], seed=seed))
@@ -102,11 +113,13 @@ def compare_rows(
             weights, tune_seconds = tuned[(sparsity, method)]
             run_options = replace(run_options, weights=weights)
         t0 = time.perf_counter()
-        result = run_method(prep, method, sparsity=sparsity, options=run_options,
-                            remove=remove or finetune is not None)
+        result = run_method(prep, method, sparsity=None if budget else sparsity, options=run_options,
+                            remove=remove or finetune is not None, budget=budget)
         elapsed = time.perf_counter() - t0
         row: dict[str, Any] = {
-            "setting": setting, "method": method, "sparsity": sparsity, "seed": seed, "k": result.k,
+            "setting": setting, "method": method, "seed": seed, "k": result.k,
+            "sparsity": result.k / prep.space.N if budget else sparsity,
+            **({"budget": budget.budget.text} if budget else {}),
             "units": prep.space.N, "energy": result.energy, "gamma": result.gamma,
             "method_seconds": elapsed, "signals_seconds": prep.timings.get("signals"),
             "tune_seconds": tune_seconds,
@@ -116,6 +129,8 @@ def compare_rows(
         row.update({f"{name}_before": v for name, v in result.metrics_before.items()})
         row.update({f"{name}": v for name, v in result.stats_after.items()})
         row.update({f"{name}_before": v for name, v in result.stats_before.items()})
+        if budget is not None and budget.budget.kind in ("params", "macs"):
+            row[f"{budget.budget.kind}_kept"] = row[budget.budget.kind] / row[f"{budget.budget.kind}_before"]
         if finetune is not None:
             row.update(_finetuned(problem, model, result.pruned_model, finetune, seed))
         rows.append(row)
@@ -136,11 +151,14 @@ def compare_methods(
 ) -> str:
     """Run :func:`compare_rows`, write compare.{md,json,png} to ``out_dir`` and return the table."""
     rows = compare_rows(model, problem, methods=methods, sparsities=sparsities, seeds=seeds, **kwargs)
+    budgets = [b.budget.text for b in kwargs.get("budgets", ())]
     metric_keys = [k for k in _METRIC_ORDER if k in rows[0]]
     metric_keys += [f"{k}_ft" for k in metric_keys if f"{k}_ft" in rows[0]]
-    keys = metric_keys + [k for k in ("params", "macs", "latency_ms", "method_seconds") if k in rows[0]]
+    keys = metric_keys + [k for k in ("params", "macs", "macs_kept", "params_kept", "latency_ms", "method_seconds")
+                          if k in rows[0]]
     agg = aggregate(rows, keys)
-    title = f"qprune compare: {getattr(problem, 'name', 'model')}, sparsity {', '.join(map(str, sparsities))}"
+    title = (f"qprune compare: {getattr(problem, 'name', 'model')}, "
+             + (f"budget {', '.join(budgets)}" if budgets else f"sparsity {', '.join(map(str, sparsities))}"))
     table = compare_markdown(agg, keys, title=title)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -148,10 +166,12 @@ def compare_methods(
             fh.write(table)
         write_json(out_dir / "compare.json", {
             "problem": getattr(problem, "name", None), "methods": list(methods), "sparsities": list(sparsities),
+            "budgets": budgets,
             "seeds": list(seeds), "rows": rows, "aggregate": agg, "machine": machine_info(), **(extra or {}),
         })
         if metric_keys:
-            plot_metric_vs_sparsity(rows, metric_keys[0], out_dir / "compare.png", title=title)
+            plot_metric_vs_sparsity(rows, metric_keys[0], out_dir / "compare.png", title=title,
+                                    x="budget" if budgets else "sparsity")
     return table
 
 

@@ -148,14 +148,21 @@ def write_report(path: str | os.PathLike[str], summary: Mapping[str, Any], *, ti
 # --------------------------------------------------------------------------- comparison tables
 
 
+def _target(row: Mapping[str, Any]) -> Any:
+    """What a row was pruned to: its budget (``"macs=0.5"``) or its sparsity."""
+    return row.get("budget") if row.get("budget") is not None else row.get("sparsity")
+
+
 def aggregate(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
-    """Mean and spread (sample std) of ``keys`` per (setting, method) over seeds."""
-    groups: dict[tuple[Any, str], list[Mapping[str, Any]]] = {}
+    """Mean and spread (sample std) of ``keys`` per (setting, method, sparsity or budget) over seeds."""
+    groups: dict[tuple[Any, str, Any], list[Mapping[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r.get("setting"), r["method"]), []).append(r)
+        groups.setdefault((r.get("setting"), r["method"], _target(r)), []).append(r)
     out = []
-    for (setting, method), rs in groups.items():
-        agg: dict[str, Any] = {"setting": setting, "method": method, "seeds": [r.get("seed") for r in rs], "k": rs[0]["k"]}
+    for (setting, method, target), rs in groups.items():
+        ks = sorted({int(r["k"]) for r in rs})  # a budget may prune another count per seed
+        agg: dict[str, Any] = {"setting": setting, "method": method, "seeds": [r.get("seed") for r in rs],
+                               "k": ks[0] if len(ks) == 1 else f"{ks[0]}-{ks[-1]}", "target": target}
         for key in keys:
             vals = np.array([r[key] for r in rs if r.get(key) is not None], dtype=float)
             agg[key] = float(vals.mean()) if vals.size else None
@@ -165,11 +172,14 @@ def aggregate(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[di
 
 
 def compare_markdown(agg: Sequence[Mapping[str, Any]], keys: Sequence[str], *, title: str) -> str:
-    """The paper-style table: one row per (setting, method), mean ± std over seeds."""
-    head = ["setting", "method", "k"] + list(keys)
+    """The paper-style table: one row per (setting, method, target), mean ± std over seeds."""
+    budgets = any(isinstance(r.get("target"), str) for r in agg)
+    head = ["setting", "method", "budget" if budgets else "sparsity", "k"] + list(keys)
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in agg:
-        cells = [str(r["setting"]), f"`{r['method']}`", str(r["k"])]
+        target = r.get("target")
+        cells = [str(r["setting"]), f"`{r['method']}`", "–" if target is None else f"{target:g}"
+                 if isinstance(target, float) else str(target), str(r["k"])]
         for key in keys:
             v, s = r.get(key), r.get(key + "_std", 0.0)
             cells.append("–" if v is None else (f"{v:.4g} ± {s:.2g}" if len(r["seeds"]) > 1 else f"{v:.4g}"))
@@ -177,10 +187,17 @@ def compare_markdown(agg: Sequence[Mapping[str, Any]], keys: Sequence[str], *, t
     return "\n".join(lines) + "\n"
 
 
+def _target_fraction(row: Mapping[str, Any]) -> float:
+    """The budget fraction of a budget row (``"macs=0.5"`` -> 0.5): rows of one budget share a point."""
+    return float(str(row["budget"]).split("=", 1)[1])
+
+
 def plot_metric_vs_sparsity(
-    rows: Sequence[Mapping[str, Any]], metric: str, path: str | os.PathLike[str], *, title: str = ""
+    rows: Sequence[Mapping[str, Any]], metric: str, path: str | os.PathLike[str], *, title: str = "",
+    x: str = "sparsity",
 ) -> None:
-    """PNG of ``metric`` against sparsity, one line per method (mean over seeds, std as error bars)."""
+    """PNG of ``metric`` against ``x`` (``"sparsity"``, or ``"budget"``: the kept fraction a budget
+    row asked for), one line per method (mean over seeds, std as error bars)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -190,16 +207,18 @@ def plot_metric_vs_sparsity(
     for r in rows:
         if r.get(metric) is None:
             continue
-        by_method.setdefault(r["method"], {}).setdefault(float(r["sparsity"]), []).append(float(r[metric]))
+        key = float(r["sparsity"]) if x == "sparsity" else _target_fraction(r)
+        by_method.setdefault(r["method"], {}).setdefault(key, []).append(float(r[metric]))
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for method, points in sorted(by_method.items()):
         xs = sorted(points)
         means = [float(np.mean(points[s])) for s in xs]
         errs = [float(np.std(points[s], ddof=1)) if len(points[s]) > 1 else 0.0 for s in xs]
         ax.errorbar([100 * s for s in xs], means, yerr=errs, marker="o", capsize=3, label=method)
-    ax.set_xlabel("pruned units (%)")
+    kind = str(rows[0].get("budget", "")).split("=", 1)[0] if rows else ""
+    ax.set_xlabel("pruned units (%)" if x == "sparsity" else f"{kind} kept: budget (% of the unpruned model)")
     ax.set_ylabel(metric)
-    ax.set_title(title or f"{metric} vs sparsity")
+    ax.set_title(title or f"{metric} vs {x}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

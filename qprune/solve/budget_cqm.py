@@ -6,7 +6,11 @@ exact :class:`qprune.solve.budget.CostModel` written out in the unit variables: 
 linear biases and the couplings ``coeff * a_i * b_j`` (``x_i^2 = x_i`` on the diagonal). Terms over
 more than two (tensor, dim) pairs would be cubic and are refused, as is a latency budget (its table
 is per-layer counts, not a polynomial in x). Constraint labels: ``"budget_max"``, ``"budget_min"``
-and ``"group_<layer id>"``; ``round_to`` has no linear form here and is refused too.
+and ``"group_<layer id>"``. ``round_to = r`` (kept counts multiples of r, or the whole layer kept)
+is a disjunction per layer, exact with two auxiliary variables: ``sum_l x - size_l w_l + r z_l = 0``,
+``z_l <= (size_l // r) w_l``, ``w_l`` binary (the layer is touched), ``z_l`` integer (kept count / r);
+``w_l = 0`` forces ``z_l = 0`` and no pruning. Their labels start with ``"round_"`` (constraints
+``"round_<layer id>"``, ``"round_on_<layer id>"``).
 
 :func:`write_budget_lp` writes it as CPLEX LP (variables renamed ``x<i>`` in unit order); with
 ``linearize=True`` every product ``x_i x_j`` (objective and budget) becomes a continuous
@@ -28,7 +32,9 @@ from qprune.errors import QpruneError
 from qprune.solve.budget import Budget, CostModel
 from qprune.solve.constraint import ExactK
 
-__all__ = ["budget_cqm", "cost_polynomial", "linearized", "write_budget_lp"]
+__all__ = ["AUX_PREFIX", "budget_cqm", "cost_polynomial", "linearized", "unit_variables", "write_budget_lp"]
+
+AUX_PREFIX = "round_"  # labels of the auxiliary (non-unit) variables of round_to
 
 
 def cost_polynomial(cost: CostModel, labels: Sequence[Hashable]) -> tuple[float, dimod.BinaryQuadraticModel]:
@@ -75,8 +81,6 @@ def budget_cqm(objective: dimod.BinaryQuadraticModel, cost: CostModel, budget: B
                ) -> dimod.ConstrainedQuadraticModel:
     """The CQM of the budgeted problem (see the module doc); ``objective``'s variables are the units
     in space order (``Formulation.objective_bqm()``)."""
-    if limits.round_to != 1:
-        raise QpruneError(f"round_to={limits.round_to} has no linear constraint form; export without it")
     labels = list(objective.variables)
     if len(labels) != limits.n:
         raise QpruneError(f"{len(labels)} objective variables for limits over {limits.n} units")
@@ -92,11 +96,28 @@ def budget_cqm(objective: dimod.BinaryQuadraticModel, cost: CostModel, budget: B
     cqm.add_constraint_from_model(poly, ">=", rhs=lo - const, label="budget_min", copy=True)
     size = limits.size
     for g in range(len(limits.cap)):
+        members = [labels[i] for i in np.flatnonzero(limits.group == g)]
         if limits.cap[g] < size[g]:
-            members = [labels[i] for i in np.flatnonzero(limits.group == g)]
             cqm.add_constraint_from_iterable([(v, 1) for v in members], "<=", rhs=int(limits.cap[g]),
                                              label=f"group_{g}")
+        if limits.round_to > 1:
+            _round_layer(cqm, members, g, int(size[g]), limits.round_to)
     return cqm
+
+
+def _round_layer(cqm: dimod.ConstrainedQuadraticModel, members: list[Hashable], g: int, size: int, r: int) -> None:
+    """Layer ``g`` keeps all its units or a multiple of ``r`` (the module doc's two constraints)."""
+    w, z = f"{AUX_PREFIX}w_{g}", f"{AUX_PREFIX}z_{g}"
+    cqm.add_variable("BINARY", w)
+    cqm.add_variable("INTEGER", z, lower_bound=0, upper_bound=size // r)
+    cqm.add_constraint_from_iterable([(v, 1) for v in members] + [(w, -size), (z, r)], "==", rhs=0,
+                                     label=f"{AUX_PREFIX}{g}")
+    cqm.add_constraint_from_iterable([(z, 1), (w, -(size // r))], "<=", rhs=0, label=f"{AUX_PREFIX}on_{g}")
+
+
+def unit_variables(variables: Sequence[Hashable]) -> list[Hashable]:
+    """The unit variables among a budget CQM's variables (the auxiliary ``round_*`` ones left out)."""
+    return [v for v in variables if not str(v).startswith(AUX_PREFIX)]
 
 
 def linearized(cqm: dimod.ConstrainedQuadraticModel) -> dimod.ConstrainedQuadraticModel:
@@ -117,8 +138,8 @@ def linearized(cqm: dimod.ConstrainedQuadraticModel) -> dimod.ConstrainedQuadrat
         terms += [(y(u, v), float(b)) for u, v, b in model.iter_quadratic()]
         return terms
 
-    for v in cqm.variables:
-        out.add_variable("BINARY", v)
+    for v in cqm.variables:  # binaries, and round_to's integers with their bounds
+        out.add_variable(cqm.vartype(v), v, lower_bound=cqm.lower_bound(v), upper_bound=cqm.upper_bound(v))
     obj = linear(cqm.objective)
     for name, con in cqm.constraints.items():
         out.add_constraint_from_iterable(linear(con.lhs), con.sense, rhs=float(con.rhs) - float(con.lhs.offset),
@@ -135,9 +156,10 @@ def linearized(cqm: dimod.ConstrainedQuadraticModel) -> dimod.ConstrainedQuadrat
 
 
 def write_budget_lp(cqm: dimod.ConstrainedQuadraticModel, path: str, *, linearize: bool = False) -> list[Hashable]:
-    """Write ``cqm`` as CPLEX LP (atomically), its variables renamed ``x<i>``; returns the original
-    labels in ``x<i>`` order (what a sample read back maps to)."""
-    labels = [v for v in cqm.variables]
+    """Write ``cqm`` as CPLEX LP (atomically), its unit variables renamed ``x<i>`` (the ``round_*``
+    ones keep their names); returns the original unit labels in ``x<i>`` order (what a sample read
+    back maps to)."""
+    labels = unit_variables(list(cqm.variables))
     renamed = cqm.relabel_variables({v: f"x{i}" for i, v in enumerate(labels)}, inplace=False)
     model = linearized(renamed) if linearize else renamed
     with atomic_open(path) as fh:

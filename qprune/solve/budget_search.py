@@ -9,7 +9,10 @@ exact coordinate descent (one block at a time, every allowed count tried against
 counts), warm-started along a bisection on ``lam`` to the smallest multiplier whose solution fits
 under ``hi``. What the multiplier leaves between the rungs of its ladder (counts come in steps, so
 ``cost(lam)`` jumps) is closed by moves of one or two blocks by one allowed step each: first to
-land inside ``[lo, hi]`` at the least energy, then to lower the energy while staying inside.
+land inside ``[lo, hi]`` at the least energy, then to lower the energy while staying inside. Where
+every such move overshoots (the window is narrower than one block's step, e.g. a first conv whose
+unit costs more than 1 % of the model), one block goes a step back and others re-prune step by step
+until the cost fits (:func:`_exchange`).
 Only allowed counts are ever visited (caps, ``min_keep``, ``round_to``: :meth:`ExactK.allowed`),
 so the limits hold exactly, not by clipping afterwards.
 """
@@ -209,6 +212,40 @@ def _pair_moves(state: _State) -> list[tuple[tuple[int, int], ...]]:
     return pairs
 
 
+def _exchange(state: _State, lo: float, hi: float) -> int:
+    """From below ``lo``: for every block, one step less pruned (over ``hi``), then single steps of
+    more pruning elsewhere, the least energy per cost first, until the cost fits; the lowest-energy
+    landing is kept (the state is unchanged when none lands). Returns the steps taken."""
+    start = state.pos.copy()
+    best: tuple[float, np.ndarray, int] | None = None
+    for b in range(len(state.tables)):
+        if start[b] == 0:
+            continue
+        state.set(start)
+        state.move(b, int(start[b]) - 1)
+        steps = 1
+        while state.total() > hi:
+            c, e = state.total(), state.energy()
+            options = []
+            for k, p in _steps(state):
+                if k != b and p > state.pos[k]:
+                    cost, energy = _try(state, ((k, p),))
+                    if cost < c:
+                        options.append((cost, energy, ((k, p),)))
+            if not options:
+                break
+            fits = [o for o in options if lo <= o[0] <= hi]
+            chosen = min(fits, key=lambda o: o[1]) if fits else \
+                min(options, key=lambda o: (o[1] - e) / max(c - o[0], 1e-300))
+            for k, p in chosen[2]:
+                state.move(k, p)
+            steps += 1
+        if lo <= state.total() <= hi and (best is None or state.energy() < best[0]):
+            best = (state.energy(), state.pos.copy(), steps)
+    state.set(start if best is None else best[1])
+    return 0 if best is None else best[2]
+
+
 def _try(state: _State, moves: tuple[tuple[int, int], ...]) -> tuple[float, float]:
     """(cost, energy) after ``moves``; the state is left as it was."""
     old = [(b, int(state.pos[b])) for b, _ in moves]
@@ -221,7 +258,8 @@ def _try(state: _State, moves: tuple[tuple[int, int], ...]) -> tuple[float, floa
 
 
 def _land(state: _State, lo: float, hi: float) -> int:
-    """From a state under ``hi``, move up to ``lo`` (un-pruning) by one- and two-block steps."""
+    """From a state under ``hi``, move up to ``lo`` (un-pruning) by one- and two-block steps, then
+    by an exchange when those are stuck."""
     n = 0
     for _ in range(10_000):
         c = state.total()
@@ -232,6 +270,8 @@ def _land(state: _State, lo: float, hi: float) -> int:
         if not inside:
             inside2, up2 = _candidates(state, _pair_moves(state), lo, hi, c)
             inside, up = inside2, up or up2
+        if not inside and not up:  # stuck between rungs: un-prune one block, re-prune others to fit
+            return n + _exchange(state, lo, hi)
         if inside:
             chosen = min(inside, key=lambda r: r[1])[2]
         elif up:

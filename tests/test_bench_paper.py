@@ -1,0 +1,58 @@
+"""``benchmarks/paper_tables.py --quick`` and its ``--tt-from`` mode end to end (slow: ``make test-slow``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TT = "hybrid-qubo+tt"
+
+
+def _tables(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "benchmarks/paper_tables.py", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1500)
+
+
+@pytest.mark.slow
+def test_tt_rows_are_added_to_a_finished_table_and_a_second_run_resumes(tmp_path: Path) -> None:
+    first = _tables("--quick", "--tune", "0", "--methods", "taylor-greedy,hybrid-qubo",
+                    "--out-dir", str(tmp_path), "--out-name", "pt")
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = json.loads((tmp_path / "pt.json").read_text())
+    assert before["complete"] and not [r for r in before["rows"] if r["method"] == TT]
+
+    added = _tables("--quick", "--tt-from", str(tmp_path / "pt.json"), "--tt-settings", "4", "--tt-budget", "4",
+                    "--out-dir", str(tmp_path), "--out-name", "pt")
+    assert added.returncode == 0, added.stderr[-2000:]
+    after = json.loads((tmp_path / "pt.json").read_text())
+    tt_rows = [r for r in after["rows"] if r["method"] == TT]
+    assert [(r["setting"], r["seed"]) for r in tt_rows] == [("4", 0)]
+    k4 = next(m["k"] for m in after["settings"] if m["setting"] == "4")
+    assert tt_rows[0]["k"] == k4
+    # every row of the first run is still there, unchanged; the first run's record stays its own
+    assert after["rows"][: len(before["rows"])] == before["rows"]
+    assert after["argv"] == before["argv"] and after["machine"] == before["machine"]
+    assert after["tt_run"]["wall_s"] > 0 and after["tt_argv"][:1] == ["--quick"]
+    assert any(p["a"] == TT and p["setting"] == "4" for p in after["paired"])
+    md = (tmp_path / "pt.md").read_text()
+    assert f"| `{TT}` |" in md and "a later run" in md
+
+    again = _tables("--quick", "--tt-from", str(tmp_path / "pt.json"), "--tt-settings", "4",
+                    "--out-dir", str(tmp_path), "--out-name", "pt")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already holds" in again.stderr + again.stdout
+    assert json.loads((tmp_path / "pt.json").read_text())["rows"] == after["rows"]
+
+
+def test_tt_from_refuses_a_file_that_is_not_a_results_table(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    run = _tables("--tt-from", str(bad), "--out-dir", str(tmp_path))
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1].startswith(f"paper_tables: --tt-from {bad}")
+    assert not list(tmp_path.glob("paper_tables*"))
