@@ -101,8 +101,9 @@ bench-peers: $(STAMP)
 bench-ablation: $(STAMP)
 	$(VPY) benchmarks/ablation.py --checkpoint $(SIDD_CKPT) --test-images 8
 
-# Do multiples of 8 channels pay on this CPU? A c -> c 3x3 conv swept over c, and the SIDD model at half
-# its MACs with round_to 1 and 8; writes benchmarks/results/rounding.{json,md}.
+# Do multiples of 8 channels pay on this CPU, and what do residual-branch units cost? A c -> c 3x3 conv swept
+# over c, and the SIDD model at 50/70 % of its MACs, round_to 1 and 8, with and without branch units;
+# writes benchmarks/results/rounding.{json,md}.
 bench-rounding: $(STAMP)
 	$(VPY) benchmarks/rounding.py
 

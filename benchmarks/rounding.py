@@ -7,7 +7,9 @@ whether it pays here. Two measurements, one torch thread, float32, side by side 
   input, for every ``c`` in ``--channels`` (NCHW and channels-last); median of ``--repeats`` calls;
   time per MAC, and the time of ``c`` against the next multiple of 8 at or above it (a ratio > 1
   means the smaller, unrounded layer is slower than the rounded-up one);
-* **models**: the same model pruned to the same MACs budget with ``round_to`` 1 and 8 (the
+* **models**: the same model pruned to the same MACs budget with ``round_to`` 1 and 8, in the default
+  space (with residual-branch units) and in one without them (``residual_branches=False``: issue 17
+  asks that the branch units not make pruned models slower at equal MACs) (the
   trained F = 64 SIDD Half-UNet; ``--quick``: the bundled F = 16 denoiser), physically removed,
   its latency (``--rounds`` interleaved rounds of ``--repeats`` calls, with the unpruned model in
   every round), MACs and test PSNR.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -77,41 +80,49 @@ def kernel_rows(channels: Sequence[int], size: int, repeats: int) -> list[dict[s
     return rows
 
 
-def model_rows(name: str, problem: Any, model: torch.nn.Module, budget: float, repeats: int, rounds: int,
-               ) -> dict[str, Any]:
-    """The model at one MACs budget, round_to 1 and 8, per method: latency, MACs, test metric.
+def model_rows(name: str, problem: Any, model: torch.nn.Module, budgets: Sequence[float], repeats: int,
+               rounds: int) -> dict[str, Any]:
+    """The model at each MACs budget, per method, round_to 1 and 8, with and without residual-branch
+    units: latency, MACs, test metric (a space that cannot reach a budget is listed as such).
 
     Latency is measured in ``rounds`` interleaved rounds (unpruned, then every pruned model, each
     ``repeats`` calls): on a shared machine one model's timings drift by a third between runs, so
     the per-round ratio to the unpruned model is the figure to read."""
-    prep = prepare(model, problem, methods=list(METHODS), progress=False)
+    preps = {rb: prepare(model, problem, methods=list(METHODS), progress=False,
+                         space_options={"residual_branches": rb}) for rb in ("auto", False)}
+    prep = preps["auto"]
     example = prep.work.test[0][0][:1]
     full = count_macs(prep.model, example)
-    rows, models = [], [prep.model]
-    for method in METHODS:
-        for round_to in (1, 8):
-            x, _ = select_budget_mask(prep.space, prep.signals, method,
+    rows, models, unreachable = [], [prep.model], []
+    for budget, (rb, pr), method, round_to in itertools.product(budgets, preps.items(), METHODS, (1, 8)):
+        where = {"budget": budget, "method": method, "round_to": round_to, "branch_units": rb == "auto",
+                 "units": pr.space.N}
+        try:
+            x, _ = select_budget_mask(pr.space, pr.signals, method,
                                       BudgetRequest.of({"macs": budget}, round_to=round_to))
-            mask = x.astype(bool)
-            gated = apply_mask(copy.deepcopy(prep.model), prep.space, mask, mode="gate")
-            metric = evaluate(gated, prep.work.test, prep.work.metrics)[prep.work.primary]
-            removed = apply_mask(copy.deepcopy(prep.model), prep.space, mask, mode="remove", example_inputs=example)
-            kept = [int((~mask[prep.space.layer_ids == g]).sum()) for g in range(prep.space.n_layers)]
-            models.append(removed)
-            rows.append({"method": method, "round_to": round_to, "macs_kept": count_macs(removed, example) / full,
-                         prep.work.primary: float(metric), "kept_per_layer": kept,
-                         "layers_multiple_of_8": sum(k % 8 == 0 for k in kept)})
+        except QpruneError as exc:  # e.g. without branch units the trunk's MACs cannot go
+            unreachable.append({**where, "reason": str(exc)})
+            continue
+        mask = x.astype(bool)
+        gated = apply_mask(copy.deepcopy(pr.model), pr.space, mask, mode="gate")
+        metric = evaluate(gated, pr.work.test, pr.work.metrics)[pr.work.primary]
+        removed = apply_mask(copy.deepcopy(pr.model), pr.space, mask, mode="remove", example_inputs=example)
+        kept = [int((~mask[pr.space.layer_ids == g]).sum()) for g in range(pr.space.n_layers)]
+        models.append(removed)
+        rows.append({**where, "macs_kept": count_macs(removed, example) / full, pr.work.primary: float(metric),
+                     "kept_per_layer": kept, "layers_multiple_of_8": sum(k % 8 == 0 for k in kept)})
     times = np.array([[measure_latency(m, example, repeats=repeats, threads=1)["median_ms"] for m in models]
                       for _ in range(rounds)])  # [round, model]
     for i, r in enumerate(rows, start=1):
         r["latency_ms"] = float(np.median(times[:, i]))
         r["latency_rounds_ms"] = times[:, i].tolist()
         r["vs_unpruned"] = float(np.median(times[:, i] / times[:, 0]))
-        log(f"{name} {r['method']} round_to={r['round_to']}: latency {r['latency_ms']:.2f} ms "
-            f"({r['vs_unpruned']:.2f}x unpruned), MACs {r['macs_kept']:.4f}, {prep.work.primary} {r[prep.work.primary]:.4f}")
-    return {"problem": name, "primary": prep.work.primary, "budget": budget,
+        log(f"{name} macs={r['budget']} {r['method']} round_to={r['round_to']} branch units {r['branch_units']}: "
+            f"latency {r['latency_ms']:.2f} ms ({r['vs_unpruned']:.2f}x unpruned), MACs {r['macs_kept']:.4f}, "
+            f"{prep.work.primary} {r[prep.work.primary]:.4f}")
+    return {"problem": name, "primary": prep.work.primary, "budgets": list(budgets),
             "unpruned_latency_ms": float(np.median(times[:, 0])), "unpruned_rounds_ms": times[:, 0].tolist(),
-            "layers": prep.space.n_layers, "rows": rows}
+            "rows": rows, "unreachable": unreachable}
 
 
 def _summary(rows: list[dict[str, Any]], layout: str) -> tuple[float, float]:
@@ -122,7 +133,7 @@ def _summary(rows: list[dict[str, Any]], layout: str) -> tuple[float, float]:
 
 def write_md(res: dict[str, Any], path: Path) -> None:
     k = res["kernels"]
-    lines = ["# Channel counts: multiples of 8 on this CPU", "",
+    lines = ["# Channel counts (multiples of 8) and residual-branch units: latency on this CPU", "",
              f"`{res['command']}`; {res['machine']['platform']}, torch {res['machine']['torch']}, 1 thread, float32; "
              f"wall time {res['wall_s']:.0f} s.", "",
              f"## Kernels: 3x3 conv, c -> c channels, {res['size']}x{res['size']} input, median of {res['repeats']}", "",
@@ -137,13 +148,18 @@ def write_md(res: dict[str, Any], path: Path) -> None:
                      f"{'–' if ratio is None else f'{ratio:.2f}'} |")
     for p in res["models"]:
         prim = p["primary"]
-        lines += ["", f"## {p['problem']}: MACs budget {p['budget']:g}, round_to 1 vs 8 (unpruned latency "
+        lines += ["", f"## {p['problem']}: MACs budgets {', '.join(f'{b:g}' for b in p['budgets'])} (unpruned latency "
                       f"{p['unpruned_latency_ms']:.2f} ms; {len(p['unpruned_rounds_ms'])} interleaved rounds, medians)", "",
-                  f"| method | round_to | MACs kept | latency ms | latency / unpruned (per round, median) | {prim} | "
-                  "layers with a multiple of 8 kept |", "|---|---|---|---|---|---|---|"]
+                  f"| MACs budget | method | round_to | residual-branch units | MACs kept | latency ms | latency / unpruned "
+                  f"(per round, median) | {prim} | layers with a multiple of 8 kept |", "|---|---|---|---|---|---|---|---|---|"]
         for r in p["rows"]:
-            lines.append(f"| {r['method']} | {r['round_to']} | {r['macs_kept']:.4f} | {r['latency_ms']:.2f} | "
-                         f"{r['vs_unpruned']:.2f} | {r[prim]:.4f} | {r['layers_multiple_of_8']} of {p['layers']} |")
+            lines.append(f"| {r['budget']:g} | {r['method']} | {r['round_to']} | "
+                         f"{'yes' if r['branch_units'] else 'no'} ({r['units']} units) | {r['macs_kept']:.4f} | "
+                         f"{r['latency_ms']:.2f} | {r['vs_unpruned']:.2f} | {r[prim]:.4f} | "
+                         f"{r['layers_multiple_of_8']} of {len(r['kept_per_layer'])} |")
+        for u in p["unreachable"]:
+            lines.append(f"\nNot reachable: MACs {u['budget']:g}, {u['method']}, round_to {u['round_to']}, "
+                         f"branch units {'yes' if u['branch_units'] else 'no'}: {u['reason']}")
     with atomic_open(path) as fh:
         fh.write("\n".join(lines) + "\n")
 
@@ -153,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a short channel sweep and the bundled F=16 denoiser")
     ap.add_argument("--channels", help="channel counts, lo:hi (default 40:72; --quick 14:18)")
     ap.add_argument("--size", type=int, default=64, help="input height = width of the kernel sweep (default 64)")
-    ap.add_argument("--budget", type=float, default=0.5, help="MACs budget of the model rows (default 0.5)")
+    ap.add_argument("--budgets", default="0.5,0.7", help="MACs budgets of the model rows (default 0.5,0.7)")
     ap.add_argument("--repeats", type=int, default=20, help="timed calls per measurement (default 20)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds of the models (default 5)")
     ap.add_argument("--out", help="output stem (default benchmarks/results/rounding[_quick])")
@@ -173,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not SIDD_CKPT.is_file():
                 raise QpruneError(f"checkpoint {SIDD_CKPT} does not exist")
             name, (problem, model) = "denoise (SIDD F=64)", load_checkpoint(str(SIDD_CKPT), data=str(SIDD_DATA))
-        models = [model_rows(name, problem, model.eval(), args.budget, args.repeats, args.rounds)]
+        models = [model_rows(name, problem, model.eval(), [float(b) for b in args.budgets.split(',')],
+                             args.repeats, args.rounds)]
     except (QpruneError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -140,8 +140,12 @@ def prepare(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     metric_fn: Callable[[torch.Tensor, torch.Tensor], Mapping[str, float] | float] | None = None,
     progress: bool = True,
+    space_options: Mapping[str, Any] | None = None,
 ) -> Prepared:
-    """Discover the filter space and collect, in ONE calibration pass, what ``methods`` need."""
+    """Discover the filter space and collect, in ONE calibration pass, what ``methods`` need.
+
+    ``space_options``: further :func:`qprune.model.space.build_space` keywords (e.g.
+    ``{"residual_branches": False}``), recorded with the space like the problem's own."""
     specs = [method_spec(m) for m in methods]
     work = as_workload(model, problem_or_batches, loss_fn=loss_fn, metric_fn=metric_fn)
     model = copy.deepcopy(model).eval()
@@ -153,6 +157,7 @@ def prepare(
     if exclude:
         space_kwargs["exclude"] = tuple(space_kwargs.get("exclude", ())) + tuple(exclude)
     space_kwargs["min_keep"] = min_keep
+    space_kwargs.update(space_options or {})
     space = build_space(model, work.calibration[0][0][:1], **space_kwargs)
     timings["space"] = time.perf_counter() - t0
     needs = frozenset().union(*(method_needs(s, fisher, weights) for s in specs))
