@@ -43,7 +43,7 @@ def test_readme_commands_run_in_order(tmp_path, monkeypatch, capsys):
     # what the commands promise to write
     for name in ("digits.pt", "pruned.pt2", "recipe.json", "report.md", "qubo.lp", "qubo.json", "sample.json",
                  "applied.md", "finetuned.pt2", "finetuned.md", "cmp/compare.md", "cmp/compare.png", "weights.json", "study.db", "budget.cqm",
-                 "budget_sample.json", "cmp_budget/compare.png"):
+                 "budget_recipe.json", "budget_sample.json", "cmp_budget/compare.png"):
         assert (tmp_path / name).is_file(), name
 
 
