@@ -71,6 +71,16 @@ def parse_max_prune(text: str | None) -> int | float | None:
         raise QpruneError(f"--max-prune {text!r} must be a count (int) or a fraction (float)") from None
 
 
+def budget_request(args: argparse.Namespace, text: str | None = None) -> Any:
+    """A ``BudgetRequest`` of ``--budget`` (or ``text``: one budget of a list) with the per-layer
+    limit flags of :func:`add_budget_args`."""
+    from qprune.pipeline.budgeted import BudgetRequest  # torch and dimod: only once a command runs
+
+    return BudgetRequest.of(args.budget if text is None else text, round_to=args.round_to,
+                            min_keep_frac=args.min_keep_frac, max_prune=parse_max_prune(args.max_prune),
+                            latency=args.latency_table)
+
+
 def add_finetune_args(p: argparse.ArgumentParser, *, flag: str | None = "--finetune") -> None:
     """Recovery fine-tuning flags; ``flag`` also adds ``--finetune EPOCHS`` (prune, compare)."""
     if flag:

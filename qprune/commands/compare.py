@@ -20,18 +20,15 @@ def _ints(text: str) -> list[int]:
 
 def _budgets(args: argparse.Namespace) -> list:
     """``--budget macs=0.8,0.5``: one request per fraction, all with the per-layer limits given."""
-    from qprune.commands._common import parse_max_prune
+    from qprune.commands._common import budget_request
     from qprune.errors import QpruneError
-    from qprune.pipeline.budgeted import BudgetRequest
 
     if args.budget is None:
         return []
     kind, sep, fractions = args.budget.partition("=")
     if not sep or not fractions.strip():
         raise QpruneError(f"--budget {args.budget!r}: give KIND=F[,F...], e.g. macs=0.8,0.5")
-    return [BudgetRequest.of(f"{kind.strip()}={f.strip()}", round_to=args.round_to,
-                             min_keep_frac=args.min_keep_frac, max_prune=parse_max_prune(args.max_prune),
-                             latency=args.latency_table) for f in fractions.split(",") if f.strip()]
+    return [budget_request(args, f"{kind.strip()}={f.strip()}") for f in fractions.split(",") if f.strip()]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-
 from pathlib import Path
 
 from qprune.commands._common import (
-    add_budget_args, add_problem_args, add_solver_args, add_space_args, check_amount, check_output,
-    load_problem_and_model, method_options, parse_max_prune, parse_weights,
+    add_budget_args, add_problem_args, add_solver_args, add_space_args, budget_request, check_amount,
+    check_output, load_problem_and_model, method_options, parse_weights,
 )
 from qprune.errors import QpruneError
 from qprune.solve.budget import parse_budget
@@ -71,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 def _export_budget(args: argparse.Namespace) -> int:
     """``--budget``: the budgeted problem as a CQM or linearised LP (checks first, then the model)."""
     from qprune.atomic import atomic_open
-    from qprune.pipeline.budgeted import BudgetRequest, budget_problem
+    from qprune.pipeline.budgeted import budget_problem
     from qprune.pipeline.run import prepare
     from qprune.solve.budget_cqm import write_budget_lp
 
@@ -83,8 +82,7 @@ def _export_budget(args: argparse.Namespace) -> int:
     if parse_budget(args.budget).kind == "latency":
         raise QpruneError("a latency budget is a measured per-layer table, not a polynomial in the units: "
                           "it cannot be exported; use macs=, params= or units=")
-    request = BudgetRequest.of(args.budget, round_to=args.round_to, min_keep_frac=args.min_keep_frac,
-                               max_prune=parse_max_prune(args.max_prune), latency=args.latency_table)
+    request = budget_request(args)
     weights = parse_weights(args.weights)
     problem, model, _ = load_problem_and_model(args)
     prep = prepare(model, problem, methods=[args.method], layers=args.layers, min_keep=args.min_keep,

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from qprune.qubo import fileio as qubo_io
     from qprune.solve.arrays import lagrangian
     from qprune.solve.exact_k import solve_exact_k
-    from qprune.solve.budget_milp import is_budget_file
+    from qprune.solve.budget_milp import read_budget_file
     from qprune.solve.sampling import SamplerCall
 
     # every check that can fail runs before any work, so a bad call writes nothing
@@ -82,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
         parent = Path(args.out).resolve().parent
         if parent.exists() and not parent.is_dir():
             raise QpruneError(f"--out {args.out!r}: {str(parent)!r} is not a directory")
-    if is_budget_file(args.file):
-        return _solve_budget(args)
+    budget_file = read_budget_file(args.file)
+    if budget_file is not None:
+        return _solve_budget(args, budget_file)
     if args.backend == "highs":
         raise QpruneError(f"--backend highs solves budgeted files (`qprune export --budget`); {args.file} has no "
                           "budget constraint: use a QUBO backend (see `qprune backends`)")
@@ -137,18 +138,19 @@ def _emit(args: argparse.Namespace, summary: str, payload: dict[str, Any]) -> in
     return 0
 
 
-def _solve_budget(args: argparse.Namespace) -> int:
-    """A budgeted file: HiGHS on its (linearised) MILP; prints/writes as the QUBO path does."""
-    from qprune.solve.budget_milp import budget_file_units, solve_budget_file
+def _solve_budget(args: argparse.Namespace, budget_file: Any) -> int:
+    """A budgeted file (a ``BudgetFile``): HiGHS on its (linearised) MILP; prints/writes as the QUBO
+    path does."""
+    from qprune.solve.budget_milp import solve_budget_file
 
     if args.backend not in ("highs", "neal"):  # neal: the default, i.e. no backend asked for
         raise QpruneError(f"backend {args.backend!r} takes no constraints: a budgeted file is solved with "
                           "--backend highs (or as a CQM by LeapHybridCQMSampler, outside qprune)")
     if args.k is not None:
         raise QpruneError("--k does not apply to a budgeted file: its budget constraint sets the size")
-    start = _read_start(args.start, budget_file_units(args.file)) if args.start else None
+    start = _read_start(args.start, budget_file.units) if args.start else None
     t0 = time.perf_counter()
-    res = solve_budget_file(args.file, time_limit=args.time_limit, seed=args.seed, start=start)
+    res = solve_budget_file(budget_file, time_limit=args.time_limit, seed=args.seed, start=start)
     count = sum(res.x)
     info = dict(res.info, backend="highs", file=str(args.file), num_variables=len(res.x), count=count,
                 wall_time_s=time.perf_counter() - t0)

@@ -95,30 +95,30 @@ def compare_rows(
     done: dict[tuple[Any, str], dict[str, Any]] = {}
     tuned: dict[tuple[Any, str], tuple[Any, float]] = {}
     bar = tqdm(jobs, desc="compare", disable=not progress)
-    for sparsity, method, seed in bar:
-        budget = sparsity if isinstance(sparsity, BudgetRequest) else None
-        bar.set_postfix_str(f"{method} {budget.budget.text if budget else f's={sparsity:g}'} seed={seed}")
+    for target, method, seed in bar:
+        budget = target if isinstance(target, BudgetRequest) else None
+        bar.set_postfix_str(f"{method} {budget.budget.text if budget else f's={target:g}'} seed={seed}")
         spec = method_spec(method)
-        if spec.kind == "greedy" and (sparsity, method) in done:
-            rows.append(dict(done[(sparsity, method)], seed=seed))
+        if spec.kind == "greedy" and (target, method) in done:
+            rows.append(dict(done[(target, method)], seed=seed))
             continue
         run_options = replace(options, seed=seed)
         tune_seconds = None
         if tune > 0 and spec.kind == "qubo":
-            if (sparsity, method) not in tuned:
+            if (target, method) not in tuned:
                 t0 = time.perf_counter()
-                found = tune_weights(prep, method, resolve_k(prep.space.N, sparsity), replace(options, seed=seeds[0]),
+                found = tune_weights(prep, method, resolve_k(prep.space.N, target), replace(options, seed=seeds[0]),
                                      n_trials=tune, progress=False)
-                tuned[(sparsity, method)] = (found.best_weights, time.perf_counter() - t0)
-            weights, tune_seconds = tuned[(sparsity, method)]
+                tuned[(target, method)] = (found.best_weights, time.perf_counter() - t0)
+            weights, tune_seconds = tuned[(target, method)]
             run_options = replace(run_options, weights=weights)
         t0 = time.perf_counter()
-        result = run_method(prep, method, sparsity=None if budget else sparsity, options=run_options,
+        result = run_method(prep, method, sparsity=None if budget else target, options=run_options,
                             remove=remove or finetune is not None, budget=budget)
         elapsed = time.perf_counter() - t0
         row: dict[str, Any] = {
             "setting": setting, "method": method, "seed": seed, "k": result.k,
-            "sparsity": result.k / prep.space.N if budget else sparsity,
+            "sparsity": result.k / prep.space.N if budget else target,
             **({"budget": budget.budget.text} if budget else {}),
             "units": prep.space.N, "energy": result.energy, "gamma": result.gamma,
             "method_seconds": elapsed, "signals_seconds": prep.timings.get("signals"),
@@ -134,7 +134,7 @@ def compare_rows(
         if finetune is not None:
             row.update(_finetuned(problem, model, result.pruned_model, finetune, seed))
         rows.append(row)
-        done[(sparsity, method)] = row
+        done[(target, method)] = row
     return rows
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from qprune.errors import QpruneError
 from qprune.solve.budget_cqm import AUX_PREFIX, unit_variables, write_budget_lp
 
-__all__ = ["MilpResult", "budget_file_units", "is_budget_file", "solve_budget_file"]
+__all__ = ["BudgetFile", "MilpResult", "is_budget_file", "read_budget_file", "solve_budget_file"]
 
 BUDGET_LABEL = "budget_max"
 
@@ -40,45 +40,56 @@ class MilpResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def is_budget_file(path: str | Path) -> bool:
-    """Whether ``path`` holds a budgeted problem (a CQM or LP with a ``budget_max`` constraint)."""
+@dataclass
+class BudgetFile:
+    """A budgeted problem file read once: its CQM (``None`` for an ``.lp``, which HiGHS reads as it
+    is) and its unit variables in unit order (a CQM's labels without the ``round_*`` auxiliaries,
+    an LP's ``x0 .. x<N-1>``)."""
+
+    path: Path
+    cqm: dimod.ConstrainedQuadraticModel | None
+    units: list[Hashable]
+
+
+def read_budget_file(path: str | Path) -> BudgetFile | None:
+    """``path`` as a :class:`BudgetFile`, or ``None`` when it holds no ``budget_max`` constraint
+    (a QUBO file: the QUBO readers deal with it)."""
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".lp":
-        return BUDGET_LABEL in p.read_text(errors="replace")
-    if suffix in (".cqm", ".dimod", ".bqm"):
-        try:
-            with p.open("rb") as fh:
-                cqm = dimod.ConstrainedQuadraticModel.from_file(fh)
-        except (ValueError, TypeError, OSError, EOFError):
-            return False  # a BQM file or not dimod's: the QUBO readers deal with it
-        return BUDGET_LABEL in cqm.constraints
-    return False
-
-
-def budget_file_units(path: str | Path) -> list[Hashable]:
-    """The unit variables of a budgeted file in unit order: a CQM's labels (the ``round_*``
-    auxiliaries left out), an LP's ``x0 .. x<N-1>``."""
-    p = Path(path)
-    if p.suffix.lower() == ".lp":
-        found = [int(m) for m in re.findall(r"\bx(\d+)\b", p.read_text(errors="replace"))]
-        return [f"x{i}" for i in range(max(found) + 1)] if found else []
-    with p.open("rb") as fh:
-        return unit_variables(list(dimod.ConstrainedQuadraticModel.from_file(fh).variables))
-
-
-def solve_budget_file(path: str | Path, *, time_limit: float = 60.0, seed: int = 0,
-                      start: Sequence[int] | None = None) -> MilpResult:
-    """Solve a budgeted ``.cqm`` / ``.lp`` file with HiGHS; the CQM's own feasibility check and
-    objective are reported for a ``.cqm``. ``start`` (0/1 per unit in :func:`budget_file_units`
-    order, e.g. qprune's own budgeted mask) is HiGHS's first incumbent: a MILP of this size often
-    finds no feasible point on its own when ``round_to`` is set."""
-    if time_limit <= 0:
-        raise QpruneError(f"time limit must be > 0 seconds, got {time_limit}")
-    p = Path(path)
-    if p.suffix.lower() != ".lp":
+        text = p.read_text(errors="replace")
+        if BUDGET_LABEL not in text:
+            return None
+        found = [int(m) for m in re.findall(r"\bx(\d+)\b", text)]
+        return BudgetFile(p, None, [f"x{i}" for i in range(max(found) + 1)] if found else [])
+    if suffix not in (".cqm", ".dimod", ".bqm"):
+        return None
+    try:
         with p.open("rb") as fh:
             cqm = dimod.ConstrainedQuadraticModel.from_file(fh)
+    except (ValueError, TypeError, OSError, EOFError):
+        return None  # a BQM file or not dimod's
+    return BudgetFile(p, cqm, unit_variables(list(cqm.variables))) if BUDGET_LABEL in cqm.constraints else None
+
+
+def is_budget_file(path: str | Path) -> bool:
+    """Whether ``path`` holds a budgeted problem (a CQM or LP with a ``budget_max`` constraint)."""
+    return read_budget_file(path) is not None
+
+
+def solve_budget_file(path: str | Path | BudgetFile, *, time_limit: float = 60.0, seed: int = 0,
+                      start: Sequence[int] | None = None) -> MilpResult:
+    """Solve a budgeted ``.cqm`` / ``.lp`` file (a path, or one :func:`read_budget_file` read) with
+    HiGHS; the CQM's own feasibility check and objective are reported for a ``.cqm``. ``start`` (0/1
+    per unit in ``BudgetFile.units`` order, e.g. qprune's own budgeted mask) is HiGHS's first
+    incumbent: a MILP of this size often finds no feasible point on its own when ``round_to`` is set."""
+    if time_limit <= 0:
+        raise QpruneError(f"time limit must be > 0 seconds, got {time_limit}")
+    read = path if isinstance(path, BudgetFile) else read_budget_file(path)
+    if read is None:
+        raise QpruneError(f"{path} holds no budget constraint: solve it as a QUBO file")
+    p, cqm = read.path, read.cqm
+    if cqm is not None:
         with tempfile.TemporaryDirectory() as tmp:
             lp = Path(tmp) / "budget.lp"
             order = write_budget_lp(cqm, str(lp), linearize=True)
