@@ -11,9 +11,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import qprune.problems as problems
+from qprune.cli import main
 from qprune.model.cut import ChannelCut
 from qprune.model.masking import Gates, apply_mask, equivalence_error, prune_model, remove_gates
-from qprune.model.residual import ChannelScatter
+from qprune.model.recipe import apply_recipe, load_recipe
+from qprune.model.residual import ChannelScatter, prune_branch
 from qprune.model.signals import collect_signals
 from qprune.model.space import build_space
 from qprune.model.stats import count_macs, count_params
@@ -175,3 +178,44 @@ def test_pruned_branch_exports_and_scripts_and_its_signals_are_gate_derivatives(
     with torch.no_grad():
         assert torch.allclose(model(x), want, atol=1e-10)
     remove_gates(model)
+
+
+@pytest.mark.parametrize("kept", [1, 3, 12, 15])
+def test_scatter_keeps_the_channels_last_layout_of_its_input(kept: int) -> None:
+    """A pruned branch end behind a channels-last input returns channels-last, also with one kept
+    channel (whose strides fit both layouts), through either scatter order (few or many kept)."""
+    torch.manual_seed(kept)
+    conv = nn.Conv2d(16, 16, 1).eval()
+    x = torch.randn(2, 16, 8, 8).to(memory_format=torch.channels_last)
+    pruned_idx = sorted(torch.randperm(16)[: 16 - kept].tolist())
+    with torch.no_grad():
+        gated = conv(x)
+        gated[:, pruned_idx] = 0.0
+    holder = nn.Sequential(conv)
+    prune_branch(holder, "0", "0", pruned_idx, 16, 1)
+    with torch.no_grad():
+        out = holder(x)
+        plain = holder(x.contiguous())
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert plain.is_contiguous()
+    assert torch.allclose(out, gated, atol=1e-6) and torch.allclose(plain, gated, atol=1e-6)
+    scripted = torch.jit.script(holder)
+    assert torch.allclose(scripted(x), gated, atol=1e-6)
+
+
+def test_cli_residual_branches_flag_builds_that_space_and_the_recipe_keeps_it(tmp_path) -> None:
+    """``--residual-branches off`` prunes the space without branch units; its recipe records the
+    option, so applying it on a fresh model rebuilds that space and removes the same channels."""
+    recipes = {flag: tmp_path / f"{flag}.json" for flag in ("auto", "off")}
+    for flag, path in recipes.items():
+        assert main(["prune", "--problem", "denoise", "--sparsity", "0.3", "--method", "taylor-greedy",
+                     "--residual-branches", flag, "--recipe", str(path), "-q"]) == 0
+    auto, off = (load_recipe(recipes[f]) for f in ("auto", "off"))
+    assert off["space_options"]["residual_branches"] is False and auto["space_options"]["residual_branches"] == "auto"
+    assert not any(":" in lab and lab.split(":")[0].endswith(("conv3", "conv5")) for lab in off["labels"])
+    assert off["units"] < auto["units"] and any(lab.startswith("enc1.0.conv3:") for lab in auto["labels"])
+    problem, model = problems.load_pretrained("denoise")
+    x = problem.example_inputs()
+    pruned = apply_recipe(model, off, x)
+    assert all(type(m) is not ChannelScatter for m in pruned.modules())
+    assert count_params(pruned) < count_params(problems.load_pretrained("denoise")[1])

@@ -13,6 +13,9 @@ from qprune.qubo.providers import CAPACITY_REWARDS
 from qprune.solve.budget import parse_budget
 from qprune.solve.strategies import DEFAULT_STRATEGY, STRATEGIES
 
+#: ``--residual-branches`` -> ``build_space(residual_branches=...)``
+BRANCH_FLAGS: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
+
 
 def add_problem_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--problem", help="workload name (denoise, classify); read from the checkpoint if omitted")
@@ -23,6 +26,14 @@ def add_problem_args(p: argparse.ArgumentParser) -> None:
 def add_space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, help="restrict to the first N prunable layers (paper: 4, 8, 16)")
     p.add_argument("--min-keep", type=int, default=1, help="channels every layer keeps (default 1)")
+    p.add_argument("--residual-branches", choices=tuple(BRANCH_FLAGS), default="auto",
+                   help="output channels of convs added into a residual trunk as units: auto (where no other "
+                        "layer prunes the trunk; default), on (every such conv, the trunk kept whole), off")
+
+
+def residual_branches(args: argparse.Namespace) -> bool | str:
+    """``--residual-branches`` as :func:`qprune.model.space.build_space` takes it."""
+    return BRANCH_FLAGS[args.residual_branches]
 
 
 def add_solver_args(p: argparse.ArgumentParser, *, method: bool = True) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from qprune.commands._common import add_problem_args, add_space_args, check_output, load_problem_and_model
+from qprune.commands._common import (
+    add_problem_args, add_space_args, check_output, load_problem_and_model, residual_branches,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         space = recipe_space(model, recipe, problem.example_inputs())
         mask = space.to_mask({label: 1 for label in recipe["pruned"]})
     else:
-        kwargs = dict(work.space_kwargs, min_keep=args.min_keep)
+        kwargs = dict(work.space_kwargs, min_keep=args.min_keep, residual_branches=residual_branches(args))
         if args.layers is not None:
             kwargs["layers"] = args.layers
         space = build_space(model, problem.example_inputs(), **kwargs)

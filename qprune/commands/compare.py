@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qprune.commands._common import load_problem_and_model, method_options, parse_weights
+    from qprune.commands._common import load_problem_and_model, method_options, parse_weights, residual_branches
     from qprune.pipeline.compare import FinetuneOptions, compare_methods
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     table = compare_methods(
         model, problem, methods=methods, sparsities=sparsities, seeds=args.seeds, budgets=budgets,
         options=method_options(args, weights), tune=args.tune, layers=args.layers, min_keep=args.min_keep,
+        residual_branches=residual_branches(args),
         progress=not args.quiet, out_dir=Path(args.out), extra={"checkpoint": ckpt},
         finetune=FinetuneOptions(args.finetune, args.finetune_lr, args.distill, args.distill_weight)
         if args.finetune > 0 else None,

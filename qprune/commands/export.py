@@ -8,7 +8,7 @@ from pathlib import Path
 
 from qprune.commands._common import (
     add_budget_args, add_problem_args, add_solver_args, add_space_args, budget_request, check_amount,
-    check_output, load_problem_and_model, method_options, parse_weights,
+    check_output, load_problem_and_model, method_options, parse_weights, residual_branches,
 )
 from qprune.errors import QpruneError
 from qprune.solve.budget import parse_budget
@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     weights = parse_weights(args.weights)
     problem, model, _ = load_problem_and_model(args)
     prep = prepare(model, problem, methods=[args.method], layers=args.layers, min_keep=args.min_keep,
-                   fisher=args.fisher, weights=weights, progress=not args.quiet)
+                   residual_branches=residual_branches(args), fisher=args.fisher, weights=weights,
+                   progress=not args.quiet)
     k = resolve_k(prep.space.N, args.sparsity, args.k)
     # the QUBO is what is exported: no refinement stage, whatever --refine says
     x, out = select_mask(prep, args.method, k, replace(method_options(args, weights), refine=None))
@@ -86,7 +87,8 @@ def _export_budget(args: argparse.Namespace) -> int:
     weights = parse_weights(args.weights)
     problem, model, _ = load_problem_and_model(args)
     prep = prepare(model, problem, methods=[args.method], layers=args.layers, min_keep=args.min_keep,
-                   fisher=args.fisher, weights=weights, progress=not args.quiet)
+                   residual_branches=residual_branches(args), fisher=args.fisher, weights=weights,
+                   progress=not args.quiet)
     cqm = budget_problem(prep.space, prep.signals, args.method, request, method_options(args, weights))
     if fmt == "lp":
         write_budget_lp(cqm, args.output, linearize=True)

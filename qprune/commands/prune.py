@@ -6,7 +6,7 @@ import argparse
 
 from qprune.commands._common import (
     add_budget_args, add_finetune_args, add_problem_args, add_solver_args, add_space_args, check_amount, check_output,
-    load_problem_and_model, parse_max_prune, parse_weights,
+    load_problem_and_model, parse_max_prune, parse_weights, residual_branches,
 )
 from qprune.errors import QpruneError
 from qprune.pipeline.figures import check_image_batches, write_comparison_figure
@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     result = prune(
         model, problem, sparsity=args.sparsity, k=args.k, method=args.method, backend=args.backend,
         strategy=args.strategy, refine=args.refine, weights=weights, fisher=args.fisher,
-        capacity=args.capacity, layers=args.layers, seed=args.seed, tt_budget=args.tt_budget,
+        capacity=args.capacity, layers=args.layers, residual_branches=residual_branches(args), seed=args.seed,
+        tt_budget=args.tt_budget,
         min_keep=args.min_keep if args.min_keep_frac is None else args.min_keep_frac,
         budget=args.budget, round_to=args.round_to, max_prune=max_prune, latency_table=args.latency_table,
         remove=args.output is not None or args.report is not None or args.finetune > 0, progress=not args.quiet,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 
-from qprune.commands._common import add_problem_args, add_solver_args, add_space_args, load_problem_and_model
+from qprune.commands._common import (
+    add_problem_args, add_solver_args, add_space_args, load_problem_and_model, residual_branches,
+)
 from qprune.errors import QpruneError
 
 
@@ -37,7 +39,7 @@ def _search(args: argparse.Namespace, trials: int, worker: int, progress: bool) 
 
     problem, model, _ = load_problem_and_model(args)
     prep = prepare(model, problem, methods=[args.method], layers=args.layers, min_keep=args.min_keep,
-                   fisher=args.fisher, progress=progress)
+                   residual_branches=residual_branches(args), fisher=args.fisher, progress=progress)
     k = resolve_k(prep.space.N, args.sparsity, args.k)
     study = args.study or default_study_name(args.method, k)
     # each worker's sampler has its own seed, so two workers do not propose the same weights

@@ -32,7 +32,7 @@ __all__ = ["RECIPE_FORMAT", "apply_recipe", "load_recipe", "make_recipe", "recip
 
 RECIPE_FORMAT = "qprune-recipe"
 RECIPE_VERSION = 1
-_SPACE_OPTIONS = ("layers", "exclude", "include_linear", "min_keep", "verify")
+_SPACE_OPTIONS = ("layers", "exclude", "include_linear", "min_keep", "verify", "residual_branches")
 
 
 def _digest(labels: list[str]) -> str:
@@ -51,7 +51,7 @@ def make_recipe(space: FilterSpace, mask: Any, *, space_options: Mapping[str, An
     """The recipe of ``mask`` (bool/0-1 array over the units, or ``{label: 0|1}``) on ``space``.
 
     ``space_options`` are the :func:`qprune.model.space.build_space` keywords the space was built
-    with (layers, exclude, include_linear, min_keep, verify); they are what lets a fresh model
+    with (layers, exclude, include_linear, min_keep, verify, residual_branches); they are what lets a fresh model
     rebuild the same space.
     """
     x = space.to_mask(mask)

@@ -69,35 +69,51 @@ class ChannelScatter:
     is added into keeps its width. Combined with the module's own class (:data:`SCATTER_CLASSES`);
     the forwards call no ``super()``, so TorchScript can script them. Attributes (set by
     :func:`prune_branch`; no class annotations, which TorchScript would try to resolve):
-    ``index`` and ``zeros`` (buffers: the kept and the pruned channels), ``full_channels``,
+    ``index``, ``zeros`` and ``source`` (buffers: the kept and the pruned channels, and the kept
+    column of each full channel), ``full_channels``,
     ``scatter_dim``."""
 
-    def _scatter(self, y: torch.Tensor) -> torch.Tensor:
+    def _scatter(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``y`` at channels ``index`` of a zero tensor of ``full_channels``, in ``y``'s layout, or
+        in ``like``'s (the module's input) where ``y``'s strides fit both (one channel, 1x1 map)."""
         shape = list(y.shape)
         shape[self.scatter_dim] = self.full_channels
-        if self.scatter_dim == 1 and y.dim() == 4 and not y.is_contiguous() \
-                and y.is_contiguous(memory_format=torch.channels_last):
+        if self.scatter_dim == 1 and y.dim() == 4 and _is_nhwc(y if _is_nhwc(y) or not _is_nhwc(like) else like):
             # an NHWC branch (behind a LayerNorm2d's permute) stays NHWC: scattered as NCHW, the trunk
             # add mixed layouts and the F = 64 Half-UNet at half its MACs ran slower than unpruned
-            # (benchmarks/results/rounding.md); zero-filled then copied is the faster order here
+            # (benchmarks/results/rounding.md); zero-filled then copied is the faster order here. A
+            # one-channel result is also "contiguous": without ``like`` it went NCHW and so did
+            # every layer after the trunk add
+            rows = y.permute(0, 2, 3, 1)
+            if 4 * y.size(1) > self.full_channels:
+                # one gather per output element from [kept | one zero column]: a flat 0.8 ms at
+                # 128x128x64 where a copy per kept channel cost up to 2.1 ms (k = 60 of 64)
+                padded = F.pad(rows.reshape(-1, y.size(1)), (0, 1))
+                out = padded.index_select(1, self.source).view(y.size(0), y.size(2), y.size(3), self.full_channels)
+                return out.permute(0, 3, 1, 2)
             nhwc = torch.zeros(y.size(0), y.size(2), y.size(3), self.full_channels, dtype=y.dtype, device=y.device)
-            return nhwc.index_copy_(3, self.index, y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            return nhwc.index_copy_(3, self.index, rows).permute(0, 3, 1, 2)
         # every element written once (kept channels copied, pruned ones zeroed): measured 3x
         # cheaper than zero-filling the whole tensor first and copying the kept channels over
         out = torch.empty(shape, dtype=y.dtype, device=y.device)
         return out.index_copy_(self.scatter_dim, self.index, y).index_fill_(self.scatter_dim, self.zeros, 0.0)
 
 
+def _is_nhwc(t: torch.Tensor) -> bool:
+    """A 4-d tensor laid out channels-last and not also plain contiguous."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 class _ConvScatter(ChannelScatter):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution, its channels scattered back to the full width."""
-        return self._scatter(self._conv_forward(x, self.weight, self.bias))  # type: ignore[attr-defined]
+        return self._scatter(self._conv_forward(x, self.weight, self.bias), x)  # type: ignore[attr-defined]
 
 
 class _LinearScatter(ChannelScatter):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The linear layer, its features scattered back to the full width."""
-        return self._scatter(F.linear(x, self.weight, self.bias))  # type: ignore[attr-defined]
+        return self._scatter(F.linear(x, self.weight, self.bias), x)  # type: ignore[attr-defined]
 
 
 class _BatchNormScatter(ChannelScatter):
@@ -113,7 +129,7 @@ class _BatchNormScatter(ChannelScatter):
         track = not self.training or self.track_running_stats  # type: ignore[attr-defined]
         y = F.batch_norm(x, self.running_mean if track else None, self.running_var if track else None,  # type: ignore[attr-defined]
                          self.weight, self.bias, bn_training, factor, self.eps)  # type: ignore[attr-defined]
-        return self._scatter(y)
+        return self._scatter(y, x)
 
 
 def _scatter_class(base: type[nn.Module]) -> type[nn.Module]:
@@ -228,4 +244,8 @@ def prune_branch(model: nn.Module, x_path: str, e_path: str, pruned: Sequence[in
     e.register_buffer("index", torch.tensor([c for c in range(channels) if c not in gone], dtype=torch.long,
                                             device=device))
     e.register_buffer("zeros", torch.tensor(idxs, dtype=torch.long, device=device))
+    # full channel c <- kept column source[c], or the zero column len(index) for a pruned one
+    source = torch.full((channels,), channels - len(gone), dtype=torch.long, device=device)
+    source[e.index] = torch.arange(len(e.index), device=device)
+    e.register_buffer("source", source)
     e.full_channels, e.scatter_dim = int(channels), int(dim)

@@ -51,6 +51,7 @@ def compare_rows(
     seeds: Sequence[int] = (0,),
     layers: int | Sequence[str] | None = None,
     min_keep: int = 1,
+    residual_branches: bool | str = "auto",
     setting: str | None = None,
     remove: bool = True,
     tune: int = 0,
@@ -65,7 +66,7 @@ def compare_rows(
     every method prunes to the same budget (:func:`qprune.pipeline.budgeted.select_budget_mask`),
     each row with its own count ``k`` and ``sparsity`` = k / N.
 
-    ``options`` steer every run (its seed is replaced by each of ``seeds``). With ``tune > 0`` each
+    ``residual_branches`` is :func:`qprune.model.space.build_space`'s. ``options`` steer every run (its seed is replaced by each of ``seeds``). With ``tune > 0`` each
     QUBO method's weights are first searched for ``tune`` trials on the VALIDATION split at that k
     (the paper's procedure); the rows report test-split metrics. With ``finetune`` every pruned model
     is also fine-tuned and the rows get ``<metric>_ft`` (a greedy mask, the same for every seed, is
@@ -87,7 +88,8 @@ def compare_rows(
                           "(it searches weights at one k; give --weights)")
     targets: list[float | BudgetRequest] = list(budgets) or list(sparsities)
     prep = prepare(model, problem, methods=methods, layers=layers, min_keep=min_keep,
-                   fisher=options.fisher, weights=options.weights, progress=progress)
+                   residual_branches=residual_branches, fisher=options.fisher, weights=options.weights,
+                   progress=progress)
     setting = setting or (f"{layers} layers" if layers is not None else "full model")
     rows: list[dict[str, Any]] = []
     jobs = [(s, m, seed) for s in targets for m in methods for seed in seeds]

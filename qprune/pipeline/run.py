@@ -140,12 +140,14 @@ def prepare(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     metric_fn: Callable[[torch.Tensor, torch.Tensor], Mapping[str, float] | float] | None = None,
     progress: bool = True,
+    residual_branches: bool | str = "auto",
     space_options: Mapping[str, Any] | None = None,
 ) -> Prepared:
     """Discover the filter space and collect, in ONE calibration pass, what ``methods`` need.
 
-    ``space_options``: further :func:`qprune.model.space.build_space` keywords (e.g.
-    ``{"residual_branches": False}``), recorded with the space like the problem's own."""
+    ``residual_branches``: residual-branch units (``"auto"``, ``True``, ``False``; see
+    :func:`qprune.model.space.build_space`). ``space_options``: further ``build_space`` keywords,
+    recorded with the space like the problem's own."""
     specs = [method_spec(m) for m in methods]
     work = as_workload(model, problem_or_batches, loss_fn=loss_fn, metric_fn=metric_fn)
     model = copy.deepcopy(model).eval()
@@ -157,6 +159,7 @@ def prepare(
     if exclude:
         space_kwargs["exclude"] = tuple(space_kwargs.get("exclude", ())) + tuple(exclude)
     space_kwargs["min_keep"] = min_keep
+    space_kwargs["residual_branches"] = residual_branches
     space_kwargs.update(space_options or {})
     space = build_space(model, work.calibration[0][0][:1], **space_kwargs)
     timings["space"] = time.perf_counter() - t0
@@ -183,6 +186,7 @@ def prune(
     layers: Sequence[str] | int | None = None,
     exclude: Sequence[str] = (),
     min_keep: int | float = 1,
+    residual_branches: bool | str = "auto",
     seed: int | None = 0,
     budget: Any = None,
     round_to: int = 1,
@@ -209,6 +213,9 @@ def prune(
             see :class:`qprune.pipeline.methods.MethodOptions`.
         layers / exclude / min_keep: restrict the filter space (see :func:`qprune.model.space.build_space`);
             a float ``min_keep`` in (0, 1) is the fraction of every layer kept (budget solves only).
+        residual_branches: output channels of convs added into a residual trunk as units of their own
+            (``"auto"``: where no other layer prunes the trunk; ``True``; ``False``: none; see
+            :mod:`qprune.model.residual` and, for their latency at equal MACs, the README).
         budget: instead of sparsity / k, ``{"macs": 0.5}`` or ``"macs=0.5"`` (also units, params,
             latency): keep at most that fraction of the unpruned model's cost, landing within 1 % below
             it (:mod:`qprune.pipeline.budgeted`); ``round_to`` (kept counts multiples of it), ``max_prune``
@@ -226,6 +233,7 @@ def prune(
                             solver_options=solver_options)
     request, keep = _budget_request(budget, sparsity, k, min_keep, round_to, max_prune, latency_table)
     prep = prepare(model, problem_or_batches, methods=[method], layers=layers, exclude=exclude, min_keep=keep,
+                   residual_branches=residual_branches,
                    fisher=fisher, weights=weights, loss_fn=loss_fn, metric_fn=metric_fn, progress=progress)
     return run_method(prep, spec.name, sparsity=sparsity, k=k, options=options, remove=remove, progress=progress,
                       budget=request)
