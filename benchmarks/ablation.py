@@ -59,7 +59,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from paper_tables import PAPER_FULL_SPARSITY, QUICK_CKPT, RESULTS, data_override, test_metrics  # noqa: E402
+from paper_tables import (  # noqa: E402
+    PAPER_BRANCHES, PAPER_FULL_SPARSITY, QUICK_CKPT, RESULTS, data_override, test_metrics,
+)
 from qprune.atomic import atomic_open, write_json  # noqa: E402
 from qprune.backends import get as get_sampler  # noqa: E402
 from qprune.errors import QpruneError  # noqa: E402
@@ -404,7 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem.name != "denoise":
         print(f"ablation: {ckpt} is a {problem.name!r} checkpoint; this benchmark needs denoise", file=sys.stderr)
         return 2
-    prep = prepare(model, problem, methods=["hybrid-qubo", "taylor-greedy", "l1-qubo"], fisher="both", progress=False)
+    prep = prepare(model, problem, methods=["hybrid-qubo", "taylor-greedy", "l1-qubo"], fisher="both",
+                   residual_branches=PAPER_BRANCHES, progress=False)
     log(f"{ckpt}: {prep.space.N} units, calibration {prep.timings['signals']:.0f} s")
     k = round(args.sparsity * prep.space.N)
     unpruned = test_metrics(prep, np.zeros(prep.space.N, dtype=np.int8))

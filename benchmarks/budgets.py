@@ -59,6 +59,8 @@ SIDD_DATA = ROOT.parent / "shared" / "data" / "sidd_small_256"
 OURS = ("hybrid-qubo", "taylor-greedy", "l1-greedy")
 TP = ("tp-magnitude", "tp-taylor")
 BUDGETS = (0.8, 0.6, 0.5, 0.4)
+# the space of the shipped run: with residual-branch units where the trunk is not pruned (SIDD), as in the results
+BRANCHES = "auto"
 
 
 def log(msg: str) -> None:
@@ -99,7 +101,7 @@ def problem_rows(name: str, problem: Any, model: torch.nn.Module, budgets: Seque
                  ) -> dict[str, Any]:
     """Every (budget, method) row of one problem."""
     t0 = time.perf_counter()
-    prep = prepare(model, problem, methods=list(OURS), progress=False)
+    prep = prepare(model, problem, methods=list(OURS), residual_branches=BRANCHES, progress=False)
     example = prep.work.test[0][0][:1]
     primary = prep.work.primary
     base = measure(prep, np.zeros(prep.space.N, bool), example, repeats)

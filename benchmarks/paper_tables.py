@@ -112,6 +112,9 @@ QUICK_CKPT = ROOT / "problems" / "checkpoints" / "denoise_bundled_f16.pt"
 PAPER_FILTERS_PER_LAYER = 64
 PAPER_FULL_SPARSITY = 0.36
 PAPER_SUB_COUNTS = {4: 60, 8: 200, 16: 480}
+# the paper's filters include the convs added into the residual trunk (conv3/conv5, the upsample
+# convs): without these units (the library default) the F = 64 space has 12 layers, too few for 16
+PAPER_BRANCHES = "auto"
 DEFAULT_METHODS = ("taylor-greedy", "l1-qubo", "hybrid-qubo", "gradient-qubo", "random")
 TT_METHOD = "hybrid-qubo+tt"
 
@@ -322,7 +325,8 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
         if key not in prep_cache:
             src = CalibrationSeeded(problem, seed) if args.vary_calibration else problem
             t0 = time.perf_counter()
-            prep_cache[key] = prepare(model, src, methods=list(methods), layers=st.layers, progress=False)
+            prep_cache[key] = prepare(model, src, methods=list(methods), layers=st.layers,
+                                      residual_branches=PAPER_BRANCHES, progress=False)
             which = f"seed {seed}" if args.vary_calibration else "shared"
             log(f"  setting {st.name}: calibration pass ({which}) "
                 f"{time.perf_counter() - t0:.1f} s, {prep_cache[key].space.N} units")
@@ -688,7 +692,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         die(f"{ckpt} is a {problem.name!r} checkpoint; this benchmark needs denoise")
     log(f"model {ckpt} ({note}); F={problem.config['width']}, data {problem.config['data']}")
 
-    full_space = build_space(model, problem.example_inputs(), **problem.prunable(model))
+    full_space = build_space(model, problem.example_inputs(), **problem.prunable(model),
+                             residual_branches=PAPER_BRANCHES)
     settings = make_settings([s.strip() for s in args.settings.split(",") if s.strip()],
                              full_space.n_layers)
 

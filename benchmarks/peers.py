@@ -94,6 +94,7 @@ SIDD_DATA = (ROOT.parent / "shared" / "data" / "sidd_small_256").resolve()
 FULL_CKPT = ROOT / "problems" / "checkpoints" / "denoise_sidd_f64.pt"
 QUICK_CKPT = ROOT / "problems" / "checkpoints" / "denoise_bundled_f16.pt"
 SPARSITY = 0.36
+BRANCHES = "auto"  # the space of the shipped run: with residual-branch units (the "branch filters" scopes)
 
 #: row name -> (torch-pruning importance factory, gradient it needs: None | "taylor" | "hessian")
 CRITERIA: dict[str, tuple[Callable[[], Any], str | None]] = {
@@ -363,7 +364,7 @@ def our_rows(model: nn.Module, problem: Any, k_frac: float, example: torch.Tenso
     preps: dict[str, Prepared] = {}
     for label, method, w in runs:
         if method not in preps:
-            preps[method] = prepare(model, problem, methods=[method], progress=False)
+            preps[method] = prepare(model, problem, methods=[method], residual_branches=BRANCHES, progress=False)
         prep = preps[method]
         k = int(round(k_frac * prep.space.N))
         t0 = time.perf_counter()

@@ -7,9 +7,9 @@ whether it pays here. Two measurements, one torch thread, float32, side by side 
   input, for every ``c`` in ``--channels`` (NCHW and channels-last); median of ``--repeats`` calls;
   time per MAC, and the time of ``c`` against the next multiple of 8 at or above it (a ratio > 1
   means the smaller, unrounded layer is slower than the rounded-up one);
-* **models**: the same model pruned to the same MACs budget with ``round_to`` 1 and 8, in the default
-  space (with residual-branch units) and in one without them (``residual_branches=False``: issue 17
-  asks that the branch units not make pruned models slower at equal MACs) (the
+* **models**: the same model pruned to the same MACs budget with ``round_to`` 1 and 8, in the space
+  with residual-branch units (``residual_branches="auto"``) and in the default one without them
+  (issue 17 asks that the branch units not make pruned models slower at equal MACs) (the
   trained F = 64 SIDD Half-UNet; ``--quick``: the bundled F = 16 denoiser), physically removed,
   its latency (``--rounds`` interleaved rounds of ``--repeats`` calls, with the unpruned model in
   every round), MACs and test PSNR.

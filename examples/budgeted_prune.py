@@ -31,8 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     macs, round_to = (0.7, 1) if args.quick else (args.macs, args.round_to)
 
     problem, model = problems.load_pretrained("denoise")  # shipped F=16 Half-UNet, bundled photos
+    # with multiples of 8 every layer of this F = 16 model keeps 8 of its 16-32 channels, which
+    # leaves at least 60 % of the MACs in the default space; the convs added into the residual
+    # trunk, as units of their own (residual_branches="auto"; off by default), reach half
     result = qprune.prune(model, problem, budget={"macs": macs}, round_to=round_to, method="taylor-greedy"
-                          if args.quick else "hybrid-qubo", seed=0, progress=False)
+                          if args.quick else "hybrid-qubo", residual_branches="auto", seed=0, progress=False)
 
     before, after = result.stats_before, result.stats_after
     kept = after["macs"] / before["macs"]

@@ -96,7 +96,7 @@ def test_cost_model_is_exact_on_random_masks(denoise):
 
 def test_round_to_and_limits_hold(denoise):
     space = denoise.space
-    req = BudgetRequest.of("macs=0.6", round_to=8, min_keep_frac=0.25, max_prune=0.5)
+    req = BudgetRequest.of("macs=0.7", round_to=8, min_keep_frac=0.25, max_prune=0.5)
     x, _ = select_budget_mask(space, denoise.signals, "hybrid-qubo", req)
     pruned = np.bincount(space.layer_ids[x.astype(bool)], minlength=space.n_layers)
     kept = space.layer_sizes - pruned

@@ -13,9 +13,10 @@ from torch.nn import functional as F
 
 import qprune.problems as problems
 from qprune.cli import main
+from qprune.errors import QpruneError
 from qprune.model.cut import ChannelCut
 from qprune.model.masking import Gates, apply_mask, equivalence_error, prune_model, remove_gates
-from qprune.model.recipe import apply_recipe, load_recipe
+from qprune.model.recipe import apply_recipe, load_recipe, make_recipe
 from qprune.model.residual import ChannelScatter, prune_branch
 from qprune.model.signals import collect_signals
 from qprune.model.space import build_space
@@ -51,10 +52,10 @@ def _check_removal(model: nn.Module, space, mask: np.ndarray, x: torch.Tensor, a
 def test_f64_halfunet_has_the_papers_16_layers_of_64_and_prunes_exactly_480() -> None:
     model = _halfunet(64)
     x = torch.rand(2, 3, 32, 32)
-    full = build_space(model, x[:1], exclude=("ending",), verify=False)
+    full = build_space(model, x[:1], exclude=("ending",), residual_branches="auto", verify=False)
     assert int((full.layer_sizes == 64).sum()) >= 16  # 12 inside the blocks + 12 branch layers
-    assert not build_space(model, x[:1], exclude=("ending",), residual_branches=False, verify=False).n_layers >= 16
-    space = build_space(model, x[:1], exclude=("ending",), layers=16)
+    assert not build_space(model, x[:1], exclude=("ending",), verify=False).n_layers >= 16  # the default: none
+    space = build_space(model, x[:1], exclude=("ending",), layers=16, residual_branches="auto")
     assert space.n_layers == 16 and np.all(space.layer_sizes == 64) and space.N == 1024
     assert space.layers[:4] == ["enc1.0.conv1", "enc1.0.conv3", "enc1.0.conv4", "enc1.0.conv5"]
     mask = space.random_mask(480, seed=3)
@@ -65,7 +66,7 @@ def test_f64_halfunet_has_the_papers_16_layers_of_64_and_prunes_exactly_480() ->
 def test_halfunet_branch_units_remove_exactly_what_the_gates_zero() -> None:
     model = _halfunet(16)
     x = torch.rand(2, 3, 32, 32)
-    space = build_space(model, x[:1])
+    space = build_space(model, x[:1], residual_branches="auto")
     branch = np.array([u.kind == "branch" for u in space.units])
     assert branch.sum() == 12 * 16 + 3 * 64
     for seed in range(2):
@@ -85,7 +86,7 @@ def test_halfunet_branch_units_remove_exactly_what_the_gates_zero() -> None:
 def test_batched_gates_and_cut_layers_on_branch_units() -> None:
     model = _halfunet(8)
     x = torch.rand(2, 3, 16, 16)
-    space = build_space(model, x[:1], exclude=("ending",))
+    space = build_space(model, x[:1], exclude=("ending",), residual_branches="auto")
     masks = np.stack([space.random_mask(0.3, seed=s) for s in range(3)])
     with torch.no_grad(), Gates(model, space) as gates:
         batched = gates.run(x, masks)
@@ -111,8 +112,8 @@ def test_resnet_block_last_convs_become_units_and_the_trunk_stays(arch: str) -> 
     with torch.no_grad():  # logits of order 1, so that float32's rounding stays below the absolute 1e-5
         model.fc.weight.mul_(2.0 / float(model(x).abs().max()))
         model.fc.bias.zero_()
-    auto = build_space(model, x[:1], verify=False)
-    assert all(u.kind == "channel" for u in auto.units)  # a prunable trunk: today's space by default
+    auto = build_space(model, x[:1], residual_branches="auto", verify=False)
+    assert all(u.kind == "channel" for u in auto.units)  # a prunable trunk: "auto" adds nothing
     space = build_space(model, x[:1], residual_branches=True)
     last = "conv2" if arch == "resnet18" else "conv3"
     ends = [n for n in space.layers if n.endswith((last, "downsample.0"))]
@@ -148,7 +149,7 @@ def test_pruned_branch_exports_and_scripts_and_its_signals_are_gate_derivatives(
     torch.manual_seed(0)
     model = _Branch().double().eval()
     x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
-    space = build_space(model, x[:1])
+    space = build_space(model, x[:1], residual_branches="auto")
     assert space.layers == ["a", "b"] and [space.units[i].kind for i in space.layer_units("b")] == ["branch"] * 6
     mask = np.zeros(space.N, dtype=bool)
     mask[space.layer_units("b")[[1, 4]]] = True
@@ -219,3 +220,19 @@ def test_cli_residual_branches_flag_builds_that_space_and_the_recipe_keeps_it(tm
     pruned = apply_recipe(model, off, x)
     assert all(type(m) is not ChannelScatter for m in pruned.modules())
     assert count_params(pruned) < count_params(problems.load_pretrained("denoise")[1])
+
+
+def test_a_version_1_recipe_rebuilds_the_space_with_branch_units() -> None:
+    """Recipes of version 1 were written while ``residual_branches`` defaulted to ``"auto"`` and do
+    not record it: they rebuild that space, not today's default one."""
+    problem, model = problems.load_pretrained("denoise")
+    x = problem.example_inputs()
+    space = build_space(model, x, exclude=("ending",), residual_branches="auto", verify=False)
+    mask = space.random_mask(0.3, seed=0)
+    recipe = make_recipe(space, mask, space_options={"exclude": ["ending"], "verify": False})
+    old = {**recipe, "version": 1}
+    assert "residual_branches" not in old["space_options"]
+    pruned = apply_recipe(problems.load_pretrained("denoise")[1], old, x)
+    assert count_params(pruned) == space.predicted_params(mask)
+    with pytest.raises(QpruneError, match="differs from the recipe"):  # as version 2: the default space
+        apply_recipe(problems.load_pretrained("denoise")[1], recipe, x)

@@ -86,11 +86,14 @@ def test_halfunet_units_gate_inside_naf_blocks_and_exclude_trunk():
     assert "up1.conv" in space.excluded or "up1.conv" not in space.layers
 
 
-def test_halfunet_default_adds_the_residual_branch_layers():
-    """The default (``residual_branches="auto"``): conv3/conv5 of every NAF block and the three
-    upsample convs join the space as layers of their own; the trunk stays excluded."""
+def test_halfunet_auto_adds_the_residual_branch_layers():
+    """``residual_branches="auto"``: conv3/conv5 of every NAF block and the three upsample convs
+    join the space as layers of their own; the trunk stays excluded. The default (``False``) is
+    the space without them."""
     m = _halfunet(8)
-    space = build_space(m, torch.rand(1, 3, 32, 32))
+    space = build_space(m, torch.rand(1, 3, 32, 32), residual_branches="auto")
+    default = build_space(m, torch.rand(1, 3, 32, 32), verify=False)
+    assert default.layers == [f"enc{s}.{b}.conv{c}" for s in (1, 2, 3) for b in (0, 1) for c in (1, 4)]
     blocks = [f"enc{s}.{b}" for s in (1, 2, 3) for b in (0, 1)]
     assert space.layers == [f"{blk}.conv{c}" for blk in blocks for c in (1, 3, 4, 5)] + [
         "up3.conv", "up2.conv", "up1.conv"]
@@ -109,15 +112,16 @@ def test_layer_selection_by_count_name_and_pattern():
     assert first.excluded["enc3.1.conv4"] == "not selected by layers="
     by_member = build_space(m, x, layers=["enc1.0.conv2"], verify=False)  # a member selects its layer
     assert by_member.layers == ["enc1.0.conv1"]
-    assert build_space(m, x, layers=3, verify=False).layers == ["enc1.0.conv1", "enc1.0.conv3", "enc1.0.conv4"]
+    with_branches = build_space(m, x, layers=3, verify=False, residual_branches="auto")
+    assert with_branches.layers == ["enc1.0.conv1", "enc1.0.conv3", "enc1.0.conv4"]
     pattern = build_space(m, x, layers=["enc2.*"], verify=False, residual_branches=False)
     assert pattern.layers == ["enc2.0.conv1", "enc2.0.conv4", "enc2.1.conv1", "enc2.1.conv4"]
     with pytest.raises(QpruneError, match="matches no prunable layer"):
         build_space(m, x, layers=["nope"], verify=False)
-    with pytest.raises(QpruneError, match="only 12 prunable layers"):
+    with pytest.raises(QpruneError, match="only 12 prunable layers .residual-branch units are off"):
         build_space(m, x, layers=13, verify=False, residual_branches=False)
     with pytest.raises(QpruneError, match="only 27 prunable layers"):
-        build_space(m, x, layers=28, verify=False)
+        build_space(m, x, layers=28, verify=False, residual_branches="auto")
     with pytest.raises(QpruneError, match="residual_branches"):
         build_space(m, x, residual_branches="yes")
     with pytest.raises(QpruneError, match="min_keep"):

@@ -26,9 +26,10 @@ def add_problem_args(p: argparse.ArgumentParser) -> None:
 def add_space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, help="restrict to the first N prunable layers (paper: 4, 8, 16)")
     p.add_argument("--min-keep", type=int, default=1, help="channels every layer keeps (default 1)")
-    p.add_argument("--residual-branches", choices=tuple(BRANCH_FLAGS), default="auto",
-                   help="output channels of convs added into a residual trunk as units: auto (where no other "
-                        "layer prunes the trunk; default), on (every such conv, the trunk kept whole), off")
+    p.add_argument("--residual-branches", choices=tuple(BRANCH_FLAGS), default="off",
+                   help="output channels of convs added into a residual trunk as units: off (default), auto "
+                        "(where no other layer prunes the trunk: the paper's filters), on (every such conv, the "
+                        "trunk kept whole)")
 
 
 def residual_branches(args: argparse.Namespace) -> bool | str:

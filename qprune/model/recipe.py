@@ -31,7 +31,9 @@ from qprune.model.units import FilterSpace
 __all__ = ["RECIPE_FORMAT", "apply_recipe", "load_recipe", "make_recipe", "recipe_space", "save_recipe"]
 
 RECIPE_FORMAT = "qprune-recipe"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
+# version 1 recipes were written while build_space's residual_branches defaulted to "auto"
+_V1_DEFAULTS = {"residual_branches": "auto"}
 _SPACE_OPTIONS = ("layers", "exclude", "include_linear", "min_keep", "verify", "residual_branches")
 
 
@@ -91,7 +93,10 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 def recipe_space(model: nn.Module, recipe: Mapping[str, Any], example_inputs: Any) -> FilterSpace:
     """The recipe's filter space rebuilt on ``model``; a QpruneError when it is not the same space."""
-    space = build_space(model, example_inputs, **recipe["space_options"])
+    options = dict(recipe["space_options"])
+    if int(recipe.get("version", 1)) < 2:
+        options = {**_V1_DEFAULTS, **options}
+    space = build_space(model, example_inputs, **options)
     if space.labels != list(recipe["labels"]):
         ours, theirs = space.labels, list(recipe["labels"])
         first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))

@@ -19,10 +19,14 @@ stays whole:
   exactly the gated tensor, so removed == gated by construction, and ``X``'s MACs fall with its
   channels.
 
-Which branch ends become units is ``build_space(residual_branches=...)``: ``"auto"`` (default) the
-ones whose channels no other layer of the space prunes (the trunk is blocked: normalised by a
-LayerNorm, as in NAFNet/Half-UNet, ConvNeXt, ViT, Swin); ``True`` every branch end (a prunable
-trunk, as in ResNet, is then kept whole); ``False`` none.
+Which branch ends become units is ``build_space(residual_branches=...)``: ``False`` (default) none;
+``"auto"`` the ones whose channels no other layer of the space prunes (the trunk is blocked:
+normalised by a LayerNorm, as in NAFNet/Half-UNet, ConvNeXt, ViT, Swin); ``True`` every branch end
+(a prunable trunk, as in ResNet, is then kept whole). Off by default because on the trained F = 64
+Half-UNet they made taylor-greedy's models slower and worse at equal MACs and changed neither for
+hybrid-qubo (``make bench-rounding``): a branch conv's 1x1 output at full resolution is
+memory-bound and its result is scattered back to the trunk's width. The paper's filters include
+them (``benchmarks/paper_tables.py``).
 """
 
 from __future__ import annotations

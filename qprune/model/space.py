@@ -62,7 +62,7 @@ def build_space(
     layers: int | Sequence[str] | None = None,
     exclude: Sequence[str] = (),
     include_linear: bool | None = None,
-    residual_branches: bool | str = "auto",
+    residual_branches: bool | str = False,
     heads: bool = True,
     min_keep: int = 1,
     verify: bool = True,
@@ -79,9 +79,9 @@ def build_space(
         include_linear: ``nn.Linear`` output features as units: ``None`` (default) the linears
             that work on the last dim of a 3-D or higher input (MLP blocks of transformers and
             ConvNeXt), not a classifier on flat features; ``True`` every linear; ``False`` none.
-        residual_branches: residual-branch units (:mod:`qprune.model.residual`): ``"auto"`` for
-            branch ends no other layer prunes, ``True`` for all (prunable trunks are then kept
-            whole), ``False`` none.
+        residual_branches: residual-branch units (:mod:`qprune.model.residual`): ``False``
+            (default) none, ``"auto"`` for branch ends no other layer prunes (the paper's filters
+            on the Half-UNet), ``True`` for all (prunable trunks are then kept whole).
         heads: attention heads as units (:mod:`qprune.model.attention`).
         min_keep: units of every layer that stay (>= 1).
         verify: check gate == removal with one unit of each layer pruned; drop failing layers.
@@ -116,7 +116,10 @@ def build_space(
         order = {n: i for i, (n, _) in enumerate(model.named_modules())}
         all_layers = sorted(units, key=order.__getitem__)
         if layers is not None:
-            all_layers = _select_layers(all_layers, layers, units, excluded)
+            hint = "" if residual_branches is not False else (
+                " (residual-branch units are off: residual_branches='auto' adds the convs whose output is "
+                "added into a residual trunk as layers of their own)")
+            all_layers = _select_layers(all_layers, layers, units, excluded, hint)
         space = _assemble(model, all_layers, units, attn, inputs, int(min_keep), excluded, shapes)
     if verify and space.N:
         space = verified(model, space, inputs)
@@ -255,15 +258,17 @@ def _row_size(shape: tuple[int, ...], dim: int) -> int:
 
 def _select_layers(
     kept: list[str], layers: int | Sequence[str], units: Mapping[str, list[Unit]], excluded: dict[str, str],
+    hint: str = "",
 ) -> list[str]:
-    """Apply ``layers=`` (a count or names/patterns); the layers left out join ``excluded``."""
+    """Apply ``layers=`` (a count or names/patterns); the layers left out join ``excluded``; ``hint``
+    ends the error of a count above the layers there are."""
     if isinstance(layers, bool):
         raise QpruneError(f"layers must be an int or a list of module names, got {layers!r}")
     if isinstance(layers, (int, np.integer)):
         if layers < 1:
             raise QpruneError(f"layers must be >= 1 (the first n prunable layers), got {layers}")
         if layers > len(kept):
-            raise QpruneError(f"layers={layers} but the model has only {len(kept)} prunable layers")
+            raise QpruneError(f"layers={layers} but the model has only {len(kept)} prunable layers{hint}")
         chosen = kept[: int(layers)]
     else:
         patterns = [layers] if isinstance(layers, str) else layers

@@ -51,7 +51,7 @@ def compare_rows(
     seeds: Sequence[int] = (0,),
     layers: int | Sequence[str] | None = None,
     min_keep: int = 1,
-    residual_branches: bool | str = "auto",
+    residual_branches: bool | str = False,
     setting: str | None = None,
     remove: bool = True,
     tune: int = 0,

@@ -140,7 +140,7 @@ def prepare(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     metric_fn: Callable[[torch.Tensor, torch.Tensor], Mapping[str, float] | float] | None = None,
     progress: bool = True,
-    residual_branches: bool | str = "auto",
+    residual_branches: bool | str = False,
     space_options: Mapping[str, Any] | None = None,
 ) -> Prepared:
     """Discover the filter space and collect, in ONE calibration pass, what ``methods`` need.
@@ -186,7 +186,7 @@ def prune(
     layers: Sequence[str] | int | None = None,
     exclude: Sequence[str] = (),
     min_keep: int | float = 1,
-    residual_branches: bool | str = "auto",
+    residual_branches: bool | str = False,
     seed: int | None = 0,
     budget: Any = None,
     round_to: int = 1,
@@ -214,7 +214,7 @@ def prune(
         layers / exclude / min_keep: restrict the filter space (see :func:`qprune.model.space.build_space`);
             a float ``min_keep`` in (0, 1) is the fraction of every layer kept (budget solves only).
         residual_branches: output channels of convs added into a residual trunk as units of their own
-            (``"auto"``: where no other layer prunes the trunk; ``True``; ``False``: none; see
+            (``False``, the default: none; ``"auto"``: where no other layer prunes the trunk; ``True``; see
             :mod:`qprune.model.residual` and, for their latency at equal MACs, the README).
         budget: instead of sparsity / k, ``{"macs": 0.5}`` or ``"macs=0.5"`` (also units, params,
             latency): keep at most that fraction of the unpruned model's cost, landing within 1 % below
