@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
     result = prune(
         model, problem, sparsity=args.sparsity, k=args.k, method=args.method, backend=args.backend,
         strategy=args.strategy, refine=args.refine, weights=weights, fisher=args.fisher,
-        capacity=args.capacity, layers=args.layers, residual_branches=residual_branches(args), seed=args.seed,
-        tt_budget=args.tt_budget,
+        capacity=args.capacity, layers=args.layers, seed=args.seed, tt_budget=args.tt_budget,
         min_keep=args.min_keep if args.min_keep_frac is None else args.min_keep_frac,
+        residual_branches=residual_branches(args),
         budget=args.budget, round_to=args.round_to, max_prune=max_prune, latency_table=args.latency_table,
         remove=args.output is not None or args.report is not None or args.finetune > 0, progress=not args.quiet,
     )

@@ -53,8 +53,8 @@ def make_recipe(space: FilterSpace, mask: Any, *, space_options: Mapping[str, An
     """The recipe of ``mask`` (bool/0-1 array over the units, or ``{label: 0|1}``) on ``space``.
 
     ``space_options`` are the :func:`qprune.model.space.build_space` keywords the space was built
-    with (layers, exclude, include_linear, min_keep, verify, residual_branches); they are what lets a fresh model
-    rebuild the same space.
+    with (layers, exclude, include_linear, min_keep, verify, residual_branches); they are what lets
+    a fresh model rebuild the same space.
     """
     x = space.to_mask(mask)
     ids = space.layer_ids

@@ -74,20 +74,16 @@ class ChannelScatter:
     the forwards call no ``super()``, so TorchScript can script them. Attributes (set by
     :func:`prune_branch`; no class annotations, which TorchScript would try to resolve):
     ``index``, ``zeros`` and ``source`` (buffers: the kept and the pruned channels, and the kept
-    column of each full channel), ``full_channels``,
-    ``scatter_dim``."""
+    column of each full channel), ``full_channels``, ``scatter_dim``."""
 
     def _scatter(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """``y`` at channels ``index`` of a zero tensor of ``full_channels``, in ``y``'s layout, or
-        in ``like``'s (the module's input) where ``y``'s strides fit both (one channel, 1x1 map)."""
-        shape = list(y.shape)
-        shape[self.scatter_dim] = self.full_channels
-        if self.scatter_dim == 1 and y.dim() == 4 and _is_nhwc(y if _is_nhwc(y) or not _is_nhwc(like) else like):
+        """``y`` at channels ``index`` of a zero tensor of ``full_channels``; channels-last when ``y``
+        or ``like`` (the module's input) is."""
+        if self.scatter_dim == 1 and y.dim() == 4 and (_is_nhwc(y) or _is_nhwc(like)):
             # an NHWC branch (behind a LayerNorm2d's permute) stays NHWC: scattered as NCHW, the trunk
             # add mixed layouts and the F = 64 Half-UNet at half its MACs ran slower than unpruned
-            # (benchmarks/results/rounding.md); zero-filled then copied is the faster order here. A
-            # one-channel result is also "contiguous": without ``like`` it went NCHW and so did
-            # every layer after the trunk add
+            # (benchmarks/results/rounding.md). A one-channel result is also "contiguous": judged by
+            # ``y`` alone it went NCHW and so did every layer after the trunk add
             rows = y.permute(0, 2, 3, 1)
             if 4 * y.size(1) > self.full_channels:
                 # one gather per output element from [kept | one zero column]: a flat 0.8 ms at
@@ -95,10 +91,13 @@ class ChannelScatter:
                 padded = F.pad(rows.reshape(-1, y.size(1)), (0, 1))
                 out = padded.index_select(1, self.source).view(y.size(0), y.size(2), y.size(3), self.full_channels)
                 return out.permute(0, 3, 1, 2)
+            # few kept: zero-filled then copied is the faster order here
             nhwc = torch.zeros(y.size(0), y.size(2), y.size(3), self.full_channels, dtype=y.dtype, device=y.device)
             return nhwc.index_copy_(3, self.index, rows).permute(0, 3, 1, 2)
         # every element written once (kept channels copied, pruned ones zeroed): measured 3x
         # cheaper than zero-filling the whole tensor first and copying the kept channels over
+        shape = list(y.shape)
+        shape[self.scatter_dim] = self.full_channels
         out = torch.empty(shape, dtype=y.dtype, device=y.device)
         return out.index_copy_(self.scatter_dim, self.index, y).index_fill_(self.scatter_dim, self.zeros, 0.0)
 

@@ -66,11 +66,12 @@ def compare_rows(
     every method prunes to the same budget (:func:`qprune.pipeline.budgeted.select_budget_mask`),
     each row with its own count ``k`` and ``sparsity`` = k / N.
 
-    ``residual_branches`` is :func:`qprune.model.space.build_space`'s. ``options`` steer every run (its seed is replaced by each of ``seeds``). With ``tune > 0`` each
-    QUBO method's weights are first searched for ``tune`` trials on the VALIDATION split at that k
-    (the paper's procedure); the rows report test-split metrics. With ``finetune`` every pruned model
-    is also fine-tuned and the rows get ``<metric>_ft`` (a greedy mask, the same for every seed, is
-    fine-tuned once, with the first seed).
+    ``residual_branches`` is :func:`qprune.model.space.build_space`'s. ``options`` steer every run
+    (its seed is replaced by each of ``seeds``). With ``tune > 0`` each QUBO method's weights are
+    first searched for ``tune`` trials on the VALIDATION split at that k (the paper's procedure); the
+    rows report test-split metrics. With ``finetune`` every pruned model is also fine-tuned and the
+    rows get ``<metric>_ft`` (a greedy mask, the same for every seed, is fine-tuned once, with the
+    first seed).
     """
     options = options or MethodOptions()
     if finetune is not None and not callable(getattr(problem, "finetune", None)):
