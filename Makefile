@@ -10,7 +10,7 @@ TORCH   := torch==2.13.0
 # so it goes in without deps; tests/conftest.py defines the two op schemas its import needs.
 TVISION := torchvision==0.28.0
 
-.PHONY: demo test test-slow install bench bench-qubo bench-speed bench-backends bench-tt bench-paper bench-paper-tt bench-ablation bench-peers bench-train bench-scale bench-budgets bench-rounding gpu-bundle train-sidd clean
+.PHONY: demo test test-slow install bench bench-quality bench-qubo bench-speed bench-backends bench-tt bench-paper bench-paper-tt bench-ablation bench-peers bench-train bench-scale bench-budgets bench-rounding gpu-bundle train-sidd clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -24,13 +24,19 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/qprune compare --problem denoise --sparsity 0.36 \
-	    --methods random,l1-greedy,taylor-greedy,l1-qubo,hybrid-qubo --tune 20 --out out/demo
+	    --methods random,l1-greedy,taylor-greedy,l1-qubo,hybrid-qubo,fisher-qubo --tune 20 --out out/demo
 
 test: $(STAMP)
 	$(VPY) -m pytest -q -n 2 -p no:cacheprovider
 
 test-slow: $(STAMP)
 	$(VPY) -m pytest -q -p no:cacheprovider -m slow
+
+# Every method at equal MACs (0.8/0.6/0.5/0.4) and at 36 % of the units, on the SIDD F = 64 model (default space and
+# residual-branch units), the bundled F = 16 denoiser and digits, 5 calibration draws, paired tests; writes
+# benchmarks/results/quality.{json,md,png} after every draw and resumes from it (several hours on this CPU).
+bench-quality: $(STAMP)
+	$(VPY) benchmarks/quality.py
 
 bench-qubo: $(STAMP)
 	$(VPY) benchmarks/qubo_core.py
@@ -111,7 +117,7 @@ bench-rounding: $(STAMP)
 bench-train: $(STAMP)
 	$(VPY) benchmarks/train_speed.py
 
-bench: bench-qubo bench-speed bench-backends bench-tt bench-paper bench-paper-tt bench-peers bench-ablation bench-budgets bench-rounding bench-scale bench-train
+bench: bench-quality bench-qubo bench-speed bench-backends bench-tt bench-paper bench-paper-tt bench-peers bench-ablation bench-budgets bench-rounding bench-scale bench-train
 
 clean:
 	rm -rf $(VENV) out *.egg-info .gpu

@@ -316,7 +316,7 @@ def _export(tmp_path: Path, name: str, *extra: str) -> Path:
 def test_cli_exports_the_budgeted_problem_as_cqm_and_lp(classify_budgeted, tmp_path, capsys):
     prep, x, cost, objective, cqm = classify_budgeted
     labels = list(objective.variables)
-    path = _export(tmp_path, "b.cqm")
+    path = _export(tmp_path, "b.cqm", "--method", "hybrid-qubo")
     with path.open("rb") as fh:
         read = dimod.ConstrainedQuadraticModel.from_file(fh)
     assert set(read.variables) == set(labels) and {"budget_max", "budget_min"} <= set(read.constraints)
@@ -442,7 +442,7 @@ def test_cli_compare_at_equal_budgets_writes_rows_table_and_plot(tmp_path):
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--budget", "macs"], "KIND=F"), (["--budget", "macs=0.8", "--tune", "2"], "not both"),
+    (["--budget", "macs"], "KIND=F"), (["--budget", "macs=0.8", "--sparsity", "0.3"], "not both"),
     (["--budget", "macs=0.8", "--sparsity", "0.3"], "not both"), (["--budget", "flops=0.5"], "unknown budget kind"),
 ])
 def test_cli_compare_bad_budget_exits_2_with_one_line(tmp_path, capsys, args, match):
@@ -451,3 +451,14 @@ def test_cli_compare_bad_budget_exits_2_with_one_line(tmp_path, capsys, args, ma
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and re.search(match, err), err
     assert not (tmp_path / "c").exists()
+
+
+def test_weights_are_tuned_under_a_budget(classify_budgeted):
+    prep = classify_budgeted[0]
+    from qprune.pipeline.run import tune_weights
+
+    req = BudgetRequest.of("macs=0.6")
+    found = tune_weights(prep, "hybrid-qubo", req, n_trials=2, progress=False)
+    assert len(found.trials) == 2 and found.best_value == max(t["value"] for t in found.trials)
+    x, out = select_budget_mask(prep.space, prep.signals, "hybrid-qubo", req, MethodOptions(weights=found.best_weights))
+    assert out["info"]["budget_landed"] and 0.59 <= out["info"]["budget_fraction"] <= 0.6

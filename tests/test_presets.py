@@ -23,7 +23,7 @@ W = Weights(alpha=2.0, alpha_f=3.0, beta_diag=5.0, beta_off=7.0, lam=11.0)
 
 
 def test_presets_and_choices() -> None:
-    assert PRESETS == ("hybrid", "gradient", "l1") == tuple(PRESET_TABLE)
+    assert PRESETS == ("hybrid", "gradient", "l1", "fisher") == tuple(PRESET_TABLE)
     assert DEFAULT_PRESET == "hybrid"
     assert FISHER_CHOICES == ("taylor", "weight", "channel", "both")
     # the names callers have always imported from the formulation module are the same objects
@@ -63,10 +63,16 @@ def test_preset_weights_sorted() -> None:
     assert preset_weights("l1") == ("beta_diag", "beta_off")
     assert preset_weights("gradient") == ("alpha", "beta_diag", "beta_off")
     assert preset_weights("hybrid") == ("alpha", "alpha_f", "beta_diag", "beta_off", "lam")
+    assert preset_weights("fisher") == ()  # the loss model has no weight to tune
+
+
+def test_the_loss_model_preset_is_one_term_at_weight_one() -> None:
+    assert contributions("fisher", "channel", W) == [("gate_fisher", 1.0, 1.0)]
+    assert preset_terms("fisher") == ("capacity", "gate_fisher")
 
 
 @pytest.mark.parametrize(("preset", "fisher", "match"), [
-    ("nope", "taylor", "unknown preset 'nope'; choose one of hybrid, gradient, l1"),
+    ("nope", "taylor", "unknown preset 'nope'; choose one of hybrid, gradient, l1, fisher"),
     ("hybrid", "nope", "unknown fisher choice 'nope'; choose one of taylor, weight, channel, both"),
 ])
 def test_unknown_names_are_refused(preset: str, fisher: str, match: str) -> None:

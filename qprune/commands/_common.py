@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from qprune.errors import QpruneError
+from qprune.pipeline.catalog import DEFAULT_METHOD
 from qprune.qubo.presets import FISHER_CHOICES
 from qprune.qubo.providers import CAPACITY_REWARDS
 from qprune.solve.budget import parse_budget
@@ -37,9 +38,9 @@ def residual_branches(args: argparse.Namespace) -> bool | str:
     return BRANCH_FLAGS[args.residual_branches]
 
 
-def add_solver_args(p: argparse.ArgumentParser, *, method: bool = True) -> None:
+def add_solver_args(p: argparse.ArgumentParser, *, method: bool = True, default_method: str = DEFAULT_METHOD) -> None:
     if method:
-        p.add_argument("--method", "-m", default="hybrid-qubo", help="pruning method (default hybrid-qubo)")
+        p.add_argument("--method", "-m", default=default_method, help=f"pruning method (default {default_method})")
     p.add_argument("--sparsity", "-s", type=float, help="fraction of prunable units to remove")
     p.add_argument("--k", type=int, help="number of units to remove (instead of --sparsity)")
     p.add_argument("--backend", "-b", default="neal", help="solver backend (see `qprune backends`)")
@@ -53,6 +54,8 @@ def add_solver_args(p: argparse.ArgumentParser, *, method: bool = True) -> None:
                         "or units (1/N, a pure count reward)")
     p.add_argument("--weights", help="QUBO weights as JSON, e.g. '{\"alpha\": 2.0}', or a JSON file")
     p.add_argument("--seed", type=int, default=0, help="seed for every random step (default 0)")
+    p.add_argument("--steps", type=int, help="stages of a QUBO method, the QUBO rebuilt on each stage's pruned "
+                                             "model (default: the method's own; fisher-qubo 4)")
     p.add_argument("--refine", choices=("tt",), help="refine the QUBO mask with tensor-train search")
     p.add_argument("--tt-budget", type=int, default=2000, help="metric evaluations for --refine tt")
 
@@ -162,7 +165,7 @@ def method_options(args: argparse.Namespace, weights: Any = None) -> Any:
 
     return MethodOptions(backend=args.backend, strategy=args.strategy, refine=getattr(args, "refine", None),
                          weights=weights, fisher=args.fisher, capacity=getattr(args, "capacity", "params"),
-                         seed=getattr(args, "seed", 0),
+                         seed=getattr(args, "seed", 0), steps=getattr(args, "steps", None),
                          tt_budget=getattr(args, "tt_budget", 2000))
 
 

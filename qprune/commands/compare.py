@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "compare.md, compare.json and compare.png.")
     add_problem_args(p)
     add_space_args(p)
-    p.add_argument("--methods", default="random,l1-greedy,taylor-greedy,l1-qubo,hybrid-qubo",
+    p.add_argument("--methods", default="random,l1-greedy,taylor-greedy,l1-qubo,hybrid-qubo,fisher-qubo",
                    help="comma-separated methods")
     p.add_argument("--sparsity", "-s", type=_floats,
                    help="fraction(s) of prunable units, comma-separated (default 0.36)")

@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "gamma searched inside every trial. --storage makes the study resumable and shareable; "
                     "--workers N runs N processes on one study (a PostgreSQL/MySQL URL for real parallel use).")
     add_problem_args(p)
-    add_solver_args(p)
+    # the default method (fisher-qubo) has no weights: the weighted one is the paper's hybrid
+    add_solver_args(p, default_method="hybrid-qubo")
     add_space_args(p)
     p.add_argument("--trials", type=int, default=20, help="number of trials, over all workers (default 20)")
     p.add_argument("--timeout", type=float, help="stop after this many seconds")
@@ -30,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", required=True, help="best weights as JSON (usable as --weights)")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=run)
+
 
 
 def _search(args: argparse.Namespace, trials: int, worker: int, progress: bool) -> tuple:

@@ -6,8 +6,14 @@ output projection runs as a module, :mod:`qprune.model.attention`)
 
 * records the spatial size of each unit's activation site once (for ``fisher_space="mean"``);
 * hands the consumer's input to :class:`ActivationSites` (pooled responses for similarity);
-* multiplies the input by a virtual gate of ones per channel (``requires_grad``), whose gradient is
-  the channel-Fisher derivative ``∂L/∂m``; the gates of the current batch are in ``virtual``.
+* multiplies the input by a virtual gate per channel (``requires_grad``), whose gradient is the
+  channel-Fisher derivative ``∂L/∂m``; the gates of the current batch are in ``virtual``.
+
+Gates are ones (the unpruned model) or ``1 - mask`` (``open_mask``: the model with a mask's units
+already removed, so the derivatives are taken there). With ``per_sample=g`` every sample gets gates
+of its own (``[B, C]``, or ``[B, C, g', g']`` on a spatial map: one gate per block of a g x g grid,
+g' = min(g, side)): a sample's loss depends only on its own gates, so one backward per batch gives
+every sample's derivative (:meth:`ConsumerProbes.sample_rows`).
 """
 
 from __future__ import annotations
@@ -39,8 +45,14 @@ class ConsumerProbes:
         virtual: site -> the virtual gates created in the current batch (clear per batch).
     """
 
-    def __init__(self, model: nn.Module, space: FilterSpace, acts: ActivationSites | None, gates: bool) -> None:
+    def __init__(self, model: nn.Module, space: FilterSpace, acts: ActivationSites | None, gates: bool, *,
+                 per_sample: int | None = None, open_mask: np.ndarray | None = None) -> None:
         n = space.N
+        self.per_sample = per_sample
+        self.batch = 0  # the current batch's size (set by the caller before its forward)
+        # gate value of every slot: 1 - mask for a unit's channels, 1 for channels of no unit (slot n)
+        self._open = None if open_mask is None else torch.from_numpy(
+            np.r_[1.0 - np.asarray(open_mask, dtype=np.float64), 1.0])
         modules = dict(model.named_modules())
         sizes = dict(space.consumer_channels)
         sizes.update({site(p, True): c for p, c in space.producer_channels.items()})
@@ -99,18 +111,77 @@ class ConsumerProbes:
         return fn
 
     def _probe(self, key: str, x: torch.Tensor, cdim: int) -> torch.Tensor | None:
-        """Record ``x`` at gate site ``key``; with gates on, ``x`` times a virtual gate of ones."""
+        """Record ``x`` at gate site ``key``; with gates on, ``x`` times a virtual gate (see the module doc)."""
         if key not in self._extent_known and key in self._by_rep:
             self._record_extent(key, x, cdim)
         if self.acts is not None:
             self.acts.record(key, x.detach(), cdim)
         if not self.gates:
             return None
-        v = torch.ones(x.shape[cdim], dtype=x.dtype, device=x.device, requires_grad=True)
+        if self.per_sample is not None:
+            return self._per_sample_gate(key, x, cdim)
+        v = self._gate_values(key, x).requires_grad_(True)
         self.virtual[key].append(v)
         shape = [1] * x.dim()
         shape[cdim] = -1
         return x * v.view(shape)
+
+    def _gate_values(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        """[C]: the gate of every channel at site ``key`` (ones, or 1 - mask)."""
+        if self._open is None:
+            return torch.ones(self.slots[key].numel(), dtype=x.dtype, device=x.device)
+        return self._open[self.slots[key]].to(dtype=x.dtype, device=x.device)
+
+    def _per_sample_gate(self, key: str, x: torch.Tensor, cdim: int) -> torch.Tensor:
+        """``x`` times gates of its own for every sample (and spatial block): see the module doc."""
+        cdim = cdim % x.dim()
+        bdim = 0 if x.shape[0] == self.batch else 1 if x.dim() > 2 and x.shape[1] == self.batch else None
+        if bdim is None or bdim == cdim:
+            raise QpruneError(f"per-sample gate derivatives need the batch ({self.batch}) in dim 0 or 1 at "
+                              f"{key!r}, which sees shape {tuple(x.shape)}")
+        base = self._gate_values(key, x)
+        c = base.numel()
+        g = int(self.per_sample)
+        spatial = x.dim() == 4 and cdim == 1 and bdim == 0 and g > 1
+        if spatial:
+            gh, gw = min(g, x.shape[2]), min(g, x.shape[3])
+            v = base.view(1, c, 1, 1).expand(self.batch, c, gh, gw).clone().requires_grad_(True)
+            self.virtual[key].append(v)
+            return x * F.interpolate(v, size=tuple(x.shape[2:]), mode="nearest")
+        v = base.view(1, c).expand(self.batch, c).clone().requires_grad_(True)
+        self.virtual[key].append(v)
+        shape = [1] * x.dim()
+        shape[bdim], shape[cdim] = self.batch, c
+        return x * (v if bdim < cdim else v.t()).reshape(shape)
+
+    def sample_rows(self, gate_grads: list[torch.Tensor | None]) -> torch.Tensor:
+        """float64 [batch * g^2, N]: per sample and block, the derivative of the sample's loss share
+        with respect to each unit's gate (per-sample gates; ``gate_grads`` in :meth:`gate_tensors` order).
+
+        A site whose map is coarser than the grid (or has none) spreads each value evenly over the
+        rows it covers, so a sample's rows always sum to its exact derivative. (Spreading that keeps
+        the sum of squares instead gave worse masks on the bundled denoiser: 0.2-0.7 dB at 50-70 %
+        of the MACs.)"""
+        g = int(self.per_sample or 1)
+        rows = self.batch * g * g
+        n = int(self.extent.numel())
+        out = torch.zeros(rows, n + 1, dtype=torch.float64)
+        grads = iter(gate_grads)
+        for path, vs in self.virtual.items():
+            for v in vs:
+                gr = next(grads)
+                if gr is None:
+                    continue
+                gr = gr.detach().double().cpu()
+                if gr.dim() == 4:
+                    gh, gw = gr.shape[2:]
+                    if (gh, gw) != (g, g):
+                        gr = F.interpolate(gr, size=(g, g), mode="nearest") * (gh * gw / (g * g))
+                    gr = gr.permute(0, 2, 3, 1).reshape(rows, -1)
+                if gr.shape[0] != rows:
+                    gr = gr.repeat_interleave(g * g, dim=0) / (g * g)
+                out.index_add_(1, self.slots[path], gr)
+        return out[:, :n]
 
     def _record_extent(self, path: str, x: torch.Tensor, cdim: int) -> None:
         inner = x.shape[2:] if cdim == 1 else x.shape[1:-1]

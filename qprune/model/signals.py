@@ -14,6 +14,13 @@ Per unit ``i`` (a :class:`qprune.model.space.Unit`; multi-member units SUM over 
   ``fisher_space="mean"`` also by the spatial size of the unit's activation site (DESIGN.md's
   "mean over batch and space"), which biases a global ranking against high-resolution layers, so
   it is not the default. ``I_CF = avg of d_i²``.
+* ``gate_grads``: ``[samples x blocks, N]``, the same gate derivative for every calibration sample
+  on its own, ``d_i(s) = ∂L_s/∂m_i``: every sample gets gates of its own (one backward per batch
+  still gives all of them, since a sample's loss depends only on its own gates), and on a spatial
+  map each sample's gates are split into a ``gate_grid`` x ``gate_grid`` grid of blocks, each block
+  a row (``gate_grid=1``: one row per sample). Its empirical second moment is the gates' Fisher
+  (:func:`qprune.qubo.providers.gate_fisher`); blocks give many more rows than units, which a
+  well-conditioned estimate needs. Memory: ``8 bytes x rows x N``.
 * ``activations``: per layer id, ``[units_in_layer, samples]``: each unit's channel at its
   activation site (``Unit.inputs[0]``, the consumer input with the most elements), adaptively
   average-pooled to ``activation_pool x activation_pool`` per input image (16 samples per image by
@@ -51,7 +58,7 @@ from qprune.model.units import FilterSpace
 __all__ = ["ALL_SIGNALS", "Signals", "collect_signals"]
 
 #: every name ``needs`` may contain
-ALL_SIGNALS = frozenset({"l1", "taylor", "weight_fisher", "channel_fisher", "activations"})
+ALL_SIGNALS = frozenset({"l1", "taylor", "weight_fisher", "channel_fisher", "activations", "gate_grads"})
 FISHER_SPACES = ("sum", "mean")  #: how the channel-Fisher derivative is reduced over space
 
 Loss = Callable[[Any, Any], torch.Tensor]
@@ -69,6 +76,7 @@ class Signals:
     weight_fisher: np.ndarray | None = None
     channel_fisher: np.ndarray | None = None
     activations: dict[int, np.ndarray] | None = None  # layer id -> [units_in_layer, samples]
+    gate_grads: np.ndarray | None = None  # [samples x blocks, N] per-sample gate derivatives
     n_batches: int = 0
     loss: float | None = None  # mean calibration loss over the batches
 
@@ -85,6 +93,8 @@ def collect_signals(
     fisher_space: str = "sum",
     max_activation_samples: int = 4096,
     activation_pool: int = 4,
+    gate_grid: int = 4,
+    mask: np.ndarray | None = None,
     progress: bool = True,
 ) -> Signals:
     """Collect the signals named in ``needs`` over ``batches`` of ``(inputs, target)``.
@@ -101,6 +111,9 @@ def collect_signals(
         activation_pool: spatial pooling size per image for ``activations``.
         fisher_space: ``"sum"`` (exact gate derivative, default) or ``"mean"`` (also divided by
             the spatial size of the activation site) for the channel-Fisher signal.
+        gate_grid: blocks per side of every sample's gates for ``gate_grads`` (1: one row per sample).
+        mask: bool/0-1 [N] (1 = pruned): collect on the model with these units already gated off
+            (every gradient is then taken at that point; None: the unpruned model).
         progress: tqdm bar over the batches.
 
     Raises:
@@ -108,6 +121,10 @@ def collect_signals(
             batch / loss of the wrong form.
     """
     needs = _check_options(needs, ema, fisher_space, max_activation_samples, activation_pool)
+    if isinstance(gate_grid, bool) or int(gate_grid) < 1:
+        raise QpruneError(f"gate_grid must be an integer >= 1, got {gate_grid!r}")
+    if mask is not None and np.asarray(mask).shape != (space.N,):
+        raise QpruneError(f"mask has shape {np.asarray(mask).shape}; the space has {space.N} units")
     members = Members(model, space)
     l1 = members.l1()
     if not needs - {"l1"}:
@@ -115,10 +132,12 @@ def collect_signals(
     sums = GradientSums(
         members, members.params(), ema=ema, taylor="taylor" in needs, weight_fisher="weight_fisher" in needs,
         channel_fisher="channel_fisher" in needs, taylor_abs=taylor_abs, fisher_space=fisher_space,
+        gate_grads="gate_grads" in needs,
     )
     acts = (ActivationSites(space, int(activation_pool), int(max_activation_samples))
             if "activations" in needs else None)
-    probes = ConsumerProbes(model, space, acts, gates=sums.want_cf)
+    probes = ConsumerProbes(model, space, acts, gates=sums.needs_gates or mask is not None,
+                            per_sample=int(gate_grid) if sums.want_rows else None, open_mask=mask)
     losses = _calibrate(model, batches, loss_fn, probes, sums, progress)
     return Signals(
         l1=l1,
@@ -126,6 +145,7 @@ def collect_signals(
         weight_fisher=sums.weight_fisher(),
         channel_fisher=sums.channel_fisher(),
         activations=acts.result() if acts is not None else None,
+        gate_grads=sums.gate_grads(),
         n_batches=len(losses),
         loss=float(np.mean(losses)) if losses else None,
     )
@@ -189,17 +209,18 @@ def _step(model: nn.Module, batch: Any, loss_fn: Loss, probes: ConsumerProbes, s
     target = target.to(device) if isinstance(target, torch.Tensor) else target
     bsz = next((x.shape[0] for x in xs if isinstance(x, torch.Tensor)), 1)
     probes.virtual.clear()
-    if not (sums.needs_param_grads or sums.want_cf):
+    probes.batch = int(bsz)
+    if not (sums.needs_param_grads or sums.needs_gates):
         with torch.no_grad():
             out = model(*xs)
             return float(_scalar(loss_fn(out, target)))
     with torch.enable_grad():
         out = model(*xs)
         loss = _scalar(loss_fn(out, target))
-        wrt = (params if sums.needs_param_grads else []) + probes.gate_tensors()
+        wrt = (params if sums.needs_param_grads else []) + (probes.gate_tensors() if sums.needs_gates else [])
         grads = torch.autograd.grad(loss, wrt, allow_unused=True) if wrt else ()
     value = float(loss.detach())
-    sums.update(grads, probes.virtual, probes.slots, probes.extent, bsz)
+    sums.update(grads, probes, bsz)
     return value
 
 

@@ -21,12 +21,12 @@ import numpy as np
 from qprune.errors import QpruneError
 from qprune.model.signals import Signals
 from qprune.model.units import FilterSpace
-from qprune.pipeline.methods import MethodOptions, build_formulation, check_signals, method_spec
+from qprune.pipeline.methods import MethodOptions, build_formulation, check_signals, method_spec, method_steps
+from qprune.pipeline.stepwise import SignalsAt, stepwise_budget
 from qprune.solve.budget import Budget, CostModel, parse_budget
 from qprune.solve.budget_cqm import budget_cqm
 from qprune.solve.budget_search import score_tables, search_counts
 from qprune.solve.constraint import ExactK
-from qprune.solve.layerwise import layerwise_budget
 from qprune.solve.strategies import get_strategy
 
 __all__ = ["BudgetRequest", "budget_limits", "budget_problem", "select_budget_mask"]
@@ -67,16 +67,18 @@ def budget_limits(space: FilterSpace, request: BudgetRequest) -> ExactK:
 
 def select_budget_mask(space: FilterSpace, signals: Signals, method: str, request: BudgetRequest,
                        options: MethodOptions | None = None, *, progress: bool = False,
-                       ) -> tuple[np.ndarray, dict[str, Any]]:
+                       signals_at: SignalsAt | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """The mask (int8 [N], 1 = pruned) ``method`` picks within ``request``'s budget, and what the
     solve recorded (as :func:`qprune.pipeline.run.select_mask`; ``info`` holds the budget, its cost,
-    the unpruned cost and whether it landed within the tolerance)."""
+    the unpruned cost and whether it landed within the tolerance). ``signals_at`` gives the signals
+    of a partly pruned model, for a method in stages (:mod:`qprune.pipeline.stepwise`)."""
     spec = method_spec(method)
     options = options or MethodOptions()
     if spec.refine or options.refine is not None:
         raise QpruneError(f"method {method!r}: TT refinement keeps an exact count and cannot hold a budget; "
                           "use a method without +tt / --refine")
     check_signals(spec, options, signals)
+    method_steps(spec, options)
     limits = budget_limits(space, request)
     cost = CostModel.build(space, request.budget.kind, request.latency)
     out: dict[str, Any] = {"timings": {}}
@@ -95,20 +97,16 @@ def select_budget_mask(space: FilterSpace, signals: Signals, method: str, reques
         if get_strategy(options.strategy).name != "layerwise":
             raise QpruneError(f"strategy {options.strategy!r} searches gamma for an exact count and cannot hold a "
                               "budget; use strategy 'layerwise'")
-        t1 = time.perf_counter()
-        formulation = build_formulation(space, signals, spec, weights=options.weights, fisher=options.fisher,
-                                        capacity=options.capacity)
-        out["timings"]["formulate"] = time.perf_counter() - t1
-        solved = layerwise_budget(formulation, cost, request.budget, limits, options.backend, options.seed,
-                                  sampler_params=dict(options.sampler_params or {}), progress=progress,
-                                  options=get_strategy("layerwise").make_options(options.solver_options))
-        x = np.asarray(solved.x, dtype=np.int8)
-        info = dict(solved.info)
-        out.update(formulation=formulation, solved=solved, gamma=solved.gamma)
+        x, rec = stepwise_budget(space, signals, signals_at, spec, cost, request.budget, limits, options,
+                                 progress=progress)
+        out["timings"].update({k: v for k, v in rec.pop("timings").items() if k != "solve" and (v or k == "formulate")})
+        info = rec.pop("info")
+        out.update(rec)
     out["timings"]["solve"] = time.perf_counter() - t0
     if not limits.within_caps(x)[0]:  # every path visits allowed counts only: a bug if it fires
         raise RuntimeError(f"{method} broke the per-layer limits under budget {request.budget.text}")
-    info["budget_fraction"] = float(cost.of_mask(x) / cost.full())
+    info.update(budget_cost=float(cost.of_mask(x)), budget_full=float(cost.full()))
+    info["budget_fraction"] = info["budget_cost"] / info["budget_full"]
     if not info.get("budget_landed", True):
         warnings.warn(f"budget {request.budget.text}: the allowed per-layer counts reached "
                       f"{info['budget_fraction']:.4f}, not within {request.budget.tolerance:g} below the target",

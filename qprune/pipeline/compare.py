@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from qprune.atomic import atomic_open, write_json
 from qprune.errors import QpruneError
 from qprune.pipeline.budgeted import BudgetRequest
-from qprune.pipeline.methods import MethodOptions, method_spec
+from qprune.pipeline.methods import MethodOptions, method_spec, method_weights
 from qprune.pipeline.run import prepare, resolve_k, run_method, tune_weights
 from qprune.pipeline.report import aggregate, compare_markdown, machine_info, plot_metric_vs_sparsity
 
@@ -67,9 +67,9 @@ def compare_rows(
     each row with its own count ``k`` and ``sparsity`` = k / N.
 
     ``residual_branches`` is :func:`qprune.model.space.build_space`'s. ``options`` steer every run
-    (its seed is replaced by each of ``seeds``). With ``tune > 0`` each QUBO method's weights are
-    first searched for ``tune`` trials on the VALIDATION split at that k (the paper's procedure); the
-    rows report test-split metrics. With ``finetune`` every pruned model is also fine-tuned and the
+    (its seed is replaced by each of ``seeds``). With ``tune > 0`` each method with weights (the
+    paper's QUBOs) first has them searched for ``tune`` trials on the VALIDATION split at that k or
+    budget (the paper's procedure); the rows report test-split metrics. With ``finetune`` every pruned model is also fine-tuned and the
     rows get ``<metric>_ft`` (a greedy mask, the same for every seed, is fine-tuned once, with the
     first seed).
     """
@@ -84,9 +84,8 @@ def compare_rows(
     for s in sparsities:
         if not 0.0 <= s < 1.0:
             raise QpruneError(f"sparsity={s} must be a fraction in [0, 1)")
-    if budgets and (sparsities or tune > 0):
-        raise QpruneError("compare at budgets: give budgets or sparsities, not both; and no --tune "
-                          "(it searches weights at one k; give --weights)")
+    if budgets and sparsities:
+        raise QpruneError("compare at budgets: give budgets or sparsities, not both")
     targets: list[float | BudgetRequest] = list(budgets) or list(sparsities)
     prep = prepare(model, problem, methods=methods, layers=layers, min_keep=min_keep,
                    residual_branches=residual_branches, fisher=options.fisher, weights=options.weights,
@@ -107,11 +106,11 @@ def compare_rows(
             continue
         run_options = replace(options, seed=seed)
         tune_seconds = None
-        if tune > 0 and spec.kind == "qubo":
+        if tune > 0 and method_weights(spec):
             if (target, method) not in tuned:
                 t0 = time.perf_counter()
-                found = tune_weights(prep, method, resolve_k(prep.space.N, target), replace(options, seed=seeds[0]),
-                                     n_trials=tune, progress=False)
+                goal = budget if budget else resolve_k(prep.space.N, target)
+                found = tune_weights(prep, method, goal, replace(options, seed=seeds[0]), n_trials=tune, progress=False)
                 tuned[(target, method)] = (found.best_weights, time.perf_counter() - t0)
             weights, tune_seconds = tuned[(target, method)]
             run_options = replace(run_options, weights=weights)

@@ -1,9 +1,8 @@
-"""The pruning methods, in one table, and the options a method run takes.
+"""The options a method run takes, and how a QUBO method turns signals into its formulation.
 
-A method is either a baseline (random, greedy on one signal) or a QUBO preset solved exactly-k,
-optionally refined by tensor-train search. :data:`METHODS` lists them all; :class:`MethodOptions`
-holds everything that steers one run (backend, strategy, weights, seeds, refinement budget), so
-callers pass one checked object instead of loose keyword arguments.
+The methods themselves are one table, :data:`qprune.pipeline.catalog.METHODS` (re-exported here);
+:class:`MethodOptions` holds everything that steers one run (backend, strategy, weights, seeds,
+stages, refinement budget), so callers pass one checked object instead of loose keyword arguments.
 """
 
 from __future__ import annotations
@@ -12,50 +11,24 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import dimod
+import numpy as np
 
 from qprune.errors import QpruneError
 from qprune.model.signals import Signals
+from qprune.pipeline.catalog import DEFAULT_METHOD, METHODS, MethodSpec, method_spec
 from qprune.model.units import FilterSpace
 from qprune.qubo.formulation import Formulation, formulate
-from qprune.qubo.presets import CAPACITY, DEFAULT_PRESET, FISHER_CHOICES, Weights, preset_terms
+from qprune.qubo.presets import CAPACITY, DEFAULT_PRESET, FISHER_CHOICES, Weights, preset_terms, preset_weights
 from qprune.qubo.providers import CAPACITY_REWARDS
 from qprune.qubo.terms import compute_terms, term_requirements
 from qprune.solve.strategies import DEFAULT_STRATEGY, get_strategy
 
 REFINE_STAGES = ("tt",)
+__all__ = ["DEFAULT_METHOD", "METHODS", "MethodOptions", "MethodSpec", "build_formulation", "check_signals",
+           "method_needs", "method_spec", "method_steps", "method_weights"]
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """How one named method picks its k units."""
-
-    name: str
-    kind: str  # "random" | "greedy" | "qubo"
-    needs: frozenset[str] = frozenset()  # signals to collect
-    score: str | None = None  # greedy: the Signals field ranked (lowest pruned first)
-    preset: str | None = None  # qubo: formulation preset
-    refine: bool = False  # "+tt" variants
-    description: str = ""
-
-
-METHODS: dict[str, MethodSpec] = {
-    m.name: m
-    for m in (
-        MethodSpec("random", "random", description="uniformly random units (a floor)"),
-        MethodSpec("l1-greedy", "greedy", score="l1", description="smallest mean |W| first"),
-        MethodSpec("taylor-greedy", "greedy", frozenset({"taylor"}), score="taylor",
-                   description="Molchanov et al. 2019: smallest Taylor importance first"),
-        MethodSpec("fisher-greedy", "greedy", frozenset({"channel_fisher"}), score="channel_fisher",
-                   description="smallest channel-Fisher importance first"),
-        MethodSpec("l1-qubo", "qubo", preset="l1", description="Wang et al.: L1 redundancy QUBO"),
-        MethodSpec("gradient-qubo", "qubo", preset="gradient", description="L1 redundancy + Taylor QUBO"),
-        MethodSpec("hybrid-qubo", "qubo", preset="hybrid",
-                   description="Taylor + Fisher + activation similarity QUBO (the paper's method)"),
-        MethodSpec("hybrid-qubo+tt", "qubo", preset="hybrid", refine=True,
-                   description="hybrid QUBO seed refined by tensor-train (PROTES) search on the validation metric"),
-    )
-}
-_SIGNALS = frozenset({"taylor", "weight_fisher", "channel_fisher", "activations"})
+_SIGNALS = frozenset({"taylor", "weight_fisher", "channel_fisher", "activations", "gate_grads"})
 
 
 def method_needs(spec: MethodSpec, fisher: str = "channel", weights: Weights | None = None) -> frozenset[str]:
@@ -73,16 +46,6 @@ def check_signals(spec: MethodSpec, options: MethodOptions, signals: Signals) ->
         raise QpruneError(f"method {spec.name!r} needs signals {missing} that prepare() did not collect")
 
 
-def method_spec(name: str) -> MethodSpec:
-    """The :class:`MethodSpec` for ``name``; unknown names raise with the list of known ones."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise QpruneError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}") from None
-
-
-
-
 @dataclass(frozen=True)
 class MethodOptions:
     """How one method runs; every field is checked when the object is made.
@@ -96,6 +59,9 @@ class MethodOptions:
         capacity: what the reward gamma multiplies counts: ``"params"`` (the paper's D_i = P_i / sum P)
             or ``"units"`` (1 / N: a pure count reward, so units of unequal size are not preferred).
         seed: seeds every random step; the same seed gives the same mask.
+        steps: stages of a QUBO method (None: the method's own, :attr:`MethodSpec.steps`): stage t
+            prunes to t/steps of the way, with the QUBO rebuilt from signals collected on the model
+            that the earlier stages pruned (:mod:`qprune.pipeline.stepwise`); 1 = one QUBO, one pass.
         tt_budget: metric evaluations of the TT refinement.
         sampler_params: passed to the sampler (unknown names are an error).
         solver_options: the strategy's own options (its dataclass fields, checked by name).
@@ -108,6 +74,7 @@ class MethodOptions:
     fisher: str = "channel"
     capacity: str = "params"
     seed: int | None = 0
+    steps: int | None = None
     tt_budget: int = 2_000
     sampler_params: Mapping[str, Any] | None = None
     solver_options: Mapping[str, Any] | None = None
@@ -120,10 +87,26 @@ class MethodOptions:
             raise QpruneError(f"unknown fisher choice {self.fisher!r}; choose one of {', '.join(FISHER_CHOICES)}")
         if self.capacity not in CAPACITY_REWARDS:
             raise QpruneError(f"unknown capacity reward {self.capacity!r}; choose one of {', '.join(CAPACITY_REWARDS)}")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 1):
+            raise QpruneError(f"steps must be a positive integer, got {self.steps!r}")
         if isinstance(self.tt_budget, bool) or int(self.tt_budget) < 1:
             raise QpruneError(f"tt_budget must be a positive integer, got {self.tt_budget!r}")
         if self.weights is not None and not isinstance(self.weights, Weights):
             raise QpruneError(f"weights must be a qprune.Weights, got {type(self.weights).__name__}")
+
+
+def method_weights(spec: MethodSpec) -> tuple[str, ...]:
+    """The :class:`~qprune.qubo.presets.Weights` fields a method reads (what a weight search tunes)."""
+    return preset_weights(spec.preset or DEFAULT_PRESET) if spec.kind == "qubo" else ()
+
+
+def method_steps(spec: MethodSpec, options: MethodOptions) -> int:
+    """The stages a method runs with these options (1 for every method that is not a QUBO)."""
+    steps = spec.steps if options.steps is None else int(options.steps)
+    if steps > 1 and spec.kind != "qubo":
+        raise QpruneError(f"method {spec.name!r} has no QUBO to rebuild; steps > 1 needs a *-qubo method")
+    return steps if spec.kind == "qubo" else 1
 
 
 def build_formulation(
@@ -134,25 +117,43 @@ def build_formulation(
     weights: Weights | None = None,
     fisher: str = "channel",
     capacity: str = "params",
+    units: np.ndarray | None = None,
 ) -> Formulation:
     """Terms -> normalised QUBO for a QUBO method, from collected signals (``capacity``: see
-    :class:`MethodOptions`)."""
+    :class:`MethodOptions`); ``units`` (indices) restricts it to those units (None: all)."""
     spec = method_spec(spec) if isinstance(spec, str) else spec
+    idx = np.arange(space.N) if units is None else np.asarray(units, dtype=np.int64)
+
+    def take(v: np.ndarray | None) -> np.ndarray | None:
+        return None if v is None else np.asarray(v)[..., idx]
+
     inputs = {
-        "l1": signals.l1,
-        "taylor": signals.taylor,
-        "weight_fisher": signals.weight_fisher,
-        "channel_fisher": signals.channel_fisher,
-        "activations": signals.activations,
-        "params": space.params,
-        "layer_ids": space.layer_ids,
+        "l1": take(signals.l1),
+        "taylor": take(signals.taylor),
+        "weight_fisher": take(signals.weight_fisher),
+        "channel_fisher": take(signals.channel_fisher),
+        "activations": _activation_rows(space, signals.activations, idx),
+        "gate_grads": take(signals.gate_grads),
+        "params": take(space.params),
+        "layer_ids": take(space.layer_ids),
     }
     preset = spec.preset or DEFAULT_PRESET
     terms = compute_terms(list(preset_terms(preset, fisher, weights)), inputs,
                           options={CAPACITY: {"reward": capacity}})
     return formulate(
         terms, preset=preset, weights=weights or Weights(), fisher=fisher,
-        labels=space.labels, layer_ids=space.layer_ids,
+        labels=[space.labels[i] for i in idx], layer_ids=space.layer_ids[idx],
     )
+
+
+def _activation_rows(space: FilterSpace, activations: Mapping[int, np.ndarray] | None,
+                     idx: np.ndarray) -> dict[int, np.ndarray] | None:
+    """The activation rows of the units ``idx`` (each layer's rows follow its units' order)."""
+    if activations is None or idx.size == space.N:
+        return None if activations is None else dict(activations)
+    keep = np.zeros(space.N, dtype=bool)
+    keep[idx] = True
+    lids = space.layer_ids
+    return {lid: rows[keep[lids == lid]] for lid, rows in activations.items()}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 
 import dimod
@@ -25,6 +26,7 @@ from qprune.model.stats import model_stats
 from qprune.model.units import FilterSpace
 from qprune.pipeline.budgeted import BudgetRequest, select_budget_mask
 from qprune.pipeline.methods import (
+    DEFAULT_METHOD,
     METHODS,
     MethodOptions,
     MethodSpec,
@@ -32,11 +34,14 @@ from qprune.pipeline.methods import (
     check_signals,
     method_needs,
     method_spec,
+    method_steps,
+    method_weights,
 )
+from qprune.pipeline.stepwise import stepwise_k
 from qprune.pipeline.tune import DEFAULT_SPACE, SearchResult, search_weights
 from qprune.pipeline.workload import Batch, Workload, as_workload, evaluate
 from qprune.qubo.formulation import Formulation
-from qprune.qubo.presets import DEFAULT_PRESET, Weights, preset_weights
+from qprune.qubo.presets import Weights
 from qprune.refine.on_model import refine_mask
 from qprune.solve.baselines import greedy_prune, random_prune
 from qprune.solve.constraint import ExactK
@@ -126,12 +131,17 @@ class Prepared:
     timings: dict[str, float]
     space_options: dict[str, Any] = field(default_factory=dict)  # the build_space keywords (for recipes)
 
+    def signals_at(self, mask: np.ndarray, needs: frozenset[str]) -> Signals:
+        """The signals ``needs`` of the model with ``mask``'s units gated off (one calibration pass)."""
+        return collect_signals(self.model, self.space, self.work.calibration, self.work.loss, needs=needs,
+                               mask=np.asarray(mask), progress=False)
+
 
 def prepare(
     model: nn.Module,
     problem_or_batches: Any,
     *,
-    methods: Sequence[str] = ("hybrid-qubo",),
+    methods: Sequence[str] = (DEFAULT_METHOD,),
     layers: Sequence[str] | int | None = None,
     exclude: Sequence[str] = (),
     min_keep: int = 1,
@@ -176,7 +186,7 @@ def prune(
     *,
     sparsity: float | None = None,
     k: int | None = None,
-    method: str = "hybrid-qubo",
+    method: str = DEFAULT_METHOD,
     backend: str | dimod.Sampler = "neal",
     strategy: str = DEFAULT_STRATEGY,
     refine: str | None = None,
@@ -196,6 +206,7 @@ def prune(
     metric_fn: Callable[[torch.Tensor, torch.Tensor], Mapping[str, float] | float] | None = None,
     remove: bool = True,
     tt_budget: int = 2_000,
+    steps: int | None = None,
     sampler_params: Mapping[str, Any] | None = None,
     solver_options: Mapping[str, Any] | None = None,
     progress: bool = True,
@@ -208,8 +219,9 @@ def prune(
             ``[(input, target), ...]`` together with ``loss_fn`` (and optionally ``metric_fn``).
         sparsity / k: fraction of the prunable units, or their count (exactly one).
         method: one of :data:`METHODS` (random, l1-greedy, taylor-greedy, fisher-greedy, l1-qubo,
-            gradient-qubo, hybrid-qubo, hybrid-qubo+tt).
-        backend, strategy, refine, weights, fisher, capacity, seed, tt_budget, sampler_params, solver_options:
+            gradient-qubo, hybrid-qubo, hybrid-qubo+tt, fisher-qubo, fisher-qubo+tt); default
+            :data:`~qprune.pipeline.catalog.DEFAULT_METHOD`, the loss-model QUBO ``fisher-qubo``.
+        backend, strategy, refine, weights, fisher, capacity, seed, tt_budget, steps, sampler_params, solver_options:
             see :class:`qprune.pipeline.methods.MethodOptions`.
         layers / exclude / min_keep: restrict the filter space (see :func:`qprune.model.space.build_space`);
             a float ``min_keep`` in (0, 1) is the fraction of every layer kept (budget solves only).
@@ -229,7 +241,8 @@ def prune(
     """
     spec = method_spec(method)
     options = MethodOptions(backend=backend, strategy=strategy, refine=refine, weights=weights, fisher=fisher,
-                            capacity=capacity, seed=seed, tt_budget=tt_budget, sampler_params=sampler_params,
+                            capacity=capacity, seed=seed, tt_budget=tt_budget, steps=steps,
+                            sampler_params=sampler_params,
                             solver_options=solver_options)
     request, keep = _budget_request(budget, sparsity, k, min_keep, round_to, max_prune, latency_table)
     prep = prepare(model, problem_or_batches, methods=[method], layers=layers, exclude=exclude, min_keep=keep,
@@ -275,6 +288,7 @@ def select_mask(prep: Prepared, method: str, k: int, options: MethodOptions | No
     options = options or MethodOptions()
     constraint = constraint_of(prep.space, k)
     check_signals(spec, options, prep.signals)
+    method_steps(spec, options)
     do_refine = spec.refine or options.refine == "tt"
     if do_refine and spec.kind != "qubo":
         raise QpruneError(f"--refine tt needs a QUBO method, not {method!r}")
@@ -301,14 +315,13 @@ def select_mask(prep: Prepared, method: str, k: int, options: MethodOptions | No
 
 def _qubo_mask(prep: Prepared, spec: MethodSpec, constraint: ExactK, options: MethodOptions,
                out: dict[str, Any], progress: bool) -> np.ndarray:
-    t0 = time.perf_counter()
-    formulation = build_formulation(prep.space, prep.signals, spec, weights=options.weights, fisher=options.fisher,
-                                    capacity=options.capacity)
-    out["timings"]["formulate"] = time.perf_counter() - t0
-    solved = solve_formulation(formulation, constraint.k, options, constraint=constraint, progress=progress)
+    needs = method_needs(spec, options.fisher, options.weights)
+    x, rec = stepwise_k(prep.space, prep.signals, partial(prep.signals_at, needs=needs), spec, constraint, options,
+                        progress=progress)
+    out["timings"].update({k: v for k, v in rec.pop("timings").items() if k != "solve" and (v or k == "formulate")})
     # the result, not its BQM: solved.bqm may be built on first read (see ExactKResult)
-    out.update(formulation=formulation, solved=solved, gamma=solved.gamma, info=dict(solved.info))
-    return np.asarray(solved.x, dtype=np.int8)
+    out.update(rec)
+    return x
 
 
 def run_method(prep: Prepared, method: str, *, sparsity: float | None = None, k: int | None = None,
@@ -323,7 +336,9 @@ def run_method(prep: Prepared, method: str, *, sparsity: float | None = None, k:
     else:
         if sparsity is not None or k is not None:
             raise QpruneError("give a budget or sparsity / k, not both")
-        x, out = select_budget_mask(prep.space, prep.signals, method, budget, options, progress=progress)
+        x, out = select_budget_mask(prep.space, prep.signals, method, budget, options, progress=progress,
+                                    signals_at=partial(prep.signals_at, needs=method_needs(
+                                        method_spec(method), options.fisher, options.weights)))
         kk = int(x.sum())
     timings = dict(prep.timings)
     timings.update(out["timings"])
@@ -399,7 +414,7 @@ def validation_score(prep: Prepared, mask: np.ndarray) -> float:
 def tune_weights(
     prep: Prepared,
     method: str,
-    k: int,
+    k: int | BudgetRequest,
     options: MethodOptions | None = None,
     *,
     n_trials: int | None = 20,
@@ -411,31 +426,35 @@ def tune_weights(
     sampler_seed: int | None = None,
     progress: bool = True,
 ) -> SearchResult:
-    """Search the QUBO weights of ``method`` for the best validation metric at exactly ``k``.
+    """Search the QUBO weights of ``method`` for the best validation metric at exactly ``k`` (or
+    within a :class:`BudgetRequest`).
 
     gamma is found by the exact-k search inside every trial; only the weights that the method's
     preset reads are searched; ``options.weights`` and ``options.refine`` are ignored (each trial
     sets its weights; refinement would make every trial cost a TT search). ``sampler_seed`` seeds
     Optuna's sampler (default: ``options.seed``); workers sharing a study give each their own.
     """
-    spec = method_spec(method)
-    if spec.kind != "qubo":
+    space = {name: DEFAULT_SPACE[name] for name in method_weights(method_spec(method))}
+    if not space:
         raise QpruneError(f"method {method!r} has no QUBO weights to tune")
     base = replace(options or MethodOptions(), weights=None, refine=None)
-    space = {name: DEFAULT_SPACE[name] for name in preset_weights(spec.preset or DEFAULT_PRESET)}
 
     def score(weights: Weights) -> float:
-        x, _ = select_mask(prep, method, k, replace(base, weights=weights))
+        opts = replace(base, weights=weights)
+        if isinstance(k, BudgetRequest):
+            x, _ = select_budget_mask(prep.space, prep.signals, method, k, opts)
+        else:
+            x, _ = select_mask(prep, method, k, opts)
         return validation_score(prep, x)
 
     return search_weights(
         score, n_trials=n_trials, timeout=timeout, sampler=sampler, space=space, storage=storage,
-        study_name=study_name or default_study_name(method, k),
+        study_name=study_name or default_study_name(method, k if isinstance(k, int) else k.budget.text),
         seed=base.seed if sampler_seed is None else sampler_seed, progress=progress, save_best=save_best,
     )
 
 
-def default_study_name(method: str, k: int) -> str:
-    """The study a weight search uses unless told otherwise: one per method and k."""
-    return f"qprune-{method}-k{k}"
+def default_study_name(method: str, k: int | str) -> str:
+    """The study a weight search uses unless told otherwise: one per method and k (or budget)."""
+    return f"qprune-{method}-k{k}" if isinstance(k, int) else f"qprune-{method}-{k}"
 

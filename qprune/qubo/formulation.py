@@ -6,9 +6,13 @@ are as returned by :func:`qprune.qubo.terms.compute_terms` (the A term's blocks 
 2 A_ij, the similarity's blocks max(0, S_ij)); the capacity reward D_i is kept apart so that gamma
 can be searched: ``bqm(gamma).linear = linear - gamma * reward``.
 
-Every default term lives within one layer, so the QUBO is block-diagonal by layer: a
+Every term of the paper's presets lives within one layer, so the QUBO is block-diagonal by layer: a
 :class:`Formulation` keeps one dense block per layer, which the BQM, the energy and solvers that
-work layer by layer all read directly; rare cross-layer couplings live in ``cross``.
+work layer by layer all read directly; rare cross-layer couplings live in ``cross``. A term in
+factored form (the loss model, :mod:`qprune.qubo.fisher`) puts its diagonal into ``linear``, its
+within-layer couplings into the blocks and keeps the rest, the couplings between layers, as the
+factor ``C`` itself: ``(C^T C)_ij`` for units i, j of different layers, never formed as N x N
+except when a BQM is asked for.
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ import numpy as np
 import scipy.sparse
 
 from qprune.errors import QpruneError
-from qprune.qubo.presets import CAPACITY, DEFAULT_PRESET, FISHER_CHOICES, PRESETS, Weights, contributions, preset_terms
+from qprune.qubo.presets import (
+    CAPACITY,
+    COUPLING_SCALE,
+    DEFAULT_PRESET,
+    FISHER_CHOICES,
+    PRESETS,
+    Weights,
+    contributions,
+    preset_terms,
+)
 from qprune.qubo.scaling import upper_pairs
 from qprune.qubo.terms import Block, Term, validate_term
 from qprune.qubo.types import layer_index
@@ -40,7 +53,9 @@ class Formulation:
     ``blocks[b] = (idx, M)``: the units of the b-th layer (layer ids ascending) and their dense
     symmetric coupling matrix with zero diagonal; E contains ``sum_{i<j} M_ij x_i x_j``. ``cross``
     holds couplings between layers, each pair once with row < col. ``bqm(gamma).linear`` equals
-    ``linear - gamma * reward``. Treat instances as immutable.
+    ``linear - gamma * reward``. ``factor`` (``[rows, N]`` or None) adds the couplings ``(C^T C)_ij``
+    between units of DIFFERENT layers (within a layer they are in the blocks already): E contains
+    ``1/2 |C x|^2 - 1/2 sum_layers |C_l x_l|^2``. Treat instances as immutable.
     """
 
     labels: list[str]
@@ -50,6 +65,7 @@ class Formulation:
     cross: scipy.sparse.coo_matrix | None
     reward: np.ndarray
     offset: float = 0.0
+    factor: np.ndarray | None = None
 
     @property
     def num_variables(self) -> int:
@@ -70,6 +86,11 @@ class Formulation:
             rows.append(self.cross.row.astype(np.int64))
             cols.append(self.cross.col.astype(np.int64))
             vals.append(self.cross.data)
+        if self.factor is not None:
+            for r, c, v in _factor_pairs(self.factor, self.blocks):
+                rows.append(r)
+                cols.append(c)
+                vals.append(v)
         if not rows:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
         return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
@@ -105,6 +126,10 @@ class Formulation:
             E += 0.5 * np.einsum("bi,bi->b", Xb @ M, Xb)  # M symmetric: x^T M x / 2 = sum_{i<j}
         if self.cross is not None and self.cross.nnz:
             E += np.einsum("bi,bi->b", np.asarray((self.cross.tocsc().T @ Xf.T).T), Xf)
+        if self.factor is not None:
+            E += 0.5 * np.sum((Xf @ self.factor.T) ** 2, axis=1)
+            for idx, _ in self.blocks:  # within a layer the blocks hold them already
+                E -= 0.5 * np.sum((Xf[:, idx] @ self.factor[:, idx].T) ** 2, axis=1)
         return E[0] if single else E
 
     def block_of_layer(self) -> dict[int, int]:
@@ -121,7 +146,7 @@ def formulate(
     labels: Sequence[str] | None = None,
     layer_ids: Sequence[int] | np.ndarray,
     offset: float = 0.0,
-    coupling_scale: str = "layer",
+    coupling_scale: str | None = None,
 ) -> Formulation:
     """Combine normalised terms into a :class:`Formulation` (vectorised; one dense block per layer).
 
@@ -133,8 +158,12 @@ def formulate(
     layer grows with m while its linear terms stay O(1): unscaled, with all weights 1, the
     couplings decide alone and the mask is nearly uniform per layer (digits CNN at 30 %: 0.39
     validation accuracy, against 0.94 with the couplings scaled). ``"none"`` is DESIGN.md's
-    literal form, where the weights beta_off and lambda must absorb the layer size.
+    literal form, where the weights beta_off and lambda must absorb the layer size. None: the
+    preset's own (:data:`qprune.qubo.presets.COUPLING_SCALE`; ``"none"`` for the loss model, whose
+    couplings are on the scale of its diagonal by construction).
     """
+    if coupling_scale is None:
+        coupling_scale = COUPLING_SCALE.get(preset, "layer")
     if coupling_scale not in COUPLING_SCALES:
         raise QpruneError(f"coupling_scale must be 'layer' or 'none', got {coupling_scale!r}")
     weights = weights or Weights()
@@ -153,7 +182,8 @@ def formulate(
         acc.add(validate_term(terms[name], lids.size), w_diag, w_off)
     blocks, cross = acc.finish(scale_by_layer=coupling_scale == "layer")
     reward = validate_term(terms[CAPACITY], lids.size).linear
-    return Formulation(labels, lids.copy(), acc.linear, blocks, cross, reward.copy(), float(offset))
+    factor = np.concatenate(acc.factors) if acc.factors else None
+    return Formulation(labels, lids.copy(), acc.linear, blocks, cross, reward.copy(), float(offset), factor)
 
 
 def _check_units(labels: Sequence[str] | None, layer_ids: Sequence[int] | np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -187,11 +217,14 @@ class _LayerBlocks:
         self.dense = [np.zeros((idx.size, idx.size)) for idx in self.groups]
         self.linear = np.zeros(n)
         self.cross_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.factors: list[np.ndarray] = []
 
     def add(self, term: Term, w_diag: float, w_off: float) -> None:
         """Add ``w_diag`` x the term's linear part and ``w_off`` x its couplings."""
         if term.linear is not None and w_diag:
             self.linear += w_diag * term.linear
+        if term.factor is not None:
+            self._add_factor(term, w_diag, w_off)
         if not w_off:
             return
         for idx, M in term.blocks or []:
@@ -199,6 +232,21 @@ class _LayerBlocks:
         if term.cross is not None and term.cross.nnz:
             C = term.cross
             self.cross_parts.append((C.row.astype(np.int64), C.col.astype(np.int64), w_off * C.data))
+
+    def _add_factor(self, term: Term, w_diag: float, w_off: float) -> None:
+        """1/2 |C x|^2: its diagonal to ``linear``, its within-layer pairs to the blocks, C kept for the rest."""
+        C = term.factor
+        if w_diag:
+            self.linear += w_diag * 0.5 * np.einsum("si,si->i", C, C)
+        if not w_off:
+            return
+        if w_off < 0:
+            raise QpruneError(f"term {term.name!r} is a factored quadratic form; its weight must be >= 0, got {w_off}")
+        for idx, dense in zip(self.groups, self.dense):
+            G = C[:, idx].T @ C[:, idx]
+            np.fill_diagonal(G, 0.0)
+            dense += w_off * G
+        self.factors.append(np.sqrt(w_off) * C)
 
     def finish(self, *, scale_by_layer: bool) -> tuple[list[Block], scipy.sparse.coo_matrix | None]:
         """The layer blocks (divided by m - 1 with ``scale_by_layer``) and the canonical cross couplings."""
@@ -264,3 +312,15 @@ def _merge_cross(
     C.sum_duplicates()
     C.eliminate_zeros()
     return C if C.nnz else None
+
+
+def _factor_pairs(C: np.ndarray, blocks: Sequence[Block]):  # -> Iterator[tuple[rows, cols, values]]
+    """The couplings ``(C^T C)_ij`` between units of different blocks, one pair of blocks at a time."""
+    for a, (ia, _) in enumerate(blocks):
+        for ib, _ in blocks[a + 1:]:
+            G = C[:, ia].T @ C[:, ib]
+            r, c = np.meshgrid(ia, ib, indexing="ij")
+            lo, hi = np.minimum(r, c).ravel(), np.maximum(r, c).ravel()
+            v = G.ravel()
+            nz = v != 0.0
+            yield lo[nz], hi[nz], v[nz]

@@ -6,7 +6,11 @@ Raw components differ by orders of magnitude, so before they are weighted:
    the Taylor/Fisher providers);
 2. every component is divided by (std of its magnitudes + eps), its diagonal (``linear``) and
    its off-diagonal part (block entries i<j plus ``cross``) separately (:func:`unit_variance`);
-3. optionally the redundancy matrix is rescaled so that its spectral norm is at most ``c``
+3. every term is divided by the spread of its energy between random masks (:func:`energy_spread`),
+   so that the terms enter the weighted sum on one scale whatever their form: after step 2 a term of
+   N linear values moves the energy by ~sqrt(N) and a term of blocks by ~(block size) sqrt(N), so
+   equal weights meant unequal say, and a weight found on one model did not carry to another;
+4. optionally the redundancy matrix is rescaled so that its spectral norm is at most ``c``
    (:func:`cap_spectral_norm`, power iteration, blockwise since the matrix is block-diagonal).
 
 The matrix of a term is the symmetric A with ``x^T A x`` equal to the term's energy:
@@ -30,7 +34,9 @@ __all__ = [
     "spectral_norm", "unit_variance", "upper_pairs",
 ]
 
-DEFAULT_SKIP = ("capacity",)  # gamma is searched, so rescaling the reward would only move gamma
+# gamma is searched, so rescaling the reward would only move gamma; the loss model's scale IS its
+# meaning (an estimate of the loss increase), and unit variance would break its diagonal/off-diagonal ratio
+DEFAULT_SKIP = ("capacity", "gate_fisher")
 DEFAULT_CAP_TERMS = ("l1_redundancy",)
 
 
@@ -129,13 +135,7 @@ def cap_spectral_norm(term: Term, cap: float, **kwargs: float) -> Term:
     norm = spectral_norm(term, **kwargs)
     if norm <= cap:
         return term
-    f = cap / norm
-    return replace(
-        term,
-        linear=None if term.linear is None else term.linear * f,
-        blocks=None if term.blocks is None else [(idx, M * f) for idx, M in term.blocks],
-        cross=None if term.cross is None else scipy.sparse.coo_matrix(term.cross * f),
-    )
+    return scale_term(term, cap / norm)
 
 
 def normalise_terms(
@@ -146,12 +146,19 @@ def normalise_terms(
     cap_terms: Sequence[str] = DEFAULT_CAP_TERMS,
     skip: Sequence[str] = DEFAULT_SKIP,
     eps: float = 1e-12,
+    energy: bool = True,
 ) -> dict[str, Term]:
-    """Unit-variance scaling of every term except ``skip``, then the spectral cap on ``cap_terms``."""
+    """Unit-variance scaling of every term except ``skip``; with ``energy``, each of them then divided by
+    its :func:`energy_spread`; last the spectral cap on ``cap_terms``."""
     out: dict[str, Term] = {}
     for name, term in terms.items():
         if unit_variance and name not in skip:
             term = _unit_variance(term, eps)
+        if energy and name not in skip:
+            n = _size(term)
+            spread = energy_spread(term, n) if n else 0.0
+            if spread > 0.0:
+                term = scale_term(term, 1.0 / spread)
         if spectral_cap is not None and name in cap_terms:
             term = cap_spectral_norm(term, spectral_cap)
         out[name] = term
@@ -159,6 +166,33 @@ def normalise_terms(
 
 
 _unit_variance = unit_variance  # normalise_terms has a parameter of the same name
+
+
+def energy_spread(term: Term, n: int, *, samples: int = 256, seed: int = 0) -> float:
+    """Std of the term's energy over random masks that prune each unit with probability 1/2.
+
+    How much the term moves the energy between masks, whatever its form (a vector, blocks of any
+    size, cross couplings): dividing by it puts every term on the same footing, independent of the
+    number of units and layers. 0 for a term that is constant.
+    """
+    X = (np.random.default_rng(seed).random((samples, n)) < 0.5).astype(np.float64)
+    E = np.zeros(samples) if term.linear is None else X @ term.linear
+    for idx, M in term.blocks or []:
+        Xb = X[:, idx]
+        E += 0.5 * np.einsum("bi,bi->b", Xb @ M, Xb)
+    if term.cross is not None and term.cross.nnz:
+        E += np.einsum("bi,bi->b", np.asarray((scipy.sparse.csr_matrix(term.cross) @ X.T).T), X)
+    return float(E.std())
+
+
+def scale_term(term: Term, f: float) -> Term:
+    """The whole term (linear, blocks, cross) times ``f``."""
+    return replace(
+        term,
+        linear=None if term.linear is None else term.linear * f,
+        blocks=None if term.blocks is None else [(idx, M * f) for idx, M in term.blocks],
+        cross=None if term.cross is None else scipy.sparse.coo_matrix(term.cross * f),
+    )
 
 
 def _size(term: Term) -> int:

@@ -15,6 +15,7 @@ name                      inputs
 ``channel_fisher``        channel_fisher, params
 ``activation_similarity`` activations, layer_ids
 ``capacity``              params
+``gate_fisher``           gate_grads
 ========================  ==========================
 
 :func:`compute_terms` runs providers by name and then normalises (see :mod:`qprune.qubo.scaling`);
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from qprune.errors import QpruneError
+from qprune.qubo.fisher import gate_fisher
 from qprune.qubo.providers import (
     activation_similarity,
     capacity,
@@ -46,7 +48,7 @@ from qprune.qubo.types import Block, Term, validate_term
 
 __all__ = [
     "Block", "Provider", "Term", "TermProvider", "activation_similarity", "available_terms", "capacity",
-    "channel_fisher", "compute_terms", "l1_redundancy", "l1_scores", "pearson", "register_term", "taylor",
+    "channel_fisher", "compute_terms", "gate_fisher", "l1_redundancy", "l1_scores", "pearson", "register_term", "taylor",
     "term_requirements", "unregister_term", "validate_term", "weight_fisher",
 ]
 
@@ -119,15 +121,16 @@ def compute_terms(
     ``inputs`` keys: ``l1``, ``taylor``, ``weight_fisher``, ``channel_fisher``, ``activations``,
     ``params``, ``layer_ids`` (optionally ``weights`` in place of ``l1``) plus anything a user term
     reads. ``options[name]`` is passed to that provider as keyword arguments. With ``scale`` each
-    term is brought to unit variance (:func:`qprune.qubo.scaling.normalise_terms`); ``spectral_cap`` then
-    bounds the redundancy matrix's spectral norm.
+    term is brought to unit variance and then to unit energy spread
+    (:func:`qprune.qubo.scaling.normalise_terms`; the capacity reward and the loss model keep their
+    own scale); ``spectral_cap`` then bounds the redundancy matrix's spectral norm.
     """
     n = _num_units(inputs)
     terms = {name: _run(_provider(name), inputs, (options or {}).get(name, {}), n) for name in dict.fromkeys(names)}
     if scale:
         terms = normalise_terms(terms, spectral_cap=spectral_cap, eps=eps)
     elif spectral_cap is not None:
-        terms = normalise_terms(terms, unit_variance=False, spectral_cap=spectral_cap, eps=eps)
+        terms = normalise_terms(terms, unit_variance=False, energy=False, spectral_cap=spectral_cap, eps=eps)
     return terms
 
 
@@ -209,4 +212,11 @@ register_term(
     lambda inputs, reward="params": capacity(inputs["params"], reward=reward),
     requires=("params",),
     description="D_i = P_i / sum P (reward='units': 1 / N), the reward that gamma multiplies",
+)
+register_term(
+    "gate_fisher",
+    lambda inputs, shrinkage="auto", first_order=False: gate_fisher(inputs["gate_grads"], shrinkage=shrinkage,
+                                                                    first_order=first_order),
+    requires=("gate_grads",),
+    description="the gates' empirical Fisher (shrunk towards its diagonal): a second-order loss model",
 )

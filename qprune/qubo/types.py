@@ -4,6 +4,10 @@ A :class:`Term` is a linear vector and/or a set of symmetric blocks (one per lay
 term) plus, rarely, explicit couplings between blocks. The matrix entries already hold the paper's
 off-diagonal Q_ij: the energy of a term is ``sum_i linear_i x_i + sum_{i<j} M_ij x_i x_j``. The
 diagonal of a quadratic quantity (A_ii of the redundancy) goes to ``linear`` because x_i^2 = x_i.
+
+A term may instead (or as well) hold a dense quadratic form in factored form, ``factor`` C
+``[rows, N]`` with energy ``1/2 |C x|^2``: a low-rank matrix over ALL units (the gates' Fisher,
+:func:`qprune.qubo.providers.gate_fisher`) that is never formed as N x N.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class Term:
     linear: np.ndarray | None = None
     blocks: list[Block] | None = None
     cross: scipy.sparse.coo_matrix | None = None
+    factor: np.ndarray | None = None  # [rows, N]: energy 1/2 |factor @ x|^2
 
 
 def validate_term(term: Term, n: int | None) -> Term:
@@ -60,7 +65,14 @@ def validate_term(term: Term, n: int | None) -> Term:
             raise QpruneError(f"term {term.name!r}: cross has shape {cross.shape}, expected ({n}, {n})")
         if np.any(cross.row == cross.col):
             raise QpruneError(f"term {term.name!r}: cross has diagonal entries; put them in linear")
-    return Term(term.name, linear, blocks, cross)
+    factor = term.factor
+    if factor is not None:
+        factor = np.asarray(factor, dtype=np.float64)
+        if factor.ndim != 2 or (n is not None and factor.shape[1] != n):
+            raise QpruneError(f"term {term.name!r}: factor has shape {factor.shape}, expected [rows, {n}]")
+        if not np.all(np.isfinite(factor)):
+            raise QpruneError(f"term {term.name!r}: factor contains NaN or inf")
+    return Term(term.name, linear, blocks, cross, factor)
 
 
 def _validate_block(where: str, idx: np.ndarray, M: np.ndarray, n: int | None) -> Block:

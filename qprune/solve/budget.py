@@ -147,6 +147,20 @@ class CostModel:
             raise QpruneError(f"unknown budget kind {kind!r}; choose one of {', '.join(BUDGET_KINDS)}")
         return _tensor_model(space, kind)
 
+    def given(self, mask: np.ndarray, free: np.ndarray) -> CostModel:
+        """The cost model over the units ``free`` alone, with the units of ``mask`` (outside ``free``)
+        already removed: its ``full()`` is the cost of the model pruned by ``mask``."""
+        m = np.asarray(mask, dtype=np.float64)
+        free = np.asarray(free, dtype=np.int64)
+        removed, counts = self._state(m)
+        additive = None
+        if self.additive is not None:  # row l shifted by the units layer l has lost already
+            width = self.additive.shape[1]
+            cols = np.minimum(np.arange(width)[None, :] + counts[:, None], width - 1)
+            additive = np.take_along_axis(self.additive[:counts.size], cols, axis=1)
+        return CostModel(self.kind, self.U[free], self.size - removed, self.cols, self.coeff, self.const,
+                         self.layer_ids[free], additive)
+
     # ----- evaluation
     @property
     def n_pairs(self) -> int:
@@ -158,11 +172,38 @@ class CostModel:
 
     def of_mask(self, mask: np.ndarray) -> float:
         """Cost of the model pruned by ``mask`` (bool/0-1 [N], 1 = pruned)."""
-        m = np.asarray(mask, dtype=np.float64)
-        removed = np.asarray(self.U.T @ m).ravel()
-        n_layers = int(self.layer_ids.max(initial=-1)) + 1
-        counts = np.bincount(self.layer_ids, weights=m, minlength=n_layers).astype(np.int64)
+        removed, counts = self._state(np.asarray(mask, dtype=np.float64))
         return self.cost_removed(removed, counts)
+
+    def costs_after_flips(self, mask: np.ndarray, units: np.ndarray) -> np.ndarray:
+        """[len(units)]: the cost after flipping each of ``units`` alone in ``mask``."""
+        m = np.asarray(mask, dtype=np.float64)
+        units = np.asarray(units, dtype=np.int64)
+        sign = np.where(m[units] > 0, -1.0, 1.0)
+        removed, counts = self._state(m)
+        R = removed[None, :] + sign[:, None] * self.U[units].toarray()
+        LC = np.repeat(counts[None, :], units.size, axis=0)
+        LC[np.arange(units.size), self.layer_ids[units]] += sign.astype(np.int64)
+        return self.cost_rows(R, LC)
+
+    def costs_after_swaps(self, mask: np.ndarray, prune: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """[len(prune), len(keep)]: the cost after pruning ``prune[a]`` (now kept) and keeping
+        ``keep[b]`` (now pruned) in ``mask``, for every pair."""
+        m = np.asarray(mask, dtype=np.float64)
+        I, J = np.asarray(prune, dtype=np.int64), np.asarray(keep, dtype=np.int64)
+        removed, counts = self._state(m)
+        R = removed[None, None, :] + self.U[I].toarray()[:, None, :] - self.U[J].toarray()[None, :, :]
+        LC = np.repeat(counts[None, :], I.size * J.size, axis=0).reshape(I.size, J.size, -1)
+        LC[np.arange(I.size)[:, None], np.arange(J.size)[None, :], self.layer_ids[I][:, None]] += 1
+        LC[np.arange(I.size)[:, None], np.arange(J.size)[None, :], self.layer_ids[J][None, :]] -= 1
+        out = self.cost_rows(R.reshape(I.size * J.size, -1), LC.reshape(I.size * J.size, -1))
+        return out.reshape(I.size, J.size)
+
+    def _state(self, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Removed indices per pair and pruned units per layer of a 0/1 float mask."""
+        n_layers = int(self.layer_ids.max(initial=-1)) + 1
+        removed = np.asarray(self.U.T @ m).ravel()
+        return removed, np.bincount(self.layer_ids, weights=m, minlength=n_layers).astype(np.int64)
 
     def cost_removed(self, removed: np.ndarray, layer_counts: np.ndarray) -> float:
         """Cost from removed indices per pair [P] and pruned units per layer."""

@@ -141,7 +141,7 @@ class ExactK:
             rest[idx] = False
             cap -= np.bincount(self.group[rest], weights=np.asarray(fixed)[rest], minlength=cap.size).astype(np.int64)
         used, group = np.unique(self.group[idx], return_inverse=True)
-        sub = ExactK(idx.size, int(k), group.astype(np.int64), np.maximum(cap[used], 0))
+        sub = ExactK(idx.size, int(k), group.astype(np.int64), np.maximum(cap[used], 0), self.round_to)
         if sub.reachable < k:
             raise QpruneError(f"k={k} cannot be met on these {idx.size} variables: the caps allow {sub.reachable}")
         return sub

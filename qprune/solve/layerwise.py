@@ -35,7 +35,9 @@ gamma term is -gamma * r_b * c at count c, so the curves at gamma = 0 give the c
 Cross-layer couplings (``formulation.cross``) are handled exactly by merging the layers they connect
 into one block (:mod:`qprune.solve.blocks`; its count curve then covers the merged layers; per-layer
 caps are enforced inside the block). That is exact but makes the merged block larger, so keep such
-couplings rare.
+couplings rare. Couplings in factored form (``formulation.factor``: between every pair of layers)
+are not merged: the curves and the DP see the block-diagonal part, and a descent on the whole
+energy then starts from their mask (:mod:`qprune.solve.lowrank`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from qprune.solve.constraint import ExactK
 from qprune.solve.count_curve import BRUTE_FORCE_MAX, block_count_curve
 from qprune.solve.dp import combine_counts, lagrangian_gamma
 from qprune.solve.harvest import Curve, GroupTask
+from qprune.solve.lowrank import polish_budget, polish_exact_k
 from qprune.solve.result import ExactKResult
 from qprune.solve.sampling import SamplerCall, backend_name, batch_variables
 from qprune.solve.workers import auto_jobs, child_seeds, pack, run_tasks
@@ -222,10 +225,18 @@ def layerwise_search(
         x[b.idx] = c.X[count]
     if int(x.sum()) != k:  # the DP picks one state of count c per block: cannot happen
         raise RuntimeError(f"layerwise assembled {int(x.sum())} ones, expected {k}")
+    polish: dict[str, Any] = {}
+    if formulation.factor is not None:
+        t0 = time.perf_counter()
+        con = ExactK.per_layer(formulation.layer_ids, k, {lay: cap for lay, cap in caps.items()})
+        x, polish = polish_exact_k(formulation, x, con, gamma=gamma_used)
+        timings["factor_polish_s"] = time.perf_counter() - t0
     info = {"strategy": "layerwise", "gamma": gamma_used, "gamma_source": gamma_source,
             **_per_layer(blocks, curves, x), "sampled_blocks": int(sum(_sampled(b, plan) for b in blocks)),
             "dp_energy_per_round": history,
             "backend": backend_name(backend), "seed": seed, "times": timings, "repaired": False}
+    if polish:
+        info["factor_polish"] = polish
     result = _result(formulation, x, gamma_used, info)
     timings["total_s"] = time.perf_counter() - t_start
     return result
@@ -285,11 +296,17 @@ def layerwise_budget(
     x = np.zeros(lid.size, np.int8)
     for b, c, count in zip(blocks, curves, sol.counts):
         x[b.idx] = c.X[count]
+    polish: dict[str, Any] = {}
+    if formulation.factor is not None and sol.landed:
+        x, polish = polish_budget(formulation, x, cost, budget.window(sol.full), limits, gamma=gamma)
+        sol.cost = cost.of_mask(x)
     info = {"strategy": "layerwise", "gamma": gamma, "gamma_source": "budget", **_per_layer(blocks, curves, x),
             "budget": budget.text, "budget_cost": sol.cost, "budget_full": sol.full, "budget_landed": sol.landed,
             "budget_lambda": sol.lam, "budget_energy_per_round": history, **sol.info,
             "backend": backend_name(backend), "seed": seed,
             "times": {"total_s": time.perf_counter() - t_start}, "repaired": False}
+    if polish:
+        info["factor_polish"] = polish
     return _result(formulation, x, gamma, info)
 
 

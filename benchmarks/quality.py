@@ -1,0 +1,360 @@
+"""Which method picks the better filters at equal cost? (``make bench-quality``; a benchmark, not a test)
+
+For every model, calibration draw and target, each method prunes the model and the gated model is
+scored on the held-out test split:
+
+* targets: MACs budgets 0.8 / 0.6 / 0.5 / 0.4 (the pruned model keeps at most that fraction of the
+  MACs, within 1 % below) and 36 % of the units (an exact count; the MACs each method keeps are
+  reported beside it);
+* methods: ``random``, ``taylor-greedy``, ``fisher-greedy``, torch-pruning 1.6.1's own Taylor and
+  Hessian importances (``tp-taylor``, ``tp-hessian``: its scores on our units, one global ranking,
+  the count searched to the budget, as in ``benchmarks/budgets.py``), ``hybrid-qubo`` with its
+  default weights, ``hybrid-qubo`` with weights tuned per draw and target (``hybrid-qubo-tuned``:
+  TPE, ``--trials`` trials on the validation split) and ``fisher-qubo`` with its defaults;
+* models: the trained SIDD F = 64 Half-UNet in the default space and with residual-branch units
+  (``--residual-branches auto``), the bundled F = 16 denoiser and the digits classifier;
+* draws: every draw is another seeded calibration subset of the training split (and the seed of
+  every random step), so the spread is over calibration data as a user would see it.
+
+The table gives mean ± std over the draws, ``fisher-qubo`` minus the best other untuned row per draw
+(the best by mean in that cell) with Wilcoxon's signed-rank test (two-sided; with 5 draws its
+smallest p is 0.0625) and the paired t-test, and ``fisher-qubo`` minus the tuned hybrid. Output:
+``benchmarks/results/quality.{json,md,png}``; the JSON is written after every (model, draw) and a
+rerun skips what it holds (``--fresh`` starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import matplotlib
+import numpy as np
+import torch
+from scipy import stats
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from peers import CRITERIA, gradient_pass, match_scopes, set_grads, unit_scores  # noqa: E402
+
+from qprune.atomic import atomic_open, write_json  # noqa: E402
+from qprune.errors import QpruneError  # noqa: E402
+from qprune.model.masking import apply_mask  # noqa: E402
+from qprune.pipeline.budgeted import BudgetRequest  # noqa: E402
+from qprune.pipeline.methods import MethodOptions  # noqa: E402
+from qprune.pipeline.report import machine_info  # noqa: E402
+from qprune.pipeline.run import Prepared, constraint_of, prepare, run_method, tune_weights  # noqa: E402
+from qprune.pipeline.workload import evaluate  # noqa: E402
+from qprune.problems import load_checkpoint, load_pretrained  # noqa: E402
+from qprune.problems.base import batched  # noqa: E402
+from qprune.solve.baselines import greedy_prune  # noqa: E402
+from qprune.solve.budget import CostModel  # noqa: E402
+
+SIDD_CKPT = ROOT / "problems" / "checkpoints" / "denoise_sidd_f64.pt"
+SIDD_DATA = ROOT.parent / "shared" / "data" / "sidd_small_256"
+TARGETS = ("macs=0.8", "macs=0.6", "macs=0.5", "macs=0.4", "units=36%")
+SPARSITY = 0.36
+NEW = "fisher-qubo"
+TUNED = "hybrid-qubo-tuned"
+OURS = ("random", "taylor-greedy", "fisher-greedy", "hybrid-qubo", NEW)
+TP = ("tp-taylor", "tp-hessian")
+METHODS = ("random", "taylor-greedy", "fisher-greedy", *TP, "hybrid-qubo", TUNED, NEW)
+NEEDS = ("taylor-greedy", "fisher-greedy", "hybrid-qubo", NEW)
+
+
+def log(msg: str) -> None:
+    print(f"[quality] {msg}", file=sys.stderr, flush=True)
+
+
+class Draw:
+    """A problem whose calibration batches are the ``seed``-th seeded draw from its training split."""
+
+    def __init__(self, problem: Any, seed: int) -> None:
+        if not (hasattr(problem, "_split_len") and hasattr(problem, "_take")):
+            raise QpruneError(f"problem {problem.name!r} cannot draw calibration subsets")
+        self._p, self._seed = problem, int(seed)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._p, name)
+
+    def calibration_batches(self) -> list:
+        cfg = self._p.config
+        bs, count = int(cfg["batch_size"]), cfg.get("calib_batches")
+        perm = np.random.default_rng([int(cfg["seed"]), 1, self._seed]).permutation(self._p._split_len("train"))
+        x, y = self._p._take("train", perm if count is None else perm[:count * bs])
+        return batched(x, y, bs)
+
+
+def models(names: Sequence[str]) -> list[tuple[str, Callable[[], tuple[Any, torch.nn.Module]], Any]]:
+    """(name, loader, residual_branches) of each model asked for."""
+    table = {
+        "sidd-f64": (lambda: load_checkpoint(str(SIDD_CKPT), data=str(SIDD_DATA)), False),
+        "sidd-f64-branches": (lambda: load_checkpoint(str(SIDD_CKPT), data=str(SIDD_DATA)), "auto"),
+        "bundled-f16": (lambda: load_pretrained("denoise"), False),
+        "digits": (lambda: load_pretrained("classify"), False),
+    }
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise QpruneError(f"unknown model(s) {unknown}; choose from {sorted(table)}")
+    if any(n.startswith("sidd") for n in names) and not (SIDD_CKPT.is_file() and SIDD_DATA.is_dir()):
+        raise QpruneError(f"the SIDD rows need {SIDD_CKPT} and {SIDD_DATA}")
+    return [(n, *table[n]) for n in names]
+
+
+def tp_scores(prep: Prepared) -> dict[str, np.ndarray]:
+    """torch-pruning's Taylor and Hessian importances on our units, from this draw's calibration."""
+    example = prep.work.calibration[0][0][:1]
+    out = {}
+    for crit in TP:
+        factory, need = CRITERIA[crit]
+        tm = copy.deepcopy(prep.model)
+        scopes, _ = match_scopes(tm, prep.space, example)
+        set_grads(tm, gradient_pass(copy.deepcopy(prep.model), prep.work.calibration, prep.work.loss, need))
+        s = unit_scores(scopes, factory(), prep.space.N)
+        out[crit] = np.where(np.isfinite(s), s, np.nanmax(s) + 1.0)
+    return out
+
+
+def score_mask(prep: Prepared, scores: np.ndarray, target: str, cost: CostModel) -> np.ndarray:
+    """A global ranking (lowest first) at the target: the count within the caps for a unit count,
+    the most units whose MACs fit for a budget (bisection over the count)."""
+    if target.startswith("units"):
+        k = int(round(SPARSITY * prep.space.N))
+        return greedy_prune(scores, k, constraint=constraint_of(prep.space, k))
+    cap = float(target.split("=")[1]) * cost.full()
+
+    def mask_of(k: int) -> np.ndarray:
+        return greedy_prune(scores, k, constraint=constraint_of(prep.space, k))
+
+    lo, hi = 0, int(prep.space.max_pruned_per_layer.sum())
+    if cost.of_mask(mask_of(hi)) > cap:
+        raise QpruneError(f"a global ranking cannot reach {target} within the caps")
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if cost.of_mask(mask_of(mid)) <= cap else (mid + 1, hi)
+    return mask_of(lo)
+
+
+def method_mask(prep: Prepared, method: str, target: str, seed: int, trials: int,
+                tp: dict[str, np.ndarray], cost: CostModel) -> tuple[np.ndarray, dict[str, Any]]:
+    """One method's mask at one target, and what to record beside it."""
+    if method in TP:
+        return score_mask(prep, tp[method], target, cost), {}
+    opts = MethodOptions(seed=seed)
+    extra: dict[str, Any] = {}
+    name = method
+    goal: int | BudgetRequest = int(round(SPARSITY * prep.space.N)) if target.startswith("units") \
+        else BudgetRequest.of(target)
+    if method == TUNED:
+        name = "hybrid-qubo"
+        found = tune_weights(prep, name, goal, opts, n_trials=trials, progress=False, sampler_seed=seed,
+                             study_name=f"quality-{target}-{seed}")
+        opts = replace(opts, weights=found.best_weights)
+        extra = {"weights": {k: v for k, v in vars(found.best_weights).items() if k != "extra"},
+                 "validation": found.best_value}
+    result = run_method(prep, name, options=opts, remove=False,
+                        **({"k": goal} if isinstance(goal, int) else {"budget": goal}))
+    return result.mask.astype(np.int8), extra
+
+
+def draw_rows(name: str, problem: Any, model: torch.nn.Module, branches: Any, seed: int, targets: Sequence[str],
+              methods: Sequence[str], trials: int, done: set[tuple]) -> list[dict[str, Any]]:
+    """Every (target, method) row of one model and calibration draw not in ``done``."""
+    todo = [(t, m) for t in targets for m in methods if (name, seed, t, m) not in done]
+    if not todo:
+        return []
+    t0 = time.perf_counter()
+    prep = prepare(model, Draw(problem, seed), methods=list(NEEDS), residual_branches=branches, progress=False)
+    tp = tp_scores(prep) if any(m in TP for _, m in todo) else {}
+    log(f"{name} draw {seed}: {prep.space.N} units, prepare + tp scores {time.perf_counter() - t0:.0f} s")
+    macs, params = CostModel.build(prep.space, "macs"), CostModel.build(prep.space, "params")
+    primary = prep.work.primary
+    rows = []
+    for target, method in todo:
+        t1 = time.perf_counter()
+        x, extra = method_mask(prep, method, target, seed, trials, tp, macs)
+        select_s = time.perf_counter() - t1
+        gated = apply_mask(copy.deepcopy(prep.model), prep.space, x.astype(bool), mode="gate")
+        metrics = evaluate(gated, prep.work.test, prep.work.metrics)
+        rows.append({"model": name, "draw": seed, "target": target, "method": method, "metric": primary,
+                     "value": float(metrics[primary]), "metrics": metrics, "pruned": int(x.sum()),
+                     "macs_kept": macs.of_mask(x) / macs.full(), "params_kept": params.of_mask(x) / params.full(),
+                     "select_s": select_s, **extra})
+        log(f"{name} draw {seed} {target:9s} {method:18s} {primary}={metrics[primary]:.4f} "
+            f"macs {rows[-1]['macs_kept']:.3f} ({select_s:.1f} s)")
+    return rows
+
+
+def unpruned(problem: Any, model: torch.nn.Module) -> float:
+    batches = problem.test_batches()
+    return float(evaluate(model, batches, problem.metrics)[problem.primary_metric])
+
+
+# ------------------------------------------------------------------------------------ summary
+
+
+def cells(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, dict[int, float]]]:
+    """(model, target) -> method -> draw -> value."""
+    out: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
+    for r in rows:
+        out.setdefault((r["model"], r["target"]), {}).setdefault(r["method"], {})[r["draw"]] = r["value"]
+    return out
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
+    """new - other per shared draw, with Wilcoxon's and the paired t-test's two-sided p."""
+    draws = sorted(set(a) & set(b))
+    if len(draws) < 2:
+        return None
+    d = np.array([a[s] - b[s] for s in draws])
+    wil = float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
+    tt = float(stats.ttest_1samp(d, 0.0).pvalue) if np.std(d) > 0 else (0.0 if d.mean() else 1.0)
+    return {"mean": float(d.mean()), "std": float(d.std()), "wins": int((d > 0).sum()), "n": len(draws),
+            "wilcoxon_p": wil, "t_p": tt, "per_draw": [float(v) for v in d]}
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per (model, target): means, stds, and the paired comparisons of the new method."""
+    out = []
+    for (model, target), by in cells(rows).items():
+        means = {m: float(np.mean(list(v.values()))) for m, v in by.items()}
+        stds = {m: float(np.std(list(v.values()))) for m, v in by.items()}
+        others = [m for m in means if m not in (NEW, TUNED)]
+        best = max(others, key=lambda m: means[m]) if others else None
+        rec = {"model": model, "target": target, "mean": means, "std": stds, "best_other": best,
+               "macs_kept": {m: float(np.mean([r["macs_kept"] for r in rows if r["model"] == model
+                                               and r["target"] == target and r["method"] == m])) for m in means}}
+        if NEW in by and best:
+            rec["new_minus_best"] = paired(by[NEW], by[best])
+        if NEW in by and TUNED in by:
+            rec["new_minus_tuned"] = paired(by[NEW], by[TUNED])
+        out.append(rec)
+    return out
+
+
+def _fmt_diff(p: dict[str, Any] | None) -> str:
+    if not p:
+        return "–"
+    return f"{p['mean']:+.3f} ({p['wins']} of {p['n']}; {p['wilcoxon_p']:.3g} / {p['t_p']:.2g})"
+
+
+def write_md(res: dict[str, Any], path: Path) -> None:
+    lines = ["# Quality: methods at equal cost", "",
+             f"`{res['command']}` on {res['machine'].get('cpu', 'this machine')}. Test-split metric of the gated model, "
+             f"mean ± std over {res['draws']} calibration draws (each also the seed of every random step); "
+             "`units=36%` prunes exactly 36 % of the units (MACs kept in the last table). "
+             f"`new − best`: {NEW} minus the best other untuned row of that cell (by mean), per draw; "
+             f"in brackets the draws where {NEW} is ahead, then Wilcoxon's signed-rank p (two-sided; with 5 draws "
+             "the smallest possible is 0.0625) / the paired t-test's p. "
+             f"`new − tuned`: the same against hybrid-qubo with weights tuned by {res['trials']} TPE trials per draw "
+             "and target on the validation split.", ""]
+    summary = res["summary"]
+    for model in dict.fromkeys(s["model"] for s in summary):
+        ss = [s for s in summary if s["model"] == model]
+        present = [m for m in METHODS if any(m in s["mean"] for s in ss)]
+        base = res["unpruned"].get(model)
+        lines += [f"## {model}" + (f" (unpruned {base:.4f})" if base is not None else ""), "",
+                  "| target | " + " | ".join(present) + " | new − best | new − tuned |",
+                  "|---|" + "---|" * (len(present) + 2)]
+        for s in ss:
+            cellv = [f"{s['mean'][m]:.3f} ± {s['std'][m]:.3f}" if m in s["mean"] else "–" for m in present]
+            best = s["best_other"]
+            cellv = [f"**{c}**" if m == NEW else (f"_{c}_" if m == best else c) for m, c in zip(present, cellv)]
+            lines.append(f"| {s['target']} | " + " | ".join(cellv) + f" | {_fmt_diff(s.get('new_minus_best'))} "
+                         f"(vs {best}) | {_fmt_diff(s.get('new_minus_tuned'))} |")
+        kept = [s for s in ss if s["target"].startswith("units")]
+        if kept:
+            lines += ["", "MACs kept at 36 % of the units: " + ", ".join(
+                f"{m} {kept[0]['macs_kept'][m]:.3f}" for m in present if m in kept[0]["macs_kept"])]
+        lines.append("")
+    with atomic_open(path) as fh:
+        fh.write("\n".join(lines))
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    models_ = list(dict.fromkeys(r["model"] for r in res["rows"]))
+    fig, axes = plt.subplots(1, len(models_), figsize=(5.5 * len(models_), 4), squeeze=False)
+    for ax, model in zip(axes[0], models_):
+        for method in METHODS:
+            rs = [r for r in res["rows"] if r["model"] == model and r["method"] == method
+                  and r["target"].startswith("macs")]
+            if not rs:
+                continue
+            xs = sorted({r["target"] for r in rs})
+            f = [float(t.split("=")[1]) for t in xs]
+            m = [np.mean([r["value"] for r in rs if r["target"] == t]) for t in xs]
+            ax.plot(f, m, "o-" if method in OURS else "s--", lw=2.2 if method == NEW else 1.0, label=method)
+        if model in res["unpruned"]:
+            ax.axhline(res["unpruned"][model], color="grey", lw=0.8, ls=":", label="unpruned")
+        ax.set_xlabel("MACs budget (kept fraction)")
+        ax.set_ylabel(f"test {res['rows'][0]['metric'] if model != 'digits' else 'accuracy'}")
+        ax.set_title(model)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="digits,bundled-f16,sidd-f64,sidd-f64-branches")
+    ap.add_argument("--draws", type=int, default=5, help="calibration draws 0..N-1 (default 5)")
+    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--trials", type=int, default=12, help="TPE trials of the tuned hybrid (default 12)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality"), help="output stem")
+    ap.add_argument("--fresh", action="store_true", help="ignore rows an earlier run wrote")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stem = Path(args.out)
+    try:
+        chosen = models(args.models.split(","))
+        targets = args.targets.split(",")
+        methods = args.methods.split(",")
+        for m in methods:
+            if m not in METHODS:
+                raise QpruneError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        res = _resume(stem, args)
+        done = {(r["model"], r["draw"], r["target"], r["method"]) for r in res["rows"]}
+        for name, loader, branches in chosen:
+            problem, model = loader()
+            res["unpruned"][name] = unpruned(problem, model.eval())
+            for seed in range(args.draws):
+                res["rows"] += draw_rows(name, problem, model, branches, seed, targets, methods, args.trials, done)
+                res["summary"] = summarise(res["rows"])
+                write_json(stem.with_suffix(".json"), res)
+        write_md(res, stem.with_suffix(".md"))
+        plot(res, stem.with_suffix(".png"))
+    except QpruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(stem.with_suffix(".md").read_text())
+    return 0
+
+
+def _resume(stem: Path, args: argparse.Namespace) -> dict[str, Any]:
+    path = stem.with_suffix(".json")
+    res: dict[str, Any] = {"rows": [], "unpruned": {}}
+    if path.is_file() and not args.fresh:
+        res = json.loads(path.read_text())
+        log(f"resuming: {len(res['rows'])} rows in {path}")
+    res.update(command="python benchmarks/quality.py " + " ".join(sys.argv[1:]), machine=machine_info(),
+               draws=args.draws, trials=args.trials)
+    return res
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
