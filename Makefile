@@ -10,7 +10,7 @@ TORCH   := torch==2.13.0
 # so it goes in without deps; tests/conftest.py defines the two op schemas its import needs.
 TVISION := torchvision==0.28.0
 
-.PHONY: demo test test-slow install bench bench-quality bench-qubo bench-speed bench-backends bench-tt bench-paper bench-paper-tt bench-ablation bench-peers bench-train bench-scale bench-budgets bench-rounding gpu-bundle train-sidd clean
+.PHONY: demo test test-slow install bench bench-quality bench-finetune bench-qubo bench-speed bench-backends bench-tt bench-paper bench-paper-tt bench-ablation bench-peers bench-train bench-scale bench-budgets bench-rounding gpu-bundle train-sidd clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,11 @@ test-slow: $(STAMP)
 # benchmarks/results/quality.{json,md,png} after every draw and resumes from it (several hours on this CPU).
 bench-quality: $(STAMP)
 	$(VPY) benchmarks/quality.py
+
+# Does that lead survive recovery fine-tuning? SIDD F = 64 at half the MACs, fisher-qubo vs taylor-greedy, 3 seeds,
+# one epoch each (resumable); writes benchmarks/results/finetune_quality.{json,md}.
+bench-finetune: $(STAMP)
+	$(VPY) benchmarks/finetune_quality.py
 
 bench-qubo: $(STAMP)
 	$(VPY) benchmarks/qubo_core.py
@@ -117,7 +122,7 @@ bench-rounding: $(STAMP)
 bench-train: $(STAMP)
 	$(VPY) benchmarks/train_speed.py
 
-bench: bench-quality bench-qubo bench-speed bench-backends bench-tt bench-paper bench-paper-tt bench-peers bench-ablation bench-budgets bench-rounding bench-scale bench-train
+bench: bench-quality bench-finetune bench-qubo bench-speed bench-backends bench-tt bench-paper bench-paper-tt bench-peers bench-ablation bench-budgets bench-rounding bench-scale bench-train
 
 clean:
 	rm -rf $(VENV) out *.egg-info .gpu

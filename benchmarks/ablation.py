@@ -5,10 +5,11 @@ prunable units (k = round(0.36 N), N = 2304), every row prunes exactly the same 
 
 * **Ablation** of the hybrid QUBO: the Taylor term alone, Taylor + Fisher (``fisher=`` weight /
   channel / both), Taylor + activation similarity, Taylor + L1 redundancy, Taylor + channel-Fisher
-  + similarity, and the full hybrid (all weights 1, ``fisher=channel``). Each variant is the hybrid
-  preset with the weights of the left-out terms at 0, solved exactly-k by ``--strategy`` (default
-  ``gamma``, the paper's bisection on the capacity weight). ``taylor-greedy`` and ``l1-qubo`` are
-  reference rows.
+  + similarity, and the full hybrid (its default weights, ``fisher=channel``). Each variant is the
+  hybrid preset with the weights of the left-out terms at 0 (the others 1), solved exactly-k by
+  ``--strategy`` (default ``gamma``, the paper's bisection on the capacity weight).
+  ``taylor-greedy`` and ``l1-qubo`` are reference rows; ``fisher-qubo`` (the loss model, its
+  layerwise default, in 4 stages and in one) is the method that is not the paper's.
 * **gamma search vs a quadratic penalty**: the full hybrid objective E0 (no capacity reward) plus
   ``P (sum(x) - k)^2`` added with dimod's ``BinaryQuadraticModel.add_linear_equality_constraint``,
   solved with neal (``--penalty-reads`` reads x ``--penalty-sweeps`` sweeps) for each multiplier
@@ -26,7 +27,8 @@ prunable units (k = round(0.36 N), N = 2304), every row prunes exactly the same 
   unit kept, a kept unit pruned, per-layer caps respected) from the hybrid and the Taylor masks,
   ``d`` in ``--distances``; their test PSNR on the first ``--test-batches`` test batches (gate
   mode, scored with :class:`qprune.refine.MaskScorer`, which equals one gated pass per mask) against
-  the hybrid energy and each term's energy alone; Spearman's rho (scipy.stats.spearmanr) over all
+  the hybrid energy, each term's energy alone and the loss model's (``loss_model``: fisher-qubo's
+  one-stage QUBO over every unit; masks also around the fisher-qubo mask); Spearman's rho (scipy.stats.spearmanr) over all
   masks, over the near ones (the smaller half of the distances) and around each base alone (the
   all-masks rho is dominated by the gap between the two clusters). Lower energy should mean higher
   PSNR, so a useful proxy has rho < 0. A scatter plot goes to the PNG. ``--test-images N`` keeps
@@ -89,6 +91,8 @@ class Variant:
     fisher: str = "channel"
     method: str = "hybrid-qubo"
     capacity: str = "params"
+    strategy: str | None = None  # None: --strategy
+    steps: int | None = None
 
 
 def variants() -> list[Variant]:
@@ -106,6 +110,8 @@ def variants() -> list[Variant]:
         Variant("taylor + fisher(channel) + similarity", dataclasses.replace(tf, lam=1.0)),
         Variant("full hybrid", Weights()),
         Variant("full hybrid, gamma (units)", Weights(), capacity="units"),
+        Variant("fisher-qubo", None, method="fisher-qubo", strategy="layerwise"),
+        Variant("fisher-qubo, one stage", None, method="fisher-qubo", strategy="layerwise", steps=1),
     ]
 
 
@@ -143,8 +149,8 @@ def ablation_rows(prep: Prepared, k: int, args: argparse.Namespace, hybrid: Form
                   ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     rows, masks = [], {}
     for v in variants():
-        opts = MethodOptions(backend="neal", strategy=args.strategy, weights=v.weights, fisher=v.fisher,
-                             capacity=v.capacity, seed=args.seed)
+        opts = MethodOptions(backend="neal", strategy=v.strategy or args.strategy, weights=v.weights,
+                             fisher=v.fisher, capacity=v.capacity, seed=args.seed, steps=v.steps)
         t0 = time.perf_counter()
         x, out = select_mask(prep, v.method, k, opts)
         seconds = time.perf_counter() - t0
@@ -152,7 +158,7 @@ def ablation_rows(prep: Prepared, k: int, args: argparse.Namespace, hybrid: Form
         energy = None if f is None else float(f.energy(x, gamma))
         info = out.get("info", {})
         extra = {"kind": "ablation", "method": v.method, "fisher": v.fisher, "capacity": v.capacity,
-                 "strategy": args.strategy if f is not None else None,
+                 "strategy": (v.strategy or args.strategy) if f is not None else None, "steps": v.steps,
                  "weights": None if v.weights is None else dataclasses.asdict(v.weights),
                  "repaired": info.get("repaired")}
         rows.append(row_of(prep, v.name, x, seconds, hybrid, energy, gamma, extra))
@@ -246,6 +252,7 @@ def proxy_study(prep: Prepared, k: int, bases: dict[str, np.ndarray], args: argp
     for name, w, fisher in SINGLE_TERMS:
         f = build_formulation(space, prep.signals, "hybrid-qubo", weights=w, fisher=fisher)
         energies[name] = f.energy(M, 0.0)
+    energies["loss_model"] = build_formulation(space, prep.signals, "fisher-qubo").energy(M, 0.0)
     points = [{"base": b, "distance": int(d), "psnr": float(t), **{n: float(e[i]) for n, e in energies.items()}}
               for i, ((b, d), t) in enumerate(zip(tags, truth))]
     out = {"masks": int(len(M)), "per_cell": per, "distances": list(args.distances), "bases": list(bases),
@@ -406,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem.name != "denoise":
         print(f"ablation: {ckpt} is a {problem.name!r} checkpoint; this benchmark needs denoise", file=sys.stderr)
         return 2
-    prep = prepare(model, problem, methods=["hybrid-qubo", "taylor-greedy", "l1-qubo"], fisher="both",
+    prep = prepare(model, problem, methods=["hybrid-qubo", "taylor-greedy", "l1-qubo", "fisher-qubo"], fisher="both",
                    residual_branches=PAPER_BRANCHES, progress=False)
     log(f"{ckpt}: {prep.space.N} units, calibration {prep.timings['signals']:.0f} s")
     k = round(args.sparsity * prep.space.N)
@@ -422,14 +429,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         test = [(x[: args.test_images - i], y[: args.test_images - i])
                 for i, (x, y) in zip(np.cumsum([0] + [int(b[0].shape[0]) for b in test[:-1]]), test)
                 if args.test_images - i > 0]
-    proxy = proxy_study(prep, k, {"hybrid": masks["full hybrid"], "taylor": masks["taylor-greedy (reference)"]},
-                        args, hybrid, test)
+    proxy = proxy_study(prep, k, {"hybrid": masks["full hybrid"], "taylor": masks["taylor-greedy (reference)"],
+                                  "fisher-qubo": masks["fisher-qubo"]}, args, hybrid, test)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / f"{args.out_name}.png"
     notes = [
         "Calibration batches come from the training split, metrics from the held-out test split; no fine-tuning.",
-        "Ablation variants are the hybrid preset with the other weights at 0 (all present weights 1); the "
+        "Ablation variants are the hybrid preset with the other weights at 0 (the present weights 1; the full "
+        "hybrid at its default weights); the "
         "within-layer couplings are divided by (layer size - 1) as in every QUBO here.",
         "hybrid E0 of a gamma-search row with reward P_i / sum P is not what that search minimised (it "
         "minimised E0 - gamma D.x); the reward-1/N row and the penalty rows minimise E0 at sum x = k.",

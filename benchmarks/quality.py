@@ -42,9 +42,9 @@ from scipy import stats
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import RESULTS, Draw, load_sidd, logger  # noqa: E402
 from peers import CRITERIA, gradient_pass, match_scopes, set_grads, unit_scores  # noqa: E402
 
 from qprune.atomic import atomic_open, write_json  # noqa: E402
@@ -55,13 +55,10 @@ from qprune.pipeline.methods import MethodOptions  # noqa: E402
 from qprune.pipeline.report import machine_info  # noqa: E402
 from qprune.pipeline.run import Prepared, constraint_of, prepare, run_method, tune_weights  # noqa: E402
 from qprune.pipeline.workload import evaluate  # noqa: E402
-from qprune.problems import load_checkpoint, load_pretrained  # noqa: E402
-from qprune.problems.base import batched  # noqa: E402
+from qprune.problems import load_pretrained  # noqa: E402
 from qprune.solve.baselines import greedy_prune  # noqa: E402
 from qprune.solve.budget import CostModel  # noqa: E402
 
-SIDD_CKPT = ROOT / "problems" / "checkpoints" / "denoise_sidd_f64.pt"
-SIDD_DATA = ROOT.parent / "shared" / "data" / "sidd_small_256"
 TARGETS = ("macs=0.8", "macs=0.6", "macs=0.5", "macs=0.4", "units=36%")
 SPARSITY = 0.36
 NEW = "fisher-qubo"
@@ -72,42 +69,20 @@ METHODS = ("random", "taylor-greedy", "fisher-greedy", *TP, "hybrid-qubo", TUNED
 NEEDS = ("taylor-greedy", "fisher-greedy", "hybrid-qubo", NEW)
 
 
-def log(msg: str) -> None:
-    print(f"[quality] {msg}", file=sys.stderr, flush=True)
-
-
-class Draw:
-    """A problem whose calibration batches are the ``seed``-th seeded draw from its training split."""
-
-    def __init__(self, problem: Any, seed: int) -> None:
-        if not (hasattr(problem, "_split_len") and hasattr(problem, "_take")):
-            raise QpruneError(f"problem {problem.name!r} cannot draw calibration subsets")
-        self._p, self._seed = problem, int(seed)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._p, name)
-
-    def calibration_batches(self) -> list:
-        cfg = self._p.config
-        bs, count = int(cfg["batch_size"]), cfg.get("calib_batches")
-        perm = np.random.default_rng([int(cfg["seed"]), 1, self._seed]).permutation(self._p._split_len("train"))
-        x, y = self._p._take("train", perm if count is None else perm[:count * bs])
-        return batched(x, y, bs)
+log = logger("quality")
 
 
 def models(names: Sequence[str]) -> list[tuple[str, Callable[[], tuple[Any, torch.nn.Module]], Any]]:
     """(name, loader, residual_branches) of each model asked for."""
     table = {
-        "sidd-f64": (lambda: load_checkpoint(str(SIDD_CKPT), data=str(SIDD_DATA)), False),
-        "sidd-f64-branches": (lambda: load_checkpoint(str(SIDD_CKPT), data=str(SIDD_DATA)), "auto"),
+        "sidd-f64": (load_sidd, False),
+        "sidd-f64-branches": (load_sidd, "auto"),
         "bundled-f16": (lambda: load_pretrained("denoise"), False),
         "digits": (lambda: load_pretrained("classify"), False),
     }
     unknown = [n for n in names if n not in table]
     if unknown:
         raise QpruneError(f"unknown model(s) {unknown}; choose from {sorted(table)}")
-    if any(n.startswith("sidd") for n in names) and not (SIDD_CKPT.is_file() and SIDD_DATA.is_dir()):
-        raise QpruneError(f"the SIDD rows need {SIDD_CKPT} and {SIDD_DATA}")
     return [(n, *table[n]) for n in names]
 
 
@@ -313,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--trials", type=int, default=12, help="TPE trials of the tuned hybrid (default 12)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality"), help="output stem")
+    ap.add_argument("--out", default=str(RESULTS / "quality"), help="output stem")
     ap.add_argument("--fresh", action="store_true", help="ignore rows an earlier run wrote")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)

@@ -283,3 +283,40 @@ def test_the_default_method_is_the_one_the_readme_names():
     assert inspect.signature(qprune.prune).parameters["method"].default == DEFAULT_METHOD
     args = build_parser().parse_args(["prune", "--problem", "denoise", "--sparsity", "0.3"])
     assert args.method == DEFAULT_METHOD
+
+
+def test_energy_spread_is_the_exact_std_over_half_masks():
+    import itertools
+
+    import scipy.sparse
+
+    from qprune.qubo.types import Term
+
+    rng = np.random.default_rng(5)
+    n = 10
+    M = rng.standard_normal((6, 6))
+    M = M + M.T
+    np.fill_diagonal(M, 0.0)
+    cross = scipy.sparse.coo_matrix(([1.5, -2.0], ([0, 7], [8, 9])), shape=(n, n))
+    t = Term("t", linear=rng.standard_normal(n), blocks=[(np.arange(6), M)], cross=cross)
+    X = np.array(list(itertools.product((0, 1), repeat=n)), dtype=float)
+    E = X @ t.linear + 0.5 * np.einsum("bi,bi->b", X[:, :6] @ M, X[:, :6]) + 1.5 * X[:, 0] * X[:, 8] \
+        - 2.0 * X[:, 7] * X[:, 9]
+    assert energy_spread(t, n) == pytest.approx(E.std(), rel=1e-12)
+
+
+def test_weight_search_stops_bad_trials_early():
+    from qprune.pipeline.tune import PRUNE_AFTER, search_weights
+
+    calls = []
+
+    def score(w):
+        good = w.alpha > 1.0
+        calls.append(w.alpha)
+        yield 1.0 if good else 0.0  # the first half says it all
+        yield 1.0 if good else 0.0
+
+    found = search_weights(score, n_trials=20, sampler="random", space={"alpha": (1e-2, 1e2)}, progress=False)
+    states = [t["state"] for t in found.trials]
+    assert "PRUNED" in states and states[:PRUNE_AFTER] == ["COMPLETE"] * PRUNE_AFTER
+    assert found.best_weights.alpha > 1.0 and found.best_value == 1.0

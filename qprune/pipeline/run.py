@@ -10,7 +10,7 @@ import copy
 import time
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import dimod
 import numpy as np
@@ -52,7 +52,7 @@ from qprune.solve.strategies import DEFAULT_STRATEGY, get_strategy
 __all__ = [
     "METHODS", "Batch", "MethodOptions", "MethodSpec", "PruneResult", "Prepared", "Workload", "as_workload",
     "build_formulation", "evaluate", "finish", "method_needs", "method_spec", "prepare", "prune", "resolve_k",
-    "run_method", "select_mask", "solve_formulation", "tune_weights", "validation_score",
+    "run_method", "select_mask", "solve_formulation", "tune_weights", "validation_score", "validation_steps",
 ]
 
 
@@ -403,12 +403,24 @@ def finish(
 
 def validation_score(prep: Prepared, mask: np.ndarray) -> float:
     """The headline metric of the gated model on the validation batches (higher is better)."""
+    return list(validation_steps(prep, mask, parts=1))[-1]
+
+
+def validation_steps(prep: Prepared, mask: np.ndarray, parts: int = 2) -> Iterator[float]:
+    """The headline metric of the gated model on the first 1/parts of the validation batches, then
+    on the first 2/parts, ... and last on all of them (what a pruned weight search reports)."""
     gated = apply_mask(copy.deepcopy(prep.model), prep.space, np.asarray(mask, dtype=bool), mode="gate")
-    values = evaluate(gated, prep.work.validation, prep.work.metrics)
-    if not values:
-        raise QpruneError("tuning needs a metric: give a problem or metric_fn")
-    key = prep.work.primary if prep.work.primary in values else next(iter(values))
-    return float(values[key])
+    batches = prep.work.validation
+    total, count = 0.0, 0
+    for chunk in np.array_split(np.arange(len(batches)), min(parts, max(len(batches), 1))):
+        part = [batches[i] for i in chunk]
+        values = evaluate(gated, part, prep.work.metrics)
+        if not values:
+            raise QpruneError("tuning needs a metric: give a problem or metric_fn")
+        key = prep.work.primary if prep.work.primary in values else next(iter(values))
+        n = sum(int(x.shape[0]) for x, _ in part)
+        total, count = total + values[key] * n, count + n
+        yield total / count
 
 
 def tune_weights(
@@ -432,20 +444,22 @@ def tune_weights(
     gamma is found by the exact-k search inside every trial; only the weights that the method's
     preset reads are searched; ``options.weights`` and ``options.refine`` are ignored (each trial
     sets its weights; refinement would make every trial cost a TT search). ``sampler_seed`` seeds
-    Optuna's sampler (default: ``options.seed``); workers sharing a study give each their own.
+    Optuna's sampler (default: ``options.seed``); workers sharing a study give each their own. Each
+    trial reports the metric on the first half of the validation split before the rest, and stops
+    there when it is below the earlier trials' median (:mod:`qprune.pipeline.tune`).
     """
     space = {name: DEFAULT_SPACE[name] for name in method_weights(method_spec(method))}
     if not space:
         raise QpruneError(f"method {method!r} has no QUBO weights to tune")
     base = replace(options or MethodOptions(), weights=None, refine=None)
 
-    def score(weights: Weights) -> float:
+    def score(weights: Weights) -> Iterator[float]:
         opts = replace(base, weights=weights)
         if isinstance(k, BudgetRequest):
             x, _ = select_budget_mask(prep.space, prep.signals, method, k, opts)
         else:
             x, _ = select_mask(prep, method, k, opts)
-        return validation_score(prep, x)
+        return validation_steps(prep, x)
 
     return search_weights(
         score, n_trials=n_trials, timeout=timeout, sampler=sampler, space=space, storage=storage,

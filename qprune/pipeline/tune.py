@@ -3,7 +3,9 @@
 The paper picks (alpha, alpha_F, beta_diag, beta_off, lambda) by random search, with gamma found by
 the exact-k search inside every trial. Optuna gives the same random search plus TPE (the default),
 and its RDB storage (an SQLite file) lets a search resume and lets several processes or machines
-share one study.
+share one study. A score may report partial values (the metric on a first part of the validation
+split, then on all of it): a trial whose partial value is below the median of the earlier trials at
+that point stops there (Optuna's median pruner, after :data:`PRUNE_AFTER` complete trials).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from qprune.atomic import write_json
 from qprune.errors import QpruneError
@@ -28,6 +30,7 @@ DEFAULT_SPACE: dict[str, tuple[float, float]] = {
     "beta_off": (1e-3, 1e1),
     "lam": (1e-3, 1e1),
 }
+PRUNE_AFTER = 4  #: complete trials before the median pruner may stop a trial early
 
 @dataclass
 class SearchResult:
@@ -50,7 +53,7 @@ class SearchResult:
 
 
 def search_weights(
-    score: Callable[[Weights], float],
+    score: Callable[[Weights], float | Iterable[float]],
     *,
     n_trials: int | None = 20,
     timeout: float | None = None,
@@ -66,7 +69,9 @@ def search_weights(
     """Maximise ``score(weights)`` (a validation metric) over the QUBO weights.
 
     Args:
-        score: evaluates one set of weights; gamma is searched inside it (exact k per trial).
+        score: evaluates one set of weights; gamma is searched inside it (exact k per trial). A
+            float, or an iterable of partial values whose last one is the score: each is reported
+            to the trial, which stops early when it falls below the earlier trials' median.
         n_trials / timeout: budget in trials and/or seconds (at least one must be given).
         sampler: ``"tpe"`` (default) or ``"random"`` (the paper's procedure).
         space: ``{weight_name: (low, high)}`` log-uniform ranges; defaults to :data:`DEFAULT_SPACE`.
@@ -99,7 +104,15 @@ def search_weights(
         values = asdict(base)
         for name, (lo, hi) in space.items():
             values[name] = trial.suggest_float(name, lo, hi, log=True)
-        return float(score(Weights(**values)))
+        out = score(Weights(**values))
+        if isinstance(out, (int, float)):
+            return float(out)
+        value = math.nan
+        for step, value in enumerate(out):
+            trial.report(float(value), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return float(value)
 
     start = time.perf_counter()
     study.optimize(objective, n_trials=n_trials, timeout=timeout, show_progress_bar=progress)
@@ -129,9 +142,10 @@ def open_study(storage: str | os.PathLike[str] | None, study_name: str, *, sampl
         optuna.samplers.TPESampler(seed=seed) if sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed)
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER, n_warmup_steps=0)
     try:
         return optuna.create_study(study_name=study_name, storage=storage_url(storage), sampler=optuna_sampler,
-                                   direction="maximize", load_if_exists=True)
+                                   pruner=pruner, direction="maximize", load_if_exists=True)
     except ImportError as exc:  # e.g. a postgresql:// URL without a driver
         raise QpruneError(f"storage {storage!r} needs a database driver: {exc}") from None
 
