@@ -2,7 +2,8 @@
 
 Every row is one torchvision architecture with random weights (``torch.manual_seed(0)``), 64x64
 inputs, 8 calibration images (random, class targets), pruned by ``qprune.prune()`` at 30 % of its
-units with ``hybrid-qubo`` on ``neal`` and the default strategy (``--strategy`` to change it).
+units with ``hybrid-qubo`` on ``neal`` and the default strategy (``--strategy`` to change it); for the
+``--loss-model`` models (default: efficientnet_b0 and resnet50) also with ``fisher-qubo``.
 Stages, from ``PruneResult.timings``: space, signals, formulate, solve (the strategy alone:
 ``timings["solve"]`` minus formulate, which it contains), remove; ``total`` is the wall time of the
 whole ``prune()`` call (it also evaluates and measures both models). Right after, in the same run,
@@ -72,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "(default: resnet50; --quick: the first model; 'none' for none)")
     ap.add_argument("--gamma-from", type=Path, default=None, help="an earlier scale JSON whose gamma-search "
                     "figures are reused for the --gamma-on models (checked against this run's formulation)")
+    ap.add_argument("--loss-model", default=None, help="models that also get a fisher-qubo prune() row (default: "
+                    f"{','.join(MUST)}; --quick: the first model; 'none' for none)")
     ap.add_argument("--no-torch-pruning", action="store_true", help="skip the torch-pruning column")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale")
     args = ap.parse_args(argv)
@@ -83,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.model_list = models
     args.gamma_list = _names(args.gamma_on, models[:1] if args.quick else MUST)
     args.sparse_list = _names(args.sparsify, models[:1] if args.quick else ("resnet50",))
+    args.loss_model_list = _names(args.loss_model, models[:1] if args.quick else MUST)
     args.keeps = SPARSE_KEEPS[:1] if args.quick else SPARSE_KEEPS
     return args
 
@@ -143,20 +147,20 @@ def torch_pruning_row(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
 
 def qprune_row(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, held_out: torch.Tensor,
-               args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+               args: argparse.Namespace, method: str = "hybrid-qubo") -> tuple[dict[str, Any], Any]:
     """One ``prune()`` call: stage times, energy, the pruned model's size and fidelity."""
     import qprune
 
     kwargs = {} if args.strategy is None else {"strategy": args.strategy}
     t0 = time.perf_counter()
-    res = qprune.prune(model, [(x, y)], sparsity=args.sparsity, method="hybrid-qubo", backend="neal",
+    res = qprune.prune(model, [(x, y)], sparsity=args.sparsity, method=method, backend="neal",
                        loss_fn=F.cross_entropy, residual_branches=BRANCHES, progress=False, **kwargs)
     total = time.perf_counter() - t0
     t = res.timings
     stages = {"space": t["space"], "signals": t["signals"], "formulate": t["formulate"],
               "solve": t["solve"] - t["formulate"], "remove": t.get("remove", 0.0)}
     info = res.solver_info
-    row = {"model": name, "units": int(res.space.N), "layers": len(res.space.layers), "k": int(res.k),
+    row = {"model": name, "method": method, "units": int(res.space.N), "layers": len(res.space.layers), "k": int(res.k),
            "stages_s": stages, "evaluate_s": t.get("evaluate", 0.0), "total_s": total,
            "solve_stage_s": t["solve"], "strategy": info.get("strategy", "gamma"),
            "strategy_times": info.get("times", {"total_s": info.get("total_time_s")}),
@@ -343,9 +347,25 @@ def markdown(payload: dict[str, Any]) -> str:
     lines += ["", "Slope of log(time) on log(units): " + ", ".join(f"{k} {_fmt(v)}" for k, v in payload["slopes"].items()),
               "", "solve = the strategy alone (`timings['solve']` minus formulate, which it contains).", ""]
     lines += _targets_md(payload)
+    lines += _loss_model_md(payload)
     lines += _gamma_md(payload)
     lines += _sparse_md(payload)
     return "\n".join(lines) + "\n"
+
+
+def _loss_model_md(payload: dict[str, Any]) -> list[str]:
+    rows = payload.get("loss_model") or []
+    if not rows:
+        return []
+    out = ["## The loss model (fisher-qubo, 4 stages): prune() beside torch-pruning", "",
+           "| model | units | prune() total s | signals s | formulate s | solve s | torch-pruning s | x torch-pruning |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        tp = r.get("torch_pruning_s")
+        st = r["stages_s"]
+        out.append(f"| {r['model']} | {r['units']} | {r['total_s']:.2f} | {st['signals']:.2f} | {st['formulate']:.2f} | "
+                   f"{st['solve']:.2f} | {_fmt(tp)} | {_fmt(None if not tp else r['total_s'] / tp, '.1f')} |")
+    return out + ["", "signals: the first calibration pass; each later stage's pass is inside solve.", ""]
 
 
 def _targets_md(payload: dict[str, Any]) -> list[str]:
@@ -430,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     from qprune.pipeline.report import machine_info
 
     warm_up(args)
-    rows, gamma_comp, sparse = [], {}, {}
+    rows, gamma_comp, sparse, loss_rows = [], {}, {}, []
     reuse = {} if args.gamma_from is None else json.loads(args.gamma_from.read_text()).get("gamma_comparison", {})
     for name in args.model_list:
         model = _model(name)
@@ -452,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
         if name in args.sparse_list:
             sparse[name] = sparsify_measure(model, res, held_out, args.keeps)
         del res
+        if name in args.loss_model_list:
+            loss_rows.append(qprune_row(name, model, x, y, held_out, args, "fisher-qubo")[0])
+            loss_rows[-1]["torch_pruning_s"] = row.get("torch_pruning", {}).get("total_s")
+            print(f"  fisher-qubo: total {loss_rows[-1]['total_s']:.2f} s", flush=True)
     rows.sort(key=lambda r: r["units"])
     fitted = slopes(rows) if len(rows) >= 2 else {}
     payload = {"benchmark": "scale", "command": " ".join(["scale.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -460,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
                             "method": "hybrid-qubo", "backend": "neal", "torch_pruning": _tp_version()},
                "machine": machine_info(), "rows": rows, "slopes": fitted,
                "targets": {"total_s": TARGET_TOTAL_S, "solve_s": TARGET_SOLVE_S, "models": list(MUST)},
-               "gamma_comparison": gamma_comp, "sparsify": sparse}
+               "gamma_comparison": gamma_comp, "sparsify": sparse, "loss_model": loss_rows}
     payload["machine"]["loadavg_end"] = list(os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from qprune.atomic import write_json

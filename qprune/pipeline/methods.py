@@ -142,7 +142,7 @@ def build_formulation(
                           options={CAPACITY: {"reward": capacity}})
     return formulate(
         terms, preset=preset, weights=weights or Weights(), fisher=fisher,
-        labels=[space.labels[i] for i in idx], layer_ids=space.layer_ids[idx],
+        labels=list(np.asarray(space.labels, dtype=object)[idx]), layer_ids=space.layer_ids[idx],
     )
 
 
