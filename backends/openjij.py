@@ -1,6 +1,6 @@
 """OpenJij simulated annealing (``openjij``) and simulated quantum annealing (``openjij-sqa``).
 
-Two things about openjij shape this wrapper (measured with openjij 0.12.2, see DESIGN.md):
+Two things about openjij shape this wrapper (measured with openjij 0.12.2):
 
 * An int ``seed`` seeds both the initial state and the Monte Carlo stream, so every read of one
   call is the same state. We derive one seed per read from a single ``numpy`` generator and run

@@ -4,7 +4,7 @@ The BQM becomes a :class:`qiskit_optimization.QuadraticProgram`, solved by
 ``MinimumEigenOptimizer(QAOA(SamplerV2, optimizer, reps))``. The SampleSet holds the optimiser's best
 solution and every other bitstring the final QAOA state produced (one row per distinct bitstring, with
 its sampling probability as the ``probability`` data vector); energies are computed by dimod on the
-caller's BQM. Measured (DESIGN.md): optimum found at 10 variables in ~1 s, rarely at 12, never at 16,
+caller's BQM. Measured: optimum found at 10 variables in ~1 s, rarely at 12, never at 16,
 so the default size guard is 20 qubits — a statevector of 2^20 amplitudes is still cheap, anything
 larger is slow and pointless.
 """

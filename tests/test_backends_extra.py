@@ -77,7 +77,8 @@ if HAS_DWAVE:
     _MOCK = None
 
     def _mock_qpu():
-        """One shared pegasus-16 mock (0.2 s to build) with an SA substitute, as DESIGN.md says."""
+        """One shared pegasus-16 mock (0.2 s to build) with an SA substitute (the default 128-qubit
+        Chimera cannot embed our blocks)."""
         global _MOCK
         if _MOCK is None:
             from dwave.samplers import SimulatedAnnealingSampler

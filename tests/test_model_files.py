@@ -39,11 +39,12 @@ def test_saved_file_equals_the_pruned_model_at_other_sizes(tmp_path: Path, prune
     suffix = {v: k for k, v in FORMATS.items()}[fmt]
     path = save_pruned(model, tmp_path / f"m{suffix}", example_inputs=x, meta={"k": 3})
     loaded = load_pruned(path)
-    for shape in ((1, 3, 32, 32), (2, 3, 40, 48), (1, 3, 64, 24)):  # other batches and sizes than the example
+    # other batches and sizes than the example, odd ones too (the Half-UNet takes any size)
+    for shape in ((1, 3, 32, 32), (2, 3, 40, 48), (1, 3, 64, 24), (1, 3, 241, 187), (2, 3, 9, 13)):
         probe = torch.rand(shape)
         with torch.no_grad():
             want, got = model(probe), loaded(probe)
-        assert float((want - got).abs().max()) < 1e-4, shape
+        assert got.shape == probe.shape and float((want - got).abs().max()) < 1e-4, shape
     meta = load_meta(path)
     assert meta["format"] == fmt and meta["meta"] == {"k": 3}
     assert meta["params"] == sum(p.numel() for p in model.parameters())
@@ -88,3 +89,28 @@ def test_a_file_that_differs_from_the_model_is_not_kept(tmp_path: Path, monkeypa
     with pytest.raises(QpruneError, match="differs from the torch model"):
         save_pruned(model, tmp_path / "m.pt", example_inputs=x)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_denoiser_takes_any_image_size(pruned) -> None:
+    """Odd sides: the unpruned, gated and pruned models give an output of the input's shape, and at
+    multiples of 8 the crop changes nothing (the same function as a plain Half-UNet)."""
+    torch.manual_seed(1)
+    model = HalfUNet(width=4).eval()
+    x = torch.rand(1, 3, 32, 32)
+    space = build_space(model, x, exclude=("ending",))
+    mask = space.random_mask(0.36, seed=1)
+    gated = apply_mask(HalfUNet(width=4).eval().requires_grad_(False), space, mask, mode="gate")
+    gated.load_state_dict(model.state_dict())
+    small = apply_mask(model, space, mask, mode="remove", example_inputs=x).eval()
+    odd = torch.rand(2, 3, 241, 187)
+    with torch.no_grad():
+        for m in (model, gated, small):
+            assert m(odd).shape == odd.shape
+        assert float((gated(odd) - small(odd)).abs().max()) < 1e-5
+        # a crop-free reference at a multiple of 8: the pooling and crop are no-ops there
+        s1 = model.enc1(model.intro(x))
+        s2 = model.enc2(torch.nn.functional.max_pool2d(s1, 2))
+        s3 = model.enc3(torch.nn.functional.max_pool2d(s2, 2))
+        d3 = model.up3(torch.nn.functional.max_pool2d(s3, 2)) + s3
+        ref = x + model.ending(model.up1(model.up2(d3) + s2) + s1)
+        assert torch.equal(model(x), ref)

@@ -1,4 +1,4 @@
-"""The preset table: which terms each preset reads and with which weights (the formulas of DESIGN.md)."""
+"""The preset table: which terms each preset reads and with which weights (the formulas of docs/method.md)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ Per unit ``i`` (a :class:`qprune.model.space.Unit`; multi-member units SUM over 
   gate position — the consumers' inputs, exactly where pruning zeroes the unit (see
   :mod:`qprune.model.masking`), so ``m_i = 0`` IS the pruned network. ``d_i = ∂L/∂m_i = Σ_positions
   Σ_{n,space} A ∂L/∂A`` (autograd of the gate, exact), divided by the batch size; with
-  ``fisher_space="mean"`` also by the spatial size of the unit's activation site (DESIGN.md's
+  ``fisher_space="mean"`` also by the spatial size of the unit's activation site (the paper's
   "mean over batch and space"), which biases a global ranking against high-resolution layers, so
   it is not the default. ``I_CF = avg of d_i²``.
 * ``gate_grads``: ``[samples x blocks, N]``, the same gate derivative for every calibration sample

@@ -1,6 +1,6 @@
 """The main job: model + data -> exact-k pruning mask -> gated and physically smaller models + report.
 
-This module and the CLI are the only places that know the whole line (DESIGN.md, "Data flow"):
+This module and the CLI are the only places that know the whole line (docs/architecture.md, "Data flow"):
 FilterSpace -> signals -> terms -> formulation -> exact-k solve -> (refine) -> mask -> apply -> evaluate.
 """
 

@@ -157,7 +157,7 @@ def formulate(
     units. After unit-variance scaling every coupling is O(1), so a unit's summed coupling to its
     layer grows with m while its linear terms stay O(1): unscaled, with all weights 1, the
     couplings decide alone and the mask is nearly uniform per layer (digits CNN at 30 %: 0.39
-    validation accuracy, against 0.94 with the couplings scaled). ``"none"`` is DESIGN.md's
+    validation accuracy, against 0.94 with the couplings scaled). ``"none"`` is the paper's
     literal form, where the weights beta_off and lambda must absorb the layer size. None: the
     preset's own (:data:`qprune.qubo.presets.COUPLING_SCALE`; ``"none"`` for the loss model, whose
     couplings are on the scale of its diagonal by construction).

@@ -5,7 +5,7 @@ A budget ``kind=fraction`` asks that the pruned model keep at most ``fraction`` 
 model's units / parameters / MACs / latency, and at least ``fraction - tolerance`` of it (1 % by
 default: the result lands within 1 % below the target).
 
-Cost of a mask (DESIGN.md, "Budgets are functions of per-layer kept counts"): every unit removes
+Cost of a mask (docs/method.md, "Budgets"): every unit removes
 index slices of parameter tensors (:attr:`qprune.model.units.Unit.slices`), and a tensor keeps
 ``prod_d (size_d - removed_d)`` elements. Parameters are the sum over the tensors (plus the
 parameters no unit touches); MACs are the space's ``mac_terms`` (positions x kept elements of one
