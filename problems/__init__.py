@@ -18,6 +18,8 @@ so later commands need only the file. The data is read lazily, on the first batc
 
 from __future__ import annotations
 
+import re
+
 from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -101,8 +103,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a non-checkpoint file
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise QpruneError(f"{path} is not a qprune checkpoint (torch.load failed: {first})") from exc
+        raise QpruneError(f"{path} is not a qprune checkpoint ({_load_failure(exc)})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "state_dict" not in ckpt:
         raise QpruneError(f"{path} is not a qprune checkpoint (no 'format': {CHECKPOINT_FORMAT!r} entry); "
                           "create one with `qprune train`")
@@ -113,6 +114,21 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise QpruneError(f"{path} is for unknown problem {ckpt.get('problem')!r}; "
                           f"available: {', '.join(available())}")
     return ckpt
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words (torch's own message is a
+    page of advice with terminal colour codes)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"GLOBAL\s+([\w.]+)", text)
+    if found:
+        return (f"not a trusted weights file: it holds a Python object ({found.group(1)}) that only an unsafe "
+                "pickle load would run")
+    reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if reason:
+        return f"not a torch weights file ({reason.group(1).strip()[:80]})"
+    first = text.strip().splitlines()
+    return f"torch.load failed: {first[0][:120] if first else type(exc).__name__}"
 
 
 def load_checkpoint(path: str | Path, **overrides: Any) -> tuple[Problem, nn.Module]:

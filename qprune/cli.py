@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -89,8 +90,13 @@ def _unavailable(name: str, why: str) -> Any:
     return run
 
 
+MAX_MESSAGE = 240  #: characters of an error line; what a library said beyond that is cut
+
+
 def _one_line(message: object) -> str:
-    text = " ".join(str(message).split())
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(message)).split())
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE - 3].rstrip() + "..."
     return text or "unknown error"
 
 
