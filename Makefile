@@ -22,9 +22,11 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# The bundled denoiser at four MACs budgets, every method: out/demo/compare.{md,json,png} (the curve) and figure.png
+# (one test image: noisy / unpruned / best QUBO / best greedy / clean). docs/img/ holds the committed run's pictures.
 demo: $(STAMP)
-	$(VENV)/bin/qprune compare --problem denoise --sparsity 0.36 \
-	    --methods random,l1-greedy,taylor-greedy,l1-qubo,hybrid-qubo,fisher-qubo --tune 20 --out out/demo
+	$(VENV)/bin/qprune compare --problem denoise --budget macs=0.8,0.6,0.5,0.4 \
+	    --methods random,taylor-greedy,fisher-greedy,hybrid-qubo,fisher-qubo --no-remove --figure --out out/demo
 
 test: $(STAMP)
 	$(VPY) -m pytest -q -n 2 -p no:cacheprovider

@@ -56,6 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tt-budget", type=int, default=2000)
     add_budget_args(p)
     add_finetune_args(p)
+    p.add_argument("--no-remove", action="store_true",
+                   help="score the gated models only: no physically pruned model, so no latency column (params "
+                        "and MACs come from the exact cost model either way); faster")
+    p.add_argument("--figure", action="store_true",
+                   help="also figure.png: one test image, noisy / unpruned / the best QUBO method / the best greedy "
+                        "one / clean, at the most pruned target (image-to-image problems)")
     p.add_argument("--out", default="out/compare", help="output directory (default out/compare)")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=run)
@@ -73,11 +79,11 @@ def run(args: argparse.Namespace) -> int:
     table = compare_methods(
         model, problem, methods=methods, sparsities=sparsities, seeds=args.seeds, budgets=budgets,
         options=method_options(args, weights), tune=args.tune, layers=args.layers, min_keep=args.min_keep,
-        residual_branches=residual_branches(args),
-        progress=not args.quiet, out_dir=Path(args.out), extra={"checkpoint": ckpt},
+        residual_branches=residual_branches(args), remove=not args.no_remove,
+        progress=not args.quiet, out_dir=Path(args.out), extra={"checkpoint": ckpt}, figure=args.figure,
         finetune=FinetuneOptions(args.finetune, args.finetune_lr, args.distill, args.distill_weight)
         if args.finetune > 0 else None,
     )
     print(table)
-    print(f"wrote {args.out}/compare.md, compare.json, compare.png")
+    print(f"wrote {args.out}/compare.md, compare.json, compare.png" + (", figure.png" if args.figure else ""))
     return 0

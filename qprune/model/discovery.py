@@ -169,6 +169,10 @@ def discover_groups(
         except _TooLarge:
             layer_reason[root_name] = _TOO_LARGE
             continue
+        except (IndexError, KeyError, ZeroDivisionError, ValueError) as exc:  # torch-pruning lost the channels
+            layer_reason[root_name] = (f"the dependency tracer cannot follow its channels ({type(exc).__name__} in "
+                                       f"torch-pruning's index mapping: a channel shuffle or split it does not model)")
+            continue
         for r in todo:
             if (root_name, r) in covered:
                 continue

@@ -179,6 +179,31 @@ def shuffle_factor(m: nn.Module) -> int:
     return int(m.upscale_factor if isinstance(m, nn.PixelShuffle) else m.downscale_factor)
 
 
+def _tolerant(update: Any) -> Any:
+    """torch-pruning maps channel indices through a reshape by the ratio of its channel counts; a
+    reshape that splits the channels into a group dimension (a channel shuffle: view, transpose,
+    view, as in ShuffleNet) makes that ratio 0, and its tracer divides by zero for the whole model.
+    Such a reshape gets no mapping: the layers whose channels pass through it cannot be followed
+    (:func:`qprune.model.discovery.discover_groups` excludes them, naming the reason) or fail the
+    gate-equals-removal check, and the rest of the model still prunes."""
+    if getattr(update, "_qprune_tolerant", False):
+        return update
+
+    def tolerant(graph: Any, node: Any) -> Any:
+        try:
+            return update(graph, node)
+        except ZeroDivisionError:
+            return None
+
+    tolerant._qprune_tolerant = True  # type: ignore[attr-defined]
+    return tolerant
+
+
+# every caller (graph building, group discovery, torch-pruning's own get_pruning_group) goes through it
+tp.dependency.index_mapping.update_reshape_index_mapping = _tolerant(
+    tp.dependency.index_mapping.update_reshape_index_mapping)
+
+
 def build_dependency_graph(model: nn.Module, example_inputs: Any) -> Any:
     """torch-pruning ``DependencyGraph`` of ``model`` with qprune's custom pruners installed.
 

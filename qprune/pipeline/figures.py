@@ -1,9 +1,11 @@
 """Side-by-side pictures of an image-to-image run, as the paper's Figure 5: noisy, unpruned, pruned, clean.
 
-:func:`write_comparison_figure` runs the unpruned and the pruned model on a few held-out images and
-writes one row per image with four panels of exactly ``panel_px`` x ``panel_px`` pixels (plus a
-title band), so the PNG is ``4 * panel_px`` wide and ``images * (panel_px + TITLE_PX)`` high. It is
-written atomically (a bare Matplotlib ``Figure``, rendered by Agg: no display, no pyplot state).
+:func:`write_figure` runs named models on a few held-out images and writes one row per image: the
+noisy input, each model's output, the clean target, every panel exactly ``panel_px`` x ``panel_px``
+pixels under a title band with its PSNR, so the PNG is ``(models + 2) * panel_px`` wide and
+``images * (panel_px + TITLE_PX)`` high. :func:`write_comparison_figure` is the four-panel case
+(unpruned, pruned). Written atomically (a bare Matplotlib ``Figure``, rendered by Agg: no display,
+no pyplot state).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from qprune.atomic import atomic_open
 from qprune.errors import QpruneError
 from qprune.problems.metrics import psnr
 
-__all__ = ["COLUMNS", "TITLE_PX", "check_image_batches", "write_comparison_figure"]
+__all__ = ["COLUMNS", "TITLE_PX", "check_image_batches", "write_comparison_figure", "write_figure"]
 
 COLUMNS = ("noisy", "unpruned", "pruned", "clean")
 TITLE_PX = 28  #: height of the title band above each panel, in pixels
@@ -55,7 +57,6 @@ def _as_rgb(t: torch.Tensor) -> np.ndarray:
     return np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
 
 
-@torch.inference_mode()
 def write_comparison_figure(
     path: str | os.PathLike[str],
     model: nn.Module,
@@ -83,6 +84,22 @@ def write_comparison_figure(
     Raises:
         QpruneError: not an image-to-image problem, or ``images`` / ``panel_px`` below 1.
     """
+    return write_figure(path, [("unpruned", model), ("pruned", pruned)], batches, images=images, panel_px=panel_px,
+                        title=title)
+
+
+@torch.inference_mode()
+def write_figure(
+    path: str | os.PathLike[str],
+    models: Sequence[tuple[str, nn.Module]],
+    batches: Sequence[Batch],
+    *,
+    images: int = 3,
+    panel_px: int = 192,
+    title: str | None = None,
+) -> dict[str, Any]:
+    """Write noisy / each of ``models`` (label, network) / clean for ``images`` test images (see
+    :func:`write_comparison_figure`; ``psnr`` then holds the noisy input's and each model's)."""
     if isinstance(images, bool) or int(images) < 1 or isinstance(panel_px, bool) or int(panel_px) < 16:
         raise QpruneError(f"figure needs images >= 1 and panel_px >= 16, got images={images!r}, panel_px={panel_px!r}")
     if Path(path).suffix.lower() != ".png":
@@ -90,25 +107,26 @@ def write_comparison_figure(
     check_image_batches(batches)
     x, y = _pick(batches, int(images))
     outs = []
-    for net in (model, pruned):
+    for _, net in models:
         was = net.training
         net.eval()
         try:
             outs.append(net(x).clamp(0.0, 1.0))
         finally:
             net.train(was)
-    cols = [x, outs[0], outs[1], y]
-    scores = [[psnr(c[i:i + 1], y[i:i + 1]) for c in cols[:3]] for i in range(x.shape[0])]
+    names = ["noisy", *(label for label, _ in models), "clean"]
+    cols = [x, *outs, y]
+    scores = [[psnr(c[i:i + 1], y[i:i + 1]) for c in cols[:-1]] for i in range(x.shape[0])]
     rows, cell_h = x.shape[0], panel_px + TITLE_PX
-    width, height = len(COLUMNS) * panel_px, rows * cell_h
+    width, height = len(names) * panel_px, rows * cell_h
     fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
     for r in range(rows):
-        for c, name in enumerate(COLUMNS):
+        for c, name in enumerate(names):
             left, bottom = c * panel_px / width, (height - (r + 1) * cell_h) / height
             ax = fig.add_axes((left, bottom, panel_px / width, panel_px / height))
             ax.imshow(_as_rgb(cols[c][r]), interpolation="nearest")
             ax.set_axis_off()
-            label = name if c == 3 else f"{name} {scores[r][c]:.2f} dB"
+            label = name if c == len(names) - 1 else f"{name} {scores[r][c]:.2f} dB"
             fig.text(left + 0.5 * panel_px / width, bottom + (panel_px + TITLE_PX / 2) / height, label,
                      ha="center", va="center", fontsize=9)
     if title:
@@ -117,5 +135,4 @@ def write_comparison_figure(
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=_DPI)
     return {"path": str(path), "images": rows, "panel_px": int(panel_px), "width_px": width, "height_px": height,
-            "psnr": [[float(v) for v in s] for s in scores], "columns": list(COLUMNS)}
-
+            "psnr": [[float(v) for v in s] for s in scores], "columns": names}

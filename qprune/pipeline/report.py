@@ -172,9 +172,10 @@ def aggregate(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[di
 
 
 def compare_markdown(agg: Sequence[Mapping[str, Any]], keys: Sequence[str], *, title: str) -> str:
-    """The paper-style table: one row per (setting, method, target), mean ± std over seeds."""
+    """The paper-style table: one row per (setting, method, target), mean ± std over seeds; kept
+    fractions in percent, counts as integers, times in seconds."""
     budgets = any(isinstance(r.get("target"), str) for r in agg)
-    head = ["setting", "method", "budget" if budgets else "sparsity", "k"] + list(keys)
+    head = ["setting", "method", "budget" if budgets else "sparsity", "k"] + [_HEADS.get(k, k) for k in keys]
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in agg:
         target = r.get("target")
@@ -182,9 +183,47 @@ def compare_markdown(agg: Sequence[Mapping[str, Any]], keys: Sequence[str], *, t
                  if isinstance(target, float) else str(target), str(r["k"])]
         for key in keys:
             v, s = r.get(key), r.get(key + "_std", 0.0)
-            cells.append("–" if v is None else (f"{v:.4g} ± {s:.2g}" if len(r["seeds"]) > 1 else f"{v:.4g}"))
+            cells.append(_cell(key, v, s if len(r["seeds"]) > 1 else None))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+_HEADS = {"macs_kept": "MACs kept", "params_kept": "params kept", "method_seconds": "time s"}
+
+
+def pivot_markdown(agg: Sequence[Mapping[str, Any]], metric: str) -> str:
+    """``metric`` by method (rows, the unpruned model first) and target (columns), with the seconds
+    each method took to choose its masks over all targets: the table to read first."""
+    targets = list(dict.fromkeys(r["target"] for r in agg if r["method"] != "unpruned"))
+    methods = list(dict.fromkeys(r["method"] for r in agg))
+    cell = {(r["method"], r["target"]): r for r in agg}
+    names = [t if isinstance(t, str) else f"{100 * t:g} % of the units" for t in targets]
+    lines = [f"| {metric} | " + " | ".join(names) + " | time s |", "|---|" + "---|" * (len(targets) + 1)]
+    for m in methods:
+        if m == "unpruned":
+            base = next(r for r in agg if r["method"] == m)
+            lines.append(f"| unpruned | " + " | ".join(_cell(metric, base.get(metric), None) for _ in targets) + " | – |")
+            continue
+        secs = [cell[(m, t)].get("method_seconds") for t in targets if (m, t) in cell]
+        vals = [_cell(metric, cell[(m, t)].get(metric), None) if (m, t) in cell else "–" for t in targets]
+        total = sum(v for v in secs if v is not None)
+        lines.append(f"| {m} | " + " | ".join(vals) + f" | {total:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(key: str, v: float | None, std: float | None) -> str:
+    """One table value: ``50.0 %`` for kept fractions, ``12,860`` for counts, 4 digits otherwise."""
+    if v is None:
+        return "–"
+    if key.endswith("_kept"):
+        text, spread = f"{100 * v:.1f} %", None if std is None else f"{100 * std:.1f}"
+    elif key in ("params", "macs", "flops"):
+        text, spread = f"{v:,.0f}", None if std is None else f"{std:,.0f}"
+    elif key.endswith("seconds"):
+        text, spread = f"{v:.1f}", None if std is None else f"{std:.1f}"
+    else:
+        text, spread = f"{v:.4g}", None if std is None else f"{std:.2g}"
+    return text if spread is None else f"{text} ± {spread}"
 
 
 def _target_fraction(row: Mapping[str, Any]) -> float:
@@ -194,29 +233,36 @@ def _target_fraction(row: Mapping[str, Any]) -> float:
 
 def plot_metric_vs_sparsity(
     rows: Sequence[Mapping[str, Any]], metric: str, path: str | os.PathLike[str], *, title: str = "",
-    x: str = "sparsity",
+    x: str = "sparsity", reference: float | None = None,
 ) -> None:
-    """PNG of ``metric`` against ``x`` (``"sparsity"``, or ``"budget"``: the kept fraction a budget
-    row asked for), one line per method (mean over seeds, std as error bars)."""
+    """PNG of ``metric`` against ``x``, one line per method (mean over seeds, std as error bars):
+    ``"sparsity"``; ``"budget"``, the kept fraction a budget row asked for; or ``"macs_kept"``, the
+    fraction of the MACs each pruned model really kept. ``reference``: the unpruned model's metric,
+    drawn as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    by_method: dict[str, dict[float, list[float]]] = {}
+    by_method: dict[str, dict[float, list[tuple[float, float]]]] = {}
     for r in rows:
         if r.get(metric) is None:
             continue
         key = float(r["sparsity"]) if x == "sparsity" else _target_fraction(r)
-        by_method.setdefault(r["method"], {}).setdefault(key, []).append(float(r[metric]))
+        at = float(r["macs_kept"]) if x == "macs_kept" else key
+        by_method.setdefault(r["method"], {}).setdefault(key, []).append((at, float(r[metric])))
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for method, points in sorted(by_method.items()):
-        xs = sorted(points)
-        means = [float(np.mean(points[s])) for s in xs]
-        errs = [float(np.std(points[s], ddof=1)) if len(points[s]) > 1 else 0.0 for s in xs]
-        ax.errorbar([100 * s for s in xs], means, yerr=errs, marker="o", capsize=3, label=method)
+        keys = sorted(points)
+        xs = [100 * float(np.mean([p[0] for p in points[k]])) for k in keys]
+        means = [float(np.mean([p[1] for p in points[k]])) for k in keys]
+        errs = [float(np.std([p[1] for p in points[k]], ddof=1)) if len(points[k]) > 1 else 0.0 for k in keys]
+        ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=method)
+    if reference is not None:
+        ax.axhline(reference, color="0.3", ls="--", lw=1, label="unpruned")
     kind = str(rows[0].get("budget", "")).split("=", 1)[0] if rows else ""
-    ax.set_xlabel("pruned units (%)" if x == "sparsity" else f"{kind} kept: budget (% of the unpruned model)")
+    ax.set_xlabel({"sparsity": "pruned units (%)", "macs_kept": "MACs kept (% of the unpruned model)"}.get(
+        x, f"{kind} kept: budget (% of the unpruned model)"))
     ax.set_ylabel(metric)
     ax.set_title(title or f"{metric} vs {x}")
     ax.grid(alpha=0.3)

@@ -130,6 +130,7 @@ class Prepared:
     signals: Signals
     timings: dict[str, float]
     space_options: dict[str, Any] = field(default_factory=dict)  # the build_space keywords (for recipes)
+    before: tuple[dict[str, float], dict[str, float]] | None = None  # the unpruned model's (metrics, stats)
 
     def signals_at(self, mask: np.ndarray, needs: frozenset[str]) -> Signals:
         """The signals ``needs`` of the model with ``mask``'s units gated off (one calibration pass)."""
@@ -342,7 +343,10 @@ def run_method(prep: Prepared, method: str, *, sparsity: float | None = None, k:
         kk = int(x.sum())
     timings = dict(prep.timings)
     timings.update(out["timings"])
-    result = finish(prep.model, prep.space, x.astype(bool), prep.work, remove=remove, timings=timings)
+    if prep.before is None:  # measured once per prepared model, not once per method
+        prep.before = baseline(prep.model, prep.work)
+    result = finish(prep.model, prep.space, x.astype(bool), prep.work, remove=remove, timings=timings,
+                    before=prep.before)
     result.method, result.k, result.seed = method, kk, options.seed
     result.space_options = dict(prep.space_options)
     result.solved, result.formulation, result.gamma = out.get("solved"), out.get("formulation"), out.get("gamma")
@@ -377,17 +381,19 @@ def finish(
     remove: bool = True,
     timings: dict[str, float] | None = None,
     progress: bool = False,
+    before: tuple[dict[str, float], dict[str, float]] | None = None,
 ) -> PruneResult:
-    """Apply a mask, evaluate before/after on the test batches, and measure both models."""
+    """Apply a mask, evaluate before/after on the test batches, and measure both models.
+
+    ``before``: the unpruned model's ``(metrics, stats)`` when already measured (:func:`baseline`)."""
     timings = dict(timings or {})
     example = work.test[0][0][:1]
+    metrics_before, stats_before = before or baseline(model, work)
     t0 = time.perf_counter()
-    metrics_before = evaluate(model, work.test, work.metrics)
     gated = apply_mask(copy.deepcopy(model), space, mask, mode="gate")
     metrics_after = evaluate(gated, work.test, work.metrics)
     timings["evaluate"] = time.perf_counter() - t0
     pruned = None
-    stats_before = model_stats(model, example)
     stats_after: dict[str, float] = {}
     if remove:
         t0 = time.perf_counter()
@@ -399,6 +405,11 @@ def finish(
         metrics_before=metrics_before, metrics_after=metrics_after, stats_before=stats_before,
         stats_after=stats_after, timings=timings,
     )
+
+
+def baseline(model: nn.Module, work: Workload) -> tuple[dict[str, float], dict[str, float]]:
+    """The unpruned model's test metrics and its params / MACs / latency."""
+    return evaluate(model, work.test, work.metrics), model_stats(model, work.test[0][0][:1])
 
 
 def validation_score(prep: Prepared, mask: np.ndarray) -> float:
