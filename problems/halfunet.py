@@ -99,10 +99,11 @@ class Upsample(nn.Module):
 class HalfUNet(nn.Module):
     """NAF Half-UNet denoiser of width ``width`` (paper: 64). Input/output: [B, 3, H, W] in [0, 1].
 
-    Any H and W: the poolings round odd sides up (``ceil_mode``) and each upsampled map is cropped
-    to its skip's size before the add, so no side needs to be a multiple of 8. The crop reads the
-    skip's shape (no Python branch on it), so traced and exported programs keep H and W free; for
-    multiples of 8 it crops nothing and the output is what it always was.
+    Any H and W: the input is padded up to multiples of 8 (reflected at the bottom and right edges)
+    and the output cropped back. Pad and crop are shape arithmetic (no Python branch on the shape),
+    so traced and exported programs keep H and W free; for multiples of 8 both are no-ops and the
+    output is what it always was. (Cropping each upsampled map to its skip instead would put an op
+    between an upsample conv and its residual add, and those convs would stop being units.)
     """
 
     def __init__(self, width: int = 64, blocks_per_stage: int = 2, in_channels: int = 3) -> None:
@@ -115,26 +116,22 @@ class HalfUNet(nn.Module):
         self.enc1 = nn.Sequential(*[NAFBlock(width) for _ in range(blocks_per_stage)])
         self.enc2 = nn.Sequential(*[NAFBlock(width) for _ in range(blocks_per_stage)])
         self.enc3 = nn.Sequential(*[NAFBlock(width) for _ in range(blocks_per_stage)])
-        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+        self.pool = nn.MaxPool2d(2)
         self.up3 = Upsample(width)
         self.up2 = Upsample(width)
         self.up1 = Upsample(width)
         self.ending = nn.Conv2d(width, in_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # No Python branch on the shape (it would break tracing and freeze exported sizes): every
-        # upsampled map is cropped to its skip's size, a no-op when the sides are multiples of 8.
-        s1 = self.enc1(self.intro(x))
+        # No Python branch on the shape (it would break tracing and freeze exported sizes), and the
+        # crop is a negative pad, not a slice: a slice's end is clipped to the size, and an exporter
+        # specialises on whether it was (a guard that fails for other sizes).
+        ph, pw = (8 - x.shape[-2] % 8) % 8, (8 - x.shape[-1] % 8) % 8
+        p = F.pad(x, (0, pw, 0, ph), mode="reflect")
+        s1 = self.enc1(self.intro(p))
         s2 = self.enc2(self.pool(s1))
         s3 = self.enc3(self.pool(s2))
-        d3 = _fit(self.up3(self.pool(s3)), s3) + s3
-        d2 = _fit(self.up2(d3), s2) + s2
-        d1 = _fit(self.up1(d2), s1) + s1
-        return x + self.ending(d1)
-
-
-def _fit(up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-    """``up`` cropped to ``skip``'s height and width (an odd side was rounded up by the pooling)."""
-    # a negative pad, not a slice: a slice's end is clipped to the size, and an exporter then
-    # specialises on whether it was (a guard that fails for other sizes); a pad is just arithmetic
-    return F.pad(up, (0, skip.shape[-1] - up.shape[-1], 0, skip.shape[-2] - up.shape[-2]))
+        d3 = self.up3(self.pool(s3)) + s3
+        d2 = self.up2(d3) + s2
+        d1 = self.up1(d2) + s1
+        return F.pad(p + self.ending(d1), (0, -pw, 0, -ph))
