@@ -28,6 +28,7 @@ import dimod
 import numpy as np
 
 from qprune.backends import get
+from qprune.solve.constraint import ExactK
 from qprune.solve.exact_k import solve_exact_k
 from qprune.qubo.formulation import Weights, formulate, preset_terms
 from qprune.solve.layerwise import solve_layerwise
@@ -35,9 +36,10 @@ from qprune.instances.synthetic import synthetic_instance
 from qprune.qubo.terms import compute_terms
 from qprune.instances.orlib import load_instance
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "qubo"
-RESULTS = ROOT / "benchmarks" / "results"
+# helper module beside this script (benchmarks/)
+from common import RESULTS, SHARED_DATA
+
+DATA = SHARED_DATA / "qubo"
 SIZES = (50, 100, 250, 500, 1000)
 
 
@@ -156,7 +158,7 @@ def run_pruning(quick: bool) -> dict[str, Any]:
     print(f"  pruning QUBO: {f.num_variables} units in {sizes.size} layers, k={k}", flush=True)
 
     t0 = time.perf_counter()
-    g = solve_exact_k(f, k, "neal", seed=0, max_per_group=(f.layer_ids, caps))
+    g = solve_exact_k(f, k, "neal", seed=0, constraint=ExactK.per_layer(f.layer_ids, k, caps))
     tg = time.perf_counter() - t0
     gamma_f = float(g.gamma)
     out["gamma_final"] = gamma_f
@@ -182,11 +184,11 @@ def run_pruning(quick: bool) -> dict[str, Any]:
             out["runs"].append({"strategy": "layerwise", "backend": backend, "skipped": str(exc)})
             continue
         t0 = time.perf_counter()
-        r = solve_layerwise(f, k, backend, seed=0, gamma=gamma_f, max_per_layer=caps, **kw)
+        r = solve_layerwise(f, k, backend, seed=0, gamma=gamma_f, constraint=ExactK.per_layer(f.layer_ids, k, caps), **kw)
         record("layerwise (gamma = gamma_f)", backend, r.x, time.perf_counter() - t0,
                {"times": r.info["times"], "heuristic_blocks": r.info["heuristic_blocks"]})
     t0 = time.perf_counter()
-    r = solve_layerwise(f, k, "neal", seed=0, max_per_layer=caps)
+    r = solve_layerwise(f, k, "neal", seed=0, constraint=ExactK.per_layer(f.layer_ids, k, caps))
     lag = record("layerwise (own gamma*)", "neal", r.x, time.perf_counter() - t0,
                  {"gamma": r.gamma, "energy_at_own_gamma": r.energy})
     lw = next(row for row in out["runs"] if row.get("strategy", "").startswith("layerwise (gamma = gamma_f)")

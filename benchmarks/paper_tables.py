@@ -84,9 +84,8 @@ import torch
 from scipy import stats
 
 from qprune.atomic import atomic_open, write_json
-from qprune.errors import QpruneError
 from qprune.qubo.formulation import Weights
-from qprune.model.masking import apply_mask, remove_gates
+from qprune.model.masking import apply_mask
 from qprune.pipeline.run import (
     METHODS,
     Prepared,
@@ -97,24 +96,20 @@ from qprune.pipeline.run import (
     tune_weights,
     validation_score,
 )
-from qprune.pipeline.methods import MethodOptions
+from qprune.pipeline.methods import MethodOptions, method_weights
 from qprune.pipeline.report import aggregate, machine_info, training_summary
 from qprune.qubo.providers import CAPACITY_REWARDS
 from qprune.solve.strategies import DEFAULT_STRATEGY, STRATEGIES
 from qprune.model.space import build_space
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-SIDD_DATA = (ROOT.parent / "shared" / "data" / "sidd_small_256").resolve()
-CACHE = ROOT / "problems" / "checkpoints"
-QUICK_CKPT = ROOT / "problems" / "checkpoints" / "denoise_bundled_f16.pt"
+# helper modules beside this script (benchmarks/)
+from common import (
+    BRANCHES, CHECKPOINTS, PAPER_FULL_SPARSITY, QUICK_CKPT, RESULTS, ROOT, SIDD_DATA, Draw, data_override, logger,
+    test_metrics,
+)
 
 PAPER_FILTERS_PER_LAYER = 64
-PAPER_FULL_SPARSITY = 0.36
 PAPER_SUB_COUNTS = {4: 60, 8: 200, 16: 480}
-# the paper's filters include the convs added into the residual trunk (conv3/conv5, the upsample
-# convs): without these units (the library default) the F = 64 space has 12 layers, too few for 16
-PAPER_BRANCHES = "auto"
 DEFAULT_METHODS = ("taylor-greedy", "l1-qubo", "hybrid-qubo", "gradient-qubo", "random")
 TT_METHOD = "hybrid-qubo+tt"
 
@@ -138,8 +133,7 @@ def die(msg: str) -> None:
     raise SystemExit(2)
 
 
-def log(msg: str) -> None:
-    print(f"[paper_tables {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+log = logger("paper_tables", clock=True)
 
 
 # ------------------------------------------------------------------------------------- model
@@ -153,8 +147,12 @@ def train_command(width: int, epochs: int, ckpt: Path) -> list[str]:
                   "--epochs", str(epochs), "--schedule", "cosine", "--device", "auto", "-o", str(ckpt)]
 
 
-def pick_checkpoint(args: argparse.Namespace) -> tuple[Path, str]:
-    """The checkpoint to prune and a sentence saying where it came from (trains with --train)."""
+def paper_checkpoint(args: argparse.Namespace) -> tuple[Path, str]:
+    """The checkpoint to prune and a sentence saying where it came from (trains with --train).
+
+    Not :func:`common.pick_checkpoint` (tt_refine's): this one checks a given path, takes
+    ``--quick`` and ``--width``, and never falls back to the small model for a full run.
+    """
     if args.checkpoint:
         path = Path(args.checkpoint).expanduser()
         if not path.is_file():
@@ -163,7 +161,7 @@ def pick_checkpoint(args: argparse.Namespace) -> tuple[Path, str]:
     if args.quick:
         return QUICK_CKPT, ("--quick: the small shipped checkpoint (F=16, bundled photos + synthetic noise); "
                             "a pipeline check, not the paper's setting")
-    ckpt = CACHE / f"denoise_sidd_f{args.width}.pt"
+    ckpt = CHECKPOINTS / f"denoise_sidd_f{args.width}.pt"
     if ckpt.is_file():
         return ckpt, f"the shipped F={args.width} SIDD model ({ckpt.relative_to(ROOT)}; `make train-sidd` retrains it)"
     cmd = train_command(args.width, args.train_epochs, ckpt)
@@ -183,45 +181,6 @@ def pick_checkpoint(args: argparse.Namespace) -> tuple[Path, str]:
     if rc != 0 or not ckpt.is_file():
         die(f"training failed (exit {rc}); command: {' '.join(cmd)}")
     return ckpt, f"trained by this run with `{' '.join(cmd)}` in {time.perf_counter() - t0:.0f} s"
-
-
-def data_override(ckpt: Path) -> dict[str, str]:
-    """``data=`` for load_checkpoint when the folder recorded in ``ckpt`` is absent here but ours exists.
-
-    The shipped SIDD model records the absolute path it was trained from; on another checkout the
-    SIDD folder is ``<repo>/../shared/data/sidd_small_256``.
-    """
-    recorded = torch.load(ckpt, weights_only=True).get("config", {}).get("data")
-    if isinstance(recorded, str) and recorded.endswith("sidd_small_256") and not Path(recorded).is_dir() \
-            and SIDD_DATA.is_dir():
-        return {"data": str(SIDD_DATA)}
-    return {}
-
-
-class CalibrationSeeded:
-    """A problem whose calibration batches are another seeded draw from the training split.
-
-    Everything else (validation, test, loss, metrics, prunable) is the wrapped problem's.
-    """
-
-    def __init__(self, problem: Any, seed: int) -> None:
-        if not (hasattr(problem, "_split_len") and hasattr(problem, "_take")):
-            raise QpruneError(f"problem {getattr(problem, 'name', problem)!r} cannot draw other calibration subsets")
-        self._p, self._seed = problem, int(seed)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._p, name)
-
-    def calibration_batches(self) -> list:
-        from qprune.problems.base import batched
-
-        cfg = self._p.config
-        bs, count = int(cfg["batch_size"]), cfg.get("calib_batches")
-        perm = np.random.default_rng([int(cfg["seed"]), 1, self._seed]).permutation(self._p._split_len("train"))
-        if count is not None:
-            perm = perm[:count * bs]
-        x, y = self._p._take("train", perm)
-        return batched(x, y, bs)
 
 
 # ------------------------------------------------------------------------------------ settings
@@ -261,15 +220,6 @@ def make_settings(names: Sequence[str], n_layers: int) -> list[Setting]:
 
 
 # ---------------------------------------------------------------------------------- measuring
-
-
-def test_metrics(prep: Prepared, x: np.ndarray) -> dict[str, float]:
-    """PSNR/SSIM of the gated model (exactly the pruned network) on the TEST batches."""
-    model = apply_mask(prep.model, prep.space, x.astype(bool), mode="gate")
-    try:
-        return evaluate(model, prep.work.test, prep.work.metrics)
-    finally:
-        remove_gates(prep.model)
 
 
 def size_stats(prep: Prepared, x: np.ndarray) -> dict[str, float]:
@@ -323,10 +273,10 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
     def prep_for(seed: int) -> Prepared:
         key = (st.layers, seed if args.vary_calibration else None)
         if key not in prep_cache:
-            src = CalibrationSeeded(problem, seed) if args.vary_calibration else problem
+            src = Draw(problem, seed) if args.vary_calibration else problem
             t0 = time.perf_counter()
             prep_cache[key] = prepare(model, src, methods=list(methods), layers=st.layers,
-                                      residual_branches=PAPER_BRANCHES, progress=False)
+                                      residual_branches=BRANCHES, progress=False)
             which = f"seed {seed}" if args.vary_calibration else "shared"
             log(f"  setting {st.name}: calibration pass ({which}) "
                 f"{time.perf_counter() - t0:.1f} s, {prep_cache[key].space.N} units")
@@ -350,7 +300,7 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
     # weights per QUBO method, tuned on validation with the first seed's preparation
     for m in methods:
         spec = method_spec(m)
-        if spec.kind != "qubo" or spec.refine or m in meta["weights"]:
+        if not method_weights(spec) or spec.refine or m in meta["weights"]:
             continue
         meta["weights"][m] = choose_weights(prep0, m, k, args, seeds[0])
         w = meta["weights"][m]
@@ -648,6 +598,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="what gamma's reward counts: params (the paper's D_i = P_i / sum P) or units (1/N)")
     p.add_argument("--tt-settings", default="4,8,16",
                    help="settings that get the TT row (default the sub-problems 4,8,16, as the paper)")
+    p.add_argument("--add-to", metavar="JSON",
+                   help="add the rows of --methods to a finished results file (its model, seeds, calibration "
+                        "draws and solver), replacing any it holds for them; resumable per setting")
     p.add_argument("--tt-from", metavar="JSON",
                    help=f"add the {TT_METHOD} rows of --tt-settings to this finished results file (its model, "
                         "seeds and weights; resumes when some settings already have them) and rewrite it")
@@ -685,15 +638,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from qprune.problems import load_checkpoint
 
+    if args.tt_from and args.add_to:
+        die("give --tt-from or --add-to, not both")
+    if args.add_to:
+        args.tt_from, adding = args.add_to, methods
+    else:
+        adding = None
     source = adopt_source(args) if args.tt_from else None
-    ckpt, note = pick_checkpoint(args)
+    ckpt, note = paper_checkpoint(args)
     problem, model = load_checkpoint(ckpt, test_batches=args.test_batches, **data_override(ckpt))
     if problem.name != "denoise":
         die(f"{ckpt} is a {problem.name!r} checkpoint; this benchmark needs denoise")
     log(f"model {ckpt} ({note}); F={problem.config['width']}, data {problem.config['data']}")
 
     full_space = build_space(model, problem.example_inputs(), **problem.prunable(model),
-                             residual_branches=PAPER_BRANCHES)
+                             residual_branches=BRANCHES)
     settings = make_settings([s.strip() for s in args.settings.split(",") if s.strip()],
                              full_space.n_layers)
 
@@ -707,6 +666,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"unpruned on test: PSNR {unpruned['psnr']:.3f} dB, SSIM {unpruned['ssim']:.4f} "
         f"({time.perf_counter() - t0:.1f} s)")
 
+    if adding is not None:
+        add_methods(args, model, problem, full_space.n_layers, source, adding, (test, val, unpruned), t_start,
+                    load_start, argv)
+        return 0
     if args.tt_from:
         add_tt(args, model, problem, full_space.n_layers, source, (test, val, unpruned), t_start, load_start, argv)
         return 0
@@ -784,6 +747,32 @@ def add_tt(args: argparse.Namespace, model: Any, problem: Any, n_layers: int, so
                       *splits, rows, metas, t0, load_start, argv, final=n == len(todo) - 1)
     if not todo:
         log(f"{args.tt_from} already holds {TT_METHOD} rows for every seed of settings {sorted(names)}")
+
+
+def add_methods(args: argparse.Namespace, model: Any, problem: Any, n_layers: int, source: dict[str, Any],
+                adding: list[str], splits: tuple[list, list, dict], t_start: float, load_start: list | None,
+                argv: Sequence[str] | None) -> None:
+    """Add the rows of ``adding`` to a finished results file, per setting (a setting that already
+    holds them for every seed is skipped, so a stopped run resumes); the other rows stay as they are."""
+    seeds = list(source["seeds"])
+    rows = list(source["rows"])
+    metas = [dict(m) for m in source["settings"]]
+    methods = list(source["methods"]) + [m for m in adding if m not in source["methods"]]
+    t0 = t_start - float(source.get("total_s", 0.0))
+    todo = [i for i, m in enumerate(metas)
+            if any({r["seed"] for r in rows if r["setting"] == m["setting"] and r["method"] == a} != set(seeds)
+                   for a in adding)]
+    for n, i in enumerate(todo):
+        meta = metas[i]
+        st = make_settings([meta["setting"]], n_layers)[0]
+        new_rows, new_meta = run_setting(model, problem, st, adding, seeds, args, {})
+        rows = [r for r in rows if not (r["setting"] == meta["setting"] and r["method"] in adding)] + new_rows
+        metas[i] = dict(meta, weights={**meta["weights"], **new_meta["weights"]},
+                        added_signals_s={**meta.get("added_signals_s", {}), **{m: new_meta["signals_s"] for m in adding}})
+        write_results(args, Path(source["checkpoint"]), source["checkpoint_note"], problem, methods, seeds,
+                      *splits, rows, metas, t0, load_start, argv, final=n == len(todo) - 1)
+    if not todo:
+        log(f"{args.add_to} already holds {adding} rows for every seed of every setting")
 
 
 def write_results(args: argparse.Namespace, ckpt: Path, note: str, problem: Any, methods: list[str],

@@ -45,14 +45,15 @@ import torch
 from qprune.pipeline import run as pipeline
 from qprune.atomic import atomic_open, write_json
 from qprune.pipeline.report import machine_info, training_summary
-from qprune.errors import QpruneError
 from qprune.model.masking import apply_mask, prune_model, remove_gates
 from qprune.refine import MaskScorer, RefineResult, layer_groups, naive_score, refine, refine_chunked
 from qprune.refine.forward import ieee_fp32, sync_clock  # this file's _clock reads wall and CPU time
 from qprune.model.stats import count_macs
+from qprune.solve.constraint import ExactK
 
-RESULTS = Path(__file__).resolve().parent / "results"
-SIDD_CKPT = Path(__file__).resolve().parents[1] / "problems" / "checkpoints" / "denoise_sidd_f64.pt"
+# helper module beside this script (benchmarks/)
+from common import PAPER_FULL_SPARSITY, RESULTS, pick_checkpoint
+
 SCORE_TOL_DB = 1e-4  # "equal scores": float rounding only
 GOAL = 10.0  # the issue's speed-up goal for batched scoring over one mask per pass
 
@@ -87,24 +88,6 @@ def on_device(model: torch.nn.Module, batches: list, device: torch.device) -> tu
     if device.type == "cpu":
         return model, batches
     return copy.deepcopy(model).to(device), [(x.to(device), y.to(device)) for x, y in batches]
-
-
-def pick_checkpoint(arg: str | None) -> tuple[Path, str]:
-    """The model to benchmark and a sentence saying why this one."""
-    if arg:
-        return Path(arg), "given with --checkpoint"
-    if SIDD_CKPT.is_file():
-        return SIDD_CKPT, "the shipped F=64 SIDD model (problems/checkpoints/denoise_sidd_f64.pt)"
-    from qprune.problems import pretrained_path
-
-    try:
-        path = pretrained_path("denoise")
-    except QpruneError as exc:
-        raise SystemExit(
-            f"no denoising checkpoint: {SIDD_CKPT} is absent (run `make train-sidd`) and {exc}"
-        ) from exc
-    return path, (f"{SIDD_CKPT} is absent (run `make train-sidd` for the paper's F=64 model); "
-                  "using the small shipped checkpoint")
 
 
 def subset(batches: list, images: int) -> list:
@@ -276,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", help="denoise checkpoint (default: the shipped SIDD F=64 model, else the F=16 one)")
     ap.add_argument("--data", help="dataset folder, when it is no longer where the checkpoint was trained "
                                    "(e.g. the SIDD folder on another machine)")
-    ap.add_argument("--sparsity", type=float, default=0.36, help="fraction of units pruned")
+    ap.add_argument("--sparsity", type=float, default=PAPER_FULL_SPARSITY, help="fraction of units pruned")
     ap.add_argument("--layers", type=int, default=16, help="prunable layers in the sub-problem")
     ap.add_argument("--tt-budget", type=int, default=2000, help="distinct evaluations per refinement")
     ap.add_argument("--speed-masks", type=int, default=300,
@@ -342,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     dev_model, dev_search = on_device(prep.model, search, device)
     scorer = MaskScorer(dev_model, space, dev_search, metric, progress=False)
     rec = Recording(scorer)
-    res = refine(seed_mask, rec, k, budget=args.tt_budget, max_per_group=space.max_per_group(),
+    res = refine(seed_mask, rec, k, budget=args.tt_budget, constraint=ExactK.for_space(space, k),
                  seed=args.seed, progress=True)
     print(f"  TT: {res.evaluations} evaluations ({res.proposals} proposals) in {res.time:.0f}s, "
           f"search PSNR {res.seed_value:.4f} -> {res.value:.4f} dB", flush=True)
@@ -373,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     scorer_full = MaskScorer(dev_model_full, fs, dev_search, metric, progress=False)
     rec_full = Recording(scorer_full)
     res_full = refine_chunked(seed_full, rec_full, kf, groups, budget=args.tt_budget,
-                              max_per_group=fs.max_per_group(), seed=args.seed, progress=True)
+                              constraint=ExactK.for_space(fs, kf), seed=args.seed, progress=True)
     print(f"  chunked TT: {res_full.evaluations} evaluations in {res_full.time:.0f}s, search PSNR "
           f"{res_full.seed_value:.4f} -> {res_full.value:.4f} dB", flush=True)
     report["full"] = {

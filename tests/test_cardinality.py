@@ -9,6 +9,7 @@ import dimod
 import numpy as np
 import pytest
 
+from qprune.solve.constraint import ExactK
 from qprune.solve.exact_k import (
     ExactKResult,
     QuboArrays,
@@ -160,7 +161,7 @@ def test_max_per_group_is_respected(backend: str) -> None:
     for seed in range(0, N_INSTANCES, 2):
         form, _ = instance(seed)
         group, cap, k = caps_for(form, rng)
-        res = solve_exact_k(form, k, backend, seed, max_per_group=(group, cap),
+        res = solve_exact_k(form, k, backend, seed, constraint=ExactK.build(form.num_variables, k, (group, cap)),
                             sampler_params=BACKEND_PARAMS[backend], **FAST)
         check_result(res, form, k)
         assert np.all(np.bincount(group, weights=res.x, minlength=len(cap)) <= cap)
@@ -175,7 +176,8 @@ def test_max_per_group_matches_brute_force_mostly() -> None:
             continue
         group, cap, k = caps_for(form, rng)
         bqm = form.objective_bqm()
-        res = solve_exact_k(lagrangian(bqm), k, "neal", seed, max_per_group=(group, cap),
+        con = ExactK.build(bqm.num_variables, k, (group, cap))
+        res = solve_exact_k(lagrangian(bqm), k, "neal", seed, constraint=con,
                             sampler_params=BACKEND_PARAMS["neal"], **FAST)
         total += 1
         hits += res.objective <= brute_force(QuboArrays.from_bqm(bqm), k, 0.0, (group, cap)) + 1e-9
@@ -184,23 +186,23 @@ def test_max_per_group_matches_brute_force_mostly() -> None:
 
 def test_caps_accept_scalar_and_mapping_and_reject_infeasible() -> None:
     form = random_formulation((4, 4, 4), 3)
-    res = solve_exact_k(form, 6, "greedy", 0, max_per_group=(form.layer_ids, 2), **FAST)
+    res = solve_exact_k(form, 6, "greedy", 0, constraint=ExactK.build(12, 6, (form.layer_ids, 2)), **FAST)
     assert np.all(np.bincount(form.layer_ids, weights=res.x) <= 2)
-    res = solve_exact_k(form, 5, "greedy", 0, max_per_group=(form.layer_ids, {0: 0, 1: 4}), **FAST)
+    res = solve_exact_k(form, 5, "greedy", 0, constraint=ExactK.build(12, 5, (form.layer_ids, {0: 0, 1: 4})), **FAST)
     assert res.x[form.layer_ids == 0].sum() == 0
     with pytest.raises(QpruneError, match="at most 6"):
-        solve_exact_k(form, 7, "greedy", 0, max_per_group=(form.layer_ids, 2))
+        ExactK.build(12, 7, (form.layer_ids, 2))
     with pytest.raises(QpruneError, match="negative"):
-        solve_exact_k(form, 1, "greedy", 0, max_per_group=(form.layer_ids, -1))
+        ExactK.build(12, 1, (form.layer_ids, -1))
     with pytest.raises(QpruneError, match="group ids"):
-        solve_exact_k(form, 1, "greedy", 0, max_per_group=(form.layer_ids[:-1], 2))
+        ExactK.build(12, 1, (form.layer_ids[:-1], 2))
 
 
 def test_caps_spanning_components_are_repaired() -> None:
     # groups that cut across the layers: the per-component DP cannot see them; repair must
     form = random_formulation((6, 6, 6), 4)
     group = np.arange(18) % 3
-    res = solve_exact_k(form, 9, "neal", 0, max_per_group=(group, np.array([1, 4, 4])), **FAST)
+    res = solve_exact_k(form, 9, "neal", 0, constraint=ExactK.build(18, 9, (group, np.array([1, 4, 4]))), **FAST)
     counts = np.bincount(group, weights=res.x)
     assert res.k == 9 and counts[0] <= 1 and np.all(counts[1:] <= 4)
 
@@ -391,19 +393,13 @@ def test_progress_bar_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert res.k == 4
 
 
-def test_a_constraint_is_the_same_as_max_per_group() -> None:
-    from qprune.solve.constraint import ExactK
-
+def test_the_constraint_must_fit_the_problem() -> None:
     form = random_formulation((6, 6, 6), 4)
-    group = np.arange(18) % 3
-    caps = (group, np.array([1, 4, 4]))
-    a = solve_exact_k(form, 9, "neal", 0, max_per_group=caps, **FAST)
-    b = solve_exact_k(form, 9, "neal", 0, constraint=ExactK.build(18, 9, caps), **FAST)
-    np.testing.assert_array_equal(a.x, b.x)
+    caps = (np.arange(18) % 3, np.array([1, 4, 4]))
     with pytest.raises(QpruneError, match="n=18, k=9"):
         solve_exact_k(form, 8, "neal", 0, constraint=ExactK.build(18, 9, caps))
-    with pytest.raises(QpruneError, match="not both"):
-        solve_exact_k(form, 9, "neal", 0, constraint=ExactK.build(18, 9, caps), max_per_group=caps)
+    with pytest.raises(QpruneError, match="must be an ExactK"):
+        solve_exact_k(form, 9, "neal", 0, constraint=caps)
 
 
 def test_repair_and_polish_keep_the_constraint() -> None:

@@ -98,13 +98,11 @@ def test_messages_name_the_argument_and_coerce_checks_n_and_k() -> None:
         ExactK.per_layer(np.array([0, 0, 1, 2]), 1, np.array([1, 1]))
     con = ExactK.build(4, 2, (np.array([0, 0, 1, 1]), 1))
     assert ExactK.coerce(4, 2, con) is con
-    built = ExactK.coerce(4, 2, None, (np.array([0, 0, 1, 1]), 1))
-    assert built.group.tolist() == con.group.tolist() and built.cap.tolist() == con.cap.tolist()
     assert not ExactK.coerce(4, 2).capped
+    with pytest.raises(QpruneError, match="must be an ExactK"):
+        ExactK.coerce(4, 2, (np.array([0, 0, 1, 1]), 1))
     with pytest.raises(QpruneError, match="n=4, k=2"):
         ExactK.coerce(4, 3, con)
-    with pytest.raises(QpruneError, match="not both"):
-        ExactK.coerce(4, 2, con, (np.zeros(4), 1))
 
 
 def test_cqm_labels_can_be_chosen() -> None:
@@ -113,3 +111,32 @@ def test_cqm_labels_can_be_chosen() -> None:
     cqm.set_objective(dimod.BinaryQuadraticModel({v: 0.0 for v in "abcd"}, {}, 0.0, "BINARY"))
     con.add_to_cqm(cqm, list("abcd"), count_label="count", cap_label="group_{}")
     assert set(cqm.constraints) == {"count", "group_0"}
+
+
+def test_every_solver_baseline_and_refiner_takes_only_the_one_constraint() -> None:
+    """One feasible set: each entry point that chooses or changes a mask has a ``constraint=``
+    and no other way to give caps, and refuses anything but an ExactK."""
+    import inspect
+
+    from qprune.refine.chunked import refine_chunked
+    from qprune.refine.on_model import refine_mask
+    from qprune.refine.tt import refine
+    from qprune.solve.baselines import greedy_prune, random_prune
+    from qprune.solve.cqm import build_exact_k_cqm, solve_cqm_exact_k
+    from qprune.solve.exact_k import exact_k_search, solve_exact_k
+    from qprune.solve.layerwise import layerwise_search, solve_layerwise
+    from qprune.solve.local import repair_to_k, swap_polish
+    from qprune.solve.lowrank import polish_exact_k
+
+    takers = [greedy_prune, random_prune, solve_exact_k, exact_k_search, solve_layerwise, layerwise_search,
+              build_exact_k_cqm, solve_cqm_exact_k, refine, refine_chunked, refine_mask, repair_to_k, swap_polish,
+              polish_exact_k]
+    for fn in takers:
+        params = inspect.signature(fn).parameters
+        assert "constraint" in params, fn.__name__
+        assert not {"max_per_group", "max_per_layer", "layer_ids", "caps"} & set(params), fn.__name__
+    caps = (np.array([0, 0, 1, 1]), 1)
+    with pytest.raises(QpruneError, match="must be an ExactK"):
+        greedy_prune(np.zeros(4), 2, constraint=caps)
+    with pytest.raises(QpruneError, match="must be an ExactK"):
+        random_prune(4, 2, constraint=caps)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from qprune.errors import QpruneError
+from qprune.solve.constraint import ExactK
 from qprune.solve.layerwise import block_count_curve, solve_layerwise
 from qprune.solve.strategies import solve
 from qprune.instances.synthetic import random_formulation
@@ -68,15 +69,16 @@ def test_heuristic_block_solver_is_exact_on_small_blocks(f3x6, k):
 
 def test_per_layer_caps_as_array_int_and_mapping(f3x6):
     caps = [2, 5, 3]
-    res = solve_layerwise(f3x6, 8, gamma=0.5, max_per_layer=np.array(caps))
+    lids = f3x6.layer_ids
+    res = solve_layerwise(f3x6, 8, gamma=0.5, constraint=ExactK.per_layer(lids, 8, np.array(caps)))
     assert res.energy == pytest.approx(_brute(f3x6, 8, 0.5, caps))
     assert all(res.info["per_layer_counts"][layer] <= c for layer, c in enumerate(caps))
-    res = solve_layerwise(f3x6, 8, gamma=0.5, max_per_layer={0: 2, 1: 5, 2: 3})
+    res = solve_layerwise(f3x6, 8, gamma=0.5, constraint=ExactK.per_layer(lids, 8, {0: 2, 1: 5, 2: 3}))
     assert res.energy == pytest.approx(_brute(f3x6, 8, 0.5, caps))
-    res = solve_layerwise(f3x6, 9, gamma=0.5, max_per_layer=3)
+    res = solve_layerwise(f3x6, 9, gamma=0.5, constraint=ExactK.per_layer(lids, 9, 3))
     assert res.energy == pytest.approx(_brute(f3x6, 9, 0.5, [3, 3, 3]))
     with pytest.raises(QpruneError, match="caps"):
-        solve_layerwise(f3x6, 10, max_per_layer=3)
+        ExactK.per_layer(lids, 10, 3)
 
 
 @pytest.mark.parametrize("brute_force_max", [20, 0])
@@ -84,8 +86,8 @@ def test_cross_layer_couplings_are_merged_exactly(brute_force_max):
     f = random_formulation((6, 6, 6), seed=4, cross_pairs=3)
     assert f.cross is not None and f.cross.nnz
     for k, caps in ((4, None), (9, None), (7, [2, 6, 6])):
-        res = solve_layerwise(f, k, "neal", seed=0, gamma=0.3, max_per_layer=caps,
-                              brute_force_max=brute_force_max)
+        con = None if caps is None else ExactK.per_layer(f.layer_ids, k, np.array(caps))
+        res = solve_layerwise(f, k, "neal", seed=0, gamma=0.3, constraint=con, brute_force_max=brute_force_max)
         assert res.info["merged_blocks"]
         assert res.energy == pytest.approx(_brute(f, k, 0.3, caps), abs=1e-9)
 
@@ -175,7 +177,7 @@ def test_errors_name_the_problem(f3x6):
     with pytest.raises(QpruneError, match="Formulation"):
         solve_layerwise(dimod.BinaryQuadraticModel("BINARY"), 1)
     with pytest.raises(QpruneError, match="max_per_layer"):
-        solve_layerwise(f3x6, 2, max_per_layer=np.array([1, 2]))
+        ExactK.per_layer(f3x6.layer_ids, 2, np.array([1, 2]))
     with pytest.raises(QpruneError, match="strategy"):
         solve(f3x6, 2, strategy="annealing")
 
@@ -211,15 +213,7 @@ def test_qaoa_backend_on_small_blocks():
     assert res.energy == pytest.approx(float(f.energy(X, 0.0)[X.sum(1) == 4].min()))
 
 
-def test_a_constraint_per_layer_is_the_same_as_max_per_layer(f3x6):
-    from qprune.solve.constraint import ExactK
-
-    con = ExactK.per_layer(f3x6.layer_ids, 8, np.array([2, 5, 3]))
-    a = solve_layerwise(f3x6, 8, gamma=0.5, constraint=con)
-    b = solve_layerwise(f3x6, 8, gamma=0.5, max_per_layer=np.array([2, 5, 3]))
-    assert np.array_equal(a.x, b.x) and a.energy == b.energy
+def test_the_caps_must_be_per_layer(f3x6):
     across = ExactK.build(18, 8, (np.arange(18) % 2, 6))  # groups that cut across the layers
     with pytest.raises(QpruneError, match="caps per layer"):
         solve_layerwise(f3x6, 8, constraint=across)
-    with pytest.raises(QpruneError, match="not both"):
-        solve_layerwise(f3x6, 8, constraint=con, max_per_layer=3)

@@ -145,20 +145,20 @@ def test_caps_per_group_are_kept() -> None:
         assert np.all(np.stack([np.bincount(group, weights=m, minlength=4) for m in M]) <= cap)
         return M[:, 8:12].sum(axis=1) + 0.01 * M[:, 0]
 
-    res = refine(seed, f, k, budget=300, max_per_group=(group, cap), seed=0, progress=False)
+    con = ExactK.build(n, k, (group, cap))
+    res = refine(seed, f, k, budget=300, constraint=con, seed=0, progress=False)
     counts = np.bincount(group, weights=res.x, minlength=4)
     assert int(res.x.sum()) == k and np.all(counts <= cap) and counts[2] == 2
-    with pytest.raises(QpruneError, match="max_per_group"):
+    with pytest.raises(QpruneError, match="caps"):
         bad = seed.copy()
         bad[[0, 1, 4]] = 0
         bad[[9, 10, 11]] = 1
-        refine(bad, f, k, budget=10, max_per_group=(group, cap), progress=False)
+        refine(bad, f, k, budget=10, constraint=con, progress=False)
 
 
 
-def test_constraint_is_the_same_as_max_per_group() -> None:
-    """``constraint=ExactK`` and the ``max_per_group=`` convenience are one feasible set: same
-    seed, same search; chunked refinement keeps the caps on the whole mask."""
+def test_the_constraint_holds_and_chunks_keep_it() -> None:
+    """The ExactK is checked against the problem; chunked refinement keeps the caps on the whole mask."""
     n, k = 16, 7
     group = np.repeat(np.arange(4), 4)
     cap = np.array([3, 3, 2, 3])
@@ -168,11 +168,11 @@ def test_constraint_is_the_same_as_max_per_group() -> None:
     f = lambda M: -_energy(M, h, J)
     con = ExactK.build(n, k, (group, cap))
     a = refine(seed, f, k, budget=300, constraint=con, seed=2, progress=False)
-    b = refine(seed, f, k, budget=300, max_per_group=(group, cap), seed=2, progress=False)
+    b = refine(seed, f, k, budget=300, constraint=con, seed=2, progress=False)
     np.testing.assert_array_equal(a.x, b.x)
     assert a.trace == b.trace and a.proposals == b.proposals and con.ok(a.x)
-    with pytest.raises(QpruneError, match="not both"):
-        refine(seed, f, k, budget=10, constraint=con, max_per_group=(group, cap), progress=False)
+    with pytest.raises(QpruneError, match="must be an ExactK"):
+        refine(seed, f, k, budget=10, constraint=(group, cap), progress=False)
     with pytest.raises(QpruneError, match="k=6"):
         refine(seed, f, k, budget=10, constraint=con.with_k(6), progress=False)
     res = refine_chunked(seed, f, k, [np.arange(8), np.arange(8, 16)], budget=200, constraint=con, seed=0,

@@ -35,11 +35,10 @@ def test_the_table_gives_what_the_functions_give() -> None:
     f = random_formulation((7, 8, 6), seed=2)
     con = ExactK.build(f.num_variables, 8, (f.layer_ids, np.array([2, 5, 5])))
     a = get_strategy("gamma").solve(f, 8, "neal", 3, constraint=con, options={"search_reads": 5, "final_reads": 10})
-    b = solve_exact_k(f, 8, "neal", 3, max_per_group=(f.layer_ids, np.array([2, 5, 5])), search_reads=5,
-                      final_reads=10)
+    b = solve_exact_k(f, 8, "neal", 3, constraint=con, search_reads=5, final_reads=10)
     np.testing.assert_array_equal(a.x, b.x)
     assert a.x[f.layer_ids == 0].sum() <= 2
     c = solve(f, 8, "neal", strategy="layerwise", seed=1, constraint=con, gamma=0.2)
-    d = solve_layerwise(f, 8, "neal", 1, gamma=0.2, max_per_layer=np.array([2, 5, 5]))
+    d = solve_layerwise(f, 8, "neal", 1, gamma=0.2, constraint=con)
     np.testing.assert_array_equal(c.x, d.x)
     assert c.energy == d.energy

@@ -97,7 +97,9 @@ def test_two_workers_share_one_postgres_study(postgres: str, tmp_path: Path) -> 
     study = open_study(postgres, "two-workers")
     numbers = sorted(t.number for t in study.trials)
     assert numbers == list(range(6))                                   # none lost, none duplicated
-    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    # finished, either run to the end or stopped early by the median pruner; none failed or left running
+    assert {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
+    assert any(t.state.name == "COMPLETE" for t in study.trials)
     params = {tuple(sorted(t.params.items())) for t in study.trials}
     assert len(params) == 6                                            # the workers proposed different weights
     assert result["n_trials"] == 6 and result["best_value"] == pytest.approx(study.best_value)

@@ -42,8 +42,6 @@ def test_vectors_over_units() -> None:
     assert space.layer_ids.tolist() == [0] * 4 + [1] * 5
     assert space.layer_sizes.tolist() == [4, 5]
     assert space.max_pruned_per_layer.tolist() == [3, 4]
-    ids, caps = space.max_per_group()
-    assert ids.tolist() == space.layer_ids.tolist() and caps.tolist() == [3, 4]
     assert space.layer_units("b").tolist() == [4, 5, 6, 7, 8] == space.layer_units(1).tolist()
     # a:c removes its 27 weights + bias and b's 5 x 3 x 3 input column; b:c its 36 weights and c's input
     assert space.params.tolist() == [28 + 45] * 4 + [36 + 2] * 5

@@ -161,10 +161,6 @@ class FilterSpace:
         """int [n_layers]: at most this many units of each layer may be pruned (``size - min_keep``)."""
         return np.maximum(self.layer_sizes - self.min_keep, 0)
 
-    def max_per_group(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(group id per unit, max pruned per group)`` for :func:`qprune.solve.exact_k.solve_exact_k`."""
-        return self.layer_ids, self.max_pruned_per_layer
-
     def layer_units(self, layer: int | str) -> np.ndarray:
         """Indices of the units of one layer (by id or root path)."""
         lid = self.layers.index(layer) if isinstance(layer, str) else int(layer)

@@ -61,8 +61,8 @@ class BudgetRequest:
 
 def budget_limits(space: FilterSpace, request: BudgetRequest) -> ExactK:
     """The space's per-layer limits under a request (``min_keep`` of the space, then the request's)."""
-    return ExactK.layer_limits(space.layer_ids, 0, min_keep=space.min_keep, min_keep_frac=request.min_keep_frac,
-                               max_prune=request.max_prune, round_to=request.round_to)
+    return ExactK.for_space(space, 0, min_keep_frac=request.min_keep_frac, max_prune=request.max_prune,
+                            round_to=request.round_to)
 
 
 def select_budget_mask(space: FilterSpace, signals: Signals, method: str, request: BudgetRequest,

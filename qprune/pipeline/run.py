@@ -273,11 +273,7 @@ def _budget_request(budget: Any, sparsity: float | None, k: int | None, min_keep
 
 def constraint_of(space: FilterSpace, k: int) -> ExactK:
     """Exactly ``k`` of the space's units, at most ``max_pruned_per_layer`` from each layer."""
-    caps = space.max_pruned_per_layer
-    if k > int(caps.sum()):
-        raise QpruneError(f"k={k} exceeds the {int(caps.sum())} units that may go while keeping "
-                          f"min_keep={space.min_keep} per layer")
-    return ExactK.per_layer(space.layer_ids, k, caps)
+    return ExactK.for_space(space, k)
 
 
 def select_mask(prep: Prepared, method: str, k: int, options: MethodOptions | None = None, *,

@@ -95,7 +95,6 @@ def refine_chunked(
     budget: int = 20_000,
     rounds: int = 1,
     constraint: ExactK | None = None,
-    max_per_group: tuple[Any, Any] | None = None,
     labels: Sequence[str] | None = None,
     seed: int | None = 0,
     progress: bool = True,
@@ -109,8 +108,8 @@ def refine_chunked(
     chunks in proportion to chunk size (what one stage leaves unused goes to the next). Every
     stage starts from the best mask so far and full masks are cached across stages, so the
     result never scores below the seed. ``options`` go to :func:`refine` (batch, elites, lr,
-    rank, exact_k, ...); the ``constraint`` (or one built from ``max_per_group``) is enforced on
-    the whole mask, each chunk getting its restriction (:meth:`ExactK.restrict`).
+    rank, exact_k, ...); the ``constraint`` is enforced on the whole mask, each chunk getting its
+    restriction (:meth:`ExactK.restrict`).
     """
     t0 = time.perf_counter()
     x = as_mask(seed_sample, labels)
@@ -120,7 +119,7 @@ def refine_chunked(
     idx_groups = _index_groups(groups, n)
     if rounds < 1 or budget < 1:
         raise QpruneError(f"need rounds >= 1 and budget >= 1, got {rounds}, {budget}")
-    full = feasible_seed(x, k, constraint, max_per_group)
+    full = feasible_seed(x, k, constraint)
     seed = fresh_seed(seed)
 
     fobj = _FullObjective(objective)

@@ -41,8 +41,8 @@ def refine_mask(
     the pipeline's ``Workload`` (``validation``, ``metrics`` + ``primary``); ``batches`` /
     ``metric`` override what it provides. A :class:`qprune.refine.scoring.MaskScorer` (batched,
     exact, cached) scores the masks. The feasible set is ``constraint`` (an
-    :class:`~qprune.solve.constraint.ExactK` for ``(space.N, k)``), else ``max_per_group=`` in
-    ``options``, else the per-layer limit ``space.max_pruned_per_layer`` when the space has one.
+    :class:`~qprune.solve.constraint.ExactK` for ``(space.N, k)``), else the space's own
+    (``ExactK.for_space(space, k)``).
     ``chunked=True`` runs :func:`~qprune.refine.chunked.refine_chunked` over consecutive-layer
     chunks of about ``group_size`` units (:func:`~qprune.refine.chunked.layer_groups`);
     otherwise :func:`~qprune.refine.tt.refine` on the whole mask. ``options`` go to the stage;
@@ -52,9 +52,8 @@ def refine_mask(
     x0 = as_mask(seed_mask, list(space.labels) if isinstance(seed_mask, Mapping) else None)
     if x0.size != space.N:
         raise QpruneError(f"seed mask has {x0.size} entries, the filter space {space.N}")
-    caps = getattr(space, "max_pruned_per_layer", None)
-    if constraint is None and caps is not None and "max_per_group" not in options:
-        constraint = ExactK.build(x0.size, k, (np.asarray(space.layer_ids), np.asarray(caps)))
+    if constraint is None:
+        constraint = ExactK.for_space(space, k)
     scorer = MaskScorer(model, space, val_batches, metric_fn, progress=False, **dict(scorer_options or {}))
     try:
         if chunked:

@@ -105,13 +105,11 @@ def _check(k: int, n: int, x0: np.ndarray, budget: int) -> None:
         raise QpruneError(f"budget must be >= 1 evaluation, got {budget}")
 
 
-def feasible_seed(
-    x0: np.ndarray, k: int, constraint: ExactK | None, max_per_group: tuple[Any, Any] | None
-) -> ExactK:
-    """The constraint (``constraint``, else one built from ``max_per_group``), checked on the seed."""
-    con = ExactK.coerce(x0.size, k, constraint, max_per_group)
+def feasible_seed(x0: np.ndarray, k: int, constraint: ExactK | None) -> ExactK:
+    """The constraint (None: exactly k, no caps), checked on the seed."""
+    con = ExactK.coerce(x0.size, k, constraint)
     if not con.ok(x0):
-        raise QpruneError("seed mask breaks max_per_group (too many pruned units in a group)")
+        raise QpruneError("seed mask breaks the constraint's caps (too many pruned units in a group)")
     return con
 
 
@@ -137,7 +135,6 @@ def refine(
     mutations: float = 0.1,
     spread: float = 2.0,
     constraint: ExactK | None = None,
-    max_per_group: tuple[Any, Any] | None = None,
     labels: Sequence[str] | None = None,
     time_limit: float | None = None,
     seed: int | None = 0,
@@ -161,9 +158,8 @@ def refine(
         spread: mean number of coordinates in which a sample of the initial TT differs from the
             seed (sets how sharply the initial TT is peaked at the seed).
         constraint: the feasible set, an :class:`~qprune.solve.constraint.ExactK` for ``(N, k)``
-            (exactly ``k`` ones, per-group caps); the seed must respect it and so does the result.
-        max_per_group: instead of ``constraint``: ``(group id per variable, max ones per group)``,
-            e.g. ``(layer_ids, space.max_pruned_per_layer)`` (built with ``ExactK.build``).
+            (exactly ``k`` ones, per-group caps; ``ExactK.for_space(space, k)`` for a filter space);
+            the seed must respect it and so does the result.
         labels: variable order for a mapping ``seed_sample``.
         time_limit: stop after this many seconds (checked between batches).
         seed: randomness (TT sampling, exploration, mutations, repair tie-breaks); ``None`` draws
@@ -180,7 +176,7 @@ def refine(
     settings = Settings(batch, elites, lr, rank, seed_iters, rho, exact_k, explore, mutations, spread)
     _check(k, n, x0, budget)
     settings.check()
-    con = feasible_seed(x0, k, constraint, max_per_group)
+    con = feasible_seed(x0, k, constraint)
     seed = fresh_seed(seed)
 
     ev = Evaluator(objective, con, budget, progress, "tt-refine")

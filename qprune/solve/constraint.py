@@ -107,15 +107,24 @@ class ExactK:
         return c[((size - c) % self.round_to == 0) | (c == 0)]
 
     @classmethod
-    def coerce(cls, n: int, k: int, constraint: ExactK | None = None, max_per_group: Any = None) -> ExactK:
-        """``constraint`` checked against ``(n, k)``, else :meth:`build` from ``max_per_group``.
+    def for_space(cls, space: Any, k: int = 0, *, min_keep_frac: float | None = None, max_prune: Any = None,
+                  round_to: int = 1) -> ExactK:
+        """The feasible set of a filter space: exactly ``k`` of its units, at most
+        ``space.max_pruned_per_layer`` of each layer (its ``min_keep``), and the budget limits
+        (:meth:`layer_limits`; a budget solve ignores ``k``). The one place a space's caps are made."""
+        caps = np.asarray(space.max_pruned_per_layer)
+        if int(k) > int(caps.sum()):
+            raise QpruneError(f"k={k} exceeds the {int(caps.sum())} units that may go while keeping "
+                              f"min_keep={space.min_keep} per layer")
+        return cls.layer_limits(space.layer_ids, k, min_keep=space.min_keep, min_keep_frac=min_keep_frac,
+                                max_prune=max_prune, round_to=round_to)
 
-        What solvers call with their ``constraint=`` and the older ``max_per_group=`` convenience.
-        """
+    @classmethod
+    def coerce(cls, n: int, k: int, constraint: ExactK | None = None) -> ExactK:
+        """``constraint`` checked against ``(n, k)`` (None: exactly k, no caps); what every solver,
+        baseline and refiner calls on its ``constraint=`` (the one form the caps take)."""
         if constraint is None:
-            return cls.build(n, k, max_per_group)
-        if max_per_group is not None:
-            raise QpruneError("give either constraint or max_per_group, not both")
+            return cls.build(n, k)
         if not isinstance(constraint, ExactK):
             raise QpruneError(f"constraint must be an ExactK, got {type(constraint).__name__}")
         if (constraint.n, constraint.k) != (int(n), int(k)):

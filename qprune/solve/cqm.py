@@ -28,30 +28,28 @@ def _binary(bqm: dimod.BinaryQuadraticModel) -> dimod.BinaryQuadraticModel:
     return bqm if bqm.vartype is dimod.BINARY else bqm.change_vartype(dimod.BINARY, inplace=False)
 
 
-def _exact_k(bqm: dimod.BinaryQuadraticModel, k: int, constraint: ExactK | None, max_per_group: Any) -> ExactK:
+def _exact_k(bqm: dimod.BinaryQuadraticModel, k: int, constraint: ExactK | None) -> ExactK:
     n = bqm.num_variables
     if not 0 <= k <= n:
         raise QpruneError(f"k={k} must lie in [0, {n}] for a {n}-variable problem")
-    return ExactK.coerce(n, k, constraint, max_per_group)
+    return ExactK.coerce(n, k, constraint)
 
 
 def build_exact_k_cqm(objective_bqm: dimod.BinaryQuadraticModel, k: int, *,
-                      constraint: ExactK | None = None,
-                      max_per_group: tuple[np.ndarray, Any] | None = None) -> dimod.ConstrainedQuadraticModel:
+                      constraint: ExactK | None = None) -> dimod.ConstrainedQuadraticModel:
     """The CQM ``min objective_bqm(x)  s.t.  sum(x) == k`` (+ ``sum_{i in g} x_i <= cap_g``).
 
     Args:
         objective_bqm: the objective (a Formulation's ``objective_bqm()``: no gamma term); a SPIN
             model is converted to BINARY.
         k: number of variables set to one (filters pruned).
-        constraint: an :class:`ExactK` over ``objective_bqm.variables`` (in that order), or
-        max_per_group: ``(group id per variable, max ones per group)`` to build one.
+        constraint: an :class:`ExactK` over ``objective_bqm.variables`` (in that order; None: no caps).
 
     The count constraint is labelled ``"count"``, the caps ``"group_<g>"`` (g the group's index);
     a cap at or above its group's size constrains nothing and is left out.
     """
     objective_bqm = _binary(objective_bqm)
-    con = _exact_k(objective_bqm, k, constraint, max_per_group)
+    con = _exact_k(objective_bqm, k, constraint)
     cqm = dimod.ConstrainedQuadraticModel()
     cqm.set_objective(objective_bqm)
     con.add_to_cqm(cqm, list(objective_bqm.variables), count_label="count", cap_label="group_{}")
@@ -61,7 +59,6 @@ def build_exact_k_cqm(objective_bqm: dimod.BinaryQuadraticModel, k: int, *,
 def solve_cqm_exact_k(objective_bqm: dimod.BinaryQuadraticModel, k: int, *,
                       sampler: Any | None = None, time_limit: float | None = None,
                       constraint: ExactK | None = None,
-                      max_per_group: tuple[np.ndarray, Any] | None = None,
                       label: str = "qprune exact-k", **config: Any) -> ExactKResult:
     """Exact-k on a CQM solver: the count is a constraint, no gamma search.
 
@@ -72,7 +69,7 @@ def solve_cqm_exact_k(objective_bqm: dimod.BinaryQuadraticModel, k: int, *,
             (a missing token is a one-line error). ``dimod.ExactCQMSolver()`` works offline for
             tiny problems.
         time_limit: seconds for the hybrid solver (None: its minimum).
-        constraint / max_per_group: the group caps, see :func:`build_exact_k_cqm`.
+        constraint: the group caps, see :func:`build_exact_k_cqm`.
 
     Returns:
         :class:`ExactKResult` with ``gamma=0.0`` and ``bqm=objective_bqm`` (BINARY); the best
@@ -82,7 +79,7 @@ def solve_cqm_exact_k(objective_bqm: dimod.BinaryQuadraticModel, k: int, *,
     t0 = time.perf_counter()
     objective_bqm = _binary(objective_bqm)
     order = list(objective_bqm.variables)
-    con = _exact_k(objective_bqm, k, constraint, max_per_group)
+    con = _exact_k(objective_bqm, k, constraint)
     cqm = build_exact_k_cqm(objective_bqm, k, constraint=con)
     if sampler is None:
         sampler = cqm_sampler(**config)

@@ -57,7 +57,6 @@ def solve_exact_k(
     search_reads: int = 15,
     final_reads: int = 100,
     constraint: ExactK | None = None,
-    max_per_group: tuple[np.ndarray, Any] | None = None,
     polish: bool = True,
     progress: bool = False,
     sampler_params: Mapping[str, Any] | None = None,
@@ -78,9 +77,7 @@ def solve_exact_k(
         max_iter: gamma iterations at most (paper: 20). tol: stop when the bracket is narrower than
             ``tol * |gamma|``. search_reads / final_reads: reads per search solve / for the final solve.
         constraint: the :class:`~qprune.solve.constraint.ExactK` (n, k and group caps) every
-            candidate and the final result respect.
-        max_per_group: the older form of the caps, ``(group id per variable, max pruned per group)``
-            with the max as a scalar, an array indexed by group id, or a mapping (builds an ExactK).
+            candidate and the final result respect (None: exactly k, no caps).
         polish: run the pair-swap local search on the final state.
         progress: show a tqdm bar. sampler_params: extra keyword arguments for every ``sample`` call.
         recombine: combine per-component states across reads and solves (exact DP over counts).
@@ -92,8 +89,7 @@ def solve_exact_k(
     options = GammaOptions(max_iter=max_iter, tol=tol, search_reads=search_reads, final_reads=final_reads,
                            polish=polish, recombine=recombine, warm_start=warm_start)
     return exact_k_search(build, k, backend, seed, reward=reward, constraint=constraint,
-                          max_per_group=max_per_group, sampler_params=sampler_params, progress=progress,
-                          options=options)
+                          sampler_params=sampler_params, progress=progress, options=options)
 
 
 def exact_k_search(
@@ -104,7 +100,6 @@ def exact_k_search(
     *,
     reward: np.ndarray | Mapping[Hashable, float] | None = None,
     constraint: ExactK | None = None,
-    max_per_group: tuple[np.ndarray, Any] | None = None,
     sampler_params: Mapping[str, Any] | None = None,
     progress: bool = False,
     options: GammaOptions | None = None,
@@ -118,7 +113,7 @@ def exact_k_search(
     arrs = QuboArrays.from_bqm(bqm0, base_reward if reward is None else reward, labels_hint)
     k = _check_k(k, arrs.n)
     options.check()
-    con = ExactK.coerce(arrs.n, k, constraint, max_per_group)
+    con = ExactK.coerce(arrs.n, k, constraint)
     call = SamplerCall.of(backend, sampler_params)
     info: dict[str, Any] = {
         "backend": call.name, "n": arrs.n, "k": k, "seed": seed, "recombine": options.recombine,

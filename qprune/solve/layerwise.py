@@ -125,7 +125,6 @@ def solve_layerwise(
     *,
     gamma: float | None = None,
     constraint: ExactK | None = None,
-    max_per_layer: int | np.ndarray | Mapping[int, int] | None = None,
     n_jobs: int | None = None,
     sampler_params: Mapping[str, Any] | None = None,
     progress: bool = False,
@@ -151,9 +150,8 @@ def solve_layerwise(
         seed: seeds every backend call (the same seed gives the same mask, whatever ``n_jobs``).
         gamma: the capacity weight the energy is minimised at; None: the gamma at which the exact
             per-layer Lagrangian relaxation first prunes k units (see the module docstring).
-        constraint: an :class:`~qprune.solve.constraint.ExactK` whose groups are the layers.
-        max_per_layer: the older form of the caps: max units pruned per layer, an int, an array
-            indexed by layer id, or a mapping (builds an ExactK).
+        constraint: an :class:`~qprune.solve.constraint.ExactK` whose groups are the layers (None:
+            exactly k, no caps).
         n_jobs: worker count (None: the idle cores when there is enough work, else 1). Named
             backends run in processes, sampler instances in threads.
         sampler_params: extra keyword arguments for every backend call (e.g. ``num_sweeps``).
@@ -186,8 +184,8 @@ def solve_layerwise(
                                reads=reads, focus_rounds=focus_rounds, focus_steps=focus_steps,
                                tabu_iters=tabu_iters, tabu_max=tabu_max, focus_window=focus_window,
                                batch_variables=batch_variables)
-    return layerwise_search(formulation, k, backend, seed, constraint=constraint, max_per_layer=max_per_layer,
-                            sampler_params=sampler_params, progress=progress, options=options)
+    return layerwise_search(formulation, k, backend, seed, constraint=constraint, sampler_params=sampler_params,
+                            progress=progress, options=options)
 
 
 def layerwise_search(
@@ -197,7 +195,6 @@ def layerwise_search(
     seed: int | None = 0,
     *,
     constraint: ExactK | None = None,
-    max_per_layer: Any = None,
     sampler_params: Mapping[str, Any] | None = None,
     progress: bool = False,
     options: LayerwiseOptions | None = None,
@@ -211,7 +208,7 @@ def layerwise_search(
     if not 0 <= k <= n:
         raise QpruneError(f"k={k} must lie in [0, {n}]")
     check_blocks_cover(formulation)
-    caps = _layer_caps(np.asarray(formulation.layer_ids), k, constraint, max_per_layer)
+    caps = _layer_caps(np.asarray(formulation.layer_ids), k, constraint)
     plan = _plan(backend, seed, sampler_params, progress, options)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -322,14 +319,9 @@ def _block_allowed(block: Block, curve: Curve, limits: ExactK) -> np.ndarray:
     return np.asarray(ok, dtype=np.int64)
 
 
-def _layer_caps(lid: np.ndarray, k: int, constraint: ExactK | None, max_per_layer: Any) -> dict[int, int]:
-    """Max pruned per layer id, from the constraint (whose groups must be the layers) or ``max_per_layer``."""
-    if constraint is None:
-        con = ExactK.per_layer(lid, k, max_per_layer)
-    elif max_per_layer is not None:
-        raise QpruneError("give either constraint or max_per_layer, not both")
-    else:
-        con = ExactK.coerce(lid.size, k, constraint)
+def _layer_caps(lid: np.ndarray, k: int, constraint: ExactK | None) -> dict[int, int]:
+    """Max pruned per layer id, from the constraint (whose groups must be the layers)."""
+    con = ExactK.coerce(lid.size, k, constraint)
     layers, sizes = np.unique(lid, return_counts=True)
     if not con.capped:
         return {int(lay): int(s) for lay, s in zip(layers, sizes)}
