@@ -25,7 +25,7 @@ install: $(STAMP)
 # The bundled denoiser at four MACs budgets, every method: out/demo/compare.{md,json,png} (the curve) and figure.png
 # (one test image: noisy / unpruned / best QUBO / best greedy / clean). docs/img/ holds the committed run's pictures.
 demo: $(STAMP)
-	$(VENV)/bin/qprune compare --problem denoise --budget macs=0.8,0.6,0.5,0.4 \
+	$(VENV)/bin/qprune compare --problem denoise --budget macs=0.9,0.8,0.7,0.6,0.5,0.4 \
 	    --methods random,taylor-greedy,fisher-greedy,hybrid-qubo,fisher-qubo --no-remove --figure --out out/demo
 
 test: $(STAMP)

@@ -10,7 +10,7 @@ import torch
 import qprune.problems as problems
 from qprune.cli import main
 from qprune.errors import QpruneError
-from qprune.pipeline.figures import COLUMNS, TITLE_PX, write_comparison_figure
+from qprune.pipeline.figures import COLUMNS, TITLE_PX, typical_image, write_comparison_figure
 from qprune.problems.metrics import psnr
 
 
@@ -53,3 +53,25 @@ def test_prune_figure_on_a_classifier_fails_before_pruning(tmp_path, capsys):
     fig = tmp_path / "fig.png"
     assert main(["prune", "--problem", "classify", "--sparsity", "0.3", "--figure", str(fig), "-q"]) == 2
     assert "image-to-image" in capsys.readouterr().err and not fig.exists()
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, s: float) -> None:
+        super().__init__()
+        self.s = s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.s
+
+
+def test_typical_image_is_the_one_with_the_median_lead():
+    g = torch.Generator().manual_seed(0)
+    y = torch.rand(5, 3, 16, 16, generator=g) * 0.5 + 0.25
+    # each image gets its own brightness error, so the two models' PSNR gap differs per image
+    x = torch.stack([y[i] * (1.0 + 0.02 * (i + 1)) for i in range(5)])
+    batches = [(x[:2], y[:2]), (x[2:], y[2:])]
+    a, b = torch.nn.Identity(), _Scale(0.9)
+    gaps = [psnr(x[i:i + 1], y[i:i + 1]) - psnr((0.9 * x[i:i + 1]).clamp(0, 1), y[i:i + 1]) for i in range(5)]
+    want = int(np.argsort(gaps)[2])
+    (xi, yi), = typical_image(a, b, batches)
+    assert torch.equal(xi, x[want:want + 1]) and torch.equal(yi, y[want:want + 1])

@@ -41,9 +41,9 @@ def test_readme_commands_run_in_order(tmp_path, monkeypatch, capsys):
         err = capsys.readouterr().err
         assert code == 0, f"`{cmd}` exited {code}: {err.strip().splitlines()[-1:] }"
     # what the commands promise to write
-    for name in ("digits.pt", "pruned.pt2", "recipe.json", "report.md", "qubo.lp", "qubo.json", "sample.json",
+    for name in ("digits.pt", "pruned.pt2", "recipe.json", "report.md", "qubo.json", "sample.json",
                  "applied.md", "finetuned.pt2", "finetuned.md", "cmp/compare.md", "cmp/compare.png", "weights.json", "study.db", "budget.cqm",
-                 "budget_recipe.json", "budget_sample.json", "cmp_budget/compare.png"):
+                 "budget_recipe.json", "budget_sample.json"):
         assert (tmp_path / name).is_file(), name
 
 
@@ -65,8 +65,29 @@ def test_make_demo_recipe_runs(tmp_path, monkeypatch, capsys):
     assert argv[0].endswith("qprune")
     monkeypatch.chdir(tmp_path)
     assert main(argv[1:] + ["--quiet"]) == 0
-    out = argv[argv.index("--out") + 1]
-    assert (tmp_path / out / "compare.md").is_file()
+    out = tmp_path / argv[argv.index("--out") + 1]
+    for name in ("compare.md", "compare.json", "compare.png", "figure.png"):
+        assert (out / name).is_file(), name
+    # the README's demo table is what this code's demo prints (selection times aside)
+    shown, made = _demo_table(README), _demo_table((out / "compare.md").read_text())
+    assert shown.keys() == made.keys() and len(shown) >= 5
+    for method, values in made.items():
+        assert shown[method][:-1] == pytest.approx(values[:-1], abs=0.02), method
+
+
+def _demo_table(text: str) -> dict[str, list[float]]:
+    """The first ``| psnr | ...`` pivot table in ``text``: method -> its numbers, the time last."""
+    block = text.split("| psnr |", 1)[1].split("\n\n", 1)[0]
+    rows = {}
+    for line in block.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0]] = [float(c) if c not in ("–", "-") else float("nan") for c in cells[1:]]
+    return rows
+
+
+def test_readme_shows_the_demo_pictures():
+    for name in ("demo_curve.png", "demo_images.png"):
+        assert f"docs/img/{name}" in README and (ROOT / "docs" / "img" / name).is_file(), name
 
 
 def test_readme_make_targets_exist_and_bench_paper_uses_the_shipped_checkpoint():

@@ -87,7 +87,8 @@ def build_space(
         verify: check gate == removal with one unit of each layer pruned; drop failing layers.
 
     Raises:
-        QpruneError: bad ``layers``/``min_keep``/``residual_branches``, or nothing left to prune.
+        QpruneError: bad ``layers``/``min_keep``/``residual_branches``, a model that does not run
+            on ``example_inputs`` (one line with what it raised), or nothing left to prune.
     """
     if isinstance(min_keep, bool) or not isinstance(min_keep, (int, np.integer)) or min_keep < 1:
         raise QpruneError(f"min_keep must be an integer >= 1, got {min_keep!r}")
@@ -95,8 +96,9 @@ def build_space(
         raise QpruneError(f"residual_branches must be 'auto', True or False, got {residual_branches!r}")
     if isinstance(exclude, str):
         exclude = (exclude,)
+    inputs = as_tuple(example_inputs)
+    _check_runs(model, inputs)
     with paused_gc():  # many small objects, all alive until the space is built
-        inputs = as_tuple(example_inputs)
         attn = _attention_modules(model, inputs) if heads else {}
         dg, extent, rank = trace_with_extents(model, inputs)
         linear_roots: bool | set[str] = (include_linear if include_linear is not None
@@ -127,6 +129,21 @@ def build_space(
         reasons = "; ".join(f"{k}: {v}" for k, v in list(space.excluded.items())[:6])
         raise QpruneError(f"no prunable units found (layers={layers!r}, exclude={tuple(exclude)!r}). {reasons}")
     return space
+
+
+def _check_runs(model: nn.Module, inputs: tuple) -> None:
+    """A model that fails on the example input fails here, in one line, before any tracing."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(*inputs)
+    except Exception as exc:  # whatever the model raises is the user's to see, in one line
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs if isinstance(t, torch.Tensor))
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise QpruneError(f"the model does not run on example inputs of shape {shapes}: "
+                          f"{type(exc).__name__}: {first[:160]}") from exc
+    finally:
+        model.train(was_training)
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:

@@ -19,7 +19,7 @@ from qprune.atomic import atomic_open, write_json
 from qprune.errors import QpruneError
 from qprune.pipeline.budgeted import BudgetRequest
 from qprune.model.masking import apply_mask
-from qprune.pipeline.figures import write_figure
+from qprune.pipeline.figures import typical_image, write_figure
 from qprune.pipeline.methods import MethodOptions, method_spec, method_weights
 from qprune.pipeline.run import Prepared, prepare, resolve_k, run_method, tune_weights
 from qprune.pipeline.report import aggregate, compare_markdown, machine_info, pivot_markdown, plot_metric_vs_sparsity
@@ -222,7 +222,9 @@ def compare_methods(
             payload["figure"] = _figure(prep, rows, out_dir / "figure.png", metric_keys[0])
         write_json(out_dir / "compare.json", payload)
         if metric_keys:
-            plot_metric_vs_sparsity(rows, metric_keys[0], out_dir / "compare.png", title=title,
+            kind = f"{budgets[0].split('=', 1)[0]} budgets" if budgets else "sparsities"
+            plot_metric_vs_sparsity(rows, metric_keys[0], out_dir / "compare.png",
+                                    title=f"{getattr(problem, 'name', 'model')}: methods at equal {kind}",
                                     x="macs_kept" if budgets else "sparsity", reference=agg[0].get(metric_keys[0]))
     return table
 
@@ -239,7 +241,8 @@ def unpruned_row(row: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
 
 
 def _figure(prep: Prepared, rows: list[dict[str, Any]], path: Path, metric: str) -> dict[str, Any]:
-    """figure.png at the most pruned target: the best QUBO and the best greedy method of the first seed."""
+    """figure.png at the most pruned target: the best QUBO and the best greedy method of the first seed,
+    on the test image where the QUBO's lead is its median lead."""
     last = rows[-1]["budget"] if "budget" in rows[-1] else rows[-1]["sparsity"]
     at = [r for r in rows if r.get("budget", r["sparsity"]) == last and r["seed"] == rows[0]["seed"]]
     columns = [("unpruned", prep.model)]
@@ -250,8 +253,9 @@ def _figure(prep: Prepared, rows: list[dict[str, Any]], path: Path, metric: str)
             gated = apply_mask(copy.deepcopy(prep.model), prep.space, unpack_mask(best["mask"], prep.space.N),
                                mode="gate")
             columns.append((best["method"], gated))
-    title = f"at {last}" if isinstance(last, str) else f"{last:.0%} of the units pruned"
-    info = write_figure(path, columns, prep.work.test, images=1, panel_px=160, title=title)
+    title = f"pruned at {last}" if isinstance(last, str) else f"{last:.0%} of the units pruned"
+    test = prep.work.test if len(columns) < 3 else typical_image(columns[1][1], columns[2][1], prep.work.test)
+    info = write_figure(path, columns, test, images=1, panel_px=240, title=title)
     return {**info, "target": last}
 
 

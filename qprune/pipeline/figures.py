@@ -23,7 +23,7 @@ from qprune.atomic import atomic_open
 from qprune.errors import QpruneError
 from qprune.problems.metrics import psnr
 
-__all__ = ["COLUMNS", "TITLE_PX", "check_image_batches", "write_comparison_figure", "write_figure"]
+__all__ = ["COLUMNS", "TITLE_PX", "check_image_batches", "typical_image", "write_comparison_figure", "write_figure"]
 
 COLUMNS = ("noisy", "unpruned", "pruned", "clean")
 TITLE_PX = 28  #: height of the title band above each panel, in pixels
@@ -51,6 +51,30 @@ def _pick(batches: Sequence[Batch], images: int) -> tuple[torch.Tensor, torch.Te
     return xs[idx], ys[idx]
 
 
+@torch.inference_mode()
+def typical_image(a: nn.Module, b: nn.Module, batches: Sequence[Batch]) -> list[Batch]:
+    """The one test pair on which ``a`` leads ``b`` by the median of its per-image PSNR leads, so a
+    one-image figure shows the usual difference between two models, not the best or worst case."""
+    check_image_batches(batches)
+    xs = torch.cat([x for x, _ in batches])
+    ys = torch.cat([y for _, y in batches])
+    gaps = []
+    for i in range(xs.shape[0]):
+        x, y = xs[i:i + 1], ys[i:i + 1]
+        gaps.append(psnr(_run(a, x), y) - psnr(_run(b, x), y))
+    i = int(np.argsort(gaps)[(len(gaps) - 1) // 2])
+    return [(xs[i:i + 1], ys[i:i + 1])]
+
+
+def _run(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    was = net.training
+    net.eval()
+    try:
+        return net(x).clamp(0.0, 1.0)
+    finally:
+        net.train(was)
+
+
 def _as_rgb(t: torch.Tensor) -> np.ndarray:
     a = t.detach().float().clamp(0.0, 1.0).cpu().numpy()
     a = np.transpose(a, (1, 2, 0))
@@ -75,7 +99,7 @@ def write_comparison_figure(
         batches: ``(noisy, clean)`` test batches; images are taken evenly spread over them.
         images: rows of the figure (at most the number of test images).
         panel_px: side of each image panel in pixels.
-        title: optional line drawn in the first title band's left corner (none by default).
+        title: optional words after "clean" in the last panel's caption (none by default).
 
     Returns:
         ``{"path", "images", "panel_px", "width_px", "height_px", "psnr"}`` where ``psnr`` holds, per
@@ -106,14 +130,7 @@ def write_figure(
         raise QpruneError(f"figure {str(path)!r}: the file name must end in .png")
     check_image_batches(batches)
     x, y = _pick(batches, int(images))
-    outs = []
-    for _, net in models:
-        was = net.training
-        net.eval()
-        try:
-            outs.append(net(x).clamp(0.0, 1.0))
-        finally:
-            net.train(was)
+    outs = [_run(net, x) for _, net in models]
     names = ["noisy", *(label for label, _ in models), "clean"]
     cols = [x, *outs, y]
     scores = [[psnr(c[i:i + 1], y[i:i + 1]) for c in cols[:-1]] for i in range(x.shape[0])]
@@ -126,11 +143,9 @@ def write_figure(
             ax = fig.add_axes((left, bottom, panel_px / width, panel_px / height))
             ax.imshow(_as_rgb(cols[c][r]), interpolation="nearest")
             ax.set_axis_off()
-            label = name if c == len(names) - 1 else f"{name} {scores[r][c]:.2f} dB"
+            label = f"{name} {scores[r][c]:.2f} dB" if c < len(names) - 1 else (f"{name} ({title})" if title else name)
             fig.text(left + 0.5 * panel_px / width, bottom + (panel_px + TITLE_PX / 2) / height, label,
                      ha="center", va="center", fontsize=9)
-    if title:
-        fig.text(2 / width, 1 - 2 / height, title, ha="left", va="top", fontsize=6, color="0.4")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=_DPI)
