@@ -10,12 +10,12 @@ import pytest
 
 from qprune.errors import QpruneError
 from qprune.instances.synthetic import random_formulation
-from qprune.solve.block_moves import greedy_curve, polish, swap_deltas, tabu
+from qprune.solve.block_moves import greedy_curve, swap_deltas, swap_descent, tabu
 from qprune.solve.blocks import Block
 from qprune.solve.dp import combine_counts
 from qprune.solve.layerwise import solve_layerwise
 from qprune.solve.sparsify import sparsify, sparsify_block
-from qprune.solve.swap_search import best_swap
+from qprune.solve.swap_search import best_masked_swap
 
 
 def _pruning_like(sizes, seed):
@@ -48,16 +48,16 @@ def test_windowed_best_swap_is_the_full_matrix_argmin(seed):
         ones, zeros = np.flatnonzero(x), np.flatnonzero(~x)
         D = g[zeros][None, :] - g[ones][:, None] - b.M[np.ix_(ones, zeros)]
         flat = int(np.argmin(D))
-        d, i, j = best_swap(x, ~x, g, b.M, b.row_max)
+        d, i, j = best_masked_swap(x, ~x, g, b.M, b.row_max)
         assert (d, i, j) == (float(D.flat[flat]), ones[flat // zeros.size], zeros[flat % zeros.size])
-    assert best_swap(np.zeros(m, bool), np.ones(m, bool), b.h, b.M, b.row_max)[1] == -1
+    assert best_masked_swap(np.zeros(m, bool), np.ones(m, bool), b.h, b.M, b.row_max)[1] == -1
 
 
 @pytest.mark.parametrize("merged", [False, True])
 def test_polish_reaches_a_swap_local_minimum_and_tabu_never_worsens(merged):
     b = _block(24, 3, merged)
     x0 = greedy_curve(b)[1][7]
-    y, e = polish(x0, b)
+    y, e = swap_descent(x0, b)
     assert y.sum() == 7 and e == pytest.approx(float(b.h @ y + 0.5 * y @ b.M @ y))
     swaps = swap_deltas(y.astype(bool), b.h + b.M @ y, b)
     assert swaps is not None and swaps[2].min() >= -1e-12

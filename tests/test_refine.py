@@ -13,7 +13,7 @@ pytest.importorskip("protes")
 
 from qprune.errors import QpruneError
 from qprune.solve.constraint import ExactK
-from qprune.refine import RefineResult, layer_groups, refine, refine_chunked
+from qprune.refine import RefineResult, layer_chunks, refine, refine_chunked
 
 
 def _qubo(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -208,7 +208,7 @@ def test_chunked_keeps_k_and_improves_each_chunk() -> None:
     rng = np.random.default_rng(0)
     seed = np.zeros(n, dtype=np.int8)
     seed[rng.choice(n, k, replace=False)] = 1
-    groups = layer_groups(layer, size=16)
+    groups = layer_chunks(layer, size=16)
     assert [len(g) for g in groups] == [16, 16, 16, 16]
     res = refine_chunked(seed, f, k, groups, budget=1200, seed=0, progress=False)
     assert int(res.x.sum()) == k and res.value > res.seed_value

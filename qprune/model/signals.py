@@ -80,6 +80,16 @@ class Signals:
     n_batches: int = 0
     loss: float | None = None  # mean calibration loss over the batches
 
+    def missing(self, names: Iterable[str]) -> list[str]:
+        """The signals among ``names`` that were not collected, sorted."""
+        return sorted(n for n in names if getattr(self, n, None) is None)
+
+    def vector(self, name: str) -> np.ndarray:
+        """A per-unit signal as float64; a ``QpruneError`` naming it when it was not collected."""
+        if self.missing([name]):
+            raise QpruneError(f"signal {name!r} was not collected (collect_signals(needs=...) names what to collect)")
+        return np.asarray(getattr(self, name), dtype=np.float64)
+
 
 def collect_signals(
     model: nn.Module,

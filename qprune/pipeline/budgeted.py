@@ -85,7 +85,7 @@ def select_budget_mask(space: FilterSpace, signals: Signals, method: str, reques
     t0 = time.perf_counter()
     if spec.kind in ("random", "greedy"):
         scores = np.random.default_rng(options.seed).random(space.N) if spec.kind == "random" \
-            else np.asarray(getattr(signals, spec.score or "l1"), dtype=np.float64)
+            else signals.vector(spec.score or "l1")
         tables, orders = score_tables(cost, scores, limits)
         sol = search_counts(cost, request.budget, tables)
         x = np.zeros(space.N, np.int8)

@@ -41,7 +41,7 @@ def method_needs(spec: MethodSpec, fisher: str = "channel", weights: Weights | N
 
 def check_signals(spec: MethodSpec, options: MethodOptions, signals: Signals) -> None:
     """Refuse a method whose calibration signals ``prepare()`` did not collect (one line naming them)."""
-    missing = sorted(n for n in method_needs(spec, options.fisher, options.weights) if getattr(signals, n, None) is None)
+    missing = signals.missing(method_needs(spec, options.fisher, options.weights))
     if missing:
         raise QpruneError(f"method {spec.name!r} needs signals {missing} that prepare() did not collect")
 

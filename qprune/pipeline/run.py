@@ -294,7 +294,7 @@ def select_mask(prep: Prepared, method: str, k: int, options: MethodOptions | No
     if spec.kind == "random":
         x = random_prune(prep.space.N, k, seed=options.seed, constraint=constraint)
     elif spec.kind == "greedy":
-        x = greedy_prune(_signal(prep.signals, spec.score or "l1"), k, constraint=constraint)
+        x = greedy_prune(prep.signals.vector(spec.score or "l1"), k, constraint=constraint)
     else:
         x = _qubo_mask(prep, spec, constraint, options, out, progress)
     out["timings"]["solve"] = time.perf_counter() - t0
@@ -350,13 +350,6 @@ def run_method(prep: Prepared, method: str, *, sparsity: float | None = None, k:
         result.energy = float(result.formulation.energy(x, result.gamma))
     result.solver_info = out.get("info", {})
     return result
-
-
-def _signal(signals: Signals, name: str) -> np.ndarray:
-    value = getattr(signals, name, None)
-    if value is None:
-        raise RuntimeError(f"signal {name!r} was not collected")
-    return np.asarray(value, dtype=np.float64)
 
 
 def solve_formulation(formulation: Formulation, k: int, options: MethodOptions | None = None, *,

@@ -15,13 +15,13 @@ are imported only when a TT search starts (:mod:`qprune.refine.engine`).
 from __future__ import annotations
 
 from qprune.refine.cache import MaskCache
-from qprune.refine.chunked import layer_groups, refine_chunked
+from qprune.refine.chunked import layer_chunks, refine_chunked
 from qprune.refine.on_model import refine_mask
 from qprune.refine.result import Objective, RefineResult
 from qprune.refine.scoring import MaskScorer, ScorerStats, naive_score
 from qprune.refine.tt import refine
 
 __all__ = [
-    "MaskCache", "MaskScorer", "Objective", "RefineResult", "ScorerStats", "layer_groups", "naive_score",
+    "MaskCache", "MaskScorer", "Objective", "RefineResult", "ScorerStats", "layer_chunks", "naive_score",
     "refine", "refine_chunked", "refine_mask",
 ]

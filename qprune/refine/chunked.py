@@ -1,6 +1,6 @@
 """Chunked refinement of a large mask: :func:`qprune.refine.tt.refine` on one chunk at a time.
 
-Each chunk (consecutive whole layers, :func:`layer_groups`) is refined with the other variables
+Each chunk (consecutive whole layers, :func:`layer_chunks`) is refined with the other variables
 fixed and keeps its number of ones, so the global count stays exactly ``k``; a chunk spanning
 several layers lets counts move between those layers. Full masks are cached across the stages.
 """
@@ -19,10 +19,10 @@ from qprune.refine.result import Objective, RefineResult, as_mask
 from qprune.refine.tt import feasible_seed, fresh_seed, refine
 from qprune.solve.constraint import ExactK
 
-__all__ = ["layer_groups", "refine_chunked"]
+__all__ = ["layer_chunks", "refine_chunked"]
 
 
-def layer_groups(layer_ids: np.ndarray, size: int = 128) -> list[np.ndarray]:
+def layer_chunks(layer_ids: np.ndarray, size: int = 128) -> list[np.ndarray]:
     """Whole consecutive layers (in first-seen order) cut into ``round(N / size)`` groups of
     about equal unit counts (at least one group). A group that spans several layers lets the
     pruned count move between them, which a one-layer chunk with a fixed count cannot."""
@@ -103,7 +103,7 @@ def refine_chunked(
     """Refine a large mask chunk by chunk with :func:`refine`, the other variables fixed.
 
     Each chunk (``groups[i]``, indices into the mask) keeps its current number of ones, so the
-    global count stays exactly ``k``; chunks spanning several layers (see :func:`layer_groups`)
+    global count stays exactly ``k``; chunks spanning several layers (see :func:`layer_chunks`)
     let counts move between those layers. The budget is spread over ``rounds`` passes over the
     chunks in proportion to chunk size (what one stage leaves unused goes to the next). Every
     stage starts from the best mask so far and full masks are cached across stages, so the

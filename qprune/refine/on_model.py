@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from qprune.errors import QpruneError
-from qprune.refine.chunked import layer_groups, refine_chunked
+from qprune.refine.chunked import layer_chunks, refine_chunked
 from qprune.refine.result import RefineResult, as_mask
 from qprune.refine.scoring import MaskScorer
 from qprune.refine.tt import refine
@@ -44,7 +44,7 @@ def refine_mask(
     :class:`~qprune.solve.constraint.ExactK` for ``(space.N, k)``), else the space's own
     (``ExactK.for_space(space, k)``).
     ``chunked=True`` runs :func:`~qprune.refine.chunked.refine_chunked` over consecutive-layer
-    chunks of about ``group_size`` units (:func:`~qprune.refine.chunked.layer_groups`);
+    chunks of about ``group_size`` units (:func:`~qprune.refine.chunked.layer_chunks`);
     otherwise :func:`~qprune.refine.tt.refine` on the whole mask. ``options`` go to the stage;
     ``result.info["scorer"]`` holds the scorer's statistics.
     """
@@ -57,7 +57,7 @@ def refine_mask(
     scorer = MaskScorer(model, space, val_batches, metric_fn, progress=False, **dict(scorer_options or {}))
     try:
         if chunked:
-            groups = layer_groups(np.asarray(space.layer_ids), size=group_size)
+            groups = layer_chunks(np.asarray(space.layer_ids), size=group_size)
             result = refine_chunked(x0, scorer, k, groups, budget=budget, seed=seed, progress=progress,
                                     constraint=constraint, **options)
         else:

@@ -44,7 +44,7 @@ from torch import nn
 from qprune.errors import QpruneError
 from qprune.model.masking import Gates
 from qprune.refine.cache import MaskCache, mask_keys
-from qprune.refine.costs import CostModel
+from qprune.refine.costs import PassPlanner
 from qprune.refine.forward import (
     Isolated, Layout, as_masks, cat_outputs, contiguous, ieee_fp32, replicate, split_output, sync_clock,
     weighted_mean,
@@ -159,7 +159,7 @@ class MaskScorer:
         self.cache = MaskCache()
         self.n = int(space.N)
         self._stats = ScorerStats(prefix_tree=bool(prefix), batches=len(self.batches))
-        self.costs = CostModel(model, self._cuda, chunk, target_mb, self._stats)
+        self.costs = PassPlanner(model, self._cuda, chunk, target_mb, self._stats)
         # physical None: wanted, until the first plan has checked the cut against the gated model
         self.planner = Planner(model, space, self.batches, images_per_pass, channels_last,
                                None if physical else False, self._cuda, self._stats)

@@ -2,7 +2,7 @@
 
 A block's curve C(c) holds the best energy found for every count c (and a state for each).
 :func:`greedy_curve` gives a first state for every count without a sampler. Swap descent
-(:func:`polish`) and swap tabu search (:func:`tabu`) improve a state at its count, each step the
+(:func:`swap_descent`) and swap tabu search (:func:`tabu`) improve a state at its count, each step the
 exact best swap over a window of candidates (:mod:`qprune.solve.swap_search`);
 :func:`refine_curve` propagates improvements to c +- 1 (add the cheapest unit / drop the dearest,
 then polish) until no count improves. :func:`spread_lambdas` and :func:`focus_lambdas` choose the
@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from qprune.solve.blocks import Block, energies
-from qprune.solve.swap_search import best_swap
+from qprune.solve.swap_search import best_masked_swap
 
-__all__ = ["field", "focus_lambdas", "greedy_curve", "greedy_marginals", "polish", "refine_curve", "spread_lambdas",
+__all__ = ["field", "focus_lambdas", "greedy_curve", "greedy_marginals", "swap_descent", "refine_curve", "spread_lambdas",
            "step", "step_with_field", "swap_deltas", "tabu"]
 
 _INF = np.inf
@@ -41,7 +41,7 @@ def swap_deltas(x: np.ndarray, g: np.ndarray, b: Block, ones: np.ndarray | None 
     return ones, zeros, D
 
 
-def polish(x: np.ndarray, b: Block, max_steps: int | None = None, g: np.ndarray | None = None,
+def swap_descent(x: np.ndarray, b: Block, max_steps: int | None = None, g: np.ndarray | None = None,
            ) -> tuple[np.ndarray, float]:
     """Best-improvement swap descent at fixed count (remove one unit, add another), caps respected.
 
@@ -80,7 +80,7 @@ def _best(x: np.ndarray, g: np.ndarray, b: Block, out_ok: np.ndarray | None = No
     out_ok = x if out_ok is None else out_ok
     in_ok = ~x if in_ok is None else in_ok
     if not b.merged:  # no caps inside the block: the windowed search is exact
-        return best_swap(out_ok, in_ok, g, b.M, b.row_max)
+        return best_masked_swap(out_ok, in_ok, g, b.M, b.row_max)
     swaps = swap_deltas(x, g, b, np.flatnonzero(out_ok), np.flatnonzero(in_ok))
     if swaps is None:
         return _INF, -1, -1
@@ -229,7 +229,7 @@ def refine_curve(b: Block, E: np.ndarray, X: np.ndarray, dirty: np.ndarray | Non
     dirty[:lo] = False
     dirty[hi + 1:] = False
     for c in np.flatnonzero(dirty):
-        X[c], E[c] = polish(X[c], b)
+        X[c], E[c] = swap_descent(X[c], b)
     dirty_up = dirty.copy()
     dirty_down = dirty.copy()
     for _ in range(max_passes):
@@ -244,7 +244,7 @@ def refine_curve(b: Block, E: np.ndarray, X: np.ndarray, dirty: np.ndarray | Non
                 moved = step_with_field(X[c], b, up=up)
                 if moved is None:
                     continue
-                y, e = polish(moved[0], b, g=moved[1])
+                y, e = swap_descent(moved[0], b, g=moved[1])
                 if e < E[c + d] - tol:
                     X[c + d], E[c + d] = y, e
                     dirty_up[c + d] = dirty_down[c + d] = changed = True

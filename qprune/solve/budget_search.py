@@ -26,6 +26,7 @@ import numpy as np
 
 from qprune.errors import QpruneError
 from qprune.solve.budget import Budget, CostModel
+from qprune.solve.dp import bisect_price
 
 __all__ = ["BlockTable", "BudgetSolution", "block_table", "search_counts"]
 
@@ -169,16 +170,17 @@ def search_counts(cost: CostModel, budget: Budget, tables: list[BlockTable]) -> 
     else:
         state.set(most)
     if best is None:
-        best = (state.pos.copy(), lam_hi)
-        for _ in range(_BISECT):
-            mid = 0.5 * (lam_lo + lam_hi)
-            _descend(state, mid, scale)
+        seen = [(state.pos.copy(), lam_hi)]
+
+        def fits(lam: float) -> bool:
+            _descend(state, lam, scale)
             if state.total() <= hi:
-                lam_hi, best = mid, (state.pos.copy(), mid)
-            else:
-                lam_lo = mid
-            if lam_hi - lam_lo <= 1e-9 * lam_hi:
-                break
+                seen.append((state.pos.copy(), lam))
+                return True
+            return False
+
+        bisect_price(fits, lam_lo, lam_hi, steps=_BISECT, rel_tol=1e-9)
+        best = seen[-1]
     state.set(best[0])
     if state.total() > hi:  # the last descent may not reproduce: fall back to the most pruned
         state.set(most)

@@ -1,15 +1,16 @@
-"""The exact combination step of the layerwise strategy: a DP over per-block counts, and the gamma
-at which the per-layer Lagrangian relaxation first reaches k."""
+"""The curves core: per-block count curves combined exactly (a min-plus DP over counts), and the one
+price search (bisection for the smallest Lagrange multiplier whose relaxed solution fits) that the
+layerwise strategy's gamma and the budget search share."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from qprune.errors import QpruneError
 
-__all__ = ["combine_counts", "lagrangian_gamma"]
+__all__ = ["bisect_price", "combine_counts", "lagrangian_gamma"]
 
 _INF = np.inf
 _CHUNK = 1 << 16  # table entries per chunk: 512 KiB, fits in cache
@@ -80,12 +81,20 @@ def lagrangian_gamma(curves0: Sequence[np.ndarray], rbar: np.ndarray, k: int) ->
         lo *= 2.0
     if count(lo) >= k:  # counts that never go below k (they cannot: the empty state costs 0)
         return lo
-    for _ in range(100):
+    return bisect_price(lambda g: count(g) >= k, lo, hi, steps=100, rel_tol=1e-12, floor=1.0)
+
+
+def bisect_price(fits: Callable[[float], bool], lo: float, hi: float, *, steps: int, rel_tol: float,
+                 floor: float = 0.0) -> float:
+    """The smallest price in ``(lo, hi]`` at which ``fits`` holds, by bisection: ``fits(hi)`` must
+    hold and ``fits(lo)`` not. Stops after ``steps`` halvings or once the bracket is within
+    ``rel_tol * max(floor, |hi|)``; ``fits`` may keep what it saw at a fitting price."""
+    for _ in range(steps):
         mid = 0.5 * (lo + hi)
-        if count(mid) >= k:
+        if fits(mid):
             hi = mid
         else:
             lo = mid
-        if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        if hi - lo <= rel_tol * max(floor, abs(hi)):
             break
     return hi

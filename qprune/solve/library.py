@@ -15,8 +15,10 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from qprune.errors import QpruneError
 from qprune.solve.arrays import QuboArrays
 from qprune.solve.constraint import ExactK
+from qprune.solve.dp import combine_counts
 
 __all__ = ["SMALL_COMPONENT", "ComponentLibrary"]
 
@@ -194,27 +196,12 @@ class ComponentLibrary:
             hs = self.arrs.h[self.singles] - gamma * self.arrs.reward[self.singles]
             singles_order = self.singles[np.argsort(hs, kind="stable")]
             parts.append(("singles", singles_order, np.concatenate([[0.0], np.cumsum(np.sort(hs))])))
-        dp = np.full(k + 1, np.inf)
-        dp[0] = 0.0
-        choice = []
-        for _, _, cost in parts:
-            new = np.full(k + 1, np.inf)
-            arg = np.full(k + 1, -1, dtype=np.int64)
-            for nn in np.flatnonzero(np.isfinite(cost[: k + 1])):
-                cand = dp[: k + 1 - nn] + cost[nn]
-                tgt = new[nn:]
-                better = cand < tgt
-                tgt[better] = cand[better]
-                arg[nn:][better] = nn
-            dp = new
-            choice.append(arg)
-        if not np.isfinite(dp[k]):
+        try:
+            _, counts = combine_counts([cost for _, _, cost in parts], k)
+        except QpruneError:  # no assembly reaches k
             return None
         x = np.zeros(self.arrs.n, dtype=np.int8)
-        t = k
-        for (kind, ref, _), arg in zip(reversed(parts), reversed(choice)):
-            nn = int(arg[t])
-            t -= nn
+        for (kind, ref, _), nn in zip(parts, counts):
             if kind == "large":
                 x[self.large[ref]] = self.states[ref][nn]
             elif kind == "small":

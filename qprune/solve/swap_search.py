@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["best_swap"]
+__all__ = ["best_masked_swap"]
 
 _INF = np.inf
 
 
-def best_swap(out_ok: np.ndarray, in_ok: np.ndarray, g: np.ndarray, M: np.ndarray, row_max: np.ndarray,
+def best_masked_swap(out_ok: np.ndarray, in_ok: np.ndarray, g: np.ndarray, M: np.ndarray, row_max: np.ndarray,
               ) -> tuple[float, int, int]:
     """(D, i, j) of the best swap removing an i of ``out_ok`` and adding a j of ``in_ok`` (boolean
     masks over the block: the ones and the zeros that may move); (inf, -1, -1) when there is none.
