@@ -48,7 +48,7 @@ _EXPORTS: dict[str, str] = {
     "load_sample": "qprune.qubo.io_samples", "save_sample": "qprune.qubo.io_samples",
     # budgets (prune(..., budget=...)) as constrained problems for external solvers, and solved back
     "BudgetRequest": "qprune.pipeline.budgeted", "budget_problem": "qprune.pipeline.budgeted",
-    "solve_budget_file": "qprune.solve.budget_milp",
+    "solve_budget_file": "qprune.solve.budgets.milp",
     "save_pruned": "qprune.model.fileio", "load_pruned": "qprune.model.fileio",
 }
 _SUBPACKAGES = ("backends", "problems", "model", "qubo", "solve", "refine", "pipeline", "instances")

@@ -25,11 +25,11 @@ from qprune.model.stats import count_macs, count_params
 from qprune.pipeline.budgeted import BudgetRequest, budget_limits, select_budget_mask
 from qprune.pipeline.methods import MethodOptions
 from qprune.pipeline.run import prepare, prune
-from qprune.solve.budget import Budget, CostModel, parse_budget
-from qprune.solve.budget_cqm import budget_cqm, cost_polynomial, unit_variables, write_budget_lp
-from qprune.solve.budget_milp import is_budget_file
+from qprune.solve.budgets.budget import Budget, CostModel, parse_budget
+from qprune.solve.budgets.cqm import budget_cqm, cost_polynomial, unit_variables, write_budget_lp
+from qprune.solve.budgets.milp import is_budget_file
 from qprune.solve.constraint import ExactK
-from qprune.solve.latency_table import LatencyTable, load_table, measure_latency_table
+from qprune.solve.budgets.latency_table import LatencyTable, load_table, measure_latency_table
 from qprune.torchvision_compat import prepare_torchvision
 
 

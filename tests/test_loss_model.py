@@ -27,7 +27,7 @@ from qprune.qubo.fisher import fisher_shrinkage, gate_fisher
 from qprune.qubo.formulation import formulate
 from qprune.qubo.scaling import energy_spread, normalise_terms
 from qprune.qubo.terms import compute_terms
-from qprune.solve.budget import CostModel
+from qprune.solve.budgets.budget import CostModel
 from qprune.solve.constraint import ExactK
 from qprune.solve.lowrank import FactoredState, polish_budget, polish_exact_k
 

@@ -18,7 +18,7 @@ from qprune.errors import QpruneError
 from qprune.model.masking import equivalence_error, prune_model
 from qprune.model.space import build_space
 from qprune.model.stats import count_macs, count_params
-from qprune.solve.budget import CostModel
+from qprune.solve.budgets.budget import CostModel
 from qprune.torchvision_compat import prepare_torchvision
 
 prepare_torchvision()

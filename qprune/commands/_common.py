@@ -11,7 +11,7 @@ from qprune.errors import QpruneError
 from qprune.pipeline.catalog import DEFAULT_METHOD
 from qprune.qubo.presets import FISHER_CHOICES
 from qprune.qubo.providers import CAPACITY_REWARDS
-from qprune.solve.budget import parse_budget
+from qprune.solve.budgets.budget import parse_budget
 from qprune.solve.strategies import DEFAULT_STRATEGY, STRATEGIES
 
 #: ``--residual-branches`` -> ``build_space(residual_branches=...)``
@@ -69,7 +69,7 @@ def add_budget_args(p: argparse.ArgumentParser) -> None:
                                        "this fraction of it (a float, e.g. 0.75)")
     p.add_argument("--min-keep-frac", type=float, help="with --budget: every layer keeps at least this fraction")
     p.add_argument("--latency-table", help="with --budget latency=F: the per-layer latency table (JSON) "
-                                           "measured on this device (`qprune.solve.latency_table`)")
+                                           "measured on this device (`qprune.solve.budgets.latency_table`)")
 
 
 def parse_max_prune(text: str | None) -> int | float | None:

@@ -11,7 +11,7 @@ from qprune.commands._common import (
     check_output, load_problem_and_model, method_options, parse_weights, residual_branches,
 )
 from qprune.errors import QpruneError
-from qprune.solve.budget import parse_budget
+from qprune.solve.budgets.budget import parse_budget
 
 BUDGET_FORMATS = {".cqm": "dimod", ".dimod": "dimod", ".lp": "lp"}
 
@@ -73,7 +73,7 @@ def _export_budget(args: argparse.Namespace) -> int:
     from qprune.atomic import atomic_open
     from qprune.pipeline.budgeted import budget_problem
     from qprune.pipeline.run import prepare
-    from qprune.solve.budget_cqm import write_budget_lp
+    from qprune.solve.budgets.cqm import write_budget_lp
 
     fmt = args.format or BUDGET_FORMATS.get(Path(args.output).suffix.lower())
     if fmt not in ("dimod", "lp"):

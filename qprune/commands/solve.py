@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from qprune.qubo import fileio as qubo_io
     from qprune.solve.arrays import lagrangian
     from qprune.solve.exact_k import solve_exact_k
-    from qprune.solve.budget_milp import read_budget_file
+    from qprune.solve.budgets.milp import read_budget_file
     from qprune.solve.sampling import SamplerCall
 
     # every check that can fail runs before any work, so a bad call writes nothing
@@ -141,7 +141,7 @@ def _emit(args: argparse.Namespace, summary: str, payload: dict[str, Any]) -> in
 def _solve_budget(args: argparse.Namespace, budget_file: Any) -> int:
     """A budgeted file (a ``BudgetFile``): HiGHS on its (linearised) MILP; prints/writes as the QUBO
     path does."""
-    from qprune.solve.budget_milp import solve_budget_file
+    from qprune.solve.budgets.milp import solve_budget_file
 
     if args.backend not in ("highs", "neal"):  # neal: the default, i.e. no backend asked for
         raise QpruneError(f"backend {args.backend!r} takes no constraints: a budgeted file is solved with "

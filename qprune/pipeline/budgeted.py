@@ -3,7 +3,7 @@
 Every method supports a budget: random and the greedy methods through their per-layer sorted scores
 (count c of a layer prunes its c lowest-scored units), the QUBO methods through the layerwise
 strategy's curves (:func:`qprune.solve.layerwise.layerwise_budget`); both are combined by the
-Lagrange-multiplier search of :mod:`qprune.solve.budget_search`. What cannot take a budget says so:
+Lagrange-multiplier search of :mod:`qprune.solve.budgets.search`. What cannot take a budget says so:
 the ``gamma`` strategy (it searches the capacity weight for an exact count) and TT refinement
 (its objective holds the count, not a budget).
 """
@@ -23,9 +23,9 @@ from qprune.model.signals import Signals
 from qprune.model.units import FilterSpace
 from qprune.pipeline.methods import MethodOptions, build_formulation, check_signals, method_spec, method_steps
 from qprune.pipeline.stepwise import SignalsAt, stepwise_budget
-from qprune.solve.budget import Budget, CostModel, parse_budget
-from qprune.solve.budget_cqm import budget_cqm
-from qprune.solve.budget_search import score_tables, search_counts
+from qprune.solve.budgets.budget import Budget, CostModel, parse_budget
+from qprune.solve.budgets.cqm import budget_cqm
+from qprune.solve.budgets.search import score_tables, search_counts
 from qprune.solve.constraint import ExactK
 from qprune.solve.strategies import get_strategy
 
@@ -38,7 +38,7 @@ class BudgetRequest:
 
     ``min_keep_frac``: every layer keeps at least this fraction of its units; ``max_prune``: at most
     this many (int) or this fraction (float) of a layer's units go; ``round_to``: kept counts are
-    multiples of it; ``latency``: the :class:`qprune.solve.latency_table.LatencyTable` a latency
+    multiples of it; ``latency``: the :class:`qprune.solve.budgets.latency_table.LatencyTable` a latency
     budget is measured with.
     """
 
@@ -51,11 +51,11 @@ class BudgetRequest:
     @classmethod
     def of(cls, budget: Any, *, round_to: int = 1, min_keep_frac: float | None = None, max_prune: Any = None,
            latency: Any = None) -> BudgetRequest:
-        """From a budget in any form :func:`qprune.solve.budget.parse_budget` reads."""
+        """From a budget in any form :func:`qprune.solve.budgets.budget.parse_budget` reads."""
         b = parse_budget(budget)
         if b.kind == "latency" and latency is None:
             raise QpruneError("a latency budget needs a latency table: give latency_table= (a file or a "
-                              "LatencyTable; qprune.solve.latency_table.measure_latency_table makes one)")
+                              "LatencyTable; qprune.solve.budgets.latency_table.measure_latency_table makes one)")
         return cls(b, int(round_to), min_keep_frac, max_prune, latency)
 
 
@@ -120,7 +120,7 @@ def budget_problem(space: FilterSpace, signals: Signals, method: str, request: B
                    options: MethodOptions | None = None) -> dimod.ConstrainedQuadraticModel:
     """The budgeted problem of a QUBO method as a dimod CQM, for external solvers: the method's
     objective (no gamma term), the budget as the quadratic constraints ``budget_max``/``budget_min``
-    the per-layer caps and ``round_to`` (:func:`qprune.solve.budget_cqm.budget_cqm`; a latency
+    the per-layer caps and ``round_to`` (:func:`qprune.solve.budgets.cqm.budget_cqm`; a latency
     budget has no such form and is refused)."""
     spec = method_spec(method)
     if spec.kind != "qubo":

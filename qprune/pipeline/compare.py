@@ -23,7 +23,7 @@ from qprune.pipeline.figures import typical_image, write_figure
 from qprune.pipeline.methods import MethodOptions, method_spec, method_weights
 from qprune.pipeline.run import Prepared, prepare, resolve_k, run_method, tune_weights
 from qprune.pipeline.report import aggregate, compare_markdown, machine_info, pivot_markdown, plot_metric_vs_sparsity
-from qprune.solve.budget import CostModel
+from qprune.solve.budgets.budget import CostModel
 
 
 @dataclass(frozen=True)

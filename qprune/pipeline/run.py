@@ -45,7 +45,7 @@ from qprune.qubo.presets import Weights
 from qprune.refine.on_model import refine_mask
 from qprune.solve.baselines import greedy_prune, random_prune
 from qprune.solve.constraint import ExactK
-from qprune.solve.latency_table import load_table
+from qprune.solve.budgets.latency_table import load_table
 from qprune.solve.result import ExactKResult
 from qprune.solve.strategies import DEFAULT_STRATEGY, get_strategy
 
@@ -233,7 +233,7 @@ def prune(
             latency): keep at most that fraction of the unpruned model's cost, landing within 1 % below
             it (:mod:`qprune.pipeline.budgeted`); ``round_to`` (kept counts multiples of it), ``max_prune``
             (per layer: a count, or a float fraction) and ``latency_table`` (a
-            :class:`~qprune.solve.latency_table.LatencyTable` or its JSON file) go with it.
+            :class:`~qprune.solve.budgets.latency_table.LatencyTable` or its JSON file) go with it.
         remove: also build the physically smaller model (``pruned_model``).
 
     Returns:

@@ -26,7 +26,7 @@ from qprune.model.signals import Signals
 from qprune.model.units import FilterSpace
 from qprune.pipeline.methods import MethodOptions, MethodSpec, build_formulation, method_steps
 from qprune.qubo.formulation import Formulation
-from qprune.solve.budget import Budget, CostModel
+from qprune.solve.budgets.budget import Budget, CostModel
 from qprune.solve.constraint import ExactK
 from qprune.solve.layerwise import layerwise_budget
 from qprune.solve.result import ExactKResult

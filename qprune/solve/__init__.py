@@ -12,10 +12,13 @@ Modules, in the order they build on each other:
   backend traits they read (:func:`batch_variables`).
 * :mod:`~qprune.solve.library` / :mod:`~qprune.solve.gamma` / :mod:`~qprune.solve.exact_k` — the
   gamma search: per-component recombination, the search loop, :func:`solve_exact_k`.
+* :mod:`~qprune.solve.dp` — the curves core: the exact DP over per-block counts and the one price
+  search, shared by the gamma search's recombination, the layerwise strategy and budgets.
 * :mod:`~qprune.solve.blocks`, :mod:`~qprune.solve.count_curve`, :mod:`~qprune.solve.block_moves`,
-  :mod:`~qprune.solve.harvest`, :mod:`~qprune.solve.workers`, :mod:`~qprune.solve.dp`,
-  :mod:`~qprune.solve.layerwise` — the layerwise strategy: per-layer count curves + exact DP,
-  :func:`solve_layerwise`.
+  :mod:`~qprune.solve.harvest`, :mod:`~qprune.solve.workers`, :mod:`~qprune.solve.layerwise` — the
+  layerwise strategy: per-layer count curves + the DP, :func:`solve_layerwise`.
+* :mod:`~qprune.solve.lowrank` — a factored energy (the loss-model QUBO) searched without its dense matrix.
+* :mod:`qprune.solve.budgets` — a budget (params, MACs, units, latency) instead of a count.
 * :mod:`~qprune.solve.cqm` — the exact-k CQM (count as a constraint) and its solve on Leap.
 * :mod:`~qprune.solve.strategies` — :data:`STRATEGIES`, the table of exact-k strategies, and
   :func:`solve` over it.

@@ -54,8 +54,8 @@ import numpy as np
 from qprune.errors import QpruneError
 from qprune.solve.blocks import Block, build_blocks, check_blocks_cover
 from qprune.solve.block_moves import focus_lambdas
-from qprune.solve.budget import Budget, CostModel
-from qprune.solve.budget_search import block_table, search_counts
+from qprune.solve.budgets.budget import Budget, CostModel
+from qprune.solve.budgets.search import block_table, search_counts
 from qprune.solve.constraint import ExactK
 from qprune.solve.count_curve import BRUTE_FORCE_MAX, block_count_curve
 from qprune.solve.dp import combine_counts, lagrangian_gamma
@@ -263,7 +263,7 @@ def layerwise_budget(
 
     The same block curves as :func:`layerwise_search`, at gamma = 0 (the budget takes the place of
     the capacity reward; ``options.gamma`` overrides), combined by
-    :func:`qprune.solve.budget_search.search_counts` (Lagrange multiplier on the budget's exact
+    :func:`qprune.solve.budgets.search.search_counts` (Lagrange multiplier on the budget's exact
     cost) instead of the count DP; the focus rounds then improve every block around the count the
     budget search chose, until it keeps its counts. ``limits`` (groups = layer ids, see
     :meth:`ExactK.layer_limits`) gives the caps and ``round_to``; its ``k`` is not used.

@@ -5,7 +5,7 @@ layers by ``(C^T C)_ij``. The layerwise strategy solves the block-diagonal part 
 what it cannot see, the couplings between layers, is taken into account here, starting from its
 mask: steepest descent by swaps (one unit pruned, one kept; the count holds) for an exact k, and by
 swaps and single flips that keep the cost inside the window for a budget (the cost of every
-candidate is exact, :class:`~qprune.solve.budget.CostModel`), both within the per-layer limits.
+candidate is exact, :class:`~qprune.solve.budgets.budget.CostModel`), both within the per-layer limits.
 
 The state keeps the field ``h = dE/dx`` (flipping x_i from 0 to 1 changes E by h_i) and updates it
 in O(S N) per move from ``C^T C_u`` (CHITA's device: the factor, not the matrix); candidate pairs
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qprune.solve.budget import CostModel
+from qprune.solve.budgets.budget import CostModel
 from qprune.solve.constraint import ExactK
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -1,7 +1,7 @@
 """Solving a budgeted problem file (``qprune export --budget``) back: HiGHS on the linearised MILP.
 
 A budget is a quadratic constraint, which no QUBO sampler takes and HiGHS takes only once every
-product is linearised (:func:`qprune.solve.budget_cqm.linearized`). A ``.cqm`` file is linearised
+product is linearised (:func:`qprune.solve.budgets.cqm.linearized`). A ``.cqm`` file is linearised
 and written as LP in a temporary folder; an ``.lp`` file (already linearised by the export) goes to
 HiGHS as it is. HiGHS returns its best incumbent at ``time_limit``; ``info["status"]`` says whether
 it proved it optimal.
@@ -23,7 +23,7 @@ import dimod
 import numpy as np
 
 from qprune.errors import QpruneError
-from qprune.solve.budget_cqm import AUX_PREFIX, unit_variables, write_budget_lp
+from qprune.solve.budgets.cqm import AUX_PREFIX, unit_variables, write_budget_lp
 
 __all__ = ["BudgetFile", "MilpResult", "is_budget_file", "read_budget_file", "solve_budget_file"]
 

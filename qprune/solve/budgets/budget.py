@@ -17,7 +17,7 @@ the units remove disjoint index sets of a dimension (what :mod:`qprune.model.dis
 ``tests/test_budgets.py`` checks it against :func:`qprune.model.stats.count_params` /
 :func:`~qprune.model.stats.count_macs` of the physically pruned model).
 
-``latency`` adds a measured per-layer table (:mod:`qprune.solve.latency_table`): an additive
+``latency`` adds a measured per-layer table (:mod:`qprune.solve.budgets.latency_table`): an additive
 model ``t(mask) = t_full - sum_l dt_l(pruned in l)``, one column per layer.
 """
 
@@ -130,14 +130,14 @@ class CostModel:
 
     @classmethod
     def build(cls, space: FilterSpace, kind: str, latency: Any = None) -> CostModel:
-        """The cost model of ``kind`` (``latency``: a :class:`qprune.solve.latency_table.LatencyTable`)."""
+        """The cost model of ``kind`` (``latency``: a :class:`qprune.solve.budgets.latency_table.LatencyTable`)."""
         if kind == "units":
             U = scipy.sparse.csr_matrix(np.ones((space.N, 1)))
             return cls(kind, U, np.array([float(space.N)]), np.zeros((1, 1), np.int64), np.ones(1), 0.0,
                        space.layer_ids)
         if kind == "latency":
             if latency is None:
-                raise QpruneError("a latency budget needs a latency table (qprune.solve.latency_table)")
+                raise QpruneError("a latency budget needs a latency table (qprune.solve.budgets.latency_table)")
             table = latency.per_layer(space)
             n_layers = space.n_layers
             U = scipy.sparse.csr_matrix((space.N, 0))

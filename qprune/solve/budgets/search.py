@@ -2,7 +2,7 @@
 
 Given each block's best energy and state for every count (the layerwise strategy's curves, or a
 greedy method's sorted scores), find counts ``c_b`` minimising ``sum_b E_b(c_b)`` subject to
-``lo <= cost(c) <= hi`` (:class:`qprune.solve.budget.CostModel`, evaluated on the states the
+``lo <= cost(c) <= hi`` (:class:`qprune.solve.budgets.budget.CostModel`, evaluated on the states the
 curves hold, so it is exact for those states). The cost couples blocks (a conv's MACs are kept
 inputs x kept outputs), so the Lagrangian ``sum_b E_b(c_b) + lam * cost(c) / full`` is minimised by
 exact coordinate descent (one block at a time, every allowed count tried against the others' current
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from qprune.errors import QpruneError
-from qprune.solve.budget import Budget, CostModel
+from qprune.solve.budgets.budget import Budget, CostModel
 from qprune.solve.dp import bisect_price
 
 __all__ = ["BlockTable", "BudgetSolution", "block_table", "search_counts"]

@@ -1,7 +1,7 @@
 """The budgeted problem as a dimod CQM: the objective, the budget as a quadratic constraint, the caps.
 
 ``min objective(x)  s.t.  lo <= cost(x) <= hi,  sum_{i in layer l} x_i <= cap_l`` with ``cost`` the
-exact :class:`qprune.solve.budget.CostModel` written out in the unit variables: a term
+exact :class:`qprune.solve.budgets.budget.CostModel` written out in the unit variables: a term
 ``coeff * (s_a - a.x) * (s_b - b.x)`` (a conv's kept outputs x kept inputs) expands to a constant,
 linear biases and the couplings ``coeff * a_i * b_j`` (``x_i^2 = x_i`` on the diagonal). Terms over
 more than two (tensor, dim) pairs would be cubic and are refused, as is a latency budget (its table
@@ -29,7 +29,7 @@ import numpy as np
 from qprune.atomic import atomic_open
 
 from qprune.errors import QpruneError
-from qprune.solve.budget import Budget, CostModel
+from qprune.solve.budgets.budget import Budget, CostModel
 from qprune.solve.constraint import ExactK
 
 __all__ = ["AUX_PREFIX", "budget_cqm", "cost_polynomial", "linearized", "unit_variables", "write_budget_lp"]

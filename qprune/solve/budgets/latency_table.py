@@ -3,7 +3,7 @@
 For every layer of a space, the physically pruned model is timed with that layer alone pruned to a
 few counts (the others whole); ``delta_ms[c]`` is the measured saving, linearly interpolated between
 the measured counts. The budget then uses the additive model ``t(mask) = full_ms - sum_l
-delta_l(pruned in l)`` (:class:`qprune.solve.budget.CostModel`): interactions between layers (a
+delta_l(pruned in l)`` (:class:`qprune.solve.budgets.budget.CostModel`): interactions between layers (a
 conv's time is kept-in x kept-out) are not in the table, so the measured latency of the pruned model
 can differ from the predicted one; the benchmark reports both. The table records the device it was
 measured on (CPU model, torch version and thread count; the GPU when measured there) and refuses
