@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from qprune.refine.scoring import MaskScorer, naive_score
+from qprune.refine.scoring.scorer import MaskScorer, naive_score
 from qprune.model.space import build_space
 
 TOL = 1e-4  # dB: the promise is "equal to naive scoring within float tolerance"
@@ -188,8 +188,8 @@ def test_cache_returns_identical_scores(tiny) -> None:
 
 
 def test_trace_mismatch_falls_back_to_plain_batching(tiny, monkeypatch) -> None:
-    from qprune.refine.recorder import Recorder
-    from qprune.refine.trace import TraceMismatch
+    from qprune.refine.scoring.recorder import Recorder
+    from qprune.refine.scoring.trace import TraceMismatch
 
     model, space, batches = tiny
     X = _masks(space, np.random.default_rng(5), 6)
@@ -377,7 +377,7 @@ def test_cuda_scoring_turns_tf32_off_and_puts_the_settings_back() -> None:
     """cuDNN convolutions default to TF32: while scoring they run in IEEE float32, and the
     user's settings are restored afterwards, also when scoring fails (the flags are plain
     settings, so this runs on a CPU build of torch too)."""
-    from qprune.refine.forward import ieee_fp32
+    from qprune.refine.scoring.forward import ieee_fp32
 
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
     before = conv.fp32_precision, matmul.fp32_precision

@@ -396,6 +396,6 @@ def equivalence_error(
     return err, scale
 
 
-# Old private names, still imported by qprune.refine.scoring (and by older callers).
+# Old private names, still imported by qprune.refine.scoring.scorer (and by older callers).
 _GateHook = GateHook
 _tensors = iter_tensors

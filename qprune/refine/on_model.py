@@ -10,7 +10,7 @@ import numpy as np
 from qprune.errors import QpruneError
 from qprune.refine.chunked import layer_chunks, refine_chunked
 from qprune.refine.result import RefineResult, as_mask
-from qprune.refine.scoring import MaskScorer
+from qprune.refine.scoring.scorer import MaskScorer
 from qprune.refine.tt import refine
 from qprune.solve.constraint import ExactK
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from qprune.model.cut import ChannelCut
 from qprune.model.masking import Gates
-from qprune.refine.recorder import Recorder
-from qprune.refine.stats import ScorerStats
+from qprune.refine.scoring.recorder import Recorder
+from qprune.refine.scoring.stats import ScorerStats
 
 __all__ = ["Session"]
 

@@ -2,12 +2,12 @@
 
 A unit's gate acts when its first consumer is called, so everything the model computes before
 that call is the same for two masks that agree on every unit gated earlier. The tree records
-the model's module-call trace once per input shape (:class:`~qprune.refine.recorder.Recorder`)
+the model's module-call trace once per input shape (:class:`~qprune.refine.scoring.recorder.Recorder`)
 and walks the masks depth first: a node is a set of masks that agree up to some point of the
 trace; it runs the forward, once, up to where its masks first disagree, then splits. Leaves
 that split at the same point finish together, several masks per pass. Requirements: the call
 sequence must not depend on the data, the gates or the batch size, and the heavy work must sit
-inside modules; a mismatch with the trace raises :class:`~qprune.refine.trace.TraceMismatch`
+inside modules; a mismatch with the trace raises :class:`~qprune.refine.scoring.trace.TraceMismatch`
 (the scorer then switches the tree off: plain batching, still exact).
 
 With cut layers, a cut unit acts at its producer, before its gate would, so the tree still
@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from qprune.model.tensors import map_tensors
-from qprune.refine.forward import replicate
-from qprune.refine.session import Session
-from qprune.refine.trace import Trace, TraceMismatch
+from qprune.refine.scoring.forward import replicate
+from qprune.refine.scoring.session import Session
+from qprune.refine.scoring.trace import Trace, TraceMismatch
 
 __all__ = ["PrefixTree", "Sink"]
 

@@ -8,15 +8,15 @@ zeroed at the inputs of its consumers).
 
 Where the speed comes from, all exact (each in its own module):
 
-* **Shared prefixes** (:mod:`qprune.refine.tree`, :mod:`~qprune.refine.recorder`,
-  :mod:`~qprune.refine.trace`): masks that agree on the units gated first share those stages of
+* **Shared prefixes** (:mod:`qprune.refine.scoring.tree`, :mod:`~qprune.refine.scoring.recorder`,
+  :mod:`~qprune.refine.scoring.trace`): masks that agree on the units gated first share those stages of
   the forward; the forward is resumed mid-way by replaying recorded module outputs.
-* **Many masks per forward pass, where it pays** (:mod:`qprune.refine.costs`): the batch is
+* **Many masks per forward pass, where it pays** (:mod:`qprune.refine.scoring.costs`): the batch is
   replicated once per mask; timings once per input shape decide how many masks share a pass and
   whether the tree or plain batching is cheaper for a call, corrected by what past calls took.
-* **Fewer images per pass, the faster layout** (:mod:`qprune.refine.planner`): validation batches
+* **Fewer images per pass, the faster layout** (:mod:`qprune.refine.scoring.planner`): validation batches
   run in pieces and/or channels-last where timing shows it faster and the outputs match.
-* **Layers cut to each mask (CPU)** (:mod:`qprune.refine.session`): where one mask runs per pass
+* **Layers cut to each mask (CPU)** (:mod:`qprune.refine.scoring.session`): where one mask runs per pass
   anyway, its pass runs the physically pruned layers instead of gating full-size ones.
 * **Repeated masks** are served from a cache keyed by the mask's bit pattern
   (:class:`qprune.refine.cache.MaskCache`).
@@ -44,17 +44,17 @@ from torch import nn
 from qprune.errors import QpruneError
 from qprune.model.masking import Gates
 from qprune.refine.cache import MaskCache, mask_keys
-from qprune.refine.costs import PassPlanner
-from qprune.refine.forward import (
+from qprune.refine.scoring.costs import PassCosts
+from qprune.refine.scoring.forward import (
     Isolated, Layout, as_masks, cat_outputs, contiguous, ieee_fp32, replicate, split_output, sync_clock,
     weighted_mean,
 )
-from qprune.refine.planner import Planner
-from qprune.refine.recorder import Recorder
-from qprune.refine.session import Session
-from qprune.refine.stats import ScorerStats
-from qprune.refine.trace import TraceMismatch
-from qprune.refine.tree import PrefixTree, Sink
+from qprune.refine.scoring.planner import Planner
+from qprune.refine.scoring.recorder import Recorder
+from qprune.refine.scoring.session import Session
+from qprune.refine.scoring.stats import ScorerStats
+from qprune.refine.scoring.trace import TraceMismatch
+from qprune.refine.scoring.tree import PrefixTree, Sink
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Metric = Callable[[Any, torch.Tensor], float]
@@ -105,12 +105,12 @@ class MaskScorer:
             replicated passes cost more per image than single ones (the usual case on a CPU).
         cache: serve repeated masks (same bit pattern) from a cache.
         prefix: share the computation of masks that agree on the units gated first (the prefix
-            tree, :mod:`qprune.refine.tree`) where the cost model says it is cheaper; ``False`` is
+            tree, :mod:`qprune.refine.scoring.tree`) where the cost model says it is cheaper; ``False`` is
             plain batching; ``"always"`` uses the tree for every call.
         images_per_pass: run each validation batch through the model in pieces of this many
             images and concatenate the outputs before the metric (exact: eval-mode models act per
             sample). ``None`` times the divisors of the batch size among ``(b, 4, 2, 1)`` once per
-            batch shape and keeps the fastest per image (see :mod:`qprune.refine.planner`: small
+            batch shape and keeps the fastest per image (see :mod:`qprune.refine.scoring.planner`: small
             passes avoid page faults and stay in the caches).
         channels_last: run 4-D inputs and weights in channels-last memory format; ``None``
             times both layouts once (with the first batch) and keeps the faster. Layouts whose
@@ -159,7 +159,7 @@ class MaskScorer:
         self.cache = MaskCache()
         self.n = int(space.N)
         self._stats = ScorerStats(prefix_tree=bool(prefix), batches=len(self.batches))
-        self.costs = PassPlanner(model, self._cuda, chunk, target_mb, self._stats)
+        self.costs = PassCosts(model, self._cuda, chunk, target_mb, self._stats)
         # physical None: wanted, until the first plan has checked the cut against the gated model
         self.planner = Planner(model, space, self.batches, images_per_pass, channels_last,
                                None if physical else False, self._cuda, self._stats)

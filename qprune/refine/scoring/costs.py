@@ -1,4 +1,4 @@
-"""Masks per forward pass and the pass planner, both from timings taken once per input shape.
+"""Masks per forward pass and what a pass costs, both from timings taken once per input shape.
 
 Leaves of the prefix tree that split at the same point, and plain batching, push several masks
 through one pass: the batch is replicated once per mask and each replica gets its own gates. A
@@ -18,14 +18,14 @@ import math
 import torch
 from torch import nn
 
-from qprune.refine.forward import replicate, sync_clock
-from qprune.refine.session import Session
-from qprune.refine.stats import ScorerStats
+from qprune.refine.scoring.forward import replicate, sync_clock
+from qprune.refine.scoring.session import Session
+from qprune.refine.scoring.stats import ScorerStats
 
-__all__ = ["PassPlanner"]
+__all__ = ["PassCosts"]
 
 
-class PassPlanner:
+class PassCosts:
     """Per input shape: masks per pass, and a pass's time ``t(D) = overhead + per copy * D``.
 
     ``chunk`` is the scorer's fixed masks per pass (None: chosen here); ``target_mb`` bounds the

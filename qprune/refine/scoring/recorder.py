@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from qprune.model.tensors import map_tensors
-from qprune.refine.forward import sync_clock
-from qprune.refine.trace import Abort, Call, Trace, TraceMismatch, version
+from qprune.refine.scoring.forward import sync_clock
+from qprune.refine.scoring.trace import Abort, Call, Trace, TraceMismatch, version
 
 __all__ = ["Recorder"]
 

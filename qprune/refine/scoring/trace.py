@@ -2,7 +2,7 @@
 
 A trace lists the model's module calls in order, each with its start and end event positions
 (one counter for starts and ends) and its parent call; ``share`` holds the measured fraction of
-the pass's time spent before each position. :class:`~qprune.refine.recorder.Recorder` records
+the pass's time spent before each position. :class:`~qprune.refine.scoring.recorder.Recorder` records
 one and replays its calls.
 """
 

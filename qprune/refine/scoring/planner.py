@@ -31,8 +31,8 @@ from torch import nn
 from qprune.model.cut import ChannelCut
 from qprune.model.masking import Gates
 from qprune.model.tensors import iter_tensors
-from qprune.refine.forward import Layout, matches, sync_clock
-from qprune.refine.stats import ScorerStats
+from qprune.refine.scoring.forward import Layout, matches, sync_clock
+from qprune.refine.scoring.stats import ScorerStats
 
 __all__ = ["Planner"]
 
