@@ -55,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     "prune_model": "qprune.model.masking",
     "remove_gates": "qprune.model.masking",
     "save_pruned": "qprune.model.fileio",
+    "time_calls": "qprune.model.stats",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

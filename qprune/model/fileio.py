@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -37,6 +36,7 @@ from torch import nn
 from torch.export import Dim
 
 from qprune.errors import QpruneError
+from qprune.model.stats import time_calls
 from qprune.model.tensors import as_tuple
 
 __all__ = ["FORMATS", "OnnxModule", "format_for", "load_meta", "load_pruned", "runtime_latency", "save_pruned"]
@@ -245,14 +245,8 @@ def load_meta(path: str | Path) -> dict[str, Any]:
 
 @torch.no_grad()
 def runtime_latency(path: str | Path, example_inputs: Any, *, warmup: int = 3, repeats: int = 10) -> float:
-    """Median milliseconds of one forward of the saved file in its own runtime (onnxruntime for .onnx)."""
+    """Median milliseconds of one forward of the saved file in its own runtime (onnxruntime for
+    .onnx), timed as every latency is (:func:`qprune.model.stats.time_calls`)."""
     module = load_pruned(path)
     xs = as_tuple(example_inputs)
-    for _ in range(warmup):
-        module(*xs)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        module(*xs)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * sorted(times)[len(times) // 2]
+    return time_calls({"file": lambda: module(*xs)}, repeats=repeats, warmup=warmup, threads=None)["file"]["median_ms"]

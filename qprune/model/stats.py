@@ -21,10 +21,12 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -110,39 +112,37 @@ def mac_terms(model: nn.Module, example_inputs: Any) -> list[tuple[str, int, int
     return [(n, c // batch, numel[n]) for n, c in coeff.items()]
 
 
-def measure_latency(
-    model: nn.Module,
-    example_inputs: Any,
+def time_calls(
+    calls: Mapping[str, Callable[[], Any]],
     *,
     repeats: int = 10,
     warmup: int = 2,
     threads: int | None = 1,
-) -> dict[str, float]:
-    """Median/min/mean/stdev forward time in milliseconds (eval mode, inference mode).
+) -> dict[str, dict[str, float]]:
+    """The one latency measurement: ``warmup`` untimed calls of each, then ``repeats`` rounds that
+    time every call once, in turn (:func:`_summary` of each, in milliseconds).
 
-    ``threads=None`` keeps torch's current thread count.
+    Interleaving spreads a shared machine's load drift over all calls alike, so the RATIOS are
+    trustworthy even when absolute times wander. ``threads=None`` keeps torch's thread count.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    xs = as_tuple(example_inputs)
     old_threads = torch.get_num_threads()
-    was_training = model.training
-    times: list[float] = []
+    times: dict[str, list[float]] = {k: [] for k in calls}
     try:
         if threads is not None:
             torch.set_num_threads(int(threads))
-        model.eval()
-        with torch.inference_mode():
+        for fn in calls.values():
             for _ in range(warmup):
-                model(*xs)
-            for _ in range(repeats):
+                fn()
+        for _ in range(repeats):
+            for k, fn in calls.items():
                 t0 = time.perf_counter()
-                model(*xs)
-                times.append((time.perf_counter() - t0) * 1e3)
+                fn()
+                times[k].append((time.perf_counter() - t0) * 1e3)
     finally:
         torch.set_num_threads(old_threads)
-        model.train(was_training)
-    return _summary(times, repeats, threads if threads is not None else old_threads)
+    return {k: _summary(t, repeats, threads if threads is not None else old_threads) for k, t in times.items()}
 
 
 def compare_latency(
@@ -153,35 +153,31 @@ def compare_latency(
     warmup: int = 2,
     threads: int | None = 1,
 ) -> dict[str, dict[str, float]]:
-    """Latency of several models measured side by side: each repeat times every model once, in turn.
-
-    Interleaving spreads a shared machine's load drift over all models alike, so the RATIOS are
-    trustworthy even when absolute times wander. Returns ``{name: measure_latency-style dict}``.
-    """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    """Forward latency of several models side by side (:func:`time_calls`: interleaved rounds), in
+    eval and inference mode; returns ``{name: {"median_ms", "min_ms", "mean_ms", "stdev_ms", ...}}``."""
     xs = as_tuple(example_inputs)
-    old_threads = torch.get_num_threads()
     modes = {k: m.training for k, m in models.items()}
-    times: dict[str, list[float]] = {k: [] for k in models}
     try:
-        if threads is not None:
-            torch.set_num_threads(int(threads))
+        for m in models.values():
+            m.eval()
         with torch.inference_mode():
-            for m in models.values():
-                m.eval()
-                for _ in range(warmup):
-                    m(*xs)
-            for _ in range(repeats):
-                for k, m in models.items():
-                    t0 = time.perf_counter()
-                    m(*xs)
-                    times[k].append((time.perf_counter() - t0) * 1e3)
+            return time_calls({k: functools.partial(m, *xs) for k, m in models.items()},
+                              repeats=repeats, warmup=warmup, threads=threads)
     finally:
-        torch.set_num_threads(old_threads)
         for k, m in models.items():
             m.train(modes[k])
-    return {k: _summary(t, repeats, threads if threads is not None else old_threads) for k, t in times.items()}
+
+
+def measure_latency(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    repeats: int = 10,
+    warmup: int = 2,
+    threads: int | None = 1,
+) -> dict[str, float]:
+    """Median/min/mean/stdev forward time of one model in milliseconds (:func:`compare_latency`)."""
+    return compare_latency({"model": model}, example_inputs, repeats=repeats, warmup=warmup, threads=threads)["model"]
 
 
 def _summary(times: list[float], repeats: int, threads: int) -> dict[str, float]:
