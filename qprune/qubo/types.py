@@ -13,6 +13,7 @@ A term may instead (or as well) hold a dense quadratic form in factored form, ``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse
@@ -48,13 +49,7 @@ def validate_term(term: Term, n: int | None) -> Term:
         QpruneError: a wrong shape, a NaN/inf, an index out of range or repeated, an asymmetric
             block, or a diagonal entry in a block or in ``cross``.
     """
-    linear = term.linear
-    if linear is not None:
-        linear = np.asarray(linear, dtype=np.float64)
-        if linear.ndim != 1 or (n is not None and linear.shape[0] != n):
-            raise QpruneError(f"term {term.name!r}: linear has shape {linear.shape}, expected ({n},)")
-        if not np.all(np.isfinite(linear)):
-            raise QpruneError(f"term {term.name!r}: linear contains NaN or inf")
+    linear = _finite(term.name, "linear", term.linear, n, f"({n},)")
     blocks = None
     if term.blocks is not None:
         blocks = [_validate_block(f"term {term.name!r} block {b}", idx, M, n) for b, (idx, M) in enumerate(term.blocks)]
@@ -65,14 +60,20 @@ def validate_term(term: Term, n: int | None) -> Term:
             raise QpruneError(f"term {term.name!r}: cross has shape {cross.shape}, expected ({n}, {n})")
         if np.any(cross.row == cross.col):
             raise QpruneError(f"term {term.name!r}: cross has diagonal entries; put them in linear")
-    factor = term.factor
-    if factor is not None:
-        factor = np.asarray(factor, dtype=np.float64)
-        if factor.ndim != 2 or (n is not None and factor.shape[1] != n):
-            raise QpruneError(f"term {term.name!r}: factor has shape {factor.shape}, expected [rows, {n}]")
-        if not np.all(np.isfinite(factor)):
-            raise QpruneError(f"term {term.name!r}: factor contains NaN or inf")
+    factor = _finite(term.name, "factor", term.factor, n, f"[rows, {n}]")
     return Term(term.name, linear, blocks, cross, factor)
+
+
+def _finite(name: str, field: str, value: Any, n: int | None, expected: str) -> np.ndarray | None:
+    """``value`` as float64 with ``n`` entries on its last axis (1-D ``linear``, 2-D ``factor``), all finite."""
+    if value is None:
+        return None
+    a = np.asarray(value, dtype=np.float64)
+    if a.ndim != (1 if field == "linear" else 2) or (n is not None and a.shape[-1] != n):
+        raise QpruneError(f"term {name!r}: {field} has shape {a.shape}, expected {expected}")
+    if not np.all(np.isfinite(a)):
+        raise QpruneError(f"term {name!r}: {field} contains NaN or inf")
+    return a
 
 
 def _validate_block(where: str, idx: np.ndarray, M: np.ndarray, n: int | None) -> Block:
