@@ -52,7 +52,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import dimod
 import matplotlib
 
 matplotlib.use("Agg")
@@ -61,9 +60,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from paper_tables import (  # noqa: E402
-    PAPER_BRANCHES, PAPER_FULL_SPARSITY, QUICK_CKPT, RESULTS, data_override, test_metrics,
-)
 from qprune.atomic import atomic_open, write_json  # noqa: E402
 from qprune.backends import get as get_sampler  # noqa: E402
 from qprune.errors import QpruneError  # noqa: E402
@@ -77,8 +73,11 @@ from qprune.refine import MaskScorer  # noqa: E402
 from qprune.solve.arrays import QuboArrays  # noqa: E402
 from qprune.solve.local import repair_to_k  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-FULL_CKPT = ROOT / "problems" / "checkpoints" / "denoise_sidd_f64.pt"
+# helper modules beside this script (benchmarks/)
+from common import (  # noqa: E402
+    BRANCHES, PAPER_FULL_SPARSITY, QUICK_CKPT, RESULTS, ROOT, SIDD_CKPT, data_override, logger, save_png, test_metrics,
+)
+
 ZERO = Weights(alpha=0.0, alpha_f=0.0, beta_diag=0.0, beta_off=0.0, lam=0.0)
 
 
@@ -125,8 +124,7 @@ SINGLE_TERMS = (
 )
 
 
-def log(msg: str) -> None:
-    print(f"[ablation {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+log = logger("ablation", clock=True)
 
 
 # ------------------------------------------------------------------------------------ rows
@@ -310,9 +308,7 @@ def plot(proxy: dict[str, Any], path: Path, title: str) -> None:
         ax.axis("off")
     fig.colorbar(sc, ax=axes.tolist(), shrink=0.5, label="swaps from the base mask (0 = the base)")
     fig.suptitle(title, fontsize=10)
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 # ------------------------------------------------------------------------------------ report
@@ -367,7 +363,7 @@ def render_markdown(p: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", help=f"denoise checkpoint (default {FULL_CKPT.relative_to(ROOT)})")
+    p.add_argument("--checkpoint", help=f"denoise checkpoint (default {SIDD_CKPT.relative_to(ROOT)})")
     p.add_argument("--quick", action="store_true", help="shipped F=16 checkpoint, few masks: a pipeline check")
     p.add_argument("--sparsity", type=float, default=PAPER_FULL_SPARSITY, help="fraction of units (default 0.36)")
     p.add_argument("--seed", type=int, default=0)
@@ -405,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     t_start = time.perf_counter()
     load_start = list(os.getloadavg())
-    ckpt = Path(args.checkpoint) if args.checkpoint else (QUICK_CKPT if args.quick else FULL_CKPT)
+    ckpt = Path(args.checkpoint) if args.checkpoint else (QUICK_CKPT if args.quick else SIDD_CKPT)
     if not ckpt.is_file():
         print(f"ablation: checkpoint {ckpt} does not exist", file=sys.stderr)
         return 2
@@ -414,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ablation: {ckpt} is a {problem.name!r} checkpoint; this benchmark needs denoise", file=sys.stderr)
         return 2
     prep = prepare(model, problem, methods=["hybrid-qubo", "taylor-greedy", "l1-qubo", "fisher-qubo"], fisher="both",
-                   residual_branches=PAPER_BRANCHES, progress=False)
+                   residual_branches=BRANCHES, progress=False)
     log(f"{ckpt}: {prep.space.N} units, calibration {prep.timings['signals']:.0f} s")
     k = round(args.sparsity * prep.space.N)
     unpruned = test_metrics(prep, np.zeros(prep.space.N, dtype=np.int8))

@@ -6,12 +6,12 @@ measured physically removed (params and MACs by ``qprune.model.stats``, CPU late
 thread, median of ``--repeats``):
 
 * ``hybrid-qubo``: the paper's QUBO under the budget (layerwise curves + the Lagrange-multiplier
-  search of ``qprune.solve.budget_search``);
+  search of ``qprune.solve.budgets.search``);
 * ``taylor-greedy``, ``l1-greedy``: our greedy scores under the same budget search (count c of a
   layer prunes its c lowest-scored units);
 * ``tp-magnitude``, ``tp-taylor``: torch-pruning 1.6.1's ``GroupMagnitudeImportance`` /
-  ``GroupTaylorImportance`` on its own dependency groups (matched to our units as in
-  ``benchmarks/peers.py``), ONE global ranking over all units (``global_pruning=True``: lowest
+  ``GroupTaylorImportance`` on its own dependency groups (matched to our units by
+  ``benchmarks/tp_importance.py``), ONE global ranking over all units (``global_pruning=True``: lowest
   normalised score first) within the per-layer caps, its pruning ratio (the count) searched by
   bisection to the largest count whose MACs stay at or under the budget (MetaPruner itself cannot
   express the residual-branch units: ``benchmarks/peers.py`` explains).
@@ -37,34 +37,26 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from peers import CRITERIA, gradient_pass, match_scopes, set_grads, unit_scores  # noqa: E402
-
 from qprune.atomic import atomic_open, write_json  # noqa: E402
 from qprune.errors import QpruneError  # noqa: E402
 from qprune.model.masking import apply_mask  # noqa: E402
 from qprune.model.stats import count_macs, count_params, measure_latency  # noqa: E402
 from qprune.pipeline.budgeted import BudgetRequest, select_budget_mask  # noqa: E402
 from qprune.pipeline.report import machine_info  # noqa: E402
-from qprune.pipeline.run import Prepared, constraint_of, prepare  # noqa: E402
+from qprune.pipeline.run import Prepared, prepare  # noqa: E402
 from qprune.pipeline.workload import evaluate  # noqa: E402
 from qprune.problems import load_checkpoint, load_pretrained  # noqa: E402
-from qprune.solve.baselines import greedy_prune  # noqa: E402
-from qprune.solve.budget import CostModel  # noqa: E402
+from qprune.solve.budgets.budget import CostModel  # noqa: E402
 
-SIDD_CKPT = ROOT / "problems" / "checkpoints" / "denoise_sidd_f64.pt"
-SIDD_DATA = ROOT.parent / "shared" / "data" / "sidd_small_256"
+# helper modules beside this script (benchmarks/)
+from common import BRANCHES, RESULTS, SIDD_CKPT, SIDD_DATA, logger, save_png  # noqa: E402
+from tp_importance import criterion_scores, ranking_under  # noqa: E402
+
 OURS = ("hybrid-qubo", "taylor-greedy", "l1-greedy")
 TP = ("tp-magnitude", "tp-taylor")
 BUDGETS = (0.8, 0.6, 0.5, 0.4)
-# the space of the shipped run: with residual-branch units where the trunk is not pruned (SIDD), as in the results
-BRANCHES = "auto"
 
-
-def log(msg: str) -> None:
-    print(f"[budgets] {msg}", file=sys.stderr, flush=True)
+log = logger("budgets")
 
 
 def measure(prep: Prepared, mask: np.ndarray, example: torch.Tensor, repeats: int) -> dict[str, float]:
@@ -79,22 +71,10 @@ def measure(prep: Prepared, mask: np.ndarray, example: torch.Tensor, repeats: in
 
 def tp_mask(prep: Prepared, scores: np.ndarray, cost: CostModel, target: float) -> np.ndarray:
     """torch-pruning's global ranking, its count searched (bisection) to the most units under ``target``."""
-    scores = np.where(np.isfinite(scores), scores, np.nanmax(scores) + 1.0)
-    caps = int(prep.space.max_pruned_per_layer.sum())
-
-    def mask_of(k: int) -> np.ndarray:
-        return greedy_prune(scores, k, constraint=constraint_of(prep.space, k)).astype(bool)
-
-    lo, hi = 0, caps  # cost(mask_of(lo)) > target unless lo == 0; the answer is the least k fitting
-    if cost.of_mask(mask_of(hi)) > target:
+    mask = ranking_under(prep.space, scores, cost, target)
+    if mask is None:
         raise QpruneError(f"torch-pruning ranking cannot reach {target:.4g} MACs within the caps")
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if cost.of_mask(mask_of(mid)) <= target:
-            hi = mid
-        else:
-            lo = mid + 1
-    return mask_of(lo)
+    return mask.astype(bool)
 
 
 def problem_rows(name: str, problem: Any, model: torch.nn.Module, budgets: Sequence[float], repeats: int,
@@ -109,17 +89,7 @@ def problem_rows(name: str, problem: Any, model: torch.nn.Module, budgets: Seque
         f"prepare {time.perf_counter() - t0:.1f} s")
     cost = CostModel.build(prep.space, "macs")
     full = cost.full()
-    tp_scores: dict[str, np.ndarray] = {}
-    grads: dict[str, Any] = {}
-    for crit in TP:
-        factory, need = CRITERIA[crit]
-        tm = copy.deepcopy(prep.model)
-        scopes, _ = match_scopes(tm, prep.space, example)
-        if need is not None:
-            grads.setdefault(need, gradient_pass(copy.deepcopy(prep.model), prep.work.calibration, prep.work.loss,
-                                                 need))
-            set_grads(tm, grads[need])
-        tp_scores[crit] = unit_scores(scopes, factory(), prep.space.N)
+    tp_scores = criterion_scores(prep, TP, example)
     rows = []
     for f in budgets:
         for method in OURS + TP:
@@ -176,9 +146,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
         ax.set_title(p["problem"])
         ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -207,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QpruneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    stem = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / ("budgets_quick" if args.quick else "budgets")
+    stem = Path(args.out) if args.out else RESULTS / ("budgets_quick" if args.quick else "budgets")
     write_json(stem.with_suffix(".json"), res)
     write_md(res, stem.with_suffix(".md"))
     plot(res, stem.with_suffix(".png"))

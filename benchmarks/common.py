@@ -1,6 +1,8 @@
-"""What the benchmark scripts share: paths, the shipped models, seeded calibration draws, logging.
+"""What the benchmark scripts share: paths, the paper's setting, the shipped models, seeded
+calibration draws, test metrics of a mask, logging and figures.
 
-Every script under ``benchmarks/`` imports this module and nothing from another script.
+A helper module (no main): every script under ``benchmarks/`` imports this module (and
+``tp_importance`` / ``peers_report`` where it needs them) and nothing from another script.
 """
 
 from __future__ import annotations
@@ -13,17 +15,32 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from qprune.atomic import atomic_open
 from qprune.errors import QpruneError
+from qprune.model.masking import apply_mask, remove_gates
+from qprune.pipeline.run import Prepared, evaluate
 from qprune.problems import load_checkpoint, load_pretrained
 from qprune.problems.base import batched
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-SIDD_CKPT = ROOT / "problems" / "checkpoints" / "denoise_sidd_f64.pt"
-QUICK_CKPT = ROOT / "problems" / "checkpoints" / "denoise_bundled_f16.pt"
-SIDD_DATA = (ROOT.parent / "shared" / "data" / "sidd_small_256").resolve()
+CHECKPOINTS = ROOT / "problems" / "checkpoints"
+SIDD_CKPT = CHECKPOINTS / "denoise_sidd_f64.pt"
+QUICK_CKPT = CHECKPOINTS / "denoise_bundled_f16.pt"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SIDD_DATA = (SHARED_DATA / "sidd_small_256").resolve()
 
-__all__ = ["QUICK_CKPT", "RESULTS", "ROOT", "SIDD_CKPT", "SIDD_DATA", "Draw", "load_model", "load_sidd", "logger"]
+#: the paper's full-model setting: 36 % of the prunable units (paper Table 1: ~36 % of the filters)
+PAPER_FULL_SPARSITY = 0.36
+#: ``residual_branches`` of the spaces the benchmarks prune: the shipped runs' space, with the
+#: residual-branch units (conv3/conv5, the upsample convs) where the trunk is not pruned. The paper's
+#: filters include those convs; without these units (the library default) the F = 64 space has 12
+#: layers, too few for its 16-layer sub-problem.
+BRANCHES = "auto"
+
+__all__ = ["BRANCHES", "CHECKPOINTS", "PAPER_FULL_SPARSITY", "QUICK_CKPT", "RESULTS", "ROOT", "SHARED_DATA",
+           "SIDD_CKPT", "SIDD_DATA", "Draw", "data_override", "load_model", "load_sidd", "logger",
+           "pick_checkpoint", "save_png", "test_metrics"]
 
 
 def logger(tag: str, clock: bool = False) -> Callable[[str], None]:
@@ -32,6 +49,9 @@ def logger(tag: str, clock: bool = False) -> Callable[[str], None]:
         stamp = f" {time.strftime('%H:%M:%S')}" if clock else ""
         print(f"[{tag}{stamp}] {msg}", file=sys.stderr, flush=True)
     return log
+
+
+# ------------------------------------------------------------------------------------ models
 
 
 def load_sidd(**overrides: Any) -> tuple[Any, torch.nn.Module]:
@@ -44,6 +64,38 @@ def load_sidd(**overrides: Any) -> tuple[Any, torch.nn.Module]:
 def load_model(name: str) -> tuple[Any, torch.nn.Module]:
     """``sidd-f64`` (the trained SIDD model), or a shipped problem's model (``denoise``, ``classify``)."""
     return load_sidd() if name == "sidd-f64" else load_pretrained(name)
+
+
+def pick_checkpoint(arg: str | None) -> tuple[Path, str]:
+    """The denoising model to benchmark (``arg``, else the shipped F=64 SIDD model, else the small
+    shipped one) and a sentence saying why this one; exits with a message when there is none."""
+    if arg:
+        return Path(arg), "given with --checkpoint"
+    if SIDD_CKPT.is_file():
+        return SIDD_CKPT, "the shipped F=64 SIDD model (problems/checkpoints/denoise_sidd_f64.pt)"
+    from qprune.problems import pretrained_path
+
+    try:
+        path = pretrained_path("denoise")
+    except QpruneError as exc:
+        raise SystemExit(
+            f"no denoising checkpoint: {SIDD_CKPT} is absent (run `make train-sidd`) and {exc}"
+        ) from exc
+    return path, (f"{SIDD_CKPT} is absent (run `make train-sidd` for the paper's F=64 model); "
+                  "using the small shipped checkpoint")
+
+
+def data_override(ckpt: Path) -> dict[str, str]:
+    """``data=`` for load_checkpoint when the folder recorded in ``ckpt`` is absent here but ours exists.
+
+    The shipped SIDD model records the absolute path it was trained from; on another checkout the
+    SIDD folder is ``<repo>/../shared/data/sidd_small_256``.
+    """
+    recorded = torch.load(ckpt, weights_only=True).get("config", {}).get("data")
+    if isinstance(recorded, str) and recorded.endswith("sidd_small_256") and not Path(recorded).is_dir() \
+            and SIDD_DATA.is_dir():
+        return {"data": str(SIDD_DATA)}
+    return {}
 
 
 class Draw:
@@ -67,3 +119,24 @@ class Draw:
         perm = np.random.default_rng([int(cfg["seed"]), 1, self._seed]).permutation(self._p._split_len("train"))
         x, y = self._p._take("train", perm if count is None else perm[:count * bs])
         return batched(x, y, bs)
+
+
+# ------------------------------------------------------------------------------------ results
+
+
+def test_metrics(prep: Prepared, x: np.ndarray) -> dict[str, float]:
+    """PSNR/SSIM of the gated model (exactly the pruned network) on the TEST batches."""
+    model = apply_mask(prep.model, prep.space, x.astype(bool), mode="gate")
+    try:
+        return evaluate(model, prep.work.test, prep.work.metrics)
+    finally:
+        remove_gates(prep.model)
+
+
+def save_png(fig: Any, path: Path, dpi: float | None = None) -> None:
+    """Write a matplotlib figure as a PNG (atomically) and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", **({} if dpi is None else {"dpi": dpi}))
+    plt.close(fig)

@@ -21,16 +21,15 @@ import numpy as np
 import torch
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from qprune.atomic import atomic_open, write_json
+from qprune.errors import QpruneError
+from qprune.pipeline.budgeted import BudgetRequest
+from qprune.pipeline.methods import MethodOptions
+from qprune.pipeline.report import machine_info
+from qprune.pipeline.run import prepare, run_method
 
-from common import RESULTS, Draw, load_model, logger  # noqa: E402
-
-from qprune.atomic import atomic_open, write_json  # noqa: E402
-from qprune.errors import QpruneError  # noqa: E402
-from qprune.pipeline.budgeted import BudgetRequest  # noqa: E402
-from qprune.pipeline.methods import MethodOptions  # noqa: E402
-from qprune.pipeline.report import machine_info  # noqa: E402
-from qprune.pipeline.run import prepare, run_method  # noqa: E402
+# helper module beside this script (benchmarks/)
+from common import RESULTS, Draw, load_model, logger
 
 log = logger("finetune", clock=True)
 METHODS = ("taylor-greedy", "fisher-qubo")

@@ -27,10 +27,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from tt_refine import pick_checkpoint  # noqa: E402
+# helper module beside this script (benchmarks/): the checkpoint tt_refine.py would pick
+from common import ROOT, pick_checkpoint
 
 #: What qprune's TT benchmark imports that a CUDA PyTorch/JAX image does not ship.
 PACKAGES = ("dimod", "dwave-samplers", "torch-pruning", "protes")

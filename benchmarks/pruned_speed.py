@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+# helper module beside this script (benchmarks/)
+from common import RESULTS
 
 
 def _model(arch: str) -> tuple[torch.nn.Module, int]:
@@ -35,8 +35,9 @@ def _model(arch: str) -> tuple[torch.nn.Module, int]:
         from qprune.problems.halfunet import HalfUNet
 
         return HalfUNet(width=64).eval(), 256
-    sys.path.insert(0, str(ROOT / "tests"))
-    import conftest  # noqa: F401 - lets torchvision import beside the CPU build of torch
+    from qprune.torchvision_compat import prepare_torchvision
+
+    prepare_torchvision()  # lets torchvision import beside the CPU build of torch
     import torchvision
 
     return torchvision.models.resnet18().eval(), 224
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pruned_speed.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "pruned_speed.json")
     args = ap.parse_args(argv)
 
     from qprune.model.masking import apply_mask

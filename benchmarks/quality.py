@@ -8,9 +8,10 @@ scored on the held-out test split:
   reported beside it);
 * methods: ``random``, ``taylor-greedy``, ``fisher-greedy``, torch-pruning 1.6.1's own Taylor and
   Hessian importances (``tp-taylor``, ``tp-hessian``: its scores on our units, one global ranking,
-  the count searched to the budget, as in ``benchmarks/budgets.py``), ``hybrid-qubo`` with its
-  default weights, ``hybrid-qubo`` with weights tuned per draw and target (``hybrid-qubo-tuned``:
-  TPE, ``--trials`` trials on the validation split) and ``fisher-qubo`` with its defaults;
+  the count searched to the budget, as in ``benchmarks/budgets.py``; both through
+  ``benchmarks/tp_importance.py``), ``hybrid-qubo`` with its default weights, ``hybrid-qubo`` with
+  weights tuned per draw and target (``hybrid-qubo-tuned``: TPE, ``--trials`` trials on the
+  validation split) and ``fisher-qubo`` with its defaults;
 * models: the trained SIDD F = 64 Half-UNet in the default space and with residual-branch units
   (``--residual-branches auto``), the bundled F = 16 denoiser and the digits classifier;
 * draws: every draw is another seeded calibration subset of the training split (and the seed of
@@ -42,11 +43,6 @@ from scipy import stats
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import RESULTS, Draw, load_sidd, logger  # noqa: E402
-from peers import CRITERIA, gradient_pass, match_scopes, set_grads, unit_scores  # noqa: E402
-
 from qprune.atomic import atomic_open, write_json  # noqa: E402
 from qprune.errors import QpruneError  # noqa: E402
 from qprune.model.masking import apply_mask  # noqa: E402
@@ -57,10 +53,14 @@ from qprune.pipeline.run import Prepared, constraint_of, prepare, run_method, tu
 from qprune.pipeline.workload import evaluate  # noqa: E402
 from qprune.problems import load_pretrained  # noqa: E402
 from qprune.solve.baselines import greedy_prune  # noqa: E402
-from qprune.solve.budget import CostModel  # noqa: E402
+from qprune.solve.budgets.budget import CostModel  # noqa: E402
+
+# helper modules beside this script (benchmarks/)
+from common import PAPER_FULL_SPARSITY, RESULTS, Draw, load_sidd, logger, save_png  # noqa: E402
+from tp_importance import criterion_scores, ranking_under  # noqa: E402
 
 TARGETS = ("macs=0.8", "macs=0.6", "macs=0.5", "macs=0.4", "units=36%")
-SPARSITY = 0.36
+SPARSITY = PAPER_FULL_SPARSITY
 NEW = "fisher-qubo"
 TUNED = "hybrid-qubo-tuned"
 OURS = ("random", "taylor-greedy", "fisher-greedy", "hybrid-qubo", NEW)
@@ -88,16 +88,7 @@ def models(names: Sequence[str]) -> list[tuple[str, Callable[[], tuple[Any, torc
 
 def tp_scores(prep: Prepared) -> dict[str, np.ndarray]:
     """torch-pruning's Taylor and Hessian importances on our units, from this draw's calibration."""
-    example = prep.work.calibration[0][0][:1]
-    out = {}
-    for crit in TP:
-        factory, need = CRITERIA[crit]
-        tm = copy.deepcopy(prep.model)
-        scopes, _ = match_scopes(tm, prep.space, example)
-        set_grads(tm, gradient_pass(copy.deepcopy(prep.model), prep.work.calibration, prep.work.loss, need))
-        s = unit_scores(scopes, factory(), prep.space.N)
-        out[crit] = np.where(np.isfinite(s), s, np.nanmax(s) + 1.0)
-    return out
+    return criterion_scores(prep, TP, prep.work.calibration[0][0][:1])
 
 
 def score_mask(prep: Prepared, scores: np.ndarray, target: str, cost: CostModel) -> np.ndarray:
@@ -106,18 +97,10 @@ def score_mask(prep: Prepared, scores: np.ndarray, target: str, cost: CostModel)
     if target.startswith("units"):
         k = int(round(SPARSITY * prep.space.N))
         return greedy_prune(scores, k, constraint=constraint_of(prep.space, k))
-    cap = float(target.split("=")[1]) * cost.full()
-
-    def mask_of(k: int) -> np.ndarray:
-        return greedy_prune(scores, k, constraint=constraint_of(prep.space, k))
-
-    lo, hi = 0, int(prep.space.max_pruned_per_layer.sum())
-    if cost.of_mask(mask_of(hi)) > cap:
+    mask = ranking_under(prep.space, scores, cost, float(target.split("=")[1]) * cost.full())
+    if mask is None:
         raise QpruneError(f"a global ranking cannot reach {target} within the caps")
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if cost.of_mask(mask_of(mid)) <= cap else (mid + 1, hi)
-    return mask_of(lo)
+    return mask
 
 
 def method_mask(prep: Prepared, method: str, target: str, seed: int, trials: int,
@@ -276,9 +259,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
         ax.set_title(model)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,7 +36,8 @@ from qprune.qubo.formulation import formulate, preset_terms
 from qprune.instances.synthetic import synthetic_instance
 from qprune.qubo.terms import compute_terms
 
-RESULTS = Path(__file__).resolve().parent / "results" / "qubo_core.json"
+# helper module beside this script (benchmarks/)
+from common import PAPER_FULL_SPARSITY, RESULTS
 
 
 def build(n: int, seed: int) -> tuple[Any, dict[str, float]]:
@@ -105,12 +106,12 @@ def score(form: Any, x: np.ndarray, gamma_ref: float) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=4000, help="prunable units (default 4000: the full Half-UNet)")
-    ap.add_argument("--sparsity", type=float, default=0.36, help="share of units pruned (paper: ~36 %%)")
+    ap.add_argument("--sparsity", type=float, default=PAPER_FULL_SPARSITY, help="share of units pruned (paper: ~36 %%)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fast-sweeps", type=int, default=300, help="neal sweeps of the fast configuration")
     ap.add_argument("--fast-reads", type=int, default=15, help="final reads of the fast configuration")
     ap.add_argument("--skip-paper", action="store_true", help="leave out the paper's procedure (smoke runs)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=RESULTS / "qubo_core.json")
     args = ap.parse_args(argv)
 
     machine = machine_info()

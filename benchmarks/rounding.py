@@ -41,14 +41,12 @@ from qprune.pipeline.run import prepare
 from qprune.pipeline.workload import evaluate
 from qprune.problems import load_checkpoint, load_pretrained
 
-ROOT = Path(__file__).resolve().parents[1]
-SIDD_CKPT = ROOT / "problems" / "checkpoints" / "denoise_sidd_f64.pt"
-SIDD_DATA = ROOT.parent / "shared" / "data" / "sidd_small_256"
+# helper module beside this script (benchmarks/)
+from common import RESULTS, SIDD_CKPT, SIDD_DATA, logger
+
 METHODS = ("taylor-greedy", "hybrid-qubo")
 
-
-def log(msg: str) -> None:
-    print(f"[rounding] {msg}", file=sys.stderr, flush=True)
+log = logger("rounding")
 
 
 def _median_ms(fn: Any, repeats: int) -> float:
@@ -197,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = {"command": "python benchmarks/rounding.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": machine_info(), "size": args.size, "repeats": args.repeats, "kernels": kernels,
            "models": models, "wall_s": time.perf_counter() - t0}
-    stem = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / ("rounding_quick" if args.quick else "rounding")
+    stem = Path(args.out) if args.out else RESULTS / ("rounding_quick" if args.quick else "rounding")
     write_json(stem.with_suffix(".json"), res)
     write_md(res, stem.with_suffix(".md"))
     print(stem.with_suffix(".md").read_text())

@@ -47,14 +47,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+# helper module beside this script (benchmarks/)
+from common import BRANCHES, RESULTS, save_png
+
 FULL = ("regnet_x_400mf", "mobilenet_v2", "resnet18", "resnet34", "efficientnet_b0", "resnet50",
         "efficientnet_b2", "wide_resnet50_2", "resnet101")
 QUICK = ("regnet_x_400mf", "resnet18")
 MUST = ("resnet50", "efficientnet_b0")  # issue 18's targets: total <= 30 s, solve <= 10 s
 TARGET_TOTAL_S, TARGET_SOLVE_S = 30.0, 10.0
 STAGES = ("space", "signals", "formulate", "solve", "remove")
-BRANCHES = "auto"  # the space of the shipped run (residual-branch units where the trunk is not pruned)
 SPARSE_KEEPS = (4, 16, 64)
 
 
@@ -76,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--loss-model", default=None, help="models that also get a fisher-qubo prune() row (default: "
                     f"{','.join(MUST)}; --quick: the first model; 'none' for none)")
     ap.add_argument("--no-torch-pruning", action="store_true", help="skip the torch-pruning column")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale")
+    ap.add_argument("--out", type=Path, default=RESULTS / "scale")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.images < 1 or args.size < 16 or not 0 < args.sparsity < 1:
         ap.error("--threads and --images must be >= 1, --size >= 16, --sparsity in (0, 1)")
@@ -320,8 +321,7 @@ def plot(rows: list[dict[str, Any]], path: Path, fitted: dict[str, float | None]
     ax.set_title("qprune.prune() stages vs units (hybrid-qubo, neal, 30 %)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
 
 
 def _fmt(v: float | None, spec: str = ".2f") -> str:

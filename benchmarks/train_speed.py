@@ -33,8 +33,9 @@ from qprune.problems.denoise import DenoiseProblem
 from qprune.problems.halfunet import HalfUNet
 from qprune.problems.metrics import psnr_loss
 
-ROOT = Path(__file__).resolve().parents[1]
-SIDD = ROOT.parent / "shared" / "data" / "sidd_small_256"
+# helper module beside this script (benchmarks/)
+from common import RESULTS, SIDD_DATA
+
 QUALITY_TOLERANCE_DB = 0.05
 
 # name -> (channels_last, precision, compile, threads)
@@ -55,10 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quality-width", type=int, default=16, help="model width of the quality run (default 16)")
     p.add_argument("--quality-epochs", type=int, default=3, help="epochs of the quality run (default 3)")
     p.add_argument("--quality-limit", type=int, default=40, help="SIDD images read for the quality run (default 40)")
-    p.add_argument("--data", default=str(SIDD), help="SIDD-Small folder (default ../shared/data/sidd_small_256; "
-                                                      "the bundled photos when it is absent)")
+    p.add_argument("--data", default=str(SIDD_DATA), help="SIDD-Small folder (default ../shared/data/sidd_small_256; "
+                                                           "the bundled photos when it is absent)")
     p.add_argument("--quick", action="store_true", help="2 steps, 1 round, a 1-epoch width-8 quality run")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_speed"),
+    p.add_argument("--out", default=str(RESULTS / "train_speed"),
                    help="output path without suffix (.json and .md are written)")
     args = p.parse_args(argv)
     if args.quick:

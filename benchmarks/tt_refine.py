@@ -46,8 +46,8 @@ from qprune.pipeline import run as pipeline
 from qprune.atomic import atomic_open, write_json
 from qprune.pipeline.report import machine_info, training_summary
 from qprune.model.masking import apply_mask, prune_model, remove_gates
-from qprune.refine import MaskScorer, RefineResult, layer_groups, naive_score, refine, refine_chunked
-from qprune.refine.forward import ieee_fp32, sync_clock  # this file's _clock reads wall and CPU time
+from qprune.refine import MaskScorer, RefineResult, layer_chunks, naive_score, refine, refine_chunked
+from qprune.refine.scoring.forward import ieee_fp32, sync_clock  # this file's _clock reads wall and CPU time
 from qprune.model.stats import count_macs
 from qprune.solve.constraint import ExactK
 
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     kf = round(args.sparsity * fs.N)
     seed_full, _ = pipeline.select_mask(prep_full, "hybrid-qubo", kf, pipeline.MethodOptions(seed=args.seed))
     t_seed_full = time.perf_counter() - t0
-    groups = layer_groups(fs.layer_ids, size=args.group_size)
+    groups = layer_chunks(fs.layer_ids, size=args.group_size)
     print(f"full model: {len(fs.layers)} layers, {fs.N} units, k={kf}; {len(groups)} chunks of "
           f"{[len(g) for g in groups]} units", flush=True)
     # what refine_mask(..., chunked=True) runs, with the scorer's calls recorded for the speed part

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ABLATION_ROWS = {"taylor", "taylor + fisher(weight)", "taylor + fisher(channel)", "taylor + fisher(both)",
                  "taylor + similarity", "taylor + l1 redundancy", "full hybrid", "full hybrid, gamma (units)"}
 TERMS = {"hybrid_e0", "hybrid_e_gamma", "capacity_reward", "taylor", "channel_fisher", "weight_fisher",
-         "activation_similarity", "l1_redundancy"}
+         "activation_similarity", "l1_redundancy", "loss_model"}
 
 
 @pytest.mark.slow
@@ -41,7 +41,7 @@ def test_ablation_quick_writes_exact_k_rows_and_the_proxy_study(tmp_path: Path) 
     assert proxy["masks"] == len(proxy["points"]) >= 16 and set(proxy["spearman"]) == TERMS
     assert {p["distance"] for p in proxy["points"]} == {0, 1, 8}
     assert all(-1.0 <= v["rho"] <= 1.0 for v in proxy["spearman"].values())
-    assert set(proxy["spearman_by_base"]) == {"hybrid", "taylor"}
+    assert set(proxy["spearman_by_base"]) == {"hybrid", "taylor", "fisher-qubo"}
     assert all(set(d) == TERMS and sum(v["n"] for v in d.values()) > 0 for d in proxy["spearman_by_base"].values())
     assert proxy["test_patches"] == 16  # --test-batches 1 of the bundled problem (batch 16)
     text = (tmp_path / "abl.md").read_text()
