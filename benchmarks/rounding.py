@@ -34,7 +34,7 @@ import torch
 from qprune.atomic import atomic_open, write_json
 from qprune.errors import QpruneError
 from qprune.model.masking import apply_mask
-from qprune.model.stats import count_macs, measure_latency
+from qprune.model.stats import count_macs, measure_latency, time_calls
 from qprune.pipeline.budgeted import BudgetRequest, select_budget_mask
 from qprune.pipeline.report import machine_info
 from qprune.pipeline.run import prepare
@@ -49,16 +49,6 @@ METHODS = ("taylor-greedy", "hybrid-qubo")
 log = logger("rounding")
 
 
-def _median_ms(fn: Any, repeats: int) -> float:
-    fn()  # warm-up: the first call picks the kernel
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
-
-
 def kernel_rows(channels: Sequence[int], size: int, repeats: int) -> list[dict[str, Any]]:
     """One row per (channel count, layout): median ms of a c -> c 3x3 conv, and ns per MAC."""
     rows = []
@@ -68,7 +58,7 @@ def kernel_rows(channels: Sequence[int], size: int, repeats: int) -> list[dict[s
             conv = torch.nn.Conv2d(c, c, 3, padding=1).eval().to(memory_format=fmt)
             x = torch.randn(1, c, size, size).to(memory_format=fmt)
             with torch.inference_mode():
-                ms = _median_ms(lambda: conv(x), repeats)
+                ms = time_calls({"conv": lambda: conv(x)}, repeats=repeats, warmup=1, threads=None)["conv"]["median_ms"]
             macs = c * c * 9 * size * size
             rows.append({"layout": layout, "channels": c, "ms": ms, "ns_per_mac": 1e6 * ms / macs})
     for r in rows:  # against the next multiple of 8 at or above, same layout
