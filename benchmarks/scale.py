@@ -152,10 +152,10 @@ def qprune_row(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tens
     """One ``prune()`` call: stage times, energy, the pruned model's size and fidelity."""
     import qprune
 
-    kwargs = {} if args.strategy is None else {"strategy": args.strategy}
+    options = qprune.MethodOptions() if args.strategy is None else qprune.MethodOptions(strategy=args.strategy)
     t0 = time.perf_counter()
-    res = qprune.prune(model, [(x, y)], sparsity=args.sparsity, method=method, backend="neal",
-                       loss_fn=F.cross_entropy, residual_branches=BRANCHES, progress=False, **kwargs)
+    res = qprune.prune(model, [(x, y)], sparsity=args.sparsity, method=method, backend="neal", options=options,
+                       space=qprune.SpaceOptions(residual_branches=BRANCHES), loss_fn=F.cross_entropy, progress=False)
     total = time.perf_counter() - t0
     t = res.timings
     stages = {"space": t["space"], "signals": t["signals"], "formulate": t["formulate"],

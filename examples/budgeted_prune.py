@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     # with multiples of 8 every layer of this F = 16 model keeps 8 of its 16-32 channels, which
     # leaves at least 60 % of the MACs in the default space; the convs added into the residual
     # trunk, as units of their own (residual_branches="auto"; off by default), reach half
-    result = qprune.prune(model, problem, budget={"macs": macs}, round_to=round_to, method="taylor-greedy"
-                          if args.quick else "hybrid-qubo", residual_branches="auto", seed=0, progress=False)
+    result = qprune.prune(model, problem, budget=qprune.BudgetRequest.of({"macs": macs}, round_to=round_to),
+                          method="taylor-greedy" if args.quick else "hybrid-qubo",
+                          space=qprune.SpaceOptions(residual_branches="auto"), seed=0, progress=False)
 
     before, after = result.stats_before, result.stats_after
     kept = after["macs"] / before["macs"]

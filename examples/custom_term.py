@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for weight in (0.0, 20.0):
         result = qprune.prune(model, problem, sparsity=0.3, method="hybrid-qubo", seed=0, progress=False,
-                              weights=qprune.Weights(extra={"early_layer_cost": weight}), remove=False)
+                              options=qprune.MethodOptions(weights=qprune.Weights(extra={"early_layer_cost": weight})),
+                              remove=False)
         rows.append((weight, [r["pruned"] for r in result.per_layer()], result.metrics_after))
     for weight, counts, metrics in rows:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())

@@ -42,10 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     sampler = qpu_backend(args.live)
     # the gamma search sends the whole QUBO to the QPU at every step (the layerwise strategy would
     # enumerate blocks this small exactly and never call it)
-    result = qprune.prune(model, problem, sparsity=0.3, method="hybrid-qubo", backend=sampler, strategy="gamma",
-                          layers=2 if args.quick else None, seed=0, progress=False, remove=False)
-    neal = qprune.prune(model, problem, sparsity=0.3, method="hybrid-qubo", backend="neal", strategy="gamma",
-                        layers=2 if args.quick else None, seed=0, progress=False, remove=False)
+    gamma, space = qprune.MethodOptions(strategy="gamma"), qprune.SpaceOptions(layers=2 if args.quick else None)
+    result = qprune.prune(model, problem, sparsity=0.3, method="hybrid-qubo", backend=sampler, options=gamma,
+                          space=space, seed=0, progress=False, remove=False)
+    neal = qprune.prune(model, problem, sparsity=0.3, method="hybrid-qubo", backend="neal", options=gamma,
+                        space=space, seed=0, progress=False, remove=False)
     where = "a real QPU" if args.live else "the mock Pegasus QPU"
     print(f"{result.k} of {result.space.N} units pruned on {where}: energy {result.energy:.4f} "
           f"(neal: {neal.energy:.4f}); accuracy {result.metrics_after['accuracy']:.4f} "

@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result = qprune.prune(model, batches, sparsity=args.sparsity, method="hybrid-qubo", backend="neal",
                           loss_fn=F.cross_entropy, metric_fn=accuracy, seed=0, progress=not args.quick,
-                          exclude=["fc"],  # keep the classifier's 10 outputs
-                          layers=4 if args.quick else None)
+                          space=qprune.SpaceOptions(exclude=["fc"],  # keep the classifier's 10 outputs
+                                                    layers=4 if args.quick else None))
     before, after = result.stats_before, result.stats_after
     print(f"pruned {result.k} of {result.space.N} units in {len(result.space.layers)} layers")
     print(f"params {int(before['params']):,} -> {int(after['params']):,}; "

@@ -37,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     "select_mask": "qprune.pipeline.run", "tune_weights": "qprune.pipeline.run",
     "compare_methods": "qprune.pipeline.compare",
     "METHODS": "qprune.pipeline.methods", "MethodOptions": "qprune.pipeline.methods",
+    "SpaceOptions": "qprune.pipeline.options",
     # result types
     "PruneResult": "qprune.pipeline.run", "ExactKResult": "qprune.solve.result", "RefineResult": "qprune.refine.result",
     # extension points: QUBO terms and weights, the exact-k constraint (backends: qprune.backends.register)

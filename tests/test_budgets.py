@@ -24,6 +24,7 @@ from qprune.model.space import build_space
 from qprune.model.stats import count_macs, count_params
 from qprune.pipeline.budgeted import BudgetRequest, budget_limits, select_budget_mask
 from qprune.pipeline.methods import MethodOptions
+from qprune.pipeline.options import SpaceOptions
 from qprune.pipeline.run import prepare, prune
 from qprune.solve.budgets.budget import Budget, CostModel, parse_budget
 from qprune.solve.budgets.cqm import budget_cqm, cost_polynomial, unit_variables, write_budget_lp
@@ -157,13 +158,16 @@ def test_cli_prune_with_budget_writes_report(tmp_path):
 
 def test_prune_api_budget(denoise):
     problem, model = problems.load_pretrained("classify")
-    result = prune(model, problem, budget={"params": 0.6}, method="hybrid-qubo", round_to=2, progress=False)
+    result = prune(model, problem, budget=BudgetRequest.of({"params": 0.6}, round_to=2), method="hybrid-qubo",
+                   progress=False)
     frac = result.stats_after["params"] / result.stats_before["params"]
     assert 0.59 <= frac <= 0.6
     with pytest.raises(QpruneError, match="not both"):
         prune(model, problem, budget={"params": 0.6}, k=3, progress=False)
-    with pytest.raises(QpruneError, match="need a budget"):
-        prune(model, problem, k=3, round_to=8, progress=False)
+    with pytest.raises(QpruneError, match="a count >= 1"):
+        SpaceOptions(min_keep=0.5)  # a kept fraction goes with a budget, not with the space
+    with pytest.raises(QpruneError, match=r"min_keep_frac=1\.5"):
+        BudgetRequest.of({"params": 0.6}, min_keep_frac=1.5)
 
 
 def test_latency_table_budget_and_device_check(tmp_path):

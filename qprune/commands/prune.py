@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from qprune.commands._common import (
-    add_budget_args, add_finetune_args, add_problem_args, add_solver_args, add_space_args, check_amount, check_output,
-    load_problem_and_model, parse_max_prune, parse_weights, residual_branches,
+    add_budget_args, add_finetune_args, add_problem_args, add_solver_args, add_space_args, budget_request, check_amount,
+    check_output, load_problem_and_model, method_options, parse_weights, residual_branches,
 )
 from qprune.errors import QpruneError
 from qprune.pipeline.figures import check_image_batches, write_comparison_figure
@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from qprune.model.fileio import format_for, runtime_latency, save_pruned
     from qprune.model.recipe import save_recipe
+    from qprune.pipeline.options import SpaceOptions
     from qprune.pipeline.run import method_spec, prune
     from qprune.pipeline.report import render_markdown, summarize, write_report
 
@@ -51,17 +52,17 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         format_for(args.output)  # a bad suffix fails before any work
     weights = parse_weights(args.weights)
-    max_prune = parse_max_prune(args.max_prune)
+    if args.budget is None and (args.min_keep_frac is not None or args.round_to != 1 or args.max_prune is not None
+                                or args.latency_table is not None):
+        raise QpruneError("--min-keep-frac, --round-to, --max-prune and --latency-table need a --budget "
+                          "(e.g. --budget units=0.5)")
     problem, model, ckpt = load_problem_and_model(args)
     if args.figure:
         check_image_batches(problem.test_batches())  # before the pruning work
+    space = SpaceOptions(layers=args.layers, min_keep=args.min_keep, residual_branches=residual_branches(args))
     result = prune(
-        model, problem, sparsity=args.sparsity, k=args.k, method=args.method, backend=args.backend,
-        strategy=args.strategy, refine=args.refine, weights=weights, fisher=args.fisher,
-        capacity=args.capacity, layers=args.layers, seed=args.seed, tt_budget=args.tt_budget,
-        min_keep=args.min_keep if args.min_keep_frac is None else args.min_keep_frac,
-        residual_branches=residual_branches(args),
-        budget=args.budget, round_to=args.round_to, max_prune=max_prune, latency_table=args.latency_table,
+        model, problem, sparsity=args.sparsity, k=args.k, budget=budget_request(args) if args.budget else None,
+        method=args.method, backend=args.backend, seed=args.seed, options=method_options(args, weights), space=space,
         remove=args.output is not None or args.report is not None or args.finetune > 0, progress=not args.quiet,
     )
     summary = summarize(result, backend=str(args.backend), extra={"problem": problem.name, "checkpoint": ckpt})

@@ -15,6 +15,7 @@ _EXPORTS: dict[str, str] = {
     "FinetuneOptions": "qprune.pipeline.compare",
     "METHODS": "qprune.pipeline.methods",
     "MethodOptions": "qprune.pipeline.methods",
+    "SpaceOptions": "qprune.pipeline.options",
     "MethodSpec": "qprune.pipeline.methods",
     "Prepared": "qprune.pipeline.run",
     "PruneResult": "qprune.pipeline.run",

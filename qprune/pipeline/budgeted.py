@@ -25,6 +25,7 @@ from qprune.pipeline.methods import MethodOptions, build_formulation, check_sign
 from qprune.pipeline.stepwise import SignalsAt, stepwise_budget
 from qprune.solve.budgets.budget import Budget, CostModel, parse_budget
 from qprune.solve.budgets.cqm import budget_cqm
+from qprune.solve.budgets.latency_table import load_table
 from qprune.solve.budgets.search import score_tables, search_counts
 from qprune.solve.constraint import ExactK
 from qprune.solve.strategies import get_strategy
@@ -51,10 +52,14 @@ class BudgetRequest:
     @classmethod
     def of(cls, budget: Any, *, round_to: int = 1, min_keep_frac: float | None = None, max_prune: Any = None,
            latency: Any = None) -> BudgetRequest:
-        """From a budget in any form :func:`qprune.solve.budgets.budget.parse_budget` reads."""
+        """From a budget in any form :func:`qprune.solve.budgets.budget.parse_budget` reads; ``latency``
+        a :class:`~qprune.solve.budgets.latency_table.LatencyTable` or its JSON file."""
         b = parse_budget(budget)
+        if min_keep_frac is not None and not 0.0 < float(min_keep_frac) < 1.0:
+            raise QpruneError(f"min_keep_frac={min_keep_frac!r} must be a fraction in (0, 1)")
+        latency = load_table(latency)
         if b.kind == "latency" and latency is None:
-            raise QpruneError("a latency budget needs a latency table: give latency_table= (a file or a "
+            raise QpruneError("a latency budget needs a latency table: give latency= (a file or a "
                               "LatencyTable; qprune.solve.budgets.latency_table.measure_latency_table makes one)")
         return cls(b, int(round_to), min_keep_frac, max_prune, latency)
 

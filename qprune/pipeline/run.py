@@ -25,6 +25,7 @@ from qprune.model.space import build_space
 from qprune.model.stats import model_stats
 from qprune.model.units import FilterSpace
 from qprune.pipeline.budgeted import BudgetRequest, select_budget_mask
+from qprune.pipeline.options import SpaceOptions
 from qprune.pipeline.methods import (
     DEFAULT_METHOD,
     METHODS,
@@ -45,7 +46,6 @@ from qprune.qubo.presets import Weights
 from qprune.refine.on_model import refine_mask
 from qprune.solve.baselines import greedy_prune, random_prune
 from qprune.solve.constraint import ExactK
-from qprune.solve.budgets.latency_table import load_table
 from qprune.solve.result import ExactKResult
 from qprune.solve.strategies import DEFAULT_STRATEGY, get_strategy
 
@@ -187,53 +187,35 @@ def prune(
     *,
     sparsity: float | None = None,
     k: int | None = None,
+    budget: Any = None,
     method: str = DEFAULT_METHOD,
     backend: str | dimod.Sampler = "neal",
-    strategy: str = DEFAULT_STRATEGY,
-    refine: str | None = None,
-    weights: Weights | None = None,
-    fisher: str = "channel",
-    capacity: str = "params",
-    layers: Sequence[str] | int | None = None,
-    exclude: Sequence[str] = (),
-    min_keep: int | float = 1,
-    residual_branches: bool | str = False,
     seed: int | None = 0,
-    budget: Any = None,
-    round_to: int = 1,
-    max_prune: Any = None,
-    latency_table: Any = None,
+    options: MethodOptions | None = None,
+    space: SpaceOptions | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     metric_fn: Callable[[torch.Tensor, torch.Tensor], Mapping[str, float] | float] | None = None,
     remove: bool = True,
-    tt_budget: int = 2_000,
-    steps: int | None = None,
-    sampler_params: Mapping[str, Any] | None = None,
-    solver_options: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> PruneResult:
-    """Prune exactly k filters of ``model`` with ``method`` on ``backend``.
+    """Prune ``model`` to a target with ``method`` on ``backend``.
 
     Args:
         model: a trained ``nn.Module`` (not modified: the pipeline works on copies).
         problem_or_batches: a :class:`qprune.problems.Problem`, or calibration batches
             ``[(input, target), ...]`` together with ``loss_fn`` (and optionally ``metric_fn``).
-        sparsity / k: fraction of the prunable units, or their count (exactly one).
-        method: one of :data:`METHODS` (random, l1-greedy, taylor-greedy, fisher-greedy, l1-qubo,
-            gradient-qubo, hybrid-qubo, hybrid-qubo+tt, fisher-qubo, fisher-qubo+tt); default
-            :data:`~qprune.pipeline.catalog.DEFAULT_METHOD`, the loss-model QUBO ``fisher-qubo``.
-        backend, strategy, refine, weights, fisher, capacity, seed, tt_budget, steps, sampler_params, solver_options:
-            see :class:`qprune.pipeline.methods.MethodOptions`.
-        layers / exclude / min_keep: restrict the filter space (see :func:`qprune.model.space.build_space`);
-            a float ``min_keep`` in (0, 1) is the fraction of every layer kept (budget solves only).
-        residual_branches: output channels of convs added into a residual trunk as units of their own
-            (``False``, the default: none; ``"auto"``: where no other layer prunes the trunk; ``True``; see
-            :mod:`qprune.model.residual` and, for their latency at equal MACs, the README).
-        budget: instead of sparsity / k, ``{"macs": 0.5}`` or ``"macs=0.5"`` (also units, params,
-            latency): keep at most that fraction of the unpruned model's cost, landing within 1 % below
-            it (:mod:`qprune.pipeline.budgeted`); ``round_to`` (kept counts multiples of it), ``max_prune``
-            (per layer: a count, or a float fraction) and ``latency_table`` (a
-            :class:`~qprune.solve.budgets.latency_table.LatencyTable` or its JSON file) go with it.
+        sparsity / k / budget: the target, exactly one: a fraction of the prunable units, their
+            count, or a budget (``"macs=0.5"``, ``{"macs": 0.5}``; also units, params, latency) that
+            keeps at most that fraction of the unpruned model's cost, landing within 1 % below; a
+            :class:`~qprune.pipeline.budgeted.BudgetRequest` adds per-layer limits (``round_to``,
+            ``min_keep_frac``, ``max_prune``) and a latency table.
+        method: one of :data:`METHODS`; default :data:`~qprune.pipeline.catalog.DEFAULT_METHOD`, the
+            loss-model QUBO ``fisher-qubo``.
+        backend, seed: the solver and the seed of every random step (they override ``options``').
+        options: the rest of how the method runs (:class:`qprune.pipeline.methods.MethodOptions`:
+            strategy, refine, weights, steps, sampler parameters, ...).
+        space: which units may go (:class:`qprune.pipeline.options.SpaceOptions`: layers, exclude,
+            min_keep, residual_branches).
         remove: also build the physically smaller model (``pruned_model``).
 
     Returns:
@@ -241,34 +223,16 @@ def prune(
         test batches, params/MACs/latency, per-stage timings, the BQM and the solver info.
     """
     spec = method_spec(method)
-    options = MethodOptions(backend=backend, strategy=strategy, refine=refine, weights=weights, fisher=fisher,
-                            capacity=capacity, seed=seed, tt_budget=tt_budget, steps=steps,
-                            sampler_params=sampler_params,
-                            solver_options=solver_options)
-    request, keep = _budget_request(budget, sparsity, k, min_keep, round_to, max_prune, latency_table)
-    prep = prepare(model, problem_or_batches, methods=[method], layers=layers, exclude=exclude, min_keep=keep,
-                   residual_branches=residual_branches,
-                   fisher=fisher, weights=weights, loss_fn=loss_fn, metric_fn=metric_fn, progress=progress)
+    options = replace(options or MethodOptions(), backend=backend, seed=seed)
+    space = space or SpaceOptions()
+    if budget is not None and (sparsity is not None or k is not None):
+        raise QpruneError("give a budget or sparsity / k, not both")
+    request = None if budget is None else budget if isinstance(budget, BudgetRequest) else BudgetRequest.of(budget)
+    prep = prepare(model, problem_or_batches, methods=[method], layers=space.layers, exclude=space.exclude,
+                   min_keep=space.min_keep, residual_branches=space.residual_branches, fisher=options.fisher,
+                   weights=options.weights, loss_fn=loss_fn, metric_fn=metric_fn, progress=progress)
     return run_method(prep, spec.name, sparsity=sparsity, k=k, options=options, remove=remove, progress=progress,
                       budget=request)
-
-
-def _budget_request(budget: Any, sparsity: float | None, k: int | None, min_keep: int | float, round_to: int,
-                    max_prune: Any, latency_table: Any) -> tuple[BudgetRequest | None, int]:
-    """The budget request (None without a budget) and the integer min_keep for the space."""
-    frac = isinstance(min_keep, float) and not float(min_keep).is_integer()
-    if budget is None:
-        if frac or round_to != 1 or max_prune is not None or latency_table is not None:
-            raise QpruneError("min_keep as a fraction, round_to, max_prune and latency_table need a budget "
-                              "(e.g. budget={'units': 0.5})")
-        return None, int(min_keep)
-    if sparsity is not None or k is not None:
-        raise QpruneError("give a budget or sparsity / k, not both")
-    if frac and not 0.0 < float(min_keep) < 1.0:
-        raise QpruneError(f"min_keep={min_keep} must be a count >= 1 or a fraction in (0, 1)")
-    request = BudgetRequest.of(budget, round_to=round_to, min_keep_frac=float(min_keep) if frac else None,
-                               max_prune=max_prune, latency=load_table(latency_table))
-    return request, 1 if frac else int(min_keep)
 
 
 def constraint_of(space: FilterSpace, k: int) -> ExactK:
