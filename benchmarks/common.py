@@ -140,3 +140,9 @@ def save_png(fig: Any, path: Path, dpi: float | None = None) -> None:
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png", **({} if dpi is None else {"dpi": dpi}))
     plt.close(fig)
+
+
+def write_lines(path: Path | str, lines: list[str]) -> None:
+    """A Markdown (or any text) file of ``lines``, written atomically."""
+    with atomic_open(path) as fh:
+        fh.write("\n".join(lines) + "\n")

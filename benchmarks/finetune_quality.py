@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from qprune.atomic import atomic_open, write_json
+from qprune.atomic import write_json
 from qprune.errors import QpruneError
 from qprune.pipeline.budgeted import BudgetRequest
 from qprune.pipeline.methods import MethodOptions
@@ -29,7 +29,7 @@ from qprune.pipeline.report import machine_info
 from qprune.pipeline.run import prepare, run_method
 
 # helper module beside this script (benchmarks/)
-from common import RESULTS, Draw, load_model, logger
+from common import RESULTS, Draw, load_model, logger, write_lines
 
 log = logger("finetune", clock=True)
 METHODS = ("taylor-greedy", "fisher-qubo")
@@ -81,8 +81,7 @@ def write_md(res: dict[str, Any], path: Path) -> None:
         lines.append(f"\nfisher-qubo − taylor-greedy {when} fine-tuning: "
                      f"{s[when]['diff_mean']:+.4f} (per seed {', '.join(f'{v:+.3f}' for v in s[when]['diff'])}; "
                      f"paired t p = {'–' if p is None else f'{p:.2g}'})")
-    with atomic_open(path) as fh:
-        fh.write("\n".join(lines) + "\n")
+    write_lines(path, lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

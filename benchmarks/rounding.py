@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from qprune.atomic import atomic_open, write_json
+from qprune.atomic import write_json
 from qprune.errors import QpruneError
 from qprune.model.masking import apply_mask
 from qprune.model.stats import count_macs, measure_latency, time_calls
@@ -42,7 +42,7 @@ from qprune.pipeline.workload import evaluate
 from qprune.problems import load_checkpoint, load_pretrained
 
 # helper module beside this script (benchmarks/)
-from common import RESULTS, SIDD_CKPT, SIDD_DATA, logger
+from common import RESULTS, SIDD_CKPT, SIDD_DATA, logger, write_lines
 
 METHODS = ("taylor-greedy", "hybrid-qubo")
 
@@ -148,8 +148,7 @@ def write_md(res: dict[str, Any], path: Path) -> None:
         for u in p["unreachable"]:
             lines.append(f"\nNot reachable: MACs {u['budget']:g}, {u['method']}, round_to {u['round_to']}, "
                          f"branch units {'yes' if u['branch_units'] else 'no'}: {u['reason']}")
-    with atomic_open(path) as fh:
-        fh.write("\n".join(lines) + "\n")
+    write_lines(path, lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

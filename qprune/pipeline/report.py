@@ -202,7 +202,7 @@ def pivot_markdown(agg: Sequence[Mapping[str, Any]], metric: str) -> str:
     for m in methods:
         if m == "unpruned":
             base = next(r for r in agg if r["method"] == m)
-            lines.append(f"| unpruned | " + " | ".join(_cell(metric, base.get(metric), None) for _ in targets) + " | – |")
+            lines.append("| unpruned | " + " | ".join(_cell(metric, base.get(metric), None) for _ in targets) + " | – |")
             continue
         secs = [cell[(m, t)].get("method_seconds") for t in targets if (m, t) in cell]
         vals = [_cell(metric, cell[(m, t)].get(metric), None) if (m, t) in cell else "–" for t in targets]

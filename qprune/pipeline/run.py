@@ -47,7 +47,7 @@ from qprune.refine.on_model import refine_mask
 from qprune.solve.baselines import greedy_prune, random_prune
 from qprune.solve.constraint import ExactK
 from qprune.solve.result import ExactKResult
-from qprune.solve.strategies import DEFAULT_STRATEGY, get_strategy
+from qprune.solve.strategies import get_strategy
 
 __all__ = [
     "METHODS", "Batch", "MethodOptions", "MethodSpec", "PruneResult", "Prepared", "Workload", "as_workload",
