@@ -29,7 +29,7 @@ import numpy as np
 
 from qprune.backends import get
 from qprune.solve.constraint import ExactK
-from qprune.solve.exact_k import solve_exact_k
+from qprune.solve.gamma.exact_k import solve_exact_k
 from qprune.qubo.formulation import Weights, formulate, preset_terms
 from qprune.solve.layerwise import solve_layerwise
 from qprune.instances.synthetic import synthetic_instance

@@ -6,7 +6,7 @@ Compares, in one run and on one instance:
   with 15 reads each (direction from the count of the lowest-energy read), then 100 reads at the last
   gamma whose best read had k ones (else the middle of the final bracket); the answer is the
   lowest-energy read of that final solve, whatever its count.
-* ``qprune (defaults)``: :func:`qprune.solve.exact_k.solve_exact_k` with the paper's defaults (neal
+* ``qprune (defaults)``: :func:`qprune.solve.gamma.exact_k.solve_exact_k` with the paper's defaults (neal
   default sweeps, 15 reads while searching, 100 final reads) plus what it adds: any-read acceptance,
   per-layer recombination, interpolation on gamma, warm starts, pair-swap polish.
 * ``qprune (fast)``: the same with fewer sweeps and final reads (``--fast-sweeps``, ``--fast-reads``);
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from qprune.pipeline.report import machine_info
-from qprune.solve.exact_k import QuboArrays, solve_exact_k
+from qprune.solve.gamma.exact_k import QuboArrays, solve_exact_k
 from qprune.qubo.formulation import formulate, preset_terms
 from qprune.instances.synthetic import synthetic_instance
 from qprune.qubo.terms import compute_terms

@@ -173,7 +173,7 @@ def test_openjij_initial_states_are_accepted_and_checked():
 
 @needs_openjij
 def test_openjij_works_in_the_gamma_search():
-    from qprune.solve.exact_k import solve_exact_k
+    from qprune.solve.gamma.exact_k import solve_exact_k
     from qprune.instances.synthetic import random_formulation
 
     f = random_formulation((5, 6, 7), seed=2)
@@ -260,7 +260,7 @@ def test_dwave_drops_non_qpu_parameters_with_a_warning():
 
 @needs_dwave
 def test_dwave_backend_in_the_gamma_search_embeds_once():
-    from qprune.solve.exact_k import solve_exact_k
+    from qprune.solve.gamma.exact_k import solve_exact_k
     from qprune.instances.synthetic import random_formulation
 
     f = random_formulation((4, 5), seed=1)

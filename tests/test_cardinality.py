@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from qprune.solve.constraint import ExactK
-from qprune.solve.exact_k import (
+from qprune.solve.gamma.exact_k import (
     ExactKResult,
     QuboArrays,
     lagrangian,

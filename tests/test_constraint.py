@@ -123,7 +123,7 @@ def test_every_solver_baseline_and_refiner_takes_only_the_one_constraint() -> No
     from qprune.refine.tt import refine
     from qprune.solve.baselines import greedy_prune, random_prune
     from qprune.solve.cqm import build_exact_k_cqm, solve_cqm_exact_k
-    from qprune.solve.exact_k import exact_k_search, solve_exact_k
+    from qprune.solve.gamma.exact_k import exact_k_search, solve_exact_k
     from qprune.solve.layerwise import layerwise_search, solve_layerwise
     from qprune.solve.local import repair_to_k, swap_polish
     from qprune.solve.lowrank import polish_exact_k

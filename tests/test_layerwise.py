@@ -159,7 +159,7 @@ def test_a_sampler_instance_and_sampler_params_are_used():
 
 def test_result_beats_or_ties_the_gamma_search():
     """On the gamma search's own objective (gamma = 0) and on its final BQM."""
-    from qprune.solve.exact_k import solve_exact_k
+    from qprune.solve.gamma.exact_k import solve_exact_k
 
     f = random_formulation((40, 32, 48, 36), seed=8)
     k = 60

@@ -10,12 +10,12 @@ import pytest
 
 from qprune.errors import QpruneError
 from qprune.instances.synthetic import random_formulation
-from qprune.solve.block_moves import greedy_curve, swap_deltas, swap_descent, tabu
-from qprune.solve.blocks import Block
+from qprune.solve.layerwise.block_moves import greedy_curve, swap_deltas, swap_descent, tabu
+from qprune.solve.layerwise.blocks import Block
 from qprune.solve.dp import combine_counts
 from qprune.solve.layerwise import solve_layerwise
 from qprune.solve.sparsify import sparsify, sparsify_block
-from qprune.solve.swap_search import best_masked_swap
+from qprune.solve.layerwise.swap_search import best_masked_swap
 
 
 def _pruning_like(sizes, seed):

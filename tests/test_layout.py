@@ -103,7 +103,7 @@ GRAPH = import_graph()
 
 
 def test_the_graph_sees_the_whole_package() -> None:
-    for expected in ("qprune.model.space", "qprune.qubo.formulation", "qprune.solve.exact_k",
+    for expected in ("qprune.model.space", "qprune.qubo.formulation", "qprune.solve.gamma.exact_k",
                      "qprune.refine.tt", "qprune.pipeline.run", "qprune.backends.registry",
                      "qprune.problems.denoise", "qprune.cli"):
         assert expected in GRAPH, expected

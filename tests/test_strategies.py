@@ -8,7 +8,7 @@ import pytest
 from qprune.errors import QpruneError
 from qprune.instances.synthetic import random_formulation
 from qprune.solve.constraint import ExactK
-from qprune.solve.exact_k import GammaOptions, solve_exact_k
+from qprune.solve.gamma.exact_k import GammaOptions, solve_exact_k
 from qprune.solve.layerwise import LayerwiseOptions, solve_layerwise
 from qprune.solve.strategies import STRATEGIES, get_strategy, solve
 

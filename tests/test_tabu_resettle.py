@@ -1,5 +1,5 @@
 """The focus pass's tabu search at the DP's count restarts from its own best while that improves
-(qprune.solve.harvest._settle_window), and benchmarks/scale.py's gamma-search reuse and scoring."""
+(qprune.solve.layerwise.harvest._settle_window), and benchmarks/scale.py's gamma-search reuse and scoring."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qprune.solve.block_moves import greedy_curve, refine_curve
-from qprune.solve.blocks import Block, energies
-from qprune.solve.harvest import RESETTLE, _settle, _settle_window
+from qprune.solve.layerwise.block_moves import greedy_curve, refine_curve
+from qprune.solve.layerwise.blocks import Block, energies
+from qprune.solve.layerwise.harvest import RESETTLE, _settle, _settle_window
 
 
 

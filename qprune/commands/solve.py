@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from qprune import backends
     from qprune.qubo import fileio as qubo_io
     from qprune.solve.arrays import lagrangian
-    from qprune.solve.exact_k import solve_exact_k
+    from qprune.solve.gamma.exact_k import solve_exact_k
     from qprune.solve.budgets.milp import read_budget_file
     from qprune.solve.sampling import SamplerCall
 

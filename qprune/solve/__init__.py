@@ -10,13 +10,12 @@ Modules, in the order they build on each other:
 * :mod:`~qprune.solve.local` — k-preserving :func:`repair_to_k` and pair-swap :func:`swap_polish`.
 * :mod:`~qprune.solve.sampling` — :class:`SamplerCall`, the one way solvers call a sampler, and the
   backend traits they read (:func:`batch_variables`).
-* :mod:`~qprune.solve.library` / :mod:`~qprune.solve.gamma` / :mod:`~qprune.solve.exact_k` — the
-  gamma search: per-component recombination, the search loop, :func:`solve_exact_k`.
+* :mod:`qprune.solve.gamma` — the gamma search: per-component recombination, the search loop,
+  :func:`solve_exact_k`.
 * :mod:`~qprune.solve.dp` — the curves core: the exact DP over per-block counts and the one price
   search, shared by the gamma search's recombination, the layerwise strategy and budgets.
-* :mod:`~qprune.solve.blocks`, :mod:`~qprune.solve.count_curve`, :mod:`~qprune.solve.block_moves`,
-  :mod:`~qprune.solve.harvest`, :mod:`~qprune.solve.workers`, :mod:`~qprune.solve.layerwise` — the
-  layerwise strategy: per-layer count curves + the DP, :func:`solve_layerwise`.
+* :mod:`qprune.solve.layerwise` — the layerwise strategy: per-layer count curves + the DP,
+  :func:`solve_layerwise`.
 * :mod:`~qprune.solve.lowrank` — a factored energy (the loss-model QUBO) searched without its dense matrix.
 * :mod:`qprune.solve.budgets` — a budget (params, MACs, units, latency) instead of a count.
 * :mod:`~qprune.solve.cqm` — the exact-k CQM (count as a constraint) and its solve on Leap.
@@ -32,7 +31,7 @@ from qprune.lazy import lazy_exports
 _EXPORTS: dict[str, str] = {
     "ExactK": "qprune.solve.constraint",
     "ExactKResult": "qprune.solve.result",
-    "GammaOptions": "qprune.solve.exact_k",
+    "GammaOptions": "qprune.solve.gamma.exact_k",
     "LayerwiseOptions": "qprune.solve.layerwise",
     "QuboArrays": "qprune.solve.arrays",
     "STRATEGIES": "qprune.solve.strategies",
@@ -42,7 +41,7 @@ _EXPORTS: dict[str, str] = {
     "batch_variables": "qprune.solve.sampling",
     "block_count_curve": "qprune.solve.layerwise",
     "build_exact_k_cqm": "qprune.solve.cqm",
-    "exact_k_search": "qprune.solve.exact_k",
+    "exact_k_search": "qprune.solve.gamma.exact_k",
     "get_strategy": "qprune.solve.strategies",
     "greedy_prune": "qprune.solve.baselines",
     "lagrangian": "qprune.solve.arrays",
@@ -52,7 +51,7 @@ _EXPORTS: dict[str, str] = {
     "sample": "qprune.solve.sampling",
     "solve": "qprune.solve.strategies",
     "solve_cqm_exact_k": "qprune.solve.cqm",
-    "solve_exact_k": "qprune.solve.exact_k",
+    "solve_exact_k": "qprune.solve.gamma.exact_k",
     "solve_layerwise": "qprune.solve.layerwise",
     "swap_polish": "qprune.solve.local",
 }

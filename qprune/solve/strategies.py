@@ -1,6 +1,6 @@
 """The exact-k strategies for a Formulation, in one table: :data:`STRATEGIES`.
 
-``"gamma"`` is the paper's search on the capacity weight (:func:`qprune.solve.exact_k.solve_exact_k`),
+``"gamma"`` is the paper's search on the capacity weight (:func:`qprune.solve.gamma.exact_k.solve_exact_k`),
 ``"layerwise"`` the per-layer count curves + exact DP (:func:`qprune.solve.layerwise.solve_layerwise`).
 :data:`DEFAULT_STRATEGY` is what ``prune()``, :class:`~qprune.pipeline.methods.MethodOptions` and the
 CLI use when none is named: ``"layerwise"``, measured ~1,000x faster on the same QUBO
@@ -84,7 +84,7 @@ STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
         Strategy("gamma", "search on the capacity weight gamma until exactly k are pruned (the paper's)",
-                 "qprune.solve.exact_k:GammaOptions", "qprune.solve.exact_k:exact_k_search"),
+                 "qprune.solve.gamma.exact_k:GammaOptions", "qprune.solve.gamma.exact_k:exact_k_search"),
         Strategy("layerwise", "per-layer best-energy-per-count curves + an exact DP over the layers",
                  "qprune.solve.layerwise:LayerwiseOptions", "qprune.solve.layerwise:layerwise_search"),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from qprune.errors import QpruneError
-from qprune.solve.blocks import energies
+from qprune.solve.layerwise.blocks import energies
 
 __all__ = ["BRUTE_FORCE_MAX", "all_states", "block_count_curve"]
 

@@ -6,12 +6,12 @@ gamma until the best sample has k ones. This module keeps that outer loop and ad
 reliable and cheap:
 
 * **any read counts**: every read whose count is k is a candidate, not only the lowest-energy one;
-* **recombination** (:mod:`qprune.solve.library`): the BQM is a sum over connected components (one
+* **recombination** (:mod:`qprune.solve.gamma.library`): the BQM is a sum over connected components (one
   per layer for every built-in formulation), so a component's state from one read can be combined
   with another component's state from another read; a dynamic program over counts picks the best
   exact-k combination. With a single component (any unstructured BQM) this is exactly "the best
   read whose count is k";
-* **interpolation** on count(gamma) (Illinois regula falsi, :mod:`qprune.solve.gamma`) instead of
+* **interpolation** on count(gamma) (Illinois regula falsi, :mod:`qprune.solve.gamma.search`) instead of
   plain bisection, starting from a rigorous bracket and a greedy estimate of gamma;
 * **repair and polish** (:mod:`qprune.solve.local`): if no exact-k state was found, k-preserving
   repair, then a steepest pair-swap local search, exact and vectorised over a sparse matrix.
@@ -36,7 +36,7 @@ import numpy as np
 from qprune.errors import QpruneError
 from qprune.solve.arrays import BuildFn, QuboArrays, lagrangian
 from qprune.solve.constraint import ExactK
-from qprune.solve.gamma import BqmCache, GammaOptions, GammaSearch, as_binary
+from qprune.solve.gamma.search import BqmCache, GammaOptions, GammaSearch, as_binary
 from qprune.solve.local import repair_to_k, swap_polish
 from qprune.solve.result import ExactKResult
 from qprune.solve.sampling import SamplerCall

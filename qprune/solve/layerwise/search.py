@@ -4,10 +4,10 @@ The pruning QUBO is block-diagonal by layer, and a count constraint sum(x) = k c
 through how many units each layer gives up. So:
 
 1. For each block b, find C_b(c) = min { E_b(x_b) : |x_b| = c } for every count c = 0..cap_b.
-   Blocks of <= ``brute_force_max`` variables are enumerated (exact, :mod:`qprune.solve.count_curve`).
+   Blocks of <= ``brute_force_max`` variables are enumerated (exact, :mod:`qprune.solve.layerwise.count_curve`).
    Larger blocks get a greedy curve (add the cheapest unit, then drop the dearest: a state per count
-   in O(m^2), :func:`qprune.solve.block_moves.greedy_curve`). The blocks a backend samples
-   (:mod:`qprune.solve.harvest`; by default, for the software samplers, only blocks with negative
+   in O(m^2), :func:`qprune.solve.layerwise.block_moves.greedy_curve`). The blocks a backend samples
+   (:mod:`qprune.solve.layerwise.harvest`; by default, for the software samplers, only blocks with negative
    couplings, which no built-in term makes) also get per-block uniform shifts lambda (the Lagrange
    multiplier of the block's own count: E_b(x) - lambda |x| differs from E_b by a constant at fixed
    count, so ANY read of the shifted problem is a valid count-c candidate) spreading the reads over
@@ -19,8 +19,8 @@ through how many units each layer gives up. So:
    (:mod:`qprune.solve.dp`, O(B k c_max), milliseconds), exact given the curves; the result has
    exactly k ones by construction.
 3. Focus: the DP only reads each curve near the count it picks, so there the heavy blocks get
-   count-preserving swap descent and a swap tabu search (:mod:`qprune.solve.block_moves`, each
-   step exact over a window of candidate pairs, :mod:`qprune.solve.swap_search`), improvements
+   count-preserving swap descent and a swap tabu search (:mod:`qprune.solve.layerwise.block_moves`, each
+   step exact over a window of candidate pairs, :mod:`qprune.solve.layerwise.swap_search`), improvements
    propagate to nearby counts, the sampled blocks are sampled again with shifts at which that
    count is optimal (where the gamma search's reads land too), and the DP runs again — until it
    keeps its counts (at most ``focus_rounds``). On resnet50 (11,456 units) this reaches the energy
@@ -33,7 +33,7 @@ on the curves without any extra sampling: within a layer whose units share a cap
 gamma term is -gamma * r_b * c at count c, so the curves at gamma = 0 give the curves at any gamma.
 
 Cross-layer couplings (``formulation.cross``) are handled exactly by merging the layers they connect
-into one block (:mod:`qprune.solve.blocks`; its count curve then covers the merged layers; per-layer
+into one block (:mod:`qprune.solve.layerwise.blocks`; its count curve then covers the merged layers; per-layer
 caps are enforced inside the block). That is exact but makes the merged block larger, so keep such
 couplings rare. Couplings in factored form (``formulation.factor``: between every pair of layers)
 are not merged: the curves and the DP see the block-diagonal part, and a descent on the whole
@@ -52,18 +52,18 @@ import dimod
 import numpy as np
 
 from qprune.errors import QpruneError
-from qprune.solve.blocks import Block, build_blocks, check_blocks_cover
-from qprune.solve.block_moves import focus_lambdas
+from qprune.solve.layerwise.blocks import Block, build_blocks, check_blocks_cover
+from qprune.solve.layerwise.block_moves import focus_lambdas
 from qprune.solve.budgets.budget import Budget, CostModel
 from qprune.solve.budgets.search import block_table, search_counts
 from qprune.solve.constraint import ExactK
-from qprune.solve.count_curve import BRUTE_FORCE_MAX, block_count_curve
+from qprune.solve.layerwise.count_curve import BRUTE_FORCE_MAX, block_count_curve
 from qprune.solve.dp import combine_counts, lagrangian_gamma
-from qprune.solve.harvest import Curve, GroupTask
+from qprune.solve.layerwise.harvest import Curve, GroupTask
 from qprune.solve.lowrank import polish_budget, polish_exact_k
 from qprune.solve.result import ExactKResult
 from qprune.solve.sampling import SamplerCall, backend_name, batch_variables
-from qprune.solve.workers import auto_jobs, child_seeds, pack, run_tasks
+from qprune.solve.layerwise.workers import auto_jobs, child_seeds, pack, run_tasks
 
 if TYPE_CHECKING:  # pragma: no cover
     from qprune.qubo.formulation import Formulation

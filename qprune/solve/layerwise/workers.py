@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from qprune.solve.blocks import Block
-from qprune.solve.harvest import Curve, GroupTask, solve_group
+from qprune.solve.layerwise.blocks import Block
+from qprune.solve.layerwise.harvest import Curve, GroupTask, solve_group
 
 __all__ = ["auto_jobs", "child_seeds", "pack", "run_tasks"]
 

@@ -4,7 +4,7 @@
 ``BQM(gamma)`` once and folds every read into the component library; the search moves gamma by
 Illinois regula falsi on ``count(gamma) - k`` from a rigorous bracket (all zeros / all ones provably
 optimal) and a greedy estimate, and stops as soon as any read (or the recombined state) has k ones.
-The library, not the last read, then supplies the answer (see :mod:`qprune.solve.exact_k`).
+The library, not the last read, then supplies the answer (see :mod:`qprune.solve.gamma.exact_k`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 from qprune.errors import QpruneError
 from qprune.solve.arrays import BuildFn, QuboArrays
 from qprune.solve.constraint import ExactK
-from qprune.solve.library import ComponentLibrary
+from qprune.solve.gamma.library import ComponentLibrary
 from qprune.solve.sampling import SamplerCall
 
 __all__ = ["BqmCache", "GammaOptions", "GammaSearch", "as_binary", "greedy_gamma"]

@@ -3,7 +3,7 @@
 Block i is shifted by ``-lambda_i`` per unit (at fixed count a constant, so every read of every step
 is a valid candidate for its count); the blocks of a group are independent and share one BQM per
 lambda step, so a backend call costs one sampler overhead for many layers. The best read per count
-is kept, then improved by the block moves (:mod:`qprune.solve.block_moves`).
+is kept, then improved by the block moves (:mod:`qprune.solve.layerwise.block_moves`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 import dimod
 import numpy as np
 
-from qprune.solve.block_moves import greedy_curve, refine_curve, spread_lambdas, tabu
-from qprune.solve.blocks import Block, energies, feasible
-from qprune.solve.count_curve import block_count_curve
+from qprune.solve.layerwise.block_moves import greedy_curve, refine_curve, spread_lambdas, tabu
+from qprune.solve.layerwise.blocks import Block, energies, feasible
+from qprune.solve.layerwise.count_curve import block_count_curve
 from qprune.solve.sampling import SamplerCall
 
 __all__ = ["RESETTLE", "Curve", "GroupTask", "harvest", "solve_group"]

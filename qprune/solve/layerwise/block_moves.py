@@ -3,7 +3,7 @@
 A block's curve C(c) holds the best energy found for every count c (and a state for each).
 :func:`greedy_curve` gives a first state for every count without a sampler. Swap descent
 (:func:`swap_descent`) and swap tabu search (:func:`tabu`) improve a state at its count, each step the
-exact best swap over a window of candidates (:mod:`qprune.solve.swap_search`);
+exact best swap over a window of candidates (:mod:`qprune.solve.layerwise.swap_search`);
 :func:`refine_curve` propagates improvements to c +- 1 (add the cheapest unit / drop the dearest,
 then polish) until no count improves. :func:`spread_lambdas` and :func:`focus_lambdas` choose the
 per-unit shifts at which a sampler's reads land on the counts wanted.
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from qprune.solve.blocks import Block, energies
-from qprune.solve.swap_search import best_masked_swap
+from qprune.solve.layerwise.blocks import Block, energies
+from qprune.solve.layerwise.swap_search import best_masked_swap
 
 __all__ = ["field", "focus_lambdas", "greedy_curve", "greedy_marginals", "swap_descent", "refine_curve", "spread_lambdas",
            "step", "step_with_field", "swap_deltas", "tabu"]
