@@ -255,7 +255,8 @@ def plot(res: dict[str, Any], path: Path) -> None:
         if model in res["unpruned"]:
             ax.axhline(res["unpruned"][model], color="grey", lw=0.8, ls=":", label="unpruned")
         ax.set_xlabel("MACs budget (kept fraction)")
-        ax.set_ylabel(f"test {res['rows'][0]['metric'] if model != 'digits' else 'accuracy'}")
+        metric = next(r["metric"] for r in res["rows"] if r["model"] == model)
+        ax.set_ylabel("test PSNR (dB)" if metric == "psnr" else f"test {metric}")
         ax.set_title(model)
         ax.legend(fontsize=7)
     fig.tight_layout()
