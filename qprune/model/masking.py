@@ -333,12 +333,43 @@ def prune_model(
     for n, p in new.named_parameters():
         if n in flags:
             p.requires_grad_(flags[n])
+    _check_runs_after_removal(new, inputs)
     got = sum(p.numel() for p in new.parameters())
     want = space.predicted_params(m)
     if got != want:
         warnings.warn(f"pruned model has {got} parameters, the filter space predicted {want}", RuntimeWarning,
                       stacklevel=2)
     return new
+
+
+def _check_runs_after_removal(model: nn.Module, inputs: tuple) -> None:
+    """One forward of the cut model; where the cut left shapes a module cannot take (an op the
+    dependency tracer did not follow), a one-line error naming the innermost module that failed."""
+    stack: list[str] = []
+    failed: list[str] = []
+
+    def enter(name: str) -> Any:
+        return lambda *_: stack.append(name)
+
+    def leave(*_: Any) -> None:
+        stack.pop()
+
+    hooks = [h for n, mod in model.named_modules() if n
+             for h in (mod.register_forward_pre_hook(enter(n)), mod.register_forward_hook(leave))]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*inputs)
+    except Exception as exc:  # the model's own error, reported in one line with where it happened
+        failed.append(stack[-1] if stack else type(model).__name__)
+        first = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise QpruneError(f"removing these units breaks the model at {failed[0]} ({type(exc).__name__}: {first}); "
+                          f"exclude the layers that feed it (exclude=[...])") from exc
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
 
 
 def _prune_channels(dg: Any, modules: dict[str, nn.Module], layer: str, units: Sequence[Any]) -> None:
