@@ -217,3 +217,19 @@ def test_the_caps_must_be_per_layer(f3x6):
     across = ExactK.build(18, 8, (np.arange(18) % 2, 6))  # groups that cut across the layers
     with pytest.raises(QpruneError, match="caps per layer"):
         solve_layerwise(f3x6, 8, constraint=across)
+
+
+def test_search_only_backends_sample_only_small_blocks_with_negative_couplings():
+    from qprune.solve.layerwise.blocks import Block
+    from qprune.solve.layerwise.search import SAMPLE_MAX, LayerwiseOptions, _plan, _sampled
+
+    def block(m: int, sign: float) -> Block:
+        M = sign * (np.ones((m, m)) - np.eye(m))
+        return Block((0,), np.arange(m), np.zeros(m), M, np.zeros(m, dtype=np.int64), np.array([m]))
+
+    plan = _plan("neal", 0, None, False, LayerwiseOptions())
+    assert _sampled(block(64, -1.0), plan) and _sampled(block(SAMPLE_MAX, -1.0), plan)
+    assert not _sampled(block(SAMPLE_MAX + 1, -1.0), plan)  # a dense big block: search only
+    assert not _sampled(block(64, 1.0), plan)  # no negative coupling: search only
+    asked = _plan("neal", 0, None, False, LayerwiseOptions(steps=2))
+    assert _sampled(block(SAMPLE_MAX + 1, -1.0), asked)  # sampling asked for: every heavy block

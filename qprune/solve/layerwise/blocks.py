@@ -46,7 +46,8 @@ class Block:
     @cached_property
     def nonnegative(self) -> bool:
         """No coupling below 0: the energy is supermodular (a unit's cost to prune only rises as others
-        go), the regime where greedy additions and single swaps do well; every built-in term is."""
+        go), the regime where greedy additions and single swaps do well; the paper's terms are, the
+        loss-model's Fisher term is not."""
         return bool(self.M.size == 0 or float(self.M.min()) >= 0.0)
 
     @cached_property

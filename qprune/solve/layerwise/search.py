@@ -72,12 +72,16 @@ if TYPE_CHECKING:  # pragma: no cover
 # fraction of the time (benchmarks/scale.py): by default they sample only the blocks with negative
 # couplings (ferromagnetic clusters that single swaps cannot break up); no built-in term has any.
 SEARCH_ONLY = frozenset({"neal", "tabu", "greedy", "exact"})
+# The largest block a search-only backend still samples: annealing a dense 2,048-unit block (the
+# Fisher term couples every pair of a layer) took most of a 28-minute fisher-qubo prune of resnet50;
+# the loss-model's blocks on the Half-UNets (16-64 units) stay sampled.
+SAMPLE_MAX = 256
 # Tabu moves per count at most: 300 found on efficientnet_b0's 1,152-unit layers the states annealing
 # found (100 did on two of three), at about 0.4 s a layer.
 TABU_MAX = 300
 
-__all__ = ["BRUTE_FORCE_MAX", "SEARCH_ONLY", "TABU_MAX", "LayerwiseOptions", "block_count_curve", "layerwise_budget",
-           "layerwise_search", "solve_layerwise"]
+__all__ = ["BRUTE_FORCE_MAX", "SAMPLE_MAX", "SEARCH_ONLY", "TABU_MAX", "LayerwiseOptions", "block_count_curve",
+           "layerwise_budget", "layerwise_search", "solve_layerwise"]
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,8 @@ def solve_layerwise(
             all counts, merged with the greedy curve every heavy block gets. Which heavy blocks are
             sampled: all of them when ``steps`` or ``focus_steps`` is given or the backend is not
             one of :data:`SEARCH_ONLY`; with a :data:`SEARCH_ONLY` backend and both left None, only
-            those with a negative coupling (no built-in term makes one). On the pruning QUBOs the
+            those with a negative coupling (the loss-model's Fisher term makes them) and at most
+            :data:`SAMPLE_MAX` units. On the pruning QUBOs the
             greedy curves + swap search matched the sampled curves' energy at a fraction of the time
             (``benchmarks/scale.py``).
         reads: ``num_reads`` per backend solve (when the backend takes it).
@@ -383,7 +388,7 @@ def _first_pass(formulation: Formulation, k: int, caps: dict[int, int], plan: _P
 
 def _sampled(b: Block, plan: _Plan) -> bool:
     """Whether the backend samples this block (else: enumeration or greedy + swap search only)."""
-    return b.m > plan.brute_force_max and (plan.sample_all or not b.nonnegative)
+    return b.m > plan.brute_force_max and (plan.sample_all or (not b.nonnegative and b.m <= SAMPLE_MAX))
 
 
 def _curves(blocks: list[Block], plan: _Plan) -> list[Curve]:
