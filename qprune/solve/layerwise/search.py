@@ -72,10 +72,11 @@ if TYPE_CHECKING:  # pragma: no cover
 # fraction of the time (benchmarks/scale.py): by default they sample only the blocks with negative
 # couplings (ferromagnetic clusters that single swaps cannot break up); no built-in term has any.
 SEARCH_ONLY = frozenset({"neal", "tabu", "greedy", "exact"})
-# The largest block a search-only backend still samples: annealing a dense 2,048-unit block (the
-# Fisher term couples every pair of a layer) took most of a 28-minute fisher-qubo prune of resnet50;
-# the loss-model's blocks on the Half-UNets (16-64 units) stay sampled.
-SAMPLE_MAX = 256
+# The largest block a search-only backend still samples. Annealing the loss-model's dense Fisher
+# blocks dominated a fisher-qubo prune of resnet50 (2,048-unit blocks: 1,677 s in all; with those
+# left to search, 43 s of a 99 s prune still went to annealing 128-256-unit blocks); the quality
+# benchmark measured the method with its 16-64-unit blocks sampled, and they stay sampled.
+SAMPLE_MAX = 64
 # Tabu moves per count at most: 300 found on efficientnet_b0's 1,152-unit layers the states annealing
 # found (100 did on two of three), at about 0.4 s a layer.
 TABU_MAX = 300
