@@ -290,12 +290,8 @@ def markdown(res: dict[str, Any]) -> str:
     if res.get("qaoa_sub"):
         lines += ["QAOA (reps 2, COBYLA, Aer SamplerV2) on 10-variable sub-QUBOs of bqp50:", "",
                   "| sub-problem | QAOA energy | exact | gap % | time s |", "|---|---|---|---|---|"]
-        for r in res["qaoa_sub"]:
-            if "skipped" in r:
-                lines.append(f"| skipped: {r['skipped']} | | | | |")
-                continue
-            lines.append(f"| {r['instance']} | {r['energy']:.0f} | {r['exact']:.0f} | {r['gap_pct']:.3f} | "
-                         f"{r['time_s']:.2f} |")
+        lines += _rows(res["qaoa_sub"], lambda r: [], lambda r: [
+            r["instance"], f"{r['energy']:.0f}", f"{r['exact']:.0f}", f"{r['gap_pct']:.3f}", f"{r['time_s']:.2f}"])
     p = res.get("pruning")
     if p:
         c = p["comparison"]
@@ -305,12 +301,9 @@ def markdown(res: dict[str, Any]) -> str:
                   f"the gamma search's final gamma = {p['gamma_final']:.6g}; 'objective' is the QUBO without "
                   "the capacity term.", "",
                   "| strategy | backend | E(gamma_f) | objective | wall s |", "|---|---|---|---|---|"]
-        for r in p["runs"]:
-            if "skipped" in r:
-                lines.append(f"| {r['strategy']} | {r['backend']} | skipped: {r['skipped']} | | |")
-                continue
-            lines.append(f"| {r['strategy']} | {r['backend']} | {r['energy_at_gamma_final']:.4f} | "
-                         f"{r['objective']:.4f} | {r['wall_s']:.1f} |")
+        lines += _rows(p["runs"], lambda r: [r["strategy"], r["backend"]], lambda r: [
+            r["strategy"], r["backend"], f"{r['energy_at_gamma_final']:.4f}", f"{r['objective']:.4f}",
+            f"{r['wall_s']:.1f}"])
         lines += ["", "Not run at this size: `openjij-sqa` (measured 0.8 s per read of a 1,000-variable "
                   "batch with 4 Trotter slices, ~160 reads per layerwise solve: ~2 min, kept out so the run "
                   "stays under 10 min), `qaoa` and `dwave` (sub-problem backends: "
@@ -381,5 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _rows(records: list[dict[str, Any]], key: Any, cells: Any) -> list[str]:
+    """Markdown rows of five columns: ``cells(r)``, or ``key(r)`` and "skipped: why" for a skipped run."""
+    out = []
+    for r in records:
+        row = [*key(r), f"skipped: {r['skipped']}"] if "skipped" in r else cells(r)
+        out.append("| " + " | ".join(row + [""] * (5 - len(row))) + " |")
+    return out
+
+
 if __name__ == "__main__":
     raise SystemExit(main())
+

@@ -408,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _masks_section(title: str, section: dict[str, Any], names: tuple[str, ...], tail: str) -> list[str]:
+    """A heading, the masks' table and a line on the search that made them."""
+    return [title, "", *_mask_table(section, names), "", tail, ""]
+
+
 def _mask_table(section: dict[str, Any], names: tuple[str, ...]) -> list[str]:
     """Markdown rows: each mask's test PSNR/SSIM and its PSNR on the search subset."""
     rows = ["| mask | test PSNR | test SSIM | search PSNR |", "|---|---|---|---|"]
@@ -466,30 +471,19 @@ def markdown(r: dict) -> str:
         "",
     ]
     lines += _ceiling_lines(r)
-    lines += [
-        (f"## Sub-problem: {len(sub['layers'])} layers ({sub['layers_requested']} requested, "
-        f"{sub['layers_available']} in the model), {sub['units']} units, k = {sub['k']}"),
-        "",
-    ]
-    lines += _mask_table(sub, ("unpruned", "qubo_seed", "tt_refined"))
-    ref = sub["refine"]
-    lines += [
-        "",
-        (f"TT: {ref['evaluations']} evaluations, {ref['proposals']} proposals, {ref['iterations']} iterations, "
-        f"{ref['time']:.0f} s (stopped: {ref.get('stopped')})."),
-        "",
-        (f"## Full model: {full['layers']} layers, {full['units']} units, k = {full['k']}, chunked TT "
-        f"({len(full['chunks'])} chunks of {full['chunks']} units)"),
-        "",
-    ]
-    lines += _mask_table(full, ("unpruned", "qubo_seed", "tt_chunked"))
-    fr = full["refine"]
-    lines += [
-        "",
-        (f"Chunked TT: {fr['evaluations']} evaluations over {len(fr.get('stages') or [])} chunk stages, "
-        f"{fr['time']:.0f} s."),
-        "",
-    ]
+    ref, fr = sub["refine"], full["refine"]
+    lines += _masks_section(
+        f"## Sub-problem: {len(sub['layers'])} layers ({sub['layers_requested']} requested, "
+        f"{sub['layers_available']} in the model), {sub['units']} units, k = {sub['k']}",
+        sub, ("unpruned", "qubo_seed", "tt_refined"),
+        f"TT: {ref['evaluations']} evaluations, {ref['proposals']} proposals, {ref['iterations']} iterations, "
+        f"{ref['time']:.0f} s (stopped: {ref.get('stopped')}).")
+    lines += _masks_section(
+        f"## Full model: {full['layers']} layers, {full['units']} units, k = {full['k']}, chunked TT "
+        f"({len(full['chunks'])} chunks of {full['chunks']} units)",
+        full, ("unpruned", "qubo_seed", "tt_chunked"),
+        f"Chunked TT: {fr['evaluations']} evaluations over {len(fr.get('stages') or [])} chunk stages, "
+        f"{fr['time']:.0f} s.")
     return "\n".join(lines)
 
 

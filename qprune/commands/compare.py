@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qprune.commands._common import (
+    add_budget_args, add_finetune_args, add_problem_args, add_space_args, budget_request, load_problem_and_model,
+    method_options, parse_weights, residual_branches,
+)
+from qprune.errors import QpruneError
 from qprune.qubo.presets import FISHER_CHOICES
 from qprune.qubo.providers import CAPACITY_REWARDS
 from qprune.solve.strategies import DEFAULT_STRATEGY, STRATEGIES
@@ -20,9 +25,6 @@ def _ints(text: str) -> list[int]:
 
 def _budgets(args: argparse.Namespace) -> list:
     """``--budget macs=0.8,0.5``: one request per fraction, all with the per-layer limits given."""
-    from qprune.commands._common import budget_request
-    from qprune.errors import QpruneError
-
     if args.budget is None:
         return []
     kind, sep, fractions = args.budget.partition("=")
@@ -32,8 +34,6 @@ def _budgets(args: argparse.Namespace) -> list:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from qprune.commands._common import add_budget_args, add_finetune_args, add_problem_args, add_space_args
-
     p = subparsers.add_parser("compare", help="compare pruning methods at equal k (table + JSON + plot)",
                               description="Run several methods on one checkpoint at the same k and write "
                                           "compare.md, compare.json and compare.png.")
@@ -68,7 +68,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qprune.commands._common import load_problem_and_model, method_options, parse_weights, residual_branches
     from qprune.pipeline.compare import FinetuneOptions, compare_methods
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
