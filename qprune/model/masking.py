@@ -342,6 +342,9 @@ def prune_model(
     return new
 
 
+MAX_LINE = 240  #: characters of a one-line error that quotes what the model raised
+
+
 def _check_runs_after_removal(model: nn.Module, inputs: tuple) -> None:
     """One forward of the cut model; where the cut left shapes a module cannot take (an op the
     dependency tracer did not follow), a one-line error naming the innermost module that failed."""
@@ -363,9 +366,12 @@ def _check_runs_after_removal(model: nn.Module, inputs: tuple) -> None:
             model(*inputs)
     except Exception as exc:  # the model's own error, reported in one line with where it happened
         failed.append(stack[-1] if stack else type(model).__name__)
-        first = (str(exc).strip().splitlines() or [""])[0][:120]
-        raise QpruneError(f"removing these units breaks the model at {failed[0]} ({type(exc).__name__}: {first}); "
-                          f"exclude the layers that feed it (exclude=[...])") from exc
+        head = f"removing these units breaks the model at {failed[0]} ({type(exc).__name__}: "
+        tail = "); exclude the layers that feed it"
+        first = (str(exc).strip().splitlines() or [""])[0]
+        room = max(20, MAX_LINE - len(head) - len(tail))
+        first = first if len(first) <= room else first[:room - 3].rstrip() + "..."
+        raise QpruneError(head + first + tail) from exc
     finally:
         for h in hooks:
             h.remove()
