@@ -32,9 +32,8 @@ FAST = ("alexnet", "squeezenet1_1", "mnasnet0_5", "mobilenet_v3_small", "resnet1
 SIDE = {"inception_v3": 75, "maxvit_t": 224}
 # families with layers a channel cut cannot follow: they prune the rest, those layers listed as excluded
 PARTIAL = ("shufflenet",)
-# what the README says stops, in one line, instead of pruning (the cut leaves shapes a module cannot take:
-# LeViT's attention, RegNet Y's grouped convs at these widths)
-STOPS = {"levit_128s", "regnet_y_1_6gf", "regnet_y_16gf"}
+# what the README says stops, in one line, instead of pruning (the cut leaves shapes a module cannot take)
+STOPS = {"levit_128s"}
 MAX_LINE = 240
 
 

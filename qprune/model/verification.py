@@ -12,6 +12,7 @@ that differ (it catches e.g. a residual add with the raw model input).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -65,15 +66,31 @@ def without_layers(space: FilterSpace, reasons: Mapping[str, str]) -> FilterSpac
 
 
 def _probe(model: nn.Module, space: FilterSpace, inputs: tuple[Any, ...], lids: Sequence[int]) -> str | None:
-    """Prune the middle unit of each layer in ``lids``: None if gate == removal, else why not."""
+    """Prune the middle unit, then the first, of each layer in ``lids``: None if gate == removal
+    both times, else why not (a grouped conv's unit is a whole group: the first and the last
+    group of one can fail apart)."""
+    for pick in (lambda n: n // 2, lambda n: 0):
+        why = _probe_mask(model, space, inputs, lids, pick)
+        if why:
+            return why
+    return None
+
+
+def _probe_mask(model: nn.Module, space: FilterSpace, inputs: tuple[Any, ...], lids: Sequence[int],
+                pick: Any) -> str | None:
     mask = np.zeros(space.N, dtype=bool)
     for lid in lids:
         idx = space.layer_units(lid)
-        mask[idx[len(idx) // 2]] = True
+        mask[idx[pick(len(idx))]] = True
     try:
-        err, scale = equivalence_error(model, space, mask, inputs)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always", RuntimeWarning)
+            err, scale = equivalence_error(model, space, mask, inputs)
     except Exception as exc:  # noqa: BLE001 - any failure of the removed model is a verdict
         return f"physical removal fails: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    size = [str(w.message) for w in seen if str(w.message).startswith("pruned model has")]
+    if size:  # the cut removed other parameters than the space's units account for
+        return f"physical removal is not what the space predicts: {size[0]}"
     if not err <= RTOL * max(1.0, scale):
         return f"gated and removed models differ by {err:.3g} (output scale {scale:.3g})"
     return None
