@@ -10,7 +10,7 @@ TORCH   := torch==2.13.0
 # so it goes in without deps; tests/conftest.py defines the two op schemas its import needs.
 TVISION := torchvision==0.28.0
 
-.PHONY: demo test test-slow install bench bench-quality bench-finetune bench-qubo bench-speed bench-backends bench-tt bench-paper bench-paper-tt bench-ablation bench-peers bench-train bench-scale bench-budgets bench-rounding gpu-bundle train-sidd clean
+.PHONY: demo test test-slow install bench bench-quality bench-finetune bench-qubo bench-speed bench-backends bench-tt bench-paper bench-paper-tt bench-paper-fisher bench-ablation bench-peers bench-train bench-scale bench-budgets bench-rounding gpu-bundle train-sidd clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -97,7 +97,12 @@ train-sidd: $(STAMP)
 PAPER_TT ?=
 TT_BUDGET ?= 50
 bench-paper: $(STAMP)
-	$(VPY) benchmarks/paper_tables.py --checkpoint $(SIDD_CKPT) --vary-calibration --seeds 0,1,2,3,4 --methods taylor-greedy,l1-qubo,hybrid-qubo,random --tune 12 $(PAPER_TT)
+	$(VPY) benchmarks/paper_tables.py --checkpoint $(SIDD_CKPT) --vary-calibration --seeds 0,1,2,3,4 --methods taylor-greedy,l1-qubo,hybrid-qubo,random,fisher-qubo --tune 12 $(PAPER_TT)
+
+# the loss-model rows added to the shipped tables (same model, seeds and calibration draws; resumable per
+# setting; the run that wrote paper_tables_fisher.json stopped after the full-model setting)
+bench-paper-fisher: $(STAMP)
+	$(VPY) benchmarks/paper_tables.py --checkpoint $(SIDD_CKPT) --add-to benchmarks/results/paper_tables_fisher.json --methods fisher-qubo --out-name paper_tables_fisher
 
 bench-paper-tt: $(STAMP)
 	$(VPY) benchmarks/paper_tables.py --tt-from benchmarks/results/paper_tables.json --tt-budget $(TT_BUDGET) --threads 2
