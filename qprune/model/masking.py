@@ -345,37 +345,48 @@ def prune_model(
 MAX_LINE = 240  #: characters of a one-line error that quotes what the model raised
 
 
-def _check_runs_after_removal(model: nn.Module, inputs: tuple) -> None:
-    """One forward of the cut model; where the cut left shapes a module cannot take (an op the
-    dependency tracer did not follow), a one-line error naming the innermost module that failed."""
+def run_failure(model: nn.Module, inputs: tuple) -> tuple[str, Exception] | None:
+    """One forward of ``model`` (eval mode, no grad, its mode restored): None when it runs, else the
+    innermost module that raised (the model's class name when none did) and what it raised."""
     stack: list[str] = []
-    failed: list[str] = []
 
-    def enter(name: str) -> Any:
-        return lambda *_: stack.append(name)
-
-    def leave(*_: Any) -> None:
+    def leave(*_: Any) -> None:  # a forward hook's return value would replace the module's output
         stack.pop()
 
     hooks = [h for n, mod in model.named_modules() if n
-             for h in (mod.register_forward_pre_hook(enter(n)), mod.register_forward_hook(leave))]
+             for h in (mod.register_forward_pre_hook(lambda *_, n=n: stack.append(n)),
+                       mod.register_forward_hook(leave))]
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
             model(*inputs)
-    except Exception as exc:  # the model's own error, reported in one line with where it happened
-        failed.append(stack[-1] if stack else type(model).__name__)
-        head = f"removing these units breaks the model at {failed[0]} ({type(exc).__name__}: "
-        tail = "); exclude the layers that feed it"
-        first = (str(exc).strip().splitlines() or [""])[0]
-        room = max(20, MAX_LINE - len(head) - len(tail))
-        first = first if len(first) <= room else first[:room - 3].rstrip() + "..."
-        raise QpruneError(head + first + tail) from exc
+        return None
+    except Exception as exc:  # the model's own error: the caller reports it in one line
+        return (stack[-1] if stack else type(model).__name__), exc
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
+
+
+def failure_line(head: str, exc: Exception, tail: str = "") -> str:
+    """``head``, the exception's type and first line, ``tail``: cut to fit :data:`MAX_LINE`."""
+    head = f"{head}{type(exc).__name__}: "
+    first = (str(exc).strip().splitlines() or [""])[0]
+    room = max(20, MAX_LINE - len(head) - len(tail))
+    first = first if len(first) <= room else first[:room - 3].rstrip() + "..."
+    return head + first + tail
+
+
+def _check_runs_after_removal(model: nn.Module, inputs: tuple) -> None:
+    """One forward of the cut model; where the cut left shapes a module cannot take (an op the
+    dependency tracer did not follow), a one-line error naming the innermost module that failed."""
+    failure = run_failure(model, inputs)
+    if failure is not None:
+        where, exc = failure
+        raise QpruneError(failure_line(f"removing these units breaks the model at {where} (", exc,
+                                       "); exclude the layers that feed it")) from exc
 
 
 def _prune_channels(dg: Any, modules: dict[str, nn.Module], layer: str, units: Sequence[Any]) -> None:

@@ -41,6 +41,7 @@ from qprune.errors import QpruneError
 from qprune.model import attention
 from qprune.model.discovery import GroupInfo, discover_groups, trace_with_extents
 from qprune.model.graph import build_dependency_graph, paused_gc
+from qprune.model.masking import failure_line, run_failure
 from qprune.model.residual import branch_units, find_branch_ends
 from qprune.model.stats import mac_terms
 from qprune.model.tensors import as_tuple
@@ -133,17 +134,11 @@ def build_space(
 
 def _check_runs(model: nn.Module, inputs: tuple) -> None:
     """A model that fails on the example input fails here, in one line, before any tracing."""
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(*inputs)
-    except Exception as exc:  # whatever the model raises is the user's to see, in one line
+    failure = run_failure(model, inputs)
+    if failure is not None:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs if isinstance(t, torch.Tensor))
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise QpruneError(f"the model does not run on example inputs of shape {shapes}: "
-                          f"{type(exc).__name__}: {first[:160]}") from exc
-    finally:
-        model.train(was_training)
+        raise QpruneError(failure_line(f"the model does not run on example inputs of shape {shapes}: ",
+                                       failure[1])) from failure[1]
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from qprune.model.masking import equivalence_error
+from qprune.model.masking import equivalence_error, failure_line
 from qprune.model.units import FilterSpace
 
 __all__ = ["RTOL", "verified", "without_layers"]
@@ -87,7 +87,7 @@ def _probe_mask(model: nn.Module, space: FilterSpace, inputs: tuple[Any, ...], l
             warnings.simplefilter("always", RuntimeWarning)
             err, scale = equivalence_error(model, space, mask, inputs)
     except Exception as exc:  # noqa: BLE001 - any failure of the removed model is a verdict
-        return f"physical removal fails: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        return failure_line("physical removal fails: ", exc)
     size = [str(w.message) for w in seen if str(w.message).startswith("pruned model has")]
     if size:  # the cut removed other parameters than the space's units account for
         return f"physical removal is not what the space predicts: {size[0]}"
