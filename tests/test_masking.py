@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from qprune.errors import QpruneError
-from qprune.model.masking import GateHook, Gates, apply_mask, remove_gates
+from qprune.model.masking import GateHook, Gates, apply_mask, isolated, remove_gates
+from qprune.model.modes import eval_mode
 from qprune.model.space import build_space
 
 
@@ -205,3 +206,33 @@ def test_stats_before_after() -> None:
     lat = measure_latency(pruned, x, repeats=3, warmup=0, threads=1)
     assert lat["median_ms"] > 0 and lat["min_ms"] <= lat["median_ms"] and lat["threads"] == 1
     assert torch.get_num_threads() == 1  # restored to the fixture's setting
+
+
+def test_eval_mode_puts_the_model_back_whatever_the_block_raises() -> None:
+    net = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    net.train()
+    seen: list[int] = []
+    hook = net[0].register_forward_hook(lambda *a: seen.append(1))
+    with pytest.raises(RuntimeError, match="boom"):
+        with eval_mode(net, (hook,)):
+            assert not net.training
+            net(torch.zeros(1, 3))
+            raise RuntimeError("boom")
+    assert net.training and seen == [1]
+    net(torch.zeros(1, 3))
+    assert seen == [1], "the hook was left on the model"
+
+
+def test_isolated_switches_off_every_gate_already_on_the_model_and_back() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    space = build_space(net, torch.randn(1, 1, 8, 8))
+    x = torch.randn(2, 1, 8, 8)
+    plain = net(x).detach()
+    apply_mask(net, space, np.eye(space.N, dtype=np.int8)[0], mode="gate")
+    gated = net(x).detach()
+    assert not torch.allclose(plain, gated)
+    with isolated(net):
+        assert torch.allclose(net(x), plain)
+    hooks = [h for m in net.modules() for h in m._forward_pre_hooks.values() if isinstance(h, GateHook)]
+    assert hooks and all(h.gates.enabled for h in hooks)
+    assert torch.allclose(net(x), gated)

@@ -35,6 +35,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
 
+from qprune.model.modes import eval_mode
 from qprune.model.tensors import as_tuple
 
 __all__ = [
@@ -284,8 +285,7 @@ def _trace(
                 stack.extend(o.values())
         return out
 
-    was_training = model.training
-    try:
+    with eval_mode(model, hooks, train=model.training):  # the trace may switch modes; the caller's stays
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dg = tp.DependencyGraph()
@@ -296,10 +296,6 @@ def _trace(
                 model, example_inputs=inputs, verbose=False, forward_fn=forward,
                 customized_pruners={nn.PixelShuffle: pruner, nn.PixelUnshuffle: pruner},
             )
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
 
 
 def _map_shuffle_indices(dg: Any) -> None:

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,7 @@ from torch import nn
 from qprune.errors import QpruneError
 from qprune.model import attention
 from qprune.model.graph import build_dependency_graph, paused_gc
+from qprune.model.modes import eval_mode
 from qprune.model.residual import prune_branch
 from qprune.model.tensors import as_tuple, iter_tensors, map_tensors
 from qprune.model.units import FilterSpace, MaskLike
@@ -356,18 +358,30 @@ def run_failure(model: nn.Module, inputs: tuple) -> tuple[str, Exception] | None
     hooks = [h for n, mod in model.named_modules() if n
              for h in (mod.register_forward_pre_hook(lambda *_, n=n: stack.append(n)),
                        mod.register_forward_hook(leave))]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model, hooks), torch.no_grad():
             model(*inputs)
         return None
     except Exception as exc:  # the model's own error: the caller reports it in one line
         return (stack[-1] if stack else type(model).__name__), exc
+
+
+@contextmanager
+def isolated(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode with the gates already on it (``apply_mask(..., mode="gate")``) switched
+    off, so that only gates set inside the block act; all is put back on exit."""
+    others = {id(h.gates): h.gates for mod in model.modules()
+              for hooks in (mod._forward_pre_hooks, mod._forward_hooks)
+              for h in hooks.values() if isinstance(h, GateHook)}
+    enabled = {key: g.enabled for key, g in others.items()}
+    try:
+        for g in others.values():
+            g.enabled = False
+        with eval_mode(model):
+            yield model
     finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+        for key, g in others.items():
+            g.enabled = enabled[key]
 
 
 def failure_line(head: str, exc: Exception, tail: str = "") -> str:
@@ -420,23 +434,11 @@ def equivalence_error(
     """``(max |gated − removed|, max |gated|)`` over all output tensors, both models in eval mode."""
     inputs = as_tuple(example_inputs)
     pruned = prune_model(model, space, mask, inputs)
-    others = [h.gates for mod in model.modules() for hooks in (mod._forward_pre_hooks, mod._forward_hooks)
-              for h in hooks.values() if isinstance(h, GateHook)]
-    was_training = model.training
-    gates = Gates(model, space).set(space.check_mask(mask))
-    try:
-        for g in others:
-            g.enabled = False
-        model.eval()
-        pruned.eval()
-        with torch.no_grad():
+    with isolated(model):
+        gates = Gates(model, space).set(space.check_mask(mask))
+        with eval_mode(model, (gates,)), eval_mode(pruned), torch.no_grad():
             a = list(iter_tensors(model(*inputs)))
             b = list(iter_tensors(pruned(*inputs)))
-    finally:
-        gates.remove()
-        for g in others:
-            g.enabled = True
-        model.train(was_training)
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         raise QpruneError("removed model's outputs have other shapes than the gated model's")
     err = max((float((x - y).abs().max()) for x, y in zip(a, b) if x.numel()), default=0.0)

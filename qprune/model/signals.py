@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from qprune.errors import QpruneError
 from qprune.model.accumulate import GradientSums, Members
+from qprune.model.modes import eval_mode
 from qprune.model.probes import ActivationSites, ConsumerProbes
 from qprune.model.units import FilterSpace
 
@@ -191,20 +192,17 @@ def _calibrate(
     """
     params = sums.params
     flags = [p.requires_grad for p in params]
-    was_training = model.training
     losses: list[float] = []
     try:
-        model.eval()
-        for p in params:
-            p.requires_grad_(sums.needs_param_grads)
-        total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
-        for batch in tqdm(batches, total=total, desc="calibration signals", disable=not progress, leave=False):
-            losses.append(_step(model, batch, loss_fn, probes, sums))
+        with eval_mode(model, (probes,)):
+            for p in params:
+                p.requires_grad_(sums.needs_param_grads)
+            total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
+            for batch in tqdm(batches, total=total, desc="calibration signals", disable=not progress, leave=False):
+                losses.append(_step(model, batch, loss_fn, probes, sums))
     finally:
-        probes.remove()
         for p, f in zip(params, flags):
             p.requires_grad_(f)
-        model.train(was_training)
     if not losses:
         raise QpruneError("collect_signals got no calibration batches")
     return losses

@@ -42,6 +42,7 @@ from qprune.model import attention
 from qprune.model.discovery import GroupInfo, discover_groups, trace_with_extents
 from qprune.model.graph import build_dependency_graph, paused_gc
 from qprune.model.masking import failure_line, run_failure
+from qprune.model.modes import eval_mode
 from qprune.model.residual import branch_units, find_branch_ends
 from qprune.model.stats import mac_terms
 from qprune.model.tensors import as_tuple
@@ -153,15 +154,8 @@ def _attention_modules(model: nn.Module, inputs: tuple[Any, ...]) -> dict[str, n
         return {}
     called: set[str] = set()
     hooks = [m.register_forward_hook(lambda mod, a, o, n=n: called.add(n)) for n, m in cand.items()]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    with eval_mode(model, hooks), torch.no_grad():
+        model(*inputs)
     return {n: m for n, m in cand.items() if n in called}
 
 

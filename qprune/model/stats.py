@@ -34,6 +34,7 @@ import torch_pruning as tp
 from torch import nn
 
 from qprune.model.attention import adapter_for, head_geometry, head_macs
+from qprune.model.modes import eval_mode
 from qprune.model.tensors import as_tuple
 
 __all__ = [
@@ -99,15 +100,8 @@ def mac_terms(model: nn.Module, example_inputs: Any) -> list[tuple[str, int, int
             hooks.append(m.register_forward_hook(linear))
         elif adapter_for(m) is not None:
             hooks.append(m.register_forward_hook(attn, with_kwargs=True))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*xs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    with eval_mode(model, hooks), torch.no_grad():
+        model(*xs)
     batch = next((int(x.shape[0]) for x in xs if isinstance(x, torch.Tensor) and x.dim()), 1) or 1
     return [(n, c // batch, numel[n]) for n, c in coeff.items()]
 

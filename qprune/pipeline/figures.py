@@ -21,6 +21,7 @@ from torch import nn
 
 from qprune.atomic import atomic_open
 from qprune.errors import QpruneError
+from qprune.model.modes import eval_mode
 from qprune.problems.metrics import psnr
 
 __all__ = ["COLUMNS", "TITLE_PX", "check_image_batches", "typical_image", "write_comparison_figure", "write_figure"]
@@ -67,12 +68,8 @@ def typical_image(a: nn.Module, b: nn.Module, batches: Sequence[Batch]) -> list[
 
 
 def _run(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    was = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         return net(x).clamp(0.0, 1.0)
-    finally:
-        net.train(was)
 
 
 def _as_rgb(t: torch.Tensor) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from qprune.errors import QpruneError
+from qprune.model.modes import eval_mode
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -71,15 +72,13 @@ def evaluate(
     """Mean of each metric over ``batches`` (weighted by batch size), model in eval mode."""
     if metrics is None:
         return {}
-    was_training = model.training
-    model.eval()
     totals: dict[str, float] = {}
     count = 0
-    for x, y in batches:
-        values = metrics(model(x), y)
-        n = int(x.shape[0])
-        for name, v in values.items():
-            totals[name] = totals.get(name, 0.0) + float(v) * n
-        count += n
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in batches:
+            values = metrics(model(x), y)
+            n = int(x.shape[0])
+            for name, v in values.items():
+                totals[name] = totals.get(name, 0.0) + float(v) * n
+            count += n
     return {name: v / max(count, 1) for name, v in totals.items()}

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from qprune.errors import QpruneError
 from qprune.solve.arrays import QuboArrays
 from qprune.solve.constraint import ExactK
+from qprune.solve.descent import steepest
 
 __all__ = ["LocalState", "repair_to_k", "swap_polish"]
 
@@ -43,6 +44,14 @@ class LocalState:
         if self.gcount is not None:
             self.gcount[self.group[i]] += 1 if sign > 0 else -1
         self.x[i] = not self.x[i]
+
+    def swap(self, pair: tuple[int, int]) -> None:
+        self.flip(pair[0])
+        self.flip(pair[1])
+
+    def best_move(self) -> tuple[float, tuple[int, int]]:
+        delta, i, j = self.best_swap()
+        return delta, (i, j)
 
     def room(self) -> np.ndarray:
         """Per variable: may one more unit of its group be pruned?"""
@@ -162,13 +171,5 @@ def swap_polish(
     st = LocalState(arrs, x, constraint)
     eps = 1e-10 * arrs.scale()
     limit = 50 * max(1, arrs.n) if max_moves is None else max_moves
-    moves, gain = 0, 0.0
-    while moves < limit:
-        delta, i, j = st.best_swap()
-        if not delta < -eps:
-            break
-        st.flip(i)
-        st.flip(j)
-        moves += 1
-        gain += delta
-    return st.x.astype(np.int8), moves, -gain
+    moves, gain = steepest(st.best_move, st.swap, limit, eps)
+    return st.x.astype(np.int8), moves, gain

@@ -14,13 +14,13 @@ are the ``window`` best of each side, their couplings ``C_I^T C_J`` (within a la
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from qprune.solve.budgets.budget import CostModel
 from qprune.solve.constraint import ExactK
+from qprune.solve.descent import steepest
 
 if TYPE_CHECKING:  # pragma: no cover
     from qprune.qubo.formulation import Formulation
@@ -86,8 +86,9 @@ class FactoredState:
         self.x[u] ^= 1
 
 
-@dataclass
-class _Move:
+class _Move(NamedTuple):
+    """(energy change, units to flip): what :func:`qprune.solve.descent.steepest` takes."""
+
     delta: float
     units: tuple[int, ...]
 
@@ -110,30 +111,32 @@ def polish_exact_k(formulation: Formulation, x: np.ndarray, constraint: ExactK, 
     """Steepest swap descent on the whole energy from ``x`` (exactly k ones, within the caps)."""
     st = FactoredState(formulation, x, gamma)
     start = st.energy
-    moves = 0
     limit = len(formulation.labels) if max_moves is None else int(max_moves)
     counts = constraint.counts(st.x) if constraint.capped else None
-    while moves < limit and st.x.any() and not st.x.all():
+
+    def best() -> _Move | None:
+        if not st.x.any() or st.x.all():
+            return None
         I, J, delta = _swap_candidates(st, window)
-        move = None
         for f in np.argsort(delta, axis=None, kind="stable"):
             a, b = divmod(int(f), J.size)
             if delta[a, b] >= _tol(st):
-                break
+                return None
             i, j = int(I[a]), int(J[b])
             if counts is None or constraint.group[i] == constraint.group[j] \
                     or counts[constraint.group[i]] < constraint.cap[constraint.group[i]]:
-                move = (i, j)
-                break
-        if move is None:
-            break
+                return _Move(float(delta[a, b]), (i, j))
+        return None
+
+    def apply(move: tuple[int, ...]) -> None:
         i, j = move
         st.flip(i)
         st.flip(j)
         if counts is not None:
             counts[constraint.group[i]] += 1
             counts[constraint.group[j]] -= 1
-        moves += 1
+
+    moves, _ = steepest(best, apply, limit)
     return st.x, {"moves": moves, "energy_before": start, "energy_after": st.energy}
 
 
@@ -145,15 +148,13 @@ def polish_budget(formulation: Formulation, x: np.ndarray, cost: CostModel, wind
     lo, hi = window_cost
     st = FactoredState(formulation, x, gamma)
     start = st.energy
-    moves = 0
     limit = len(formulation.labels) if max_moves is None else int(max_moves)
-    while moves < limit:
-        best = _best_budget_move(st, cost, lo, hi, limits, window)
-        if best is None:
-            break
-        for u in best.units:
+
+    def apply(units: tuple[int, ...]) -> None:
+        for u in units:
             st.flip(u)
-        moves += 1
+
+    moves, _ = steepest(lambda: _best_budget_move(st, cost, lo, hi, limits, window), apply, limit)
     return st.x, {"moves": moves, "energy_before": start, "energy_after": st.energy}
 
 

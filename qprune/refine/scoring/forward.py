@@ -1,4 +1,4 @@
-"""Helpers for the scorers' forward passes: isolation from other gates, IEEE float32 on CUDA,
+"""Helpers for the scorers' forward passes: IEEE float32 on CUDA,
 synchronised clocks, batch replication and the split / concatenation of model outputs, the
 channels-last layout, and the output comparison that admits a layout or a batch split."""
 
@@ -15,37 +15,12 @@ from torch import nn
 
 from qprune.errors import QpruneError
 from qprune.model.cut import channels_last
-from qprune.model.masking import GateHook
 from qprune.model.tensors import iter_tensors, map_tensors
 
 __all__ = [
-    "Isolated", "Layout", "as_masks", "cat_outputs", "contiguous", "ieee_fp32", "matches", "replicate",
+    "Layout", "as_masks", "cat_outputs", "contiguous", "ieee_fp32", "matches", "replicate",
     "split_output", "sync_clock", "weighted_mean",
 ]
-
-
-class Isolated:
-    """Context: score with our own gates only -- gates already on the model (``apply_mask(...,
-    mode="gate")``) are switched off meanwhile -- in eval mode; everything is put back on exit."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.others = {
-            id(h.gates): h.gates for m in self.model.modules()
-            for h in m._forward_pre_hooks.values() if isinstance(h, GateHook)
-        }
-        self.enabled = {key: g.enabled for key, g in self.others.items()}
-        for g in self.others.values():
-            g.enabled = False
-        self.was_training = self.model.training
-        self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        for key, g in self.others.items():
-            g.enabled = self.enabled[key]
-        self.model.train(self.was_training)
 
 
 def as_masks(masks: Any, n: int) -> np.ndarray:

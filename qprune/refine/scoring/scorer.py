@@ -42,11 +42,11 @@ import torch
 from torch import nn
 
 from qprune.errors import QpruneError
-from qprune.model.masking import Gates
+from qprune.model.masking import Gates, isolated
 from qprune.refine.cache import MaskCache, mask_keys
 from qprune.refine.scoring.costs import PassCosts
 from qprune.refine.scoring.forward import (
-    Isolated, Layout, as_masks, cat_outputs, contiguous, ieee_fp32, replicate, split_output, sync_clock,
+    Layout, as_masks, cat_outputs, contiguous, ieee_fp32, replicate, split_output, sync_clock,
     weighted_mean,
 )
 from qprune.refine.scoring.planner import Planner
@@ -77,7 +77,7 @@ def naive_score(
     batches = list(batches)
     X = as_masks(masks, space.N)
     cuda = any(x.is_cuda for x, _ in batches)
-    with Isolated(model), ieee_fp32(cuda):
+    with isolated(model), ieee_fp32(cuda):
         gates = Gates(model, space)
         try:
             scores = np.empty(X.shape[0], dtype=np.float64)
@@ -251,7 +251,7 @@ class MaskScorer:
     @contextlib.contextmanager
     def _session(self) -> Iterator[Session]:
         """Our gates on the model (others off), the chosen layout, the recorder's hooks."""
-        with Isolated(self.model), ieee_fp32(self._cuda):
+        with isolated(self.model), ieee_fp32(self._cuda):
             gates = Gates(self.model, self.space)
             try:
                 self.planner.plan(gates)

@@ -26,6 +26,7 @@ import numpy as np
 
 from qprune.errors import QpruneError
 from qprune.solve.budgets.budget import Budget, CostModel
+from qprune.solve.descent import steepest
 from qprune.solve.dp import bisect_price
 
 __all__ = ["BlockTable", "BudgetSolution", "block_table", "search_counts"]
@@ -304,20 +305,21 @@ def _polish(state: _State, lo: float, hi: float) -> int:
     c = state.total()
     if not lo <= c <= hi:
         return 0
-    n = 0
-    for _ in range(_POLISH_ROUNDS):
+
+    def best() -> tuple[float, tuple[tuple[int, int], ...]] | None:
         e = state.energy()
-        best, best_e = None, e - 1e-12 * max(1.0, abs(e))
+        found, best_e = None, e - 1e-12 * max(1.0, abs(e))
         for mv in _pair_moves(state):
             cost, energy = _try(state, mv)
             if lo <= cost <= hi and energy < best_e:
-                best, best_e = mv, energy
-        if best is None:
-            return n
-        for b, p in best:
+                found, best_e = mv, energy
+        return None if found is None else (best_e - e, found)
+
+    def apply(moves: tuple[tuple[int, int], ...]) -> None:
+        for b, p in moves:
             state.move(b, p)
-        n += 1
-    return n
+
+    return steepest(best, apply, _POLISH_ROUNDS)[0]
 
 
 def score_tables(cost: CostModel, scores: np.ndarray, limits: Any) -> tuple[list[BlockTable], list[np.ndarray]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qprune.solve.descent import steepest
 from qprune.solve.layerwise.blocks import Block, energies
 from qprune.solve.layerwise.swap_search import best_masked_swap
 
@@ -53,12 +54,17 @@ def swap_descent(x: np.ndarray, b: Block, max_steps: int | None = None, g: np.nd
     g = field(x, b) if g is None else np.array(g, dtype=np.float64)
     tol = 1e-12 * (1.0 + float(np.abs(h).sum()))
     steps = max_steps if max_steps is not None else 4 * b.m
-    for _ in range(steps):
+
+    def best() -> tuple[float, tuple[int, int]]:
         d, i, j = _best(x, g, b)
-        if not d < -tol:
-            break
+        return d, (i, j)
+
+    def swap(pair: tuple[int, int]) -> None:
+        i, j = pair
         x[i], x[j] = False, True
-        g += M[j] - M[i]  # M is symmetric: a row is the column, and contiguous
+        g[:] += M[j] - M[i]  # M is symmetric: a row is the column, and contiguous
+
+    steepest(best, swap, steps, tol)
     return x.astype(np.int8), _energy(x, h, g)
 
 
