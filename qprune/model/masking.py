@@ -27,6 +27,7 @@ that the projection runs as a module (:mod:`qprune.model.attention`).
 from __future__ import annotations
 
 import copy
+import gc
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -332,6 +333,10 @@ def prune_model(
                 e = units[0].outputs[0][0]
                 prune_branch(new, layer, e, [u.channel for u in units], space.producer_channels[e],
                              -1 if isinstance(modules[e], nn.Linear) else 1)
+    # the trace's autograd nodes hold the uncut weights in reference cycles: free them now, not at
+    # the collector's leisure (a model's worth of memory per cut otherwise)
+    del dg, modules
+    gc.collect()
     for n, p in new.named_parameters():
         if n in flags:
             p.requires_grad_(flags[n])
