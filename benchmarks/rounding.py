@@ -49,6 +49,18 @@ METHODS = ("taylor-greedy", "hybrid-qubo")
 log = logger("rounding")
 
 
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a short channel sweep and the bundled F=16 denoiser")
+    ap.add_argument("--channels", help="channel counts, lo:hi (default 40:72; --quick 14:18)")
+    ap.add_argument("--size", type=int, default=64, help="input height = width of the kernel sweep (default 64)")
+    ap.add_argument("--budgets", default="0.5,0.7", help="MACs budgets of the model rows (default 0.5,0.7)")
+    ap.add_argument("--repeats", type=int, default=20, help="timed calls per measurement (default 20)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds of the models (default 5)")
+    ap.add_argument("--out", help="output stem (default benchmarks/results/rounding[_quick])")
+    return ap.parse_args(argv)
+
+
 def kernel_rows(channels: Sequence[int], size: int, repeats: int) -> list[dict[str, Any]]:
     """One row per (channel count, layout): median ms of a c -> c 3x3 conv, and ns per MAC."""
     rows = []
@@ -152,15 +164,7 @@ def write_md(res: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a short channel sweep and the bundled F=16 denoiser")
-    ap.add_argument("--channels", help="channel counts, lo:hi (default 40:72; --quick 14:18)")
-    ap.add_argument("--size", type=int, default=64, help="input height = width of the kernel sweep (default 64)")
-    ap.add_argument("--budgets", default="0.5,0.7", help="MACs budgets of the model rows (default 0.5,0.7)")
-    ap.add_argument("--repeats", type=int, default=20, help="timed calls per measurement (default 20)")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds of the models (default 5)")
-    ap.add_argument("--out", help="output stem (default benchmarks/results/rounding[_quick])")
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     t0 = time.perf_counter()

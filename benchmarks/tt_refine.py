@@ -472,18 +472,20 @@ def markdown(r: dict) -> str:
     ]
     lines += _ceiling_lines(r)
     ref, fr = sub["refine"], full["refine"]
-    lines += _masks_section(
-        f"## Sub-problem: {len(sub['layers'])} layers ({sub['layers_requested']} requested, "
-        f"{sub['layers_available']} in the model), {sub['units']} units, k = {sub['k']}",
-        sub, ("unpruned", "qubo_seed", "tt_refined"),
-        f"TT: {ref['evaluations']} evaluations, {ref['proposals']} proposals, {ref['iterations']} iterations, "
-        f"{ref['time']:.0f} s (stopped: {ref.get('stopped')}).")
-    lines += _masks_section(
-        f"## Full model: {full['layers']} layers, {full['units']} units, k = {full['k']}, chunked TT "
-        f"({len(full['chunks'])} chunks of {full['chunks']} units)",
-        full, ("unpruned", "qubo_seed", "tt_chunked"),
-        f"Chunked TT: {fr['evaluations']} evaluations over {len(fr.get('stages') or [])} chunk stages, "
-        f"{fr['time']:.0f} s.")
+    sections = (
+        (f"## Sub-problem: {len(sub['layers'])} layers ({sub['layers_requested']} requested, "
+         f"{sub['layers_available']} in the model), {sub['units']} units, k = {sub['k']}",
+         sub, ("unpruned", "qubo_seed", "tt_refined"),
+         f"TT: {ref['evaluations']} evaluations, {ref['proposals']} proposals, {ref['iterations']} iterations, "
+         f"{ref['time']:.0f} s (stopped: {ref.get('stopped')})."),
+        (f"## Full model: {full['layers']} layers, {full['units']} units, k = {full['k']}, chunked TT "
+         f"({len(full['chunks'])} chunks of {full['chunks']} units)",
+         full, ("unpruned", "qubo_seed", "tt_chunked"),
+         f"Chunked TT: {fr['evaluations']} evaluations over {len(fr.get('stages') or [])} chunk stages, "
+         f"{fr['time']:.0f} s."),
+    )
+    for title, part, rows, tail in sections:
+        lines += _masks_section(title, part, rows, tail)
     return "\n".join(lines)
 
 

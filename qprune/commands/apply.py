@@ -1,26 +1,26 @@
-"""`qprune apply`: score an externally solved sample on the network and save the pruned model."""
+"""`qprune apply`: apply a solved sample (JSON/CSV/bitstring) to a checkpoint.
+
+Match a sample to the model's filters by label, prune them, report the metrics and optionally save
+the smaller model.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from qprune.commands import add_command
 from qprune.commands._common import (
     add_problem_args, add_space_args, check_output, load_problem_and_model, residual_branches,
 )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("apply", help="apply a solved sample (JSON/CSV/bitstring) to a checkpoint",
-                              description="Match a sample to the model's filters by label, prune them, "
-                                          "report the metrics and optionally save the smaller model.")
-    add_problem_args(p)
-    add_space_args(p)
+    p = add_command(subparsers, run, add_problem_args, add_space_args)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--sample", help="sample file: JSON, CSV (label,value) or a bitstring file")
     what.add_argument("--recipe", help="recipe file from `qprune prune --recipe` (its space options are used)")
     p.add_argument("--output", "-o", help="pruned model file: .pt2, .onnx or .pt")
     p.add_argument("--report", help="report file: .md or .json")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

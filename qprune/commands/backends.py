@@ -1,4 +1,8 @@
-"""`qprune backends`: list the solver backends, whether they are installed, and what they need."""
+"""`qprune backends`: list solver backends (installed? needs a token? which extra?).
+
+List every registered solver backend: built-in ones and those added by other packages through the
+'qprune.backends' entry-point group.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,12 @@ import argparse
 import json
 from typing import Any
 
+from qprune.commands import add_command
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "backends", help="list solver backends (installed? needs a token? which extra?)",
-        description="List every registered solver backend: built-in ones and those added by other "
-                    "packages through the 'qprune.backends' entry-point group.")
+    p = add_command(subparsers, run)
     p.add_argument("--json", action="store_true", help="print the list as JSON")
-    p.set_defaults(func=run)
 
 
 def rows() -> list[dict[str, Any]]:

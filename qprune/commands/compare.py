@@ -1,10 +1,15 @@
-"""`qprune compare`: the paper-style table of methods at equal k, as Markdown, JSON and a plot."""
+"""`qprune compare`: compare pruning methods at equal k (table + JSON + plot).
+
+Run several methods on one checkpoint at the same k and write compare.md, compare.json and
+compare.png.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from qprune.commands import add_command
 from qprune.commands._common import (
     add_budget_args, add_finetune_args, add_problem_args, add_space_args, budget_request, load_problem_and_model,
     method_options, parse_weights, residual_branches,
@@ -34,11 +39,7 @@ def _budgets(args: argparse.Namespace) -> list:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("compare", help="compare pruning methods at equal k (table + JSON + plot)",
-                              description="Run several methods on one checkpoint at the same k and write "
-                                          "compare.md, compare.json and compare.png.")
-    add_problem_args(p)
-    add_space_args(p)
+    p = add_command(subparsers, run, add_problem_args, add_space_args)
     p.add_argument("--methods", default="random,l1-greedy,taylor-greedy,l1-qubo,hybrid-qubo,fisher-qubo",
                    help="comma-separated methods")
     p.add_argument("--sparsity", "-s", type=_floats,
@@ -64,7 +65,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "one / clean, at the most pruned target (image-to-image problems)")
     p.add_argument("--out", default="out/compare", help="output directory (default out/compare)")
     p.add_argument("--quiet", "-q", action="store_true")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,10 @@
-"""`qprune export`: write the pruning QUBO of a run to a file an external solver reads."""
+"""`qprune export`: write the pruning QUBO (at the found gamma, or the constrained form) to a file.
+
+Build the pruning QUBO of a QUBO method, find gamma for exactly k, and export it. With
+--constrained, write the objective without the gamma term plus sum(x) = k. With --budget, write the
+objective plus the budget (quadratic) and the per-layer caps as constraints: a dimod CQM (.cqm) or a
+linearised MILP in LP format (.lp, HiGHS reads it); `qprune solve` solves either back.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from qprune.commands import add_command
 from qprune.commands._common import (
     add_budget_args, add_problem_args, add_solver_args, add_space_args, budget_request, check_amount,
     check_output, load_problem_and_model, method_options, parse_weights, residual_branches,
@@ -17,24 +24,13 @@ BUDGET_FORMATS = {".cqm": "dimod", ".dimod": "dimod", ".lp": "lp"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "export", help="write the pruning QUBO (at the found gamma, or the constrained form) to a file",
-        description="Build the pruning QUBO of a QUBO method, find gamma for exactly k, and export it. "
-                    "With --constrained, write the objective without the gamma term plus sum(x) = k. "
-                    "With --budget, write the objective plus the budget (quadratic) and the per-layer caps "
-                    "as constraints: a dimod CQM (.cqm) or a linearised MILP in LP format (.lp, HiGHS reads it); "
-                    "`qprune solve` solves either back.")
-    add_problem_args(p)
-    add_solver_args(p)
-    add_space_args(p)
-    add_budget_args(p)
+    p = add_command(subparsers, run, add_problem_args, add_solver_args, add_space_args, add_budget_args)
     p.add_argument("--format", "-f", help="file format (default: from the suffix of -o): "
                    "dimod, coo, json, qubo, lp, npz")
     p.add_argument("--constrained", action="store_true",
                    help="export objective + constraint sum(x)=k instead of the BQM at the found gamma")
     p.add_argument("--output", "-o", required=True, help="output file")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,21 +1,21 @@
-"""`qprune finetune`: win back accuracy: train a pruned model (from a recipe) with the problem's loop."""
+"""`qprune finetune`: recovery fine-tuning of a pruned model (optionally distilled from the unpruned one).
+
+Rebuild the pruned model from a recipe (`qprune prune --recipe`) on the checkpoint, train it with
+the problem's own loop (Adam, cosine schedule; state saved after every epoch, --resume continues),
+and save it; the report shows the metrics before and after.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from qprune.commands import add_command
 from qprune.commands._common import add_finetune_args, add_problem_args, check_output, load_problem_and_model
 from qprune.errors import QpruneError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``finetune`` subcommand."""
-    p = subparsers.add_parser(
-        "finetune", help="recovery fine-tuning of a pruned model (optionally distilled from the unpruned one)",
-        description="Rebuild the pruned model from a recipe (`qprune prune --recipe`) on the checkpoint, train "
-                    "it with the problem's own loop (Adam, cosine schedule; state saved after every epoch, "
-                    "--resume continues), and save it; the report shows the metrics before and after.")
-    add_problem_args(p)
+    p = add_command(subparsers, run, add_problem_args)
     p.add_argument("--recipe", required=True, help="recipe file from `qprune prune --recipe`")
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (default 3)")
     add_finetune_args(p, flag=None)
@@ -27,7 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", required=True, help="fine-tuned model file: .pt2, .onnx or .pt")
     p.add_argument("--report", help="report file: .md or .json")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,9 +1,13 @@
-"""`qprune prune`: prune a trained checkpoint and write the smaller model plus a report."""
+"""`qprune prune`: prune a checkpoint; write the pruned model and a report.
+
+Prune exactly k filters of a trained model and save the smaller model.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from qprune.commands import add_command
 from qprune.commands._common import (
     add_budget_args, add_finetune_args, add_problem_args, add_solver_args, add_space_args, budget_request, check_amount,
     check_output, load_problem_and_model, method_options, parse_weights, residual_branches,
@@ -13,12 +17,7 @@ from qprune.pipeline.figures import check_image_batches, write_comparison_figure
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("prune", help="prune a checkpoint; write the pruned model and a report",
-                              description="Prune exactly k filters of a trained model and save the smaller model.")
-    add_problem_args(p)
-    add_solver_args(p)
-    add_space_args(p)
-    add_budget_args(p)
+    p = add_command(subparsers, run, add_problem_args, add_solver_args, add_space_args, add_budget_args)
     p.add_argument("--output", "-o", help="pruned model file, format by suffix: .pt2 (torch.export), .onnx "
                                           "(ONNX, run by onnxruntime) or .pt (TorchScript); loads without qprune")
     p.add_argument("--recipe", help="also write the mask as a recipe (.json) that re-applies to a fresh instance "
@@ -29,7 +28,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--figure-images", type=int, default=3, help="rows (test images) of --figure (default 3)")
     add_finetune_args(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,11 @@
-"""`qprune solve`: solve a QUBO file with any backend, optionally with exactly k ones."""
+"""`qprune solve`: solve a QUBO file (any format qprune reads) with a backend.
+
+Solve a QUBO file. A constrained file (objective + sum(x) = k) or --k runs the exact-k search (gamma
+search with a reward of 1 per variable, then k-preserving repair/polish); otherwise the backend
+samples the BQM and the best sample is kept. A budgeted file (`qprune export --budget`: .cqm or .lp
+with a budget constraint) is solved as a MILP by HiGHS (--backend highs, the only backend that takes
+it; --time-limit).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qprune.commands import add_command
 from qprune.errors import QpruneError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -16,13 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "solve", help="solve a QUBO file (any format qprune reads) with a backend",
-        description="Solve a QUBO file. A constrained file (objective + sum(x) = k) or --k runs the "
-                    "exact-k search (gamma search with a reward of 1 per variable, then k-preserving "
-                    "repair/polish); otherwise the backend samples the BQM and the best sample is kept. A budgeted "
-                    "file (`qprune export --budget`: .cqm or .lp with a budget constraint) is solved as a MILP "
-                    "by HiGHS (--backend highs, the only backend that takes it; --time-limit).")
+    p = add_command(subparsers, run)
     p.add_argument("file", help="QUBO file: .bqm/.cqm (dimod), .coo, .json, .qubo, .lp, .npz")
     p.add_argument("--format", "-f", help="file format when the suffix does not say")
     p.add_argument("--backend", "-b", default="neal", help="solver backend (see `qprune backends`; default neal)")
@@ -42,7 +44,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "--budget ... --recipe` (a recipe's units in order: x<i> in an .lp)")
     p.add_argument("--out", "-o", help="write {sample, energy, info} as JSON here ('-' for stdout)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
-    p.set_defaults(func=run)
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""`qprune train`: train a problem's model from scratch and save a checkpoint later commands can use."""
+"""`qprune train`: train a model for a problem and save a checkpoint.
+
+Train the problem's model (denoise: NAF Half-UNet; classify: small ResNet), print the held-out
+result against the trivial baseline, and save a checkpoint that holds the problem name, its full
+config and the training metadata.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,12 @@ import shlex
 import sys
 from pathlib import Path
 
+from qprune.commands import add_command
 from qprune.errors import QpruneError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``train`` subcommand."""
-    p = subparsers.add_parser(
-        "train", help="train a model for a problem and save a checkpoint",
-        description="Train the problem's model (denoise: NAF Half-UNet; classify: small ResNet), print the "
-                    "held-out result against the trivial baseline, and save a checkpoint that holds the "
-                    "problem name, its full config and the training metadata.")
+    p = add_command(subparsers, run)
     p.add_argument("--problem", "-p", required=True, help="denoise or classify")
     p.add_argument("--output", "-o", required=True, help="checkpoint file to write (.pt)")
     p.add_argument("--width", type=int, help="model width (denoise: filters F, paper 64; classify: 16)")
@@ -49,7 +50,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (CUDA when available)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def _config(args: argparse.Namespace) -> dict:

@@ -1,10 +1,16 @@
-"""`qprune tune`: search the QUBO weights (Optuna) on the validation split at a fixed k."""
+"""`qprune tune`: search the QUBO weights on the validation split (Optuna, resumable, shareable).
+
+Search (alpha, alpha_F, beta_diag, beta_off, lambda) for a QUBO method at exactly k, gamma searched
+inside every trial. --storage makes the study resumable and shareable; --workers N runs N processes
+on one study (a PostgreSQL/MySQL URL for real parallel use).
+"""
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
 
+from qprune.commands import add_command
 from qprune.commands._common import (
     add_problem_args, add_solver_args, add_space_args, load_problem_and_model, residual_branches,
 )
@@ -12,12 +18,7 @@ from qprune.errors import QpruneError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "tune", help="search the QUBO weights on the validation split (Optuna, resumable, shareable)",
-        description="Search (alpha, alpha_F, beta_diag, beta_off, lambda) for a QUBO method at exactly k, "
-                    "gamma searched inside every trial. --storage makes the study resumable and shareable; "
-                    "--workers N runs N processes on one study (a PostgreSQL/MySQL URL for real parallel use).")
-    add_problem_args(p)
+    p = add_command(subparsers, run, add_problem_args)
     # the default method (fisher-qubo) has no weights: the weighted one is the paper's hybrid
     add_solver_args(p, default_method="hybrid-qubo")
     add_space_args(p)
@@ -30,7 +31,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="processes searching the one study at once (needs --storage; default 1)")
     p.add_argument("--output", "-o", required=True, help="best weights as JSON (usable as --weights)")
     p.add_argument("--quiet", "-q", action="store_true")
-    p.set_defaults(func=run)
 
 
 
