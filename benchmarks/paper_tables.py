@@ -85,7 +85,8 @@ from scipy import stats
 
 from qprune.atomic import atomic_open, write_json
 from qprune.qubo.formulation import Weights
-from qprune.model.masking import apply_mask
+from qprune.model.stats import count_macs, count_params
+from qprune.pipeline.compare import compare_rows
 from qprune.pipeline.run import (
     METHODS,
     Prepared,
@@ -105,7 +106,6 @@ from qprune.model.space import build_space
 # helper modules beside this script (benchmarks/)
 from common import (
     BRANCHES, CHECKPOINTS, PAPER_FULL_SPARSITY, QUICK_CKPT, RESULTS, ROOT, SIDD_DATA, Draw, data_override, logger,
-    test_metrics,
 )
 
 PAPER_FILTERS_PER_LAYER = 64
@@ -222,25 +222,6 @@ def make_settings(names: Sequence[str], n_layers: int) -> list[Setting]:
 # ---------------------------------------------------------------------------------- measuring
 
 
-def size_stats(prep: Prepared, x: np.ndarray) -> dict[str, float]:
-    """Params and MACs of the physically pruned model (no latency: the machine is shared)."""
-    from qprune.model.stats import count_macs, count_params
-
-    example = prep.work.test[0][0][:1]
-    small = apply_mask(prep.model, prep.space, x.astype(bool), mode="remove", example_inputs=example)
-    return {"params": float(count_params(small)), "macs": float(count_macs(small, example))}
-
-
-def jsonable_info(info: dict[str, Any]) -> dict[str, Any]:
-    keep = {}
-    for key, v in info.items():
-        if isinstance(v, (str, int, float, bool, type(None))):
-            keep[key] = v
-        elif isinstance(v, dict) and key == "refine":
-            keep[key] = {k: w for k, w in v.items() if isinstance(w, (str, int, float, bool, type(None)))}
-    return keep
-
-
 def choose_weights(prep: Prepared, method: str, k: int, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """Default weights, or the best of (defaults, --tune random-search trials) on VALIDATION."""
     default = Weights()
@@ -265,93 +246,65 @@ def choose_weights(prep: Prepared, method: str, k: int, args: argparse.Namespace
 
 
 def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], seeds: Sequence[int],
-                args: argparse.Namespace, prep_cache: dict,
-                weights: dict[str, dict] | None = None) -> tuple[list[dict], dict[str, Any]]:
-    """Rows of every (method, seed) of one setting, and its metadata; ``weights`` (method -> the
-    ``meta["weights"]`` record of an earlier run) are used as given instead of being searched."""
-
-    def prep_for(seed: int) -> Prepared:
-        key = (st.layers, seed if args.vary_calibration else None)
-        if key not in prep_cache:
-            src = Draw(problem, seed) if args.vary_calibration else problem
-            t0 = time.perf_counter()
-            prep_cache[key] = prepare(model, src, methods=list(methods), layers=st.layers,
-                                      residual_branches=BRANCHES, progress=False)
-            which = f"seed {seed}" if args.vary_calibration else "shared"
-            log(f"  setting {st.name}: calibration pass ({which}) "
-                f"{time.perf_counter() - t0:.1f} s, {prep_cache[key].space.N} units")
-        return prep_cache[key]
-
-    prep0 = prep_for(seeds[0])
+                args: argparse.Namespace, weights: dict[str, dict] | None = None) -> tuple[list[dict], dict[str, Any]]:
+    """Rows of every (method, seed) of one setting (through :func:`qprune.pipeline.compare.compare_rows`),
+    and its metadata; ``weights`` (method -> the ``meta["weights"]`` record of an earlier run) are
+    used as given instead of being searched."""
+    draws = (lambda seed: Draw(problem, seed)) if args.vary_calibration else None
+    first = problem if draws is None else draws(seeds[0])
+    tt_here = st.name in {t.strip() for t in args.tt_settings.split(",")}
+    methods = [m for m in methods if m != TT_METHOD or tt_here]
+    meta_weights = dict(weights or {})
+    to_tune = [m for m in methods if method_weights(method_spec(m)) and not method_spec(m).refine
+               and m not in meta_weights]
+    # the first seed's space (and, where weights are searched, its signals) for k and the weight search
+    prep0 = prepare(model, first, methods=to_tune or ["random"], layers=st.layers, residual_branches=BRANCHES,
+                    progress=False)
     N = prep0.space.N
     k = round(st.fraction * N)
     caps = int(prep0.space.max_pruned_per_layer.sum())
     if not 0 < k <= caps:
         die(f"setting {st.name}: k={k} out of range for {N} units (cap {caps})")
-    meta: dict[str, Any] = {
-        "setting": st.name, "layers_used": list(prep0.space.layers), "n_layers": len(prep0.space.layers),
-        "units": N, "k": k, "fraction": st.fraction, "rule": st.rule,
-        "signals_s": {str(s): prep_for(s).timings.get("signals") for s in seeds} if args.vary_calibration
-        else prep0.timings.get("signals"),
-        "weights": dict(weights or {}),
-    }
     log(f"setting {st.name}: {N} units in {len(prep0.space.layers)} layers, k = {k} ({st.fraction:.2%})")
-
-    # weights per QUBO method, tuned on validation with the first seed's preparation
-    for m in methods:
-        spec = method_spec(m)
-        if not method_weights(spec) or spec.refine or m in meta["weights"]:
-            continue
-        meta["weights"][m] = choose_weights(prep0, m, k, args, seeds[0])
-        w = meta["weights"][m]
+    for m in to_tune:  # tuned on validation with the first seed's calibration
+        meta_weights[m] = w = choose_weights(prep0, m, k, args, seeds[0])
         if args.tune > 0:
             log(f"  {m}: weights {w['source']}; val PSNR default {w['val_psnr_default']:.3f}, "
                 f"best trial {w['val_psnr_best_trial']:.3f} ({w['tune_s']:.0f} s)")
-    if TT_METHOD in methods and TT_METHOD not in meta["weights"] and \
-            st.name in {t.strip() for t in args.tt_settings.split(",")}:
-        base = meta["weights"].get("hybrid-qubo")
-        if base is not None:  # tuned once for hybrid-qubo; no extra search time for the +tt row
-            meta["weights"][TT_METHOD] = dict(base, source="the weights chosen for hybrid-qubo", tune_s=0.0)
-        else:
-            w = choose_weights(prep0, "hybrid-qubo", k, args, seeds[0])
-            meta["weights"][TT_METHOD] = dict(w, source=f"tuned as for hybrid-qubo: {w['source']}")
-
-    rows: list[dict] = []
-    done: dict[str, dict] = {}
-    tt_here = st.name in {t.strip() for t in args.tt_settings.split(",")}
-    methods = [m for m in methods if m != TT_METHOD or tt_here]
-    for m in methods:
-        spec = method_spec(m)
-        deterministic = spec.kind == "greedy" and not args.vary_calibration
-        for seed in seeds:
-            if deterministic and m in done:
-                rows.append(dict(done[m], seed=seed, repeated=True))
-                continue
-            prep = prep_for(seed)
-            weights = Weights(**meta["weights"][m]["weights"]) if m in meta["weights"] else None
-            t0 = time.perf_counter()
-            x, out = select_mask(prep, m, k, MethodOptions(backend=args.backend, strategy=args.strategy,
-                                                           capacity=args.capacity, weights=weights, seed=seed,
-                                                           tt_budget=args.tt_budget))
-            select_s = time.perf_counter() - t0
-            assert int(x.sum()) == k, f"{m} pruned {int(x.sum())} units, expected {k}"
-            row: dict[str, Any] = {"setting": st.name, "method": m, "seed": seed, "k": int(x.sum()), "units": N,
-                                   "deterministic": deterministic, "select_s": select_s,
-                                   "timings": out.get("timings", {}), "gamma": out.get("gamma"),
-                                   "solver_info": jsonable_info(out.get("info", {}))}
-            row.update(test_metrics(prep, x))
-            if not args.no_size:
-                row.update(size_stats(prep, x))
-            ids = prep.space.layer_ids
-            row["pruned_per_layer"] = np.bincount(ids[x.astype(bool)], minlength=prep.space.n_layers).tolist()
-            row["mask_sha1"] = hashlib.sha1(np.packbits(x.astype(bool)).tobytes()).hexdigest()[:12]
-            rows.append(row)
-            done[m] = row
-            log(f"  {m:15s} seed {seed}: PSNR {row.get('psnr', float('nan')):.3f} dB, "
-                f"SSIM {row.get('ssim', float('nan')):.4f}, select {select_s:.1f} s")
+    if TT_METHOD in methods and TT_METHOD not in meta_weights:  # no extra search time for the +tt row
+        base = meta_weights.get("hybrid-qubo") or choose_weights(prep0, "hybrid-qubo", k, args, seeds[0])
+        meta_weights[TT_METHOD] = dict(base, source=f"the weights chosen for hybrid-qubo: {base['source']}", tune_s=0.0)
+    layers_used = list(prep0.space.layers)
+    del prep0
+    found = compare_rows(
+        model, problem, methods=methods, sparsities=[st.fraction], seeds=seeds, layers=st.layers,
+        residual_branches=BRANCHES, setting=st.name, remove=False, progress=False, draws=draws,
+        options=MethodOptions(backend=args.backend, strategy=args.strategy, capacity=args.capacity,
+                              tt_budget=args.tt_budget),
+        weights={m: Weights(**w["weights"]) for m, w in meta_weights.items()})
+    rows = [paper_row(r, deterministic=method_spec(r["method"]).kind == "greedy" and draws is None) for r in found]
+    for r in rows:
+        log(f"  {r['method']:15s} seed {r['seed']}: PSNR {r.get('psnr', float('nan')):.3f} dB, "
+            f"SSIM {r.get('ssim', float('nan')):.4f}, select {r['select_s']:.1f} s")
     ks = {r["k"] for r in rows}
-    assert ks == {k}, f"setting {st.name}: methods pruned different k: {sorted(ks)}"
+    assert ks == {k}, f"setting {st.name}: methods pruned different k: {sorted(ks)} (expected {k})"
+    signals = {str(r["seed"]): r["signals_s"] for r in rows}
+    meta: dict[str, Any] = {
+        "setting": st.name, "layers_used": layers_used, "n_layers": len(layers_used), "units": N, "k": k, "fraction": st.fraction, "rule": st.rule,
+        "signals_s": signals if draws is not None else signals[str(seeds[0])], "weights": meta_weights,
+    }
     return rows, meta
+
+
+def paper_row(r: dict[str, Any], deterministic: bool) -> dict[str, Any]:
+    """A compare row as the tables keep it: test metrics, exact params/MACs of the pruned model, the
+    time to choose the mask (``select_s``), its per-layer counts and a short hash of the mask."""
+    keep = ("setting", "method", "seed", "k", "units", "gamma", "energy", "psnr", "ssim", "params", "macs",
+            "params_kept", "macs_kept", "pruned_per_layer", "weights")
+    row = {key: r[key] for key in keep if key in r}
+    row.update(deterministic=deterministic, select_s=r["method_seconds"], signals_s=r["signals_seconds"],
+               mask_sha1=hashlib.sha1(bytes.fromhex(r["mask"])).hexdigest()[:12])
+    return row
 
 
 # ------------------------------------------------------------------------------------- report
@@ -607,7 +560,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-batches", type=int, help="use only the first N test batches (default: the whole split)")
     p.add_argument("--vary-calibration", action="store_true",
                    help="draw another calibration subset per seed (one calibration pass per seed and setting)")
-    p.add_argument("--no-size", action="store_true", help="skip physical removal (params/MACs columns)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     p.add_argument("--quick", action="store_true", help="shipped F=16 checkpoint, seed 0, 2 tuning trials")
     p.add_argument("--out-dir", default=str(RESULTS), help=f"output folder (default {RESULTS})")
@@ -659,10 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     test, val = problem.test_batches(), problem.validation_batches()
     unpruned = evaluate(model, test, problem.metrics)
-    if not args.no_size:
-        from qprune.model.stats import count_macs, count_params
-
-        unpruned.update(params=float(count_params(model)), macs=float(count_macs(model, test[0][0][:1])))
+    unpruned.update(params=float(count_params(model)), macs=float(count_macs(model, test[0][0][:1])))
     log(f"unpruned on test: PSNR {unpruned['psnr']:.3f} dB, SSIM {unpruned['ssim']:.4f} "
         f"({time.perf_counter() - t0:.1f} s)")
 
@@ -675,9 +624,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     all_rows: list[dict] = []
     metas: list[dict] = []
-    prep_cache: dict = {}
     for st in settings:
-        rows, meta = run_setting(model, problem, st, methods, seeds, args, prep_cache)
+        rows, meta = run_setting(model, problem, st, methods, seeds, args)
         all_rows += rows
         metas.append(meta)
         # written after every setting, so a run stopped later still leaves the settings it finished
@@ -726,11 +674,10 @@ def add_tt(args: argparse.Namespace, model: Any, problem: Any, n_layers: int, so
     t0 = t_start - float(source.get("total_s", 0.0))  # the file's total wall time includes both runs
     todo = [i for i, m in enumerate(metas) if m["setting"] in names
             and {r["seed"] for r in rows if r["setting"] == m["setting"] and r["method"] == TT_METHOD} != set(seeds)]
-    prep_cache: dict = {}
     for n, i in enumerate(todo):
         meta = metas[i]
         st = make_settings([meta["setting"]], n_layers)[0]
-        new_rows, new_meta = run_setting(model, problem, st, ["hybrid-qubo", TT_METHOD], seeds, args, prep_cache,
+        new_rows, new_meta = run_setting(model, problem, st, ["hybrid-qubo", TT_METHOD], seeds, args,
                                          weights={m: w for m, w in meta["weights"].items() if m == "hybrid-qubo"})
         recorded = {r["seed"]: r["mask_sha1"] for r in rows
                     if r["setting"] == meta["setting"] and r["method"] == "hybrid-qubo"}
@@ -742,7 +689,6 @@ def add_tt(args: argparse.Namespace, model: Any, problem: Any, n_layers: int, so
         rows += [r for r in new_rows if r["method"] == TT_METHOD]
         metas[i] = dict(meta, weights=dict(meta["weights"], **{TT_METHOD: new_meta["weights"][TT_METHOD]}),
                         tt_signals_s=new_meta["signals_s"])
-        prep_cache.clear()
         write_results(args, Path(source["checkpoint"]), source["checkpoint_note"], problem, methods, seeds,
                       *splits, rows, metas, t0, load_start, argv, final=n == len(todo) - 1)
     if not todo:

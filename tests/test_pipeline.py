@@ -9,6 +9,7 @@ import torch
 import qprune.problems as problems
 from qprune.errors import QpruneError
 from qprune.qubo.presets import Weights
+from qprune.pipeline.compare import compare_rows
 from qprune.pipeline.methods import MethodOptions, build_formulation
 from qprune.pipeline.run import METHODS, prepare, prune, resolve_k, run_method
 
@@ -90,3 +91,35 @@ def test_units_capacity_is_a_pure_count_reward(prepared):
     np.testing.assert_allclose(by_params.reward, prepared.space.params / prepared.space.params.sum())
     with pytest.raises(QpruneError, match="unknown capacity reward 'size'"):
         MethodOptions(capacity="size")
+
+
+class _CalibrationDraw:
+    """The problem with half of its calibration batches, chosen by ``seed``."""
+
+    def __init__(self, problem, seed: int) -> None:
+        self._p, self._seed = problem, seed
+
+    def __getattr__(self, name: str):
+        return getattr(self._p, name)
+
+    def calibration_batches(self) -> list:
+        batches = list(self._p.calibration_batches())
+        pick = np.random.default_rng(self._seed).permutation(len(batches))[: max(1, len(batches) // 2)]
+        return [batches[i] for i in pick]
+
+
+def test_compare_rows_with_a_calibration_draw_per_seed_and_weights_per_method(classify):
+    problem, model = classify
+    assert len(list(problem.calibration_batches())) >= 2
+    rows = compare_rows(model, problem, methods=["taylor-greedy", "hybrid-qubo"], sparsities=[0.3], seeds=[0, 1],
+                        remove=False, progress=False, draws=lambda seed: _CalibrationDraw(problem, seed),
+                        weights={"hybrid-qubo": Weights(alpha=2.0)})
+    greedy = [r for r in rows if r["method"] == "taylor-greedy"]
+    assert [r["seed"] for r in greedy] == [0, 1]
+    assert greedy[0]["mask"] != greedy[1]["mask"], "each seed must be pruned on its own calibration draw"
+    assert all(r["weights"]["alpha"] == 2.0 for r in rows if r["method"] == "hybrid-qubo")
+    assert all(sum(r["pruned_per_layer"]) == r["k"] for r in rows)
+    # seed 0's rows are what a comparison on that calibration alone gives
+    alone = compare_rows(model, _CalibrationDraw(problem, 0), methods=["taylor-greedy"], sparsities=[0.3],
+                         remove=False, progress=False)
+    assert alone[0]["mask"] == greedy[0]["mask"]

@@ -10,7 +10,7 @@ import copy
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -23,6 +23,7 @@ from qprune.pipeline.figures import typical_image, write_figure
 from qprune.pipeline.methods import MethodOptions, method_spec, method_weights
 from qprune.pipeline.run import Prepared, prepare, resolve_k, run_method, tune_weights
 from qprune.pipeline.report import aggregate, compare_markdown, machine_info, pivot_markdown, plot_metric_vs_sparsity
+from qprune.qubo.presets import Weights
 from qprune.solve.budgets.budget import CostModel
 
 
@@ -64,6 +65,8 @@ def compare_rows(
     options: MethodOptions | None = None,
     finetune: FinetuneOptions | None = None,
     budgets: Sequence[BudgetRequest] = (),
+    draws: Callable[[int], Any] | None = None,
+    weights: Mapping[str, Weights] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (sparsity, method, seed): metrics after pruning, params, MACs, latency, time.
 
@@ -77,28 +80,44 @@ def compare_rows(
     budget (the paper's procedure); the rows report test-split metrics. With ``finetune`` every
     pruned model is also fine-tuned and the rows get ``<metric>_ft`` (a greedy mask, the same for
     every seed, is fine-tuned once, with the first seed). Every row holds its mask (``mask``, hex
-    of the packed bits in the space's unit order) and the MACs and params it kept (``*_kept``).
+    of the packed bits in the space's unit order), its count per layer (``pruned_per_layer``) and the
+    MACs and params it kept (``*_kept``).
+
+    ``draws``: per-seed calibration, ``seed -> problem`` whose calibration split that seed's masks
+    are chosen on (e.g. a seeded subset of the training split), so the spread over seeds includes
+    the calibration data; every seed then has its own calibration pass (greedy methods too).
+    ``weights``: per-method QUBO weights (a method not named keeps ``options.weights``).
     """
     return _compare(model, problem, methods=methods, sparsities=sparsities, seeds=seeds, layers=layers,
                     min_keep=min_keep, residual_branches=residual_branches, setting=setting, remove=remove,
-                    tune=tune, progress=progress, options=options, finetune=finetune, budgets=budgets)[0]
+                    tune=tune, progress=progress, options=options, finetune=finetune, budgets=budgets,
+                    draws=draws, weights=weights)[0]
 
 
 def _compare(model: Any, problem: Any, *, methods: Sequence[str], sparsities: Sequence[float], seeds: Sequence[int],
              layers: Any, min_keep: int, residual_branches: bool | str, setting: str | None, remove: bool, tune: int,
              progress: bool, options: MethodOptions | None, finetune: FinetuneOptions | None,
-             budgets: Sequence[BudgetRequest]) -> tuple[list[dict[str, Any]], Prepared]:
-    """:func:`compare_rows`, and the prepared model the rows were pruned from."""
+             budgets: Sequence[BudgetRequest], draws: Callable[[int], Any] | None = None,
+             weights: Mapping[str, Weights] | None = None) -> tuple[list[dict[str, Any]], Prepared]:
+    """:func:`compare_rows`, and the prepared model the rows were pruned from (the first seed's)."""
     options = options or MethodOptions()
     _check(problem, methods, sparsities, budgets, finetune)
     targets: list[float | BudgetRequest] = list(budgets) or list(sparsities)
-    prep = prepare(model, problem, methods=methods, layers=layers, min_keep=min_keep,
-                   residual_branches=residual_branches, fisher=options.fisher, weights=options.weights,
-                   progress=progress)
+    preps: dict[Any, Prepared] = {}
+
+    def prep_of(seed: int) -> Prepared:
+        key = seed if draws is not None else None
+        if key not in preps:
+            preps[key] = prepare(model, problem if draws is None else draws(seed), methods=methods, layers=layers,
+                                 min_keep=min_keep, residual_branches=residual_branches, fisher=options.fisher,
+                                 weights=options.weights, progress=progress)
+        return preps[key]
+
+    first = prep_of(seeds[0])
     setting = setting or (f"{layers} layers" if layers is not None else "full model")
-    costs = {kind: CostModel.build(prep.space, kind) for kind in ("params", "macs")}
+    costs = {kind: CostModel.build(first.space, kind) for kind in ("params", "macs")}
     rows: list[dict[str, Any]] = []
-    # deterministic methods give the same mask for every seed: run them once, reuse the row
+    # deterministic methods give the same mask for every seed of one calibration: run them once, reuse the row
     done: dict[tuple[Any, str], dict[str, Any]] = {}
     tuned: dict[tuple[Any, str], tuple[Any, float]] = {}
     bar = tqdm([(s, m, seed) for s in targets for m in methods for seed in seeds], desc="compare",
@@ -106,10 +125,13 @@ def _compare(model: Any, problem: Any, *, methods: Sequence[str], sparsities: Se
     for target, method, seed in bar:
         budget = target if isinstance(target, BudgetRequest) else None
         bar.set_postfix_str(f"{method} {budget.budget.text if budget else f's={target:g}'} seed={seed}")
-        if method_spec(method).kind == "greedy" and (target, method) in done:
+        if method_spec(method).kind == "greedy" and draws is None and (target, method) in done:
             rows.append(dict(done[(target, method)], seed=seed))
             continue
+        prep = prep_of(seed)
         run_options = replace(options, seed=seed)
+        if weights and method in weights:
+            run_options = replace(run_options, weights=weights[method])
         tune_seconds = None
         if tune > 0 and method_weights(method_spec(method)):
             if (target, method) not in tuned:
@@ -117,8 +139,8 @@ def _compare(model: Any, problem: Any, *, methods: Sequence[str], sparsities: Se
                 goal = budget if budget else resolve_k(prep.space.N, target)
                 found = tune_weights(prep, method, goal, replace(options, seed=seeds[0]), n_trials=tune, progress=False)
                 tuned[(target, method)] = (found.best_weights, time.perf_counter() - t0)
-            weights, tune_seconds = tuned[(target, method)]
-            run_options = replace(run_options, weights=weights)
+            tuned_weights, tune_seconds = tuned[(target, method)]
+            run_options = replace(run_options, weights=tuned_weights)
         t0 = time.perf_counter()
         result = run_method(prep, method, sparsity=None if budget else target, options=run_options,
                             remove=remove or finetune is not None, budget=budget)
@@ -127,7 +149,7 @@ def _compare(model: Any, problem: Any, *, methods: Sequence[str], sparsities: Se
             row.update(_finetuned(problem, model, result.pruned_model, finetune, seed))
         rows.append(row)
         done[(target, method)] = row
-    return rows, prep
+    return rows, first
 
 
 def _check(problem: Any, methods: Sequence[str], sparsities: Sequence[float], budgets: Sequence[BudgetRequest],
@@ -161,6 +183,8 @@ def _row(result: Any, prep: Prepared, setting: str, target: Any, seed: int, seco
         "tune_seconds": tune_seconds,
         "weights": asdict(options.weights) if options.weights is not None else None,
         "mask": np.packbits(np.asarray(result.mask, dtype=bool)).tobytes().hex(),
+        "pruned_per_layer": np.bincount(prep.space.layer_ids[np.asarray(result.mask, dtype=bool)],
+                                        minlength=prep.space.n_layers).tolist(),
     }
     row.update({f"{name}": v for name, v in result.metrics_after.items()})
     row.update({f"{name}_before": v for name, v in result.metrics_before.items()})
