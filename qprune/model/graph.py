@@ -180,11 +180,17 @@ def shuffle_factor(m: nn.Module) -> int:
     return int(m.upscale_factor if isinstance(m, nn.PixelShuffle) else m.downscale_factor)
 
 
-def _tolerant(update: Any) -> Any:
-    """torch-pruning maps channel indices through a reshape by the ratio of its channel counts; a
-    reshape that splits the channels into a group dimension (a channel shuffle: view, transpose,
-    view, as in ShuffleNet) makes that ratio 0, and its tracer divides by zero for the whole model.
-    Such a reshape gets no mapping: the layers whose channels pass through it cannot be followed
+def _tolerant(update: Any, errors: tuple[type[Exception], ...]) -> Any:
+    """torch-pruning's index mapping through a reshape or a concat, with the node given no mapping
+    where torch-pruning's own arithmetic fails (the tracer would otherwise fail for the whole model):
+
+    * a reshape that splits the channels into a group dimension (a channel shuffle: view, transpose,
+      view, as in ShuffleNet) makes the ratio of its channel counts 0: ``ZeroDivisionError``;
+    * a concat whose inputs' channel counts it cannot infer while it infers the output's (Swin's
+      patch merging concatenates four strided views on the last dimension): ``TypeError`` from
+      summing ``None``.
+
+    The layers whose channels pass through such a node cannot be followed
     (:func:`qprune.model.discovery.discover_groups` excludes them, naming the reason) or fail the
     gate-equals-removal check, and the rest of the model still prunes."""
     if getattr(update, "_qprune_tolerant", False):
@@ -193,16 +199,17 @@ def _tolerant(update: Any) -> Any:
     def tolerant(graph: Any, node: Any) -> Any:
         try:
             return update(graph, node)
-        except ZeroDivisionError:
+        except errors:
             return None
 
     tolerant._qprune_tolerant = True  # type: ignore[attr-defined]
     return tolerant
 
 
-# every caller (graph building, group discovery, torch-pruning's own get_pruning_group) goes through it
-tp.dependency.index_mapping.update_reshape_index_mapping = _tolerant(
-    tp.dependency.index_mapping.update_reshape_index_mapping)
+# every caller (graph building, group discovery, torch-pruning's own get_pruning_group) goes through them
+_mapping = tp.dependency.index_mapping
+_mapping.update_reshape_index_mapping = _tolerant(_mapping.update_reshape_index_mapping, (ZeroDivisionError,))
+_mapping.update_concat_index_mapping = _tolerant(_mapping.update_concat_index_mapping, (TypeError,))
 
 
 def build_dependency_graph(model: nn.Module, example_inputs: Any) -> Any:
