@@ -273,6 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "quality"), help="output stem")
     ap.add_argument("--fresh", action="store_true", help="ignore rows an earlier run wrote")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--only-draw", type=int, help="run this one calibration draw (another process can run another "
+                                                  "into its own --out; --merge then joins them)")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="add the rows of other runs' JSON files to --out's "
+                                                                "(rows it holds win) and rewrite its table and plot")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -286,10 +290,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise QpruneError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
         res = _resume(stem, args)
         done = {(r["model"], r["draw"], r["target"], r["method"]) for r in res["rows"]}
+        if args.merge:
+            return _merge(res, done, args.merge, stem)
         for name, loader, branches in chosen:
             problem, model = loader()
             res["unpruned"][name] = unpruned(problem, model.eval())
-            for seed in range(args.draws):
+            for seed in range(args.draws) if args.only_draw is None else [args.only_draw]:
                 res["rows"] += draw_rows(name, problem, model, branches, seed, targets, methods, args.trials, done)
                 res["summary"] = summarise(res["rows"])
                 write_json(stem.with_suffix(".json"), res)
@@ -302,14 +308,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _merge(res: dict[str, Any], done: set[tuple], others: Sequence[str], stem: Path) -> int:
+    """``res`` with the rows of the ``others`` (JSON files of this script) it does not hold, written out."""
+    for path in others:
+        try:
+            other = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise QpruneError(f"--merge {path}: not a results file of this script ({exc})") from exc
+        new = [r for r in other.get("rows", []) if (r["model"], r["draw"], r["target"], r["method"]) not in done]
+        res["rows"] += new
+        res["unpruned"].update(other.get("unpruned", {}))
+        done |= {(r["model"], r["draw"], r["target"], r["method"]) for r in new}
+        log(f"merged {len(new)} rows from {path}")
+    res["summary"] = summarise(res["rows"])
+    write_json(stem.with_suffix(".json"), res)
+    write_md(res, stem.with_suffix(".md"))
+    plot(res, stem.with_suffix(".png"))
+    return 0
+
+
 def _resume(stem: Path, args: argparse.Namespace) -> dict[str, Any]:
     path = stem.with_suffix(".json")
     res: dict[str, Any] = {"rows": [], "unpruned": {}}
     if path.is_file() and not args.fresh:
         res = json.loads(path.read_text())
         log(f"resuming: {len(res['rows'])} rows in {path}")
-    res.update(command="python benchmarks/quality.py " + " ".join(sys.argv[1:]), machine=machine_info(),
-               draws=args.draws, trials=args.trials)
+    if not args.merge:  # a merge keeps the record of the run it adds to
+        res.update(command="python benchmarks/quality.py " + " ".join(sys.argv[1:]), machine=machine_info(),
+                   draws=args.draws, trials=args.trials)
     return res
 
 

@@ -68,3 +68,22 @@ def test_finetune_quality_on_digits(tmp_path: Path) -> None:
     s = res["summary"]["after"]
     by = {r["method"]: r["after"]["accuracy"] for r in res["rows"]}
     assert s["diff"] == pytest.approx([by["fisher-qubo"] - by["taylor-greedy"]])
+
+
+def test_quality_draws_in_two_processes_merge_into_one_table(tmp_path: Path) -> None:
+    base = ["benchmarks/quality.py", "--models", "digits", "--draws", "2", "--targets", "macs=0.5",
+            "--methods", "random,taylor-greedy,fisher-qubo"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    for stem, draw in ((a, 0), (b, 1)):
+        run = _run([*base, "--only-draw", str(draw), "--out", str(stem)])
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert {r["draw"] for r in json.loads(stem.with_suffix(".json").read_text())["rows"]} == {draw}
+    command = json.loads(a.with_suffix(".json").read_text())["command"]
+    run = _run([*base, "--out", str(a), "--merge", str(b.with_suffix(".json"))])
+    assert run.returncode == 0, run.stderr[-2000:]
+    res = json.loads(a.with_suffix(".json").read_text())
+    assert sorted((r["draw"], r["method"]) for r in res["rows"]) == sorted(
+        (d, m) for d in (0, 1) for m in ("random", "taylor-greedy", "fisher-qubo"))
+    assert res["command"] == command, "a merge keeps the record of the run it adds to"
+    assert res["summary"][0]["new_minus_best"]["n"] == 2
+    assert "| macs=0.5 |" in a.with_suffix(".md").read_text()
