@@ -123,12 +123,12 @@ def test_every_solver_baseline_and_refiner_takes_only_the_one_constraint() -> No
     from qprune.refine.tt import refine
     from qprune.solve.baselines import greedy_prune, random_prune
     from qprune.solve.cqm import build_exact_k_cqm, solve_cqm_exact_k
-    from qprune.solve.gamma.exact_k import exact_k_search, solve_exact_k
-    from qprune.solve.layerwise import layerwise_search, solve_layerwise
+    from qprune.solve.gamma.exact_k import solve_exact_k
+    from qprune.solve.layerwise import solve_layerwise
     from qprune.solve.local import repair_to_k, swap_polish
     from qprune.solve.lowrank import polish_exact_k
 
-    takers = [greedy_prune, random_prune, solve_exact_k, exact_k_search, solve_layerwise, layerwise_search,
+    takers = [greedy_prune, random_prune, solve_exact_k, solve_layerwise,
               build_exact_k_cqm, solve_cqm_exact_k, refine, refine_chunked, refine_mask, repair_to_k, swap_polish,
               polish_exact_k]
     for fn in takers:

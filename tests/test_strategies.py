@@ -42,3 +42,20 @@ def test_the_table_gives_what_the_functions_give() -> None:
     d = solve_layerwise(f, 8, "neal", 1, gamma=0.2, constraint=con)
     np.testing.assert_array_equal(c.x, d.x)
     assert c.energy == d.energy
+
+
+def test_a_solver_takes_its_options_as_an_object_or_by_name_and_names_a_bad_one() -> None:
+    f = random_formulation((7, 8, 6), seed=2)
+    by_name = solve_exact_k(f, 8, "neal", 3, search_reads=5, final_reads=10)
+    as_object = solve_exact_k(f, 8, "neal", 3, options=GammaOptions(search_reads=5, final_reads=10))
+    knob_wins = solve_exact_k(f, 8, "neal", 3, options=GammaOptions(search_reads=5, final_reads=99), final_reads=10)
+    np.testing.assert_array_equal(by_name.x, as_object.x)
+    np.testing.assert_array_equal(by_name.x, knob_wins.x)
+    assert knob_wins.info["final_reads"] == 10
+    with pytest.raises(QpruneError, match=r"solve_exact_k has no option\(s\) \['max_itr'\]; it takes \['max_iter'"):
+        solve_exact_k(f, 8, max_itr=3)
+    with pytest.raises(QpruneError, match=r"solve_layerwise has no option\(s\) \['sweeps'\]"):
+        solve_layerwise(f, 8, sweeps=3)
+    a = solve_layerwise(f, 8, "neal", 3, reads=2)
+    b = solve_layerwise(f, 8, "neal", 3, options=LayerwiseOptions(reads=2))
+    np.testing.assert_array_equal(a.x, b.x)

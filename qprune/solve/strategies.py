@@ -13,7 +13,7 @@ pipeline's ``solver_options``) are checked by name before any work.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # annotations only: the table itself stays cheap to import (t
     from qprune.solve.constraint import ExactK
     from qprune.solve.result import ExactKResult
 
-__all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "Strategy", "get_strategy", "solve"]
+__all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "Strategy", "get_strategy", "options_of", "solve"]
 
 
 def _resolve(path: str) -> Any:
@@ -59,18 +59,7 @@ class Strategy:
 
     def make_options(self, options: Any = None) -> Any:
         """``options`` as this strategy's dataclass (None: the defaults; a mapping: checked by name)."""
-        if options is None:
-            return self.options_type()
-        if isinstance(options, self.options_type):
-            return options
-        if not isinstance(options, Mapping):
-            raise QpruneError(f"strategy {self.name!r} takes its options as a mapping or a "
-                              f"{self.options_type.__name__}, got {type(options).__name__}")
-        known = [f.name for f in fields(self.options_type)]
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise QpruneError(f"strategy {self.name!r} has no option(s) {unknown}; it takes {known}")
-        return self.options_type(**options)
+        return options_of(self.options_type, options, who=f"strategy {self.name!r}")
 
     def solve(self, formulation: Any, k: int, backend: str | dimod.Sampler = "neal", seed: int | None = 0, *,
               constraint: ExactK | None = None, sampler_params: Mapping[str, Any] | None = None,
@@ -84,14 +73,29 @@ STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
         Strategy("gamma", "search on the capacity weight gamma until exactly k are pruned (the paper's)",
-                 "qprune.solve.gamma.exact_k:GammaOptions", "qprune.solve.gamma.exact_k:exact_k_search"),
+                 "qprune.solve.gamma.exact_k:GammaOptions", "qprune.solve.gamma.exact_k:solve_exact_k"),
         Strategy("layerwise", "per-layer best-energy-per-count curves + an exact DP over the layers",
-                 "qprune.solve.layerwise:LayerwiseOptions", "qprune.solve.layerwise:layerwise_search"),
+                 "qprune.solve.layerwise:LayerwiseOptions", "qprune.solve.layerwise:solve_layerwise"),
     )
 }
 
 
 DEFAULT_STRATEGY = "layerwise"
+
+
+def options_of(cls: type, options: Any = None, knobs: Mapping[str, Any] | None = None, *, who: str) -> Any:
+    """``options`` as the dataclass ``cls`` (None: its defaults; an instance; or a mapping of its fields),
+    with ``knobs`` (fields by name) replacing the same fields. A name ``cls`` does not have is a
+    one-line error that lists the ones it has."""
+    if options is not None and not isinstance(options, (cls, Mapping)):
+        raise QpruneError(f"{who} takes its options as a mapping or a {cls.__name__}, got {type(options).__name__}")
+    given = dict(options) if isinstance(options, Mapping) else {}
+    given.update(knobs or {})
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise QpruneError(f"{who} has no option(s) {unknown}; it takes {known}")
+    return replace(options, **given) if isinstance(options, cls) else cls(**given)
 
 
 def get_strategy(name: str) -> Strategy:

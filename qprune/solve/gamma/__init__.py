@@ -1,6 +1,6 @@
 """The gamma search: exactly k ones from a QUBO by searching the reward gamma on the count.
 
-* :mod:`~qprune.solve.gamma.exact_k` — :func:`solve_exact_k` / :func:`exact_k_search`: the search,
+* :mod:`~qprune.solve.gamma.exact_k` — :func:`solve_exact_k`: the search,
   then k-preserving repair and swap polish.
 * :mod:`~qprune.solve.gamma.search` — :class:`GammaSearch`, the loop over gamma (the paper's
   procedure, bracketed and bisected on the count the backend's reads reach).
@@ -8,7 +8,7 @@
   an exact-k state with the curves core's DP (:mod:`qprune.solve.dp`).
 """
 
-from qprune.solve.gamma.exact_k import exact_k_search, solve_exact_k
+from qprune.solve.gamma.exact_k import solve_exact_k
 from qprune.solve.gamma.search import GammaOptions
 
-__all__ = ["GammaOptions", "exact_k_search", "solve_exact_k"]
+__all__ = ["GammaOptions", "solve_exact_k"]

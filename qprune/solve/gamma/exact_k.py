@@ -40,8 +40,9 @@ from qprune.solve.gamma.search import BqmCache, GammaOptions, GammaSearch, as_bi
 from qprune.solve.local import repair_to_k, swap_polish
 from qprune.solve.result import ExactKResult
 from qprune.solve.sampling import SamplerCall
+from qprune.solve.strategies import options_of
 
-__all__ = ["ExactKResult", "GammaOptions", "QuboArrays", "exact_k_search", "lagrangian", "repair_to_k",
+__all__ = ["ExactKResult", "GammaOptions", "QuboArrays", "lagrangian", "repair_to_k",
            "solve_exact_k", "swap_polish"]
 
 
@@ -52,16 +53,11 @@ def solve_exact_k(
     seed: int | None = 0,
     *,
     reward: np.ndarray | Mapping[Hashable, float] | None = None,
-    max_iter: int = 20,
-    tol: float = 1e-4,
-    search_reads: int = 15,
-    final_reads: int = 100,
     constraint: ExactK | None = None,
-    polish: bool = True,
-    progress: bool = False,
     sampler_params: Mapping[str, Any] | None = None,
-    recombine: bool = True,
-    warm_start: bool = True,
+    progress: bool = False,
+    options: GammaOptions | None = None,
+    **knobs: Any,
 ) -> ExactKResult:
     """Minimise the objective subject to exactly ``k`` ones, by a search on the capacity weight gamma.
 
@@ -74,38 +70,22 @@ def solve_exact_k(
         seed: seed of every random step; each solve gets its own seed derived from it.
         reward: per-variable reward gamma multiplies (array in label order, or a mapping); default the
             Formulation's ``reward``, or 1 per variable for a plain callable.
-        max_iter: gamma iterations at most (paper: 20). tol: stop when the bracket is narrower than
-            ``tol * |gamma|``. search_reads / final_reads: reads per search solve / for the final solve.
         constraint: the :class:`~qprune.solve.constraint.ExactK` (n, k and group caps) every
             candidate and the final result respect (None: exactly k, no caps).
-        polish: run the pair-swap local search on the final state.
         progress: show a tqdm bar. sampler_params: extra keyword arguments for every ``sample`` call.
-        recombine: combine per-component states across reads and solves (exact DP over counts).
-        warm_start: pass the previous best states as ``initial_states`` where the sampler takes them.
+        options, knobs: the search's settings, a :class:`GammaOptions` and/or its fields by name (a
+            knob replaces the same field of ``options``): ``max_iter`` gamma iterations at most
+            (paper: 20); ``tol``: stop when the bracket is narrower than ``tol * |gamma|``;
+            ``search_reads`` / ``final_reads``: reads per search solve / for the final solve;
+            ``polish``: the pair-swap local search on the final state; ``recombine``: combine
+            per-component states across reads and solves (exact DP over counts); ``warm_start``: the
+            previous best states as ``initial_states`` where the sampler takes them. This is also
+            the ``"gamma"`` strategy's runner (:data:`qprune.solve.strategies.STRATEGIES`).
 
     Returns:
         :class:`ExactKResult` with exactly k ones; ``info`` records the search.
     """
-    options = GammaOptions(max_iter=max_iter, tol=tol, search_reads=search_reads, final_reads=final_reads,
-                           polish=polish, recombine=recombine, warm_start=warm_start)
-    return exact_k_search(build, k, backend, seed, reward=reward, constraint=constraint,
-                          sampler_params=sampler_params, progress=progress, options=options)
-
-
-def exact_k_search(
-    build: Any,
-    k: int,
-    backend: str | dimod.Sampler = "neal",
-    seed: int | None = 0,
-    *,
-    reward: np.ndarray | Mapping[Hashable, float] | None = None,
-    constraint: ExactK | None = None,
-    sampler_params: Mapping[str, Any] | None = None,
-    progress: bool = False,
-    options: GammaOptions | None = None,
-) -> ExactKResult:
-    """:func:`solve_exact_k` with its knobs as one :class:`GammaOptions` (the ``"gamma"`` strategy)."""
-    options = GammaOptions() if options is None else options
+    options = options_of(GammaOptions, options, knobs, who="solve_exact_k")
     t_start = time.perf_counter()
     rng = np.random.default_rng(seed)
     fn, base_reward, labels_hint = _as_build(build)

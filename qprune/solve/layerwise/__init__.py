@@ -1,6 +1,6 @@
 """The layerwise strategy: per-layer "best energy for every count" curves and the exact DP over them.
 
-* :mod:`~qprune.solve.layerwise.search` — :func:`solve_layerwise`, :func:`layerwise_search` (exact k)
+* :mod:`~qprune.solve.layerwise.search` — :func:`solve_layerwise` (exact k)
   and :func:`layerwise_budget` (a budget), the strategy's loop (its docstring has the whole method).
 * :mod:`~qprune.solve.layerwise.blocks` — the QUBO cut into per-layer blocks.
 * :mod:`~qprune.solve.layerwise.count_curve` — a block's curve, enumerated where it is small.
@@ -13,9 +13,9 @@ The DP and the price search live in the curves core, :mod:`qprune.solve.dp`.
 """
 
 from qprune.solve.layerwise.search import (
-    BRUTE_FORCE_MAX, SEARCH_ONLY, TABU_MAX, LayerwiseOptions, block_count_curve, layerwise_budget, layerwise_search,
+    BRUTE_FORCE_MAX, SEARCH_ONLY, TABU_MAX, LayerwiseOptions, block_count_curve, layerwise_budget,
     solve_layerwise,
 )
 
 __all__ = ["BRUTE_FORCE_MAX", "SEARCH_ONLY", "TABU_MAX", "LayerwiseOptions", "block_count_curve", "layerwise_budget",
-           "layerwise_search", "solve_layerwise"]
+           "solve_layerwise"]

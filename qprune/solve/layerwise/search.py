@@ -63,6 +63,7 @@ from qprune.solve.layerwise.harvest import Curve, GroupTask
 from qprune.solve.lowrank import polish_budget, polish_exact_k
 from qprune.solve.result import ExactKResult
 from qprune.solve.sampling import SamplerCall, backend_name, batch_variables
+from qprune.solve.strategies import options_of
 from qprune.solve.layerwise.workers import auto_jobs, child_seeds, pack, run_tasks
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,12 +83,37 @@ SAMPLE_MAX = 64
 TABU_MAX = 300
 
 __all__ = ["BRUTE_FORCE_MAX", "SAMPLE_MAX", "SEARCH_ONLY", "TABU_MAX", "LayerwiseOptions", "block_count_curve",
-           "layerwise_budget", "layerwise_search", "solve_layerwise"]
+           "layerwise_budget", "solve_layerwise"]
 
 
 @dataclass(frozen=True)
 class LayerwiseOptions:
-    """Knobs of the layerwise strategy (``solve_layerwise``'s keyword arguments of the same names)."""
+    """Knobs of the layerwise strategy (``solve_layerwise``'s keyword arguments of the same names).
+
+    gamma: the capacity weight the energy is minimised at; None: the gamma at which the exact
+        per-layer Lagrangian relaxation first prunes k units (see the module docstring).
+    n_jobs: worker count (None: the idle cores when there is enough work, else 1). Named
+        backends run in processes, sampler instances in threads.
+    brute_force_max: blocks of at most this many variables are enumerated (2^m states).
+    steps: first-pass backend solves per sampled heavy block (None: 4), their shifts spread over
+        all counts, merged with the greedy curve every heavy block gets. Which heavy blocks are
+        sampled: all of them when ``steps`` or ``focus_steps`` is given or the backend is not
+        one of :data:`SEARCH_ONLY`; with a :data:`SEARCH_ONLY` backend and both left None, only
+        those with a negative coupling (the loss-model's Fisher term makes them) and at most
+        :data:`SAMPLE_MAX` units. On the pruning QUBOs the
+        greedy curves + swap search matched the sampled curves' energy at a fraction of the time
+        (``benchmarks/scale.py``).
+    reads: ``num_reads`` per backend solve (when the backend takes it).
+    focus_rounds, focus_steps, tabu_iters, tabu_max, focus_window: then, per round,
+        ``focus_steps`` solves per sampled heavy block (None: 2) with shifts at which the count
+        the DP chose for it is optimal, swap descent at every count within ``focus_window`` of
+        it, a tabu search of ``min(tabu_iters * m, tabu_max)`` moves at that count (each count
+        once per solve), propagation of every improvement to the neighbouring counts (within
+        the window), and a new DP; rounds stop (at most ``focus_rounds``) once the DP keeps
+        its counts.
+    batch_variables: heavy blocks are batched into one BQM of at most this many variables
+        (None: what the backend asks for, :func:`qprune.solve.sampling.batch_variables`).
+    """
 
     gamma: float | None = None
     n_jobs: int | None = None
@@ -128,20 +154,11 @@ def solve_layerwise(
     backend: str | dimod.Sampler = "neal",
     seed: int | None = 0,
     *,
-    gamma: float | None = None,
     constraint: ExactK | None = None,
-    n_jobs: int | None = None,
     sampler_params: Mapping[str, Any] | None = None,
     progress: bool = False,
-    brute_force_max: int = BRUTE_FORCE_MAX,
-    steps: int | None = None,
-    reads: int = 5,
-    focus_rounds: int = 3,
-    focus_steps: int | None = None,
-    tabu_iters: int = 2,
-    tabu_max: int = TABU_MAX,
-    focus_window: int = 8,
-    batch_variables: int | None = None,
+    options: LayerwiseOptions | None = None,
+    **knobs: Any,
 ) -> ExactKResult:
     """Exactly-k solve of a block-diagonal :class:`~qprune.qubo.formulation.Formulation`, layer by layer.
 
@@ -153,60 +170,21 @@ def solve_layerwise(
             ``brute_force_max`` (smaller ones are enumerated exactly) when ``steps`` or
             ``focus_steps`` ask for it.
         seed: seeds every backend call (the same seed gives the same mask, whatever ``n_jobs``).
-        gamma: the capacity weight the energy is minimised at; None: the gamma at which the exact
-            per-layer Lagrangian relaxation first prunes k units (see the module docstring).
         constraint: an :class:`~qprune.solve.constraint.ExactK` whose groups are the layers (None:
             exactly k, no caps).
-        n_jobs: worker count (None: the idle cores when there is enough work, else 1). Named
-            backends run in processes, sampler instances in threads.
         sampler_params: extra keyword arguments for every backend call (e.g. ``num_sweeps``).
         progress: show a progress bar over block groups.
-        brute_force_max: blocks of at most this many variables are enumerated (2^m states).
-        steps: first-pass backend solves per sampled heavy block (None: 4), their shifts spread over
-            all counts, merged with the greedy curve every heavy block gets. Which heavy blocks are
-            sampled: all of them when ``steps`` or ``focus_steps`` is given or the backend is not
-            one of :data:`SEARCH_ONLY`; with a :data:`SEARCH_ONLY` backend and both left None, only
-            those with a negative coupling (the loss-model's Fisher term makes them) and at most
-            :data:`SAMPLE_MAX` units. On the pruning QUBOs the
-            greedy curves + swap search matched the sampled curves' energy at a fraction of the time
-            (``benchmarks/scale.py``).
-        reads: ``num_reads`` per backend solve (when the backend takes it).
-        focus_rounds, focus_steps, tabu_iters, tabu_max, focus_window: then, per round,
-            ``focus_steps`` solves per sampled heavy block (None: 2) with shifts at which the count
-            the DP chose for it is optimal, swap descent at every count within ``focus_window`` of
-            it, a tabu search of ``min(tabu_iters * m, tabu_max)`` moves at that count (each count
-            once per solve), propagation of every improvement to the neighbouring counts (within
-            the window), and a new DP; rounds stop (at most ``focus_rounds``) once the DP keeps
-            its counts.
-        batch_variables: heavy blocks are batched into one BQM of at most this many variables
-            (None: what the backend asks for, :func:`qprune.solve.sampling.batch_variables`).
+        options, knobs: the solve's settings, a :class:`LayerwiseOptions` and/or its fields by name
+            (a knob replaces the same field of ``options``); this is also the ``"layerwise"``
+            strategy's runner (:data:`qprune.solve.strategies.STRATEGIES`); the fields are documented
+            on :class:`LayerwiseOptions`.
 
     Returns:
         :class:`qprune.solve.result.ExactKResult` with exactly k ones, ``bqm = formulation.bqm(gamma)``,
         and ``info`` holding ``strategy="layerwise"``, the per-layer counts, per-layer times, which
         blocks were exact, the gamma and how it was chosen.
     """
-    options = LayerwiseOptions(gamma=gamma, n_jobs=n_jobs, brute_force_max=brute_force_max, steps=steps,
-                               reads=reads, focus_rounds=focus_rounds, focus_steps=focus_steps,
-                               tabu_iters=tabu_iters, tabu_max=tabu_max, focus_window=focus_window,
-                               batch_variables=batch_variables)
-    return layerwise_search(formulation, k, backend, seed, constraint=constraint, sampler_params=sampler_params,
-                            progress=progress, options=options)
-
-
-def layerwise_search(
-    formulation: Formulation,
-    k: int,
-    backend: str | dimod.Sampler = "neal",
-    seed: int | None = 0,
-    *,
-    constraint: ExactK | None = None,
-    sampler_params: Mapping[str, Any] | None = None,
-    progress: bool = False,
-    options: LayerwiseOptions | None = None,
-) -> ExactKResult:
-    """:func:`solve_layerwise` with its knobs as one :class:`LayerwiseOptions` (the ``"layerwise"`` strategy)."""
-    options = LayerwiseOptions() if options is None else options
+    options = options_of(LayerwiseOptions, options, knobs, who="solve_layerwise")
     t_start = time.perf_counter()
     _require_formulation(formulation, "strategy 'layerwise'")
     n = len(formulation.labels)
@@ -267,7 +245,7 @@ def layerwise_budget(
 ) -> ExactKResult:
     """The layerwise strategy under a budget instead of an exact count.
 
-    The same block curves as :func:`layerwise_search`, at gamma = 0 (the budget takes the place of
+    The same block curves as :func:`solve_layerwise`, at gamma = 0 (the budget takes the place of
     the capacity reward; ``options.gamma`` overrides), combined by
     :func:`qprune.solve.budgets.search.search_counts` (Lagrange multiplier on the budget's exact
     cost) instead of the count DP; the focus rounds then improve every block around the count the
