@@ -215,7 +215,8 @@ def write_md(res: dict[str, Any], path: Path) -> None:
              f"in brackets the draws where {NEW} is ahead, then Wilcoxon's signed-rank p (two-sided; with 5 draws "
              "the smallest possible is 0.0625) / the paired t-test's p. "
              f"`new − tuned`: the same against hybrid-qubo with weights tuned by {res['trials']} TPE trials per draw "
-             "and target on the validation split.", ""]
+             "and target on the validation split. **Bold**: the best mean of the row; _italic_: the best other "
+             "untuned row (the reference of `new − best`) where it is not the best.", ""]
     summary = res["summary"]
     for model in dict.fromkeys(s["model"] for s in summary):
         ss = [s for s in summary if s["model"] == model]
@@ -226,8 +227,8 @@ def write_md(res: dict[str, Any], path: Path) -> None:
                   "|---|" + "---|" * (len(present) + 2)]
         for s in ss:
             cellv = [f"{s['mean'][m]:.3f} ± {s['std'][m]:.3f}" if m in s["mean"] else "–" for m in present]
-            best = s["best_other"]
-            cellv = [f"**{c}**" if m == NEW else (f"_{c}_" if m == best else c) for m, c in zip(present, cellv)]
+            best, top = s["best_other"], max(s["mean"], key=s["mean"].get)
+            cellv = [f"**{c}**" if m == top else (f"_{c}_" if m == best else c) for m, c in zip(present, cellv)]
             lines.append(f"| {s['target']} | " + " | ".join(cellv) + f" | {_fmt_diff(s.get('new_minus_best'))} "
                          f"(vs {best}) | {_fmt_diff(s.get('new_minus_tuned'))} |")
         kept = [s for s in ss if s["target"].startswith("units")]
