@@ -49,18 +49,14 @@ class LocalState:
         self.flip(pair[0])
         self.flip(pair[1])
 
-    def best_move(self) -> tuple[float, tuple[int, int]]:
-        delta, i, j = self.best_swap()
-        return delta, (i, j)
-
     def room(self) -> np.ndarray:
         """Per variable: may one more unit of its group be pruned?"""
         if self.caps is None:
             return np.ones(len(self.x), dtype=bool)
         return (self.gcount < self.caps.cap)[self.group]
 
-    def best_swap(self) -> tuple[float, int, int]:
-        """The best (delta, i out, j in) over all pairs; delta = g_j - g_i - J_ij. Exact."""
+    def best_swap(self) -> tuple[float, tuple[int, int]]:
+        """The best (delta, (i out, j in)) over all pairs; delta = g_j - g_i - J_ij. Exact."""
         x, g = self.x, self.g
         room = self.room()
         best = (np.inf, -1, -1)
@@ -87,7 +83,8 @@ class LocalState:
                 cand = _best_uncoupled(self.arrs.J, g, np.flatnonzero(x & members), np.flatnonzero(~x & members))
                 if cand[0] < best[0]:
                     best = cand
-        return best
+        delta, i, j = best
+        return delta, (i, j)
 
 
 def _best_uncoupled(J: sp.csr_matrix, g: np.ndarray, ones: np.ndarray, zeros: np.ndarray) -> tuple[float, int, int]:
@@ -171,5 +168,5 @@ def swap_polish(
     st = LocalState(arrs, x, constraint)
     eps = 1e-10 * arrs.scale()
     limit = 50 * max(1, arrs.n) if max_moves is None else max_moves
-    moves, gain = steepest(st.best_move, st.swap, limit, eps)
+    moves, gain = steepest(st.best_swap, st.swap, limit, eps)
     return st.x.astype(np.int8), moves, gain
