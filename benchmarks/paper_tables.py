@@ -257,8 +257,12 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
     meta_weights = dict(weights or {})
     to_tune = [m for m in methods if method_weights(method_spec(m)) and not method_spec(m).refine
                and m not in meta_weights]
-    # the first seed's space (and, where weights are searched, its signals) for k and the weight search
-    prep0 = prepare(model, first, methods=to_tune or ["random"], layers=st.layers, residual_branches=BRANCHES,
+    tt_weights = TT_METHOD in methods and TT_METHOD not in meta_weights
+    # +tt without a hybrid-qubo row to take its weights from: they are searched for it, as for the hybrid
+    tt_alone = tt_weights and "hybrid-qubo" not in to_tune and "hybrid-qubo" not in meta_weights
+    searched = (to_tune + (["hybrid-qubo"] if tt_alone else [])) if args.tune > 0 else []
+    # the first seed's space for k (and, where weights are searched, its signals for the search)
+    prep0 = prepare(model, first, methods=searched or ["random"], layers=st.layers, residual_branches=BRANCHES,
                     progress=False)
     N = prep0.space.N
     k = round(st.fraction * N)
@@ -271,9 +275,13 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
         if args.tune > 0:
             log(f"  {m}: weights {w['source']}; val PSNR default {w['val_psnr_default']:.3f}, "
                 f"best trial {w['val_psnr_best_trial']:.3f} ({w['tune_s']:.0f} s)")
-    if TT_METHOD in methods and TT_METHOD not in meta_weights:  # no extra search time for the +tt row
-        base = meta_weights.get("hybrid-qubo") or choose_weights(prep0, "hybrid-qubo", k, args, seeds[0])
-        meta_weights[TT_METHOD] = dict(base, source=f"the weights chosen for hybrid-qubo: {base['source']}", tune_s=0.0)
+    if tt_weights:
+        base = meta_weights.get("hybrid-qubo")
+        if base is not None:  # tuned once for hybrid-qubo; no extra search time for the +tt row
+            meta_weights[TT_METHOD] = dict(base, source="the weights chosen for hybrid-qubo", tune_s=0.0)
+        else:
+            w = choose_weights(prep0, "hybrid-qubo", k, args, seeds[0])
+            meta_weights[TT_METHOD] = dict(w, source=f"tuned as for hybrid-qubo: {w['source']}")
     layers_used = list(prep0.space.layers)
     del prep0
     found = compare_rows(
@@ -290,8 +298,9 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
     assert ks == {k}, f"setting {st.name}: methods pruned different k: {sorted(ks)} (expected {k})"
     signals = {str(r["seed"]): r["signals_s"] for r in rows}
     meta: dict[str, Any] = {
-        "setting": st.name, "layers_used": layers_used, "n_layers": len(layers_used), "units": N, "k": k, "fraction": st.fraction, "rule": st.rule,
-        "signals_s": signals if draws is not None else signals[str(seeds[0])], "weights": meta_weights,
+        "setting": st.name, "layers_used": layers_used, "n_layers": len(layers_used), "units": N, "k": k,
+        "fraction": st.fraction, "rule": st.rule, "weights": meta_weights,
+        "signals_s": signals if draws is not None else signals[str(seeds[0])],
     }
     return rows, meta
 
