@@ -379,7 +379,7 @@ def test_cli_solve_says_when_no_mask_fits_the_budget_window(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["b.cqm", "b.lp"])
 def test_cli_solve_brings_a_budgeted_file_back_within_the_budget(classify_budgeted, tmp_path, name):
     prep, x, cost, objective, cqm = classify_budgeted
-    path = _export(tmp_path, name)
+    path = _export(tmp_path, name, "--method", "hybrid-qubo")  # the fixture's objective
     out = tmp_path / "s.json"
     assert main(["solve", str(path), "--backend", "highs", "--time-limit", "20", "--out", str(out)]) == 0
     got = json.loads(out.read_text())
@@ -395,7 +395,7 @@ def test_cli_solve_brings_a_budgeted_file_back_within_the_budget(classify_budget
 
 @pytest.mark.slow
 def test_cli_round_to_survives_the_export_and_solve_round_trip(classify_budgeted, tmp_path):
-    path = _export(tmp_path, "r8.cqm", "--round-to", "8")
+    path = _export(tmp_path, "r8.cqm", "--round-to", "8", "--method", "hybrid-qubo")
     out = tmp_path / "s.json"  # no start: HiGHS alone took 10-20 s to a feasible point here
     assert main(["solve", str(path), "--backend", "highs", "--time-limit", "60", "--out", str(out)]) == 0
     got = json.loads(out.read_text())
@@ -411,11 +411,11 @@ def test_cli_round_to_survives_the_export_and_solve_round_trip(classify_budgeted
 def test_cli_solve_starts_highs_from_qprunes_own_budgeted_mask(classify_budgeted, tmp_path):
     objective = classify_budgeted[3]
     recipe = tmp_path / "r.json"
-    assert main(["prune", "--problem", "classify", "--budget", "macs=0.6", "--round-to", "8", "--recipe",
-                 str(recipe), "-o", str(tmp_path / "p.pt"), "-q"]) == 0
+    assert main(["prune", "--problem", "classify", "--method", "hybrid-qubo", "--budget", "macs=0.6", "--round-to", "8",
+                 "--recipe", str(recipe), "-o", str(tmp_path / "p.pt"), "-q"]) == 0
     pruned = set(json.loads(recipe.read_text())["pruned"])
     start = {v: int(str(v) in pruned) for v in objective.variables}
-    path = _export(tmp_path, "r8.cqm", "--round-to", "8")
+    path = _export(tmp_path, "r8.cqm", "--round-to", "8", "--method", "hybrid-qubo")
     out = tmp_path / "s.json"
     assert main(["solve", str(path), "--backend", "highs", "--time-limit", "10", "--start", str(recipe),
                  "--out", str(out)]) == 0
