@@ -289,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for m in methods:
             if m not in METHODS:
                 raise QpruneError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        if args.only_draw is not None and args.only_draw < 0:
+            raise QpruneError(f"--only-draw {args.only_draw}: a draw is a number from 0")
         res = _resume(stem, args)
         done = {(r["model"], r["draw"], r["target"], r["method"]) for r in res["rows"]}
         if args.merge:

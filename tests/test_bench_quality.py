@@ -53,6 +53,9 @@ def test_quality_refuses_unknown_names(tmp_path: Path) -> None:
     run = _run(["benchmarks/quality.py", "--models", "digits", "--methods", "magic", "--out", str(tmp_path / "q")],
                timeout=300)
     assert run.returncode == 2 and "unknown method 'magic'" in run.stderr
+    run = _run(["benchmarks/quality.py", "--models", "digits", "--only-draw", "-1", "--out", str(tmp_path / "q")],
+               timeout=300)
+    assert run.returncode == 2 and "--only-draw -1" in run.stderr
     assert not list(tmp_path.iterdir())
 
 

@@ -1,7 +1,7 @@
-"""`qprune compare`: compare pruning methods at equal k (table + JSON + plot).
+"""`qprune compare`: compare pruning methods at equal k or budget (table + JSON + plot).
 
-Run several methods on one checkpoint at the same k and write compare.md, compare.json and
-compare.png.
+Run several methods on one checkpoint at the same k (or the same budget) and write compare.md,
+compare.json and compare.png.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """`qprune prune`: prune a checkpoint; write the pruned model and a report.
 
-Prune exactly k filters of a trained model and save the smaller model.
+Prune a trained model to a count of filters (--sparsity, --k) or to a budget (--budget) and save the
+smaller model.
 """
 
 from __future__ import annotations
