@@ -10,7 +10,7 @@ TORCH   := torch==2.13.0
 # so it goes in without deps; tests/conftest.py defines the two op schemas its import needs.
 TVISION := torchvision==0.28.0
 
-.PHONY: demo test test-slow install bench bench-quality bench-finetune bench-qubo bench-speed bench-backends bench-tt bench-paper bench-paper-tt bench-paper-fisher bench-ablation bench-peers bench-train bench-scale bench-budgets bench-rounding gpu-bundle train-sidd clean
+.PHONY: demo test test-slow install bench bench-quality bench-finetune bench-qubo bench-speed bench-backends bench-tt bench-tt-refine bench-tt-budget bench-paper bench-paper-tt bench-paper-fisher bench-ablation bench-peers bench-train bench-scale bench-budgets bench-rounding gpu-bundle train-sidd clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -64,10 +64,23 @@ bench-scale: $(STAMP)
 bench-budgets: $(STAMP)
 	$(VPY) benchmarks/budgets.py
 
-# TT_DEVICE=auto scores the candidate masks on a CUDA device when torch sees one.
+# How fast the TT scores a mask: the old scorer (float32, the whole validation split) against bfloat16 and
+# fewer validation images, on the F = 64 model's 16-layer problem, with the rank correlation of each against
+# exact scores; writes benchmarks/results/tt_scorer.{json,md}. TT_DEVICE=auto scores on a CUDA device when
+# torch sees one.
 TT_DEVICE ?= cpu
 bench-tt: $(STAMP)
+	$(VPY) benchmarks/tt_scorer.py --device $(TT_DEVICE)
+
+# The exact scorer against one gated pass per mask, and TT from the hybrid-qubo mask on the sub-problem and the
+# chunked full model; writes benchmarks/results/tt_refine.{json,md}.
+bench-tt-refine: $(STAMP)
 	$(VPY) benchmarks/tt_refine.py --device $(TT_DEVICE)
+
+# One TT run at the paper's 20,000 evaluations on the 16-layer problem, the gain against the evaluation count;
+# resumable (a score journal in benchmarks/journals/); writes benchmarks/results/tt_budget.{json,md,png}.
+bench-tt-budget: $(STAMP)
+	$(VPY) benchmarks/tt_budget.py
 
 # For a GPU machine that has its own Python, CUDA PyTorch and JAX but no package index: packs the rest
 # (wheels for Python GPU_PY, the checkpoint bench-tt would use, its dataset) into .gpu/; copy the

@@ -288,7 +288,8 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
         model, problem, methods=methods, sparsities=[st.fraction], seeds=seeds, layers=st.layers,
         residual_branches=BRANCHES, setting=st.name, remove=False, progress=False, draws=draws,
         options=MethodOptions(backend=args.backend, strategy=args.strategy, capacity=args.capacity,
-                              tt_budget=args.tt_budget),
+                              tt_budget=args.tt_budget, tt_precision=args.tt_precision, tt_images=args.tt_images,
+                              tt_journal=args.tt_journal),
         weights={m: Weights(**w["weights"]) for m, w in meta_weights.items()})
     rows = [paper_row(r, deterministic=method_spec(r["method"]).kind == "greedy" and draws is None) for r in found]
     for r in rows:
@@ -302,6 +303,8 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
         "fraction": st.fraction, "rule": st.rule, "weights": meta_weights,
         "signals_s": signals if draws is not None else signals[str(seeds[0])],
     }
+    if TT_METHOD in methods:
+        meta["tt"] = tt_record(args)
     return rows, meta
 
 
@@ -548,6 +551,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma list (default {','.join(DEFAULT_METHODS)})")
     p.add_argument("--tt", action="store_true", help=f"add {TT_METHOD} (PROTES refinement; slow)")
     p.add_argument("--tt-budget", type=int, default=2000, help="TT evaluations per run (paper 20000; default 2000)")
+    p.add_argument("--tt-precision", choices=("float32", "bfloat16"), default="float32",
+                   help="arithmetic of the TT's mask scorer (default float32; the winner is re-scored in float32)")
+    p.add_argument("--tt-images", type=int, help="validation images the TT scores masks on (default all)")
+    p.add_argument("--tt-journal", default=str(ROOT / "benchmarks" / "journals" / "paper_tables"),
+                   help="directory of the TT score journals: a stopped run resumes each TT run where it was")
     p.add_argument("--seeds", help="comma list of seeds (default 0,1,2,3,4; --quick: 0)")
     p.add_argument("--tune", type=int, default=None, help="weight-search trials per (setting, QUBO method) on "
                    "validation (default 10; --quick: 2; 0 = default weights)")
@@ -681,8 +689,10 @@ def add_tt(args: argparse.Namespace, model: Any, problem: Any, n_layers: int, so
     metas = [dict(m) for m in source["settings"]]
     methods = list(source["methods"]) + ([TT_METHOD] if TT_METHOD not in source["methods"] else [])
     t0 = t_start - float(source.get("total_s", 0.0))  # the file's total wall time includes both runs
+    want = tt_record(args)
     todo = [i for i, m in enumerate(metas) if m["setting"] in names
-            and {r["seed"] for r in rows if r["setting"] == m["setting"] and r["method"] == TT_METHOD} != set(seeds)]
+            and ({r["seed"] for r in rows if r["setting"] == m["setting"] and r["method"] == TT_METHOD} != set(seeds)
+                 or m.get("tt", {"budget": source.get("tt_budget"), "precision": "float32", "images": None}) != want)]
     for n, i in enumerate(todo):
         meta = metas[i]
         st = make_settings([meta["setting"]], n_layers)[0]
@@ -697,11 +707,16 @@ def add_tt(args: argparse.Namespace, model: Any, problem: Any, n_layers: int, so
         rows = [r for r in rows if not (r["setting"] == meta["setting"] and r["method"] == TT_METHOD)]
         rows += [r for r in new_rows if r["method"] == TT_METHOD]
         metas[i] = dict(meta, weights=dict(meta["weights"], **{TT_METHOD: new_meta["weights"][TT_METHOD]}),
-                        tt_signals_s=new_meta["signals_s"])
+                        tt_signals_s=new_meta["signals_s"], tt=want)
         write_results(args, Path(source["checkpoint"]), source["checkpoint_note"], problem, methods, seeds,
                       *splits, rows, metas, t0, load_start, argv, final=n == len(todo) - 1)
     if not todo:
         log(f"{args.tt_from} already holds {TT_METHOD} rows for every seed of settings {sorted(names)}")
+
+
+def tt_record(args: argparse.Namespace) -> dict[str, Any]:
+    """How the TT rows of a setting were made (a file whose rows were made otherwise gets new ones)."""
+    return {"budget": args.tt_budget, "precision": args.tt_precision, "images": args.tt_images}
 
 
 def add_methods(args: argparse.Namespace, model: Any, problem: Any, n_layers: int, source: dict[str, Any],
@@ -763,7 +778,11 @@ def write_results(args: argparse.Namespace, ckpt: Path, note: str, problem: Any,
         "tries the same candidate weights; the one kept is the best on validation for that setting."),
     ]
     if TT_METHOD in methods:
-        notes.append(f"{TT_METHOD}: budget {args.tt_budget} evaluations (paper 20,000) on the validation batches, "
+        scorer = (f"masks scored in {args.tt_precision} on "
+                  + (f"{args.tt_images} of the validation images" if args.tt_images else "the validation batches")
+                  + ("; the winner and the seed re-scored in float32 on the whole split, the winner kept only if "
+                     "better there" if args.tt_precision != "float32" or args.tt_images else ""))
+        notes.append(f"{TT_METHOD}: budget {args.tt_budget} evaluations (paper 20,000), {scorer}; "
                      "starting from the hybrid-qubo mask of the same seed; its `select s` includes that solve.")
     if getattr(args, "tt_from", None):
         notes.append(f"The {TT_METHOD} rows were added by a later run (`--tt-from`; its arguments are `tt_argv`): "
@@ -775,6 +794,7 @@ def write_results(args: argparse.Namespace, ckpt: Path, note: str, problem: Any,
         "problem_config": problem.config, "seeds": seeds, "methods": methods,
         "backend": args.backend, "strategy": args.strategy, "tune": args.tune, "tune_sampler": args.tune_sampler,
         "vary_calibration": bool(args.vary_calibration), "tt_budget": args.tt_budget if TT_METHOD in methods else None,
+        "tt_scorer": {"precision": args.tt_precision, "images": args.tt_images} if TT_METHOD in methods else None,
         "test_samples": sum(int(x.shape[0]) for x, _ in test), "val_samples": sum(int(x.shape[0]) for x, _ in val),
         "calib_samples": sum(int(x.shape[0]) for x, _ in problem.calibration_batches()),
         "unpruned": unpruned, "settings": metas, "rows": all_rows, "aggregate": aggs,

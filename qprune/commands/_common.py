@@ -58,6 +58,11 @@ def add_solver_args(p: argparse.ArgumentParser, *, method: bool = True, default_
                                              "model (default: the method's own; fisher-qubo 4)")
     p.add_argument("--refine", choices=("tt",), help="refine the QUBO mask with tensor-train search")
     p.add_argument("--tt-budget", type=int, default=2000, help="metric evaluations for --refine tt")
+    p.add_argument("--tt-precision", choices=("float32", "bfloat16"), default="float32",
+                   help="arithmetic of the --refine tt mask scorer (bfloat16: faster, approximate; the "
+                        "winner is re-scored in float32)")
+    p.add_argument("--tt-images", type=int, metavar="N",
+                   help="validation images --refine tt scores masks on (default all)")
 
 
 def add_budget_args(p: argparse.ArgumentParser) -> None:
@@ -166,7 +171,8 @@ def method_options(args: argparse.Namespace, weights: Any = None) -> Any:
     return MethodOptions(backend=args.backend, strategy=args.strategy, refine=getattr(args, "refine", None),
                          weights=weights, fisher=args.fisher, capacity=getattr(args, "capacity", "params"),
                          seed=getattr(args, "seed", 0), steps=getattr(args, "steps", None),
-                         tt_budget=getattr(args, "tt_budget", 2000))
+                         tt_budget=getattr(args, "tt_budget", 2000),
+                         tt_precision=getattr(args, "tt_precision", "float32"), tt_images=getattr(args, "tt_images", None))
 
 
 def check_output(path: str | None, flag: str) -> None:

@@ -117,7 +117,10 @@ class ChannelCut:
         dim, width, _ = self._scatter[module]
         shape = list(out.shape)
         shape[dim] = width
-        full = torch.empty(shape, dtype=out.dtype, device=out.device)  # each element written once
+        # each element written once; in the output's own layout: a standard-layout tensor added to a
+        # channels-last trunk sends the residual add (and this copy) down a strided path ~5x slower
+        fmt = torch.channels_last if channels_last(out) else torch.contiguous_format
+        full = torch.empty(shape, dtype=out.dtype, device=out.device, memory_format=fmt)
         return full.index_copy_(dim, idx[0].to(out.device), out).index_fill_(dim, idx[1].to(out.device), 0.0)
 
     def set(self, mask: np.ndarray | torch.Tensor) -> ChannelCut:

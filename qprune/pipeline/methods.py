@@ -21,6 +21,7 @@ from qprune.qubo.formulation import Formulation, formulate
 from qprune.qubo.presets import CAPACITY, DEFAULT_PRESET, FISHER_CHOICES, Weights, preset_terms, preset_weights
 from qprune.qubo.providers import CAPACITY_REWARDS
 from qprune.qubo.terms import compute_terms, term_requirements
+from qprune.refine.scoring.scorer import PRECISIONS
 from qprune.solve.strategies import DEFAULT_STRATEGY, get_strategy
 
 REFINE_STAGES = ("tt",)
@@ -63,6 +64,12 @@ class MethodOptions:
             prunes to t/steps of the way, with the QUBO rebuilt from signals collected on the model
             that the earlier stages pruned (:mod:`qprune.pipeline.stepwise`); 1 = one QUBO, one pass.
         tt_budget: metric evaluations of the TT refinement.
+        tt_precision: ``"float32"`` or ``"bfloat16"``: the arithmetic the TT's mask scorer runs in
+            (:class:`qprune.refine.MaskScorer`); its winner is re-scored in float32 either way.
+        tt_images: validation images the TT scores masks on (None: all of them).
+        tt_journal: a directory for the TT's score journals (None: none): one file per seed mask, TT
+            seed and scorer, so a stopped refinement started again resumes where it was. For one
+            model and problem: the file names do not identify them.
         sampler_params: passed to the sampler (unknown names are an error).
         solver_options: the strategy's own options (its dataclass fields, checked by name).
     """
@@ -76,6 +83,9 @@ class MethodOptions:
     seed: int | None = 0
     steps: int | None = None
     tt_budget: int = 2_000
+    tt_precision: str = "float32"
+    tt_images: int | None = None
+    tt_journal: str | None = None
     sampler_params: Mapping[str, Any] | None = None
     solver_options: Mapping[str, Any] | None = None
 
@@ -92,6 +102,10 @@ class MethodOptions:
             raise QpruneError(f"steps must be a positive integer, got {self.steps!r}")
         if isinstance(self.tt_budget, bool) or int(self.tt_budget) < 1:
             raise QpruneError(f"tt_budget must be a positive integer, got {self.tt_budget!r}")
+        if self.tt_precision not in PRECISIONS:
+            raise QpruneError(f"tt_precision must be one of {', '.join(PRECISIONS)}, got {self.tt_precision!r}")
+        if self.tt_images is not None and (isinstance(self.tt_images, bool) or int(self.tt_images) < 1):
+            raise QpruneError(f"tt_images must be a positive integer or None, got {self.tt_images!r}")
         if self.weights is not None and not isinstance(self.weights, Weights):
             raise QpruneError(f"weights must be a qprune.Weights, got {type(self.weights).__name__}")
 

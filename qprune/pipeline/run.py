@@ -7,9 +7,11 @@ FilterSpace -> signals -> terms -> formulation -> exact-k solve -> (refine) -> m
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import dimod
@@ -265,13 +267,22 @@ def select_mask(prep: Prepared, method: str, k: int, options: MethodOptions | No
     if do_refine:
         t0 = time.perf_counter()
         refined = refine_mask(prep.model, prep.space, prep.work, x, k, budget=options.tt_budget, seed=options.seed,
-                              progress=progress)
+                              progress=progress, precision=options.tt_precision, search_images=options.tt_images,
+                              journal=_journal_path(options, x))
         x = np.asarray(refined.x, dtype=np.int8)
         out.setdefault("info", {})["refine"] = refined.summary()
         out["timings"]["refine"] = time.perf_counter() - t0
     if int(x.sum()) != k:  # every method promises exactly k: this is a bug if it fires
         raise RuntimeError(f"{method} returned {int(x.sum())} pruned units, expected {k}")
     return x, out
+
+
+def _journal_path(options: MethodOptions, x: np.ndarray) -> Path | None:
+    """The TT score journal of this seed mask, TT seed and scorer in ``options.tt_journal``."""
+    if options.tt_journal is None:
+        return None
+    tag = f"{options.seed}/{options.tt_precision}/{options.tt_images}".encode()
+    return Path(options.tt_journal) / f"tt-{hashlib.sha1(np.packbits(x).tobytes() + tag).hexdigest()[:16]}.journal"
 
 
 def _qubo_mask(prep: Prepared, spec: MethodSpec, constraint: ExactK, options: MethodOptions,

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+import torch
+
 from qprune.errors import QpruneError
 from qprune.refine.chunked import layer_chunks, refine_chunked
+from qprune.refine.journal import ScoreJournal
 from qprune.refine.result import RefineResult, as_mask
 from qprune.refine.scoring.scorer import MaskScorer
 from qprune.refine.tt import refine
 from qprune.solve.constraint import ExactK
 
-__all__ = ["refine_mask"]
+__all__ = ["refine_mask", "search_subset"]
 
 
 def refine_mask(
@@ -33,6 +37,9 @@ def refine_mask(
     group_size: int = 128,
     progress: bool = True,
     scorer_options: Mapping[str, Any] | None = None,
+    precision: str = "float32",
+    search_images: int | None = None,
+    journal: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> RefineResult:
     """Refine ``seed_mask`` against the real validation metric of a model.
@@ -47,6 +54,15 @@ def refine_mask(
     chunks of about ``group_size`` units (:func:`~qprune.refine.chunked.layer_chunks`);
     otherwise :func:`~qprune.refine.tt.refine` on the whole mask. ``options`` go to the stage;
     ``result.info["scorer"]`` holds the scorer's statistics.
+
+    A faster, approximate search: ``precision="bfloat16"`` (the scorer's passes under bfloat16
+    autocast) and ``search_images`` (score masks on that many validation images, spread evenly over
+    the split, :func:`search_subset`). Either way the search's winner and the seed are then scored
+    exactly (float32, the whole validation split) and the winner is kept only if it beats the seed
+    there; ``info["exact"]`` holds both exact scores and ``info["kept_seed"]`` says whether the
+    seed was kept. ``journal``: a file that keeps every score of the search
+    (:class:`~qprune.refine.journal.ScoreJournal`), so the same call started again after a stop
+    resumes where it was.
     """
     val_batches, metric_fn = _validation_of(problem, batches, metric)
     x0 = as_mask(seed_mask, list(space.labels) if isinstance(seed_mask, Mapping) else None)
@@ -54,19 +70,57 @@ def refine_mask(
         raise QpruneError(f"seed mask has {x0.size} entries, the filter space {space.N}")
     if constraint is None:
         constraint = ExactK.for_space(space, k)
-    scorer = MaskScorer(model, space, val_batches, metric_fn, progress=False, **dict(scorer_options or {}))
+    search = search_subset(val_batches, search_images) if search_images is not None else val_batches
+    scorer = MaskScorer(model, space, search, metric_fn, progress=False, precision=precision,
+                        **dict(scorer_options or {}))
+    objective = scorer if journal is None else ScoreJournal(scorer, journal, space.N)
     try:
         if chunked:
             groups = layer_chunks(np.asarray(space.layer_ids), size=group_size)
-            result = refine_chunked(x0, scorer, k, groups, budget=budget, seed=seed, progress=progress,
+            result = refine_chunked(x0, objective, k, groups, budget=budget, seed=seed, progress=progress,
                                     constraint=constraint, **options)
         else:
-            result = refine(x0, scorer, k, budget=budget, seed=seed, progress=progress,
+            result = refine(x0, objective, k, budget=budget, seed=seed, progress=progress,
                             constraint=constraint, **options)
     finally:
         scorer.close()
-    result.info["scorer"] = scorer.stats()
+    result.info["scorer"] = {**scorer.stats(), "precision": precision,
+                             "images": sum(int(x.shape[0]) for x, _ in search)}
+    if isinstance(objective, ScoreJournal):
+        result.info["journal"] = {"path": str(journal), "replayed": objective.replayed,
+                                  "computed": objective.computed}
+    if precision != "float32" or search is not val_batches:
+        _exact_final(result, x0, MaskScorer(model, space, val_batches, metric_fn, progress=False,
+                                            **dict(scorer_options or {})))
     return result
+
+
+def _exact_final(result: RefineResult, x0: np.ndarray, exact: MaskScorer) -> None:
+    """Score the seed and the search's winner exactly; keep the seed unless the winner beats it."""
+    if not result.improved:
+        value = float(exact(x0[None, :])[0])
+        result.info.update(exact={"seed": value, "refined": value}, kept_seed=True)
+        return
+    seed_value, value = (float(v) for v in exact(np.stack([x0, result.x])))
+    kept = value <= seed_value
+    result.info.update(exact={"seed": seed_value, "refined": value}, kept_seed=kept,
+                       search={"value": result.value, "seed_value": result.seed_value})
+    if kept:
+        result.x, result.value = x0.copy(), result.seed_value
+
+
+def search_subset(batches: Sequence[Any], images: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``images`` of the validation images, evenly spaced over the split (neighbouring patches often
+    come from one photo), in batches of the original batch size."""
+    batches = list(batches)
+    if not all(isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) for x, y in batches):
+        raise QpruneError("search_images needs validation batches of (input, target) tensors")
+    xs, ys = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    if isinstance(images, bool) or not 1 <= int(images) <= len(xs):
+        raise QpruneError(f"search_images must be between 1 and the {len(xs)} validation images, got {images!r}")
+    idx = torch.from_numpy(np.linspace(0, len(xs) - 1, int(images)).round().astype(np.int64))
+    size = int(batches[0][0].shape[0])
+    return [(xs[idx[i:i + size]], ys[idx[i:i + size]]) for i in range(0, len(idx), size)]
 
 
 def _validation_of(

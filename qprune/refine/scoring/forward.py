@@ -18,7 +18,7 @@ from qprune.model.cut import channels_last
 from qprune.model.tensors import iter_tensors, map_tensors
 
 __all__ = [
-    "Layout", "as_masks", "cat_outputs", "contiguous", "ieee_fp32", "matches", "replicate",
+    "Layout", "as_float32", "as_masks", "cat_outputs", "contiguous", "ieee_fp32", "matches", "replicate",
     "split_output", "sync_clock", "weighted_mean",
 ]
 
@@ -91,10 +91,11 @@ def cat_outputs(parts: Sequence[Any]) -> Any:
     return first
 
 
-def matches(out: Any, ref: Any, m: int) -> bool:
+def matches(out: Any, ref: Any, m: int, rtol: float = 1e-4) -> bool:
     """Whether ``out`` (a pass over the first ``m`` images, any layout) equals the first ``m``
     samples of the standard pass ``ref`` up to float rounding: the check that lets a layout or
-    a batch split be used at all (a model whose samples interact in eval mode fails it)."""
+    a batch split be used at all (a model whose samples interact in eval mode fails it).
+    ``rtol``: the rounding allowed, relative to each value and (a tenth of it) to the largest."""
     a, b = list(iter_tensors(out)), list(iter_tensors(ref))
     if len(a) != len(b):
         return False
@@ -103,7 +104,7 @@ def matches(out: Any, ref: Any, m: int) -> bool:
             return False
         v = v[:m]
         scale = float(v.abs().max()) if v.numel() and v.is_floating_point() else 1.0
-        if not torch.allclose(u, v, rtol=1e-4, atol=1e-5 * max(scale, 1e-12)):
+        if not torch.allclose(u, v, rtol=rtol, atol=0.1 * rtol * max(scale, 1e-12)):
             return False
     return True
 
@@ -111,6 +112,11 @@ def matches(out: Any, ref: Any, m: int) -> bool:
 def contiguous(out: Any) -> Any:
     """The output in the standard layout, so the metric reduces in the order naive scoring does."""
     return map_tensors(out, torch.Tensor.contiguous)
+
+
+def as_float32(out: Any) -> Any:
+    """A reduced-precision output in float32, so the metric computes as it does on a float32 pass."""
+    return map_tensors(out, lambda t: t.float() if t.is_floating_point() else t)
 
 
 class Layout:

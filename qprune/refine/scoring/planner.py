@@ -10,8 +10,8 @@ fresh pages from the kernel, zero-filled on first touch (F=64 Half-UNet, 8 image
 thread, fresh process: ~270k minor page faults and ~105-120 ms/image per pass of 8, none and
 ~50-60 ms/image per pass of 1). How much that costs depends on the allocator's state (a
 long-running process may serve big tensors from free heap space), which is why it is timed, not
-assumed. A piece or layout is used only if its output matches the standard pass (rtol 1e-4): a
-model whose samples interact in eval mode is never split.
+assumed. A piece or layout is used only if its output matches the standard pass (rtol 1e-4; 3e-2 when
+the scorer runs in bfloat16): a model whose samples interact in eval mode is never split.
 
 **Cut layers** (:class:`qprune.model.cut.ChannelCut`) are checked against the gated model once;
 where the two differ (a layer the filter space does not describe) the gates stay.
@@ -46,8 +46,10 @@ class Planner:
     in the chosen layout."""
 
     def __init__(self, model: nn.Module, space: Any, batches: list, images_per_pass: int | None,
-                 layout: bool | None, physical: bool | None, cuda: bool, stats: ScorerStats) -> None:
+                 layout: bool | None, physical: bool | None, cuda: bool, stats: ScorerStats,
+                 rtol: float = 1e-4) -> None:
         self.model, self.space, self.batches, self.cuda, self.stats = model, space, batches, cuda, stats
+        self.rtol = rtol  # what "the same output" allows: float32 rounding, or bfloat16's
         self.images_per_pass, self.layout, self.physical = images_per_pass, layout, physical
         self.n = int(space.N)
         self.per_pass: dict[tuple, int] = {}
@@ -124,7 +126,7 @@ class Planner:
                         ref = out
                         self.out_bytes[shape] = sum(
                             t.numel() * t.element_size() for t in iter_tensors(out)) * b // m
-                    elif not matches(out, ref, m):
+                    elif not matches(out, ref, m, self.rtol):
                         configs.remove((cl, m))
                     continue
                 times[(cl, m)] = min(times.get((cl, m), math.inf), elapsed / m)
@@ -167,7 +169,7 @@ class Planner:
             with ChannelCut(self.model, self.space) as cut:
                 cut.set(probe)
                 out = self.model(x)
-            if not matches(out, ref, int(x.shape[0])):
+            if not matches(out, ref, int(x.shape[0]), self.rtol):
                 why = "its output differs from the gated model's"
         except Exception as exc:  # noqa: BLE001 -- a model the cut cannot run
             why = f"{type(exc).__name__}: {exc}"

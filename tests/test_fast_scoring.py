@@ -1,0 +1,128 @@
+"""The fast TT scorer: bfloat16 passes, a subset of the validation images, the exact re-score of
+the winner, and the score journal that makes a long search resumable."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from qprune.errors import QpruneError
+from qprune.model.space import build_space
+from qprune.problems.halfunet import HalfUNet
+from qprune.refine import MaskScorer, ScoreJournal, naive_score, refine, search_subset
+
+
+def _psnr(out: torch.Tensor, target: torch.Tensor) -> float:
+    mse = ((out.float().clamp(0, 1) - target) ** 2).mean()
+    return float(-10 * torch.log10(mse))
+
+
+@pytest.fixture(scope="module")
+def net() -> SimpleNamespace:
+    torch.manual_seed(0)
+    model = HalfUNet(width=8).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.normal_(0, 0.5)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(4, 3, 16, 16, generator=g), torch.rand(4, 3, 16, 16, generator=g)) for _ in range(3)]
+    space = build_space(model, batches[0][0][:1], exclude=("ending",), min_keep=1)
+    k = space.N // 3
+    masks = np.stack([space.random_mask(k, seed=s).astype(np.int8) for s in range(12)])
+    return SimpleNamespace(model=model, batches=batches, space=space, k=k, masks=masks)
+
+
+def test_bfloat16_scores_are_close_to_exact_and_leave_the_model_as_it_was(net: SimpleNamespace) -> None:
+    before = {n: p.detach().clone() for n, p in net.model.state_dict().items()}
+    exact = naive_score(net.model, net.space, net.batches, _psnr, net.masks)
+    for prefix in (True, False):
+        fast = MaskScorer(net.model, net.space, net.batches, _psnr, progress=False, precision="bfloat16",
+                          prefix=prefix)(net.masks)
+        # bfloat16 keeps 8 bits of mantissa: scores move by rounding, not by a different model
+        assert np.max(np.abs(fast - exact)) < 0.1
+        assert np.max(np.abs(fast - exact)) > 0.0  # it really ran in bfloat16
+        assert np.corrcoef(fast, exact)[0, 1] > 0.99
+    for n, t in net.model.state_dict().items():
+        assert t.dtype == before[n].dtype and torch.equal(t, before[n])
+    assert torch.is_autocast_enabled("cpu") is False
+
+
+def test_precision_is_checked(net: SimpleNamespace) -> None:
+    with pytest.raises(QpruneError, match="precision must be one of float32, bfloat16, got 'fp8'"):
+        MaskScorer(net.model, net.space, net.batches, _psnr, precision="fp8")
+
+
+def test_search_subset_spreads_the_images_and_checks_the_count(net: SimpleNamespace) -> None:
+    xs = torch.cat([x for x, _ in net.batches])
+    sub = search_subset(net.batches, 5)
+    assert [int(x.shape[0]) for x, _ in sub] == [4, 1]  # the original batch size
+    picked = torch.cat([x for x, _ in sub])
+    idx = [int(i) for i in np.linspace(0, 11, 5).round()]
+    assert torch.equal(picked, xs[idx]) and idx[0] == 0 and idx[-1] == 11
+    assert torch.equal(torch.cat([y for _, y in sub]), torch.cat([y for _, y in net.batches])[idx])
+    for bad in (0, 13, True):
+        with pytest.raises(QpruneError, match=f"between 1 and the 12 validation images, got {bad!r}"):
+            search_subset(net.batches, bad)
+
+
+def test_journal_replays_a_stopped_search_and_continues_it(tmp_path) -> None:
+    pytest.importorskip("protes")
+    n, k = 24, 8
+    w = np.random.default_rng(0).normal(size=n)
+    calls: list[int] = []
+
+    def objective(X: np.ndarray) -> np.ndarray:
+        calls.append(len(X))
+        return -(X @ w)
+
+    x0 = np.zeros(n, dtype=np.int8)
+    x0[:k] = 1
+    path = tmp_path / "scores.journal"
+    short = refine(x0, ScoreJournal(objective, path, n), k, budget=40, seed=3, progress=False, batch=10)
+    first = sum(calls)
+    assert first == 40
+    calls.clear()
+    journal = ScoreJournal(objective, path, n)
+    longer = refine(x0, journal, k, budget=70, seed=3, progress=False, batch=10)
+    assert journal.replayed >= 40 and journal.computed == sum(calls) == 30
+    # the same search as one uninterrupted run of 70
+    calls.clear()
+    whole = refine(x0, objective, k, budget=70, seed=3, progress=False, batch=10)
+    assert np.array_equal(whole.x, longer.x) and whole.value == longer.value and whole.trace == longer.trace
+    assert longer.value >= short.value
+
+
+def test_journal_refuses_another_search_and_drops_a_cut_line(tmp_path) -> None:
+    path = tmp_path / "j.txt"
+    ScoreJournal(lambda X: np.zeros(len(X)), path, 16)(np.eye(16, dtype=np.int8)[:2])
+    with pytest.raises(QpruneError, match="not a score journal for masks of 8 units"):
+        ScoreJournal(lambda X: np.zeros(len(X)), path, 8)
+    path.write_text(path.read_text() + "00ff 1.")  # a write cut short by a crash
+    j = ScoreJournal(lambda X: np.ones(len(X)), path, 16)
+    assert len(j.values) == 2 and path.read_text().endswith("\n")
+    assert j(np.eye(16, dtype=np.int8)[:3]).tolist() == [0.0, 0.0, 1.0]
+    assert len(ScoreJournal(lambda X: np.ones(len(X)), path, 16).values) == 3
+
+
+def test_refine_mask_rescores_a_fast_search_exactly(net: SimpleNamespace, tmp_path) -> None:
+    pytest.importorskip("protes")
+    from qprune.refine import refine_mask
+
+    work = SimpleNamespace(validation=net.batches, metric=_psnr)
+    seed = net.masks[0]
+    res = refine_mask(net.model, net.space, work, seed, net.k, budget=40, seed=0, progress=False, batch=20,
+                      precision="bfloat16", search_images=6, journal=tmp_path / "j.txt")
+    exact = naive_score(net.model, net.space, net.batches, _psnr, np.stack([seed, res.x]))
+    info = res.info
+    assert info["scorer"]["precision"] == "bfloat16" and info["scorer"]["images"] == 6
+    assert info["exact"]["seed"] == pytest.approx(exact[0], abs=1e-4)
+    assert info["exact"]["refined"] == pytest.approx(exact[1], abs=1e-4) or info["kept_seed"]
+    # what comes back never scores below the seed on the exact, whole-split metric
+    assert exact[1] >= exact[0] - 1e-4
+    if info["kept_seed"]:
+        assert np.array_equal(res.x, seed)
+    assert info["journal"]["computed"] == res.evaluations
