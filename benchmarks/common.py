@@ -146,3 +146,15 @@ def write_lines(path: Path | str, lines: list[str]) -> None:
     """A Markdown (or any text) file of ``lines``, written atomically."""
     with atomic_open(path) as fh:
         fh.write("\n".join(lines) + "\n")
+
+
+def scoring_device(arg: str) -> torch.device:
+    """The device masks are scored on (``auto``: CUDA when torch sees one)."""
+    if arg == "auto":
+        arg = "cuda" if torch.cuda.is_available() else "cpu"
+    if arg.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {arg}: torch sees no CUDA device (use --device cpu)")
+    try:
+        return torch.device(arg)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {arg!r}: {exc}") from exc

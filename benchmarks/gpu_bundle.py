@@ -1,4 +1,4 @@
-"""Pack what ``benchmarks/tt_refine.py`` needs on an offline GPU machine (``make gpu-bundle``; not a test).
+"""Pack what the TT benchmarks (``tt_scorer.py``, ``tt_refine.py``) need on an offline GPU machine (``make gpu-bundle``; not a test).
 
 GPU machines often cannot reach a package index, and come with their own Python, a CUDA build of
 PyTorch, JAX, SciPy, scikit-image and torchmetrics. This folder carries the rest:
@@ -10,7 +10,7 @@ PyTorch, JAX, SciPy, scikit-image and torchmetrics. This folder carries the rest
 * ``data/`` -- a copy of the dataset folder the checkpoint was trained on, when it names one;
 * ``bundle.json`` -- what is in it and where it came from.
 
-On the GPU machine: ``bash benchmarks/gpu_tt.sh BUNDLE OUTDIR [tt_refine.py options]``. The folder
+On the GPU machine: ``bash benchmarks/gpu_tt.sh BUNDLE OUTDIR [options]`` (``SCRIPT=tt_refine.py`` for the other benchmark). The folder
 is built beside ``--out`` and moved into place only when complete, so a failed run leaves no
 half-made bundle.
 """
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp.rename(out)
     print(f"bundle: {out} ({folder_bytes(out) / 2**20:.1f} MiB: {len(manifest['wheels'])} wheels, "
           f"checkpoint {checkpoint.name}{', data ' + manifest['data'] if manifest['data'] else ''})")
-    print(f"on the GPU machine: bash benchmarks/gpu_tt.sh {out.name} OUTDIR [tt_refine.py options]")
+    print(f"on the GPU machine: bash benchmarks/gpu_tt.sh {out.name} OUTDIR [options]")
     return 0
 
 

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Run benchmarks/tt_refine.py on an offline GPU machine from a bundle made by `make gpu-bundle`.
+# Run a TT benchmark (default benchmarks/tt_scorer.py, what `make bench-tt` runs; SCRIPT=tt_refine.py for
+# the other) on an offline GPU machine from a bundle made by `make gpu-bundle`.
 # The bundle's wheels go into a scratch folder beside the machine's own PyTorch/JAX (no index, no
 # dependencies pulled in), then candidate masks are scored on CUDA.
 #
-#   bash benchmarks/gpu_tt.sh BUNDLE OUTDIR [tt_refine.py options, e.g. --tt-budget 1000]
+#   bash benchmarks/gpu_tt.sh BUNDLE OUTDIR [the script's options, e.g. --masks 300]
 #
 # PYTHON picks the interpreter (default python3), DEVICE the scoring device (default cuda;
 # DEVICE=cpu tries the bundle on a machine without a GPU).
 set -euo pipefail
-usage="usage: bash benchmarks/gpu_tt.sh BUNDLE OUTDIR [tt_refine.py options]"
+usage="usage: bash benchmarks/gpu_tt.sh BUNDLE OUTDIR [the script's options]"
 [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }
 bundle=$1 out=$2
 shift 2
@@ -26,4 +27,4 @@ export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 args=(--device "${DEVICE:-cuda}" --threads "$(nproc)" --out "$out")
 [ -f "$bundle/checkpoint.pt" ] && args+=(--checkpoint "$bundle/checkpoint.pt")
 [ -d "$bundle/data" ] && args+=(--data "$bundle/data")
-"$py" "$(dirname "$0")/tt_refine.py" "${args[@]}" "$@"
+"$py" "$(dirname "$0")/${SCRIPT:-tt_scorer.py}" "${args[@]}" "$@"

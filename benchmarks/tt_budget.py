@@ -139,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget", type=int, default=20000, help="TT evaluations (the paper's 20,000)")
     ap.add_argument("--precision", choices=("float32", "bfloat16"), default="bfloat16")
-    ap.add_argument("--search-images", type=int, default=16, help="validation images the search scores on")
-    ap.add_argument("--journal", default=str(ROOT / "benchmarks" / "journals" / "tt_budget.journal"),
-                    help="score journal (resumes from it; default benchmarks/journals/tt_budget.journal)")
+    ap.add_argument("--search-images", type=int, default=32,
+                    help="validation images the search scores on (32: the fewest whose ranking kept rho >= 0.99 "
+                         "in make bench-tt)")
+    ap.add_argument("--journal", help="score journal (resumes from it; default "
+                                      "benchmarks/journals/tt_budget-PRECISION-IMAGES.journal)")
     ap.add_argument("--report-only", action="store_true", help="write the curve from the journal as it stands")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS))
@@ -149,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.budget < 1:
         ap.error(f"--budget must be positive, got {args.budget}")
-    journal = Path(args.journal)
+    journal = Path(args.journal or ROOT / "benchmarks" / "journals"
+                   / f"tt_budget-{args.precision}-{args.search_images}.journal")
     if args.report_only and not journal.is_file():
         ap.error(f"--report-only: no journal at {journal}")
     torch.set_num_threads(args.threads)

@@ -52,7 +52,7 @@ from qprune.model.stats import count_macs
 from qprune.solve.constraint import ExactK
 
 # helper module beside this script (benchmarks/)
-from common import PAPER_FULL_SPARSITY, RESULTS, pick_checkpoint
+from common import PAPER_FULL_SPARSITY, RESULTS, pick_checkpoint, scoring_device
 
 SCORE_TOL_DB = 1e-4  # "equal scores": float rounding only
 GOAL = 10.0  # the issue's speed-up goal for batched scoring over one mask per pass
@@ -69,18 +69,6 @@ def bench_machine() -> dict[str, Any]:
 
     return {**machine_info(), "protes": getattr(protes, "__version__", "?"),
             "qprune_from": str(Path(qprune.__file__).resolve().parent)}
-
-
-def scoring_device(arg: str) -> torch.device:
-    """The device masks are scored on (``auto``: CUDA when torch sees one)."""
-    if arg == "auto":
-        arg = "cuda" if torch.cuda.is_available() else "cpu"
-    if arg.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {arg}: torch sees no CUDA device (use --device cpu)")
-    try:
-        return torch.device(arg)
-    except RuntimeError as exc:
-        raise ValueError(f"--device {arg!r}: {exc}") from exc
 
 
 def on_device(model: torch.nn.Module, batches: list, device: torch.device) -> tuple[torch.nn.Module, list]:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+import qprune
 from qprune.atomic import atomic_open, write_json
 from qprune.pipeline.report import machine_info
 from qprune.pipeline.run import prepare, select_mask
@@ -41,7 +42,7 @@ from qprune.refine import MaskScorer, refine, search_subset
 from qprune.solve.constraint import ExactK
 
 # helper module beside this script (benchmarks/)
-from common import BRANCHES, QUICK_CKPT, RESULTS, SIDD_CKPT, load_checkpoint, load_sidd, logger
+from common import BRANCHES, QUICK_CKPT, RESULTS, SIDD_CKPT, load_checkpoint, load_sidd, logger, scoring_device
 
 GOAL = 10.0
 RHO_GOAL = 0.99
@@ -49,15 +50,6 @@ NEAR = 4  # swaps from the seed: the masks the TT mostly proposes
 LAYERS, COUNT, FILTERS = 16, 480, 1024  # the paper's 16-layer setting: 480 of 16 x 64 filters
 
 log = logger("tt_scorer", clock=True)
-
-
-def scoring_device(arg: str) -> torch.device:
-    """``auto``: CUDA when torch sees one, else the CPU."""
-    if arg == "auto":
-        arg = "cuda" if torch.cuda.is_available() else "cpu"
-    if arg.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"tt_scorer: --device {arg}: torch sees no CUDA device (use --device cpu)")
-    return torch.device(arg)
 
 
 def scorers(images: list[int]) -> list[dict[str, Any]]:
@@ -173,6 +165,7 @@ def verdict(rows: list[dict[str, Any]]) -> tuple[str, str | None]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", help="denoise checkpoint (default: the shipped F = 64 SIDD model)")
+    ap.add_argument("--data", help="dataset folder, when it is no longer where the checkpoint was trained")
     ap.add_argument("--masks", type=int, default=220, help="distinct TT masks scored (>= 200 for the rank check)")
     ap.add_argument("--old-masks", type=int, default=60, help="masks the old scorer is timed on")
     ap.add_argument("--images", default="32,16,8", help="validation image counts of the bf16-N rows")
@@ -184,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-name", default="tt_scorer")
     args = ap.parse_args(argv)
     images = [int(s) for s in args.images.split(",") if s.strip()]
+    try:
+        device = scoring_device(args.device)
+    except ValueError as exc:
+        ap.error(str(exc))
     if args.masks < 2 or not images or min(images) < 1:
         ap.error("--masks must be >= 2 and --images positive counts")
     torch.set_num_threads(args.threads)
@@ -191,12 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     if not ckpt.is_file():
         ap.error(f"checkpoint {ckpt} does not exist (make train-sidd makes the F = 64 one)")
     t_start, load_start = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
-    problem, model = load_sidd() if ckpt == SIDD_CKPT else load_checkpoint(ckpt)
+    if args.data and not Path(args.data).is_dir():
+        ap.error(f"--data {args.data} is not a folder")
+    problem, model = (load_sidd() if ckpt == SIDD_CKPT and not args.data
+                      else load_checkpoint(ckpt, data=args.data))
     val = problem.validation_batches()
     n_val = sum(int(x.shape[0]) for x, _ in val)
     if max(images) > n_val:
         ap.error(f"--images {max(images)}: the validation split has {n_val} images")
-    device = scoring_device(args.device)
     prep = prepare(model, problem, methods=("taylor-greedy",), layers=LAYERS, residual_branches=BRANCHES,
                    progress=False)
     prep.model.to(device)  # the calibration pass ran on the CPU; the scoring runs here
@@ -217,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": str(ckpt), "units": int(prep.space.N), "layers": len(prep.space.layers), "k": k,
         "masks": int(len(M)), "near": int(near.sum()), "old_masks": min(args.old_masks, len(M)), "seed": args.seed,
         "val_images": n_val, "patch": int(val[0][0].shape[-1]), "threads": args.threads, "device": str(device),
+        "qprune_from": str(Path(qprune.__file__).resolve().parent),
         "machine": machine_info(), "load_start": load_start,
         "load_end": [round(v, 2) for v in os.getloadavg()],
         "wall_s": time.perf_counter() - t_start, "rows": rows, "verdict": text, "best": best,

@@ -24,6 +24,29 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture()
+def small_unet():
+    """A width-8 Half-UNet whose residual scales are not zero (so every unit changes the output),
+    and a seeded factory of ``count`` (input, target) batches of ``size`` 16x16 images."""
+    import torch
+
+    from qprune.problems.halfunet import HalfUNet
+
+    torch.manual_seed(0)
+    model = HalfUNet(width=8).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.normal_(0, 0.5)
+
+    def batches(count: int, size: int) -> list:
+        g = torch.Generator().manual_seed(0)
+        return [(torch.rand(size, 3, 16, 16, generator=g), torch.rand(size, 3, 16, 16, generator=g))
+                for _ in range(count)]
+
+    return model, batches
+
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 # Two torch threads on a loaded 2-core machine (and under pytest-xdist's two workers) make small

@@ -26,8 +26,9 @@ def test_tt_rows_are_added_to_a_finished_table_and_a_second_run_resumes(tmp_path
     before = json.loads((tmp_path / "pt.json").read_text())
     assert before["complete"] and not [r for r in before["rows"] if r["method"] == TT]
 
+    journals = str(tmp_path / "journals")
     added = _tables("--quick", "--tt-from", str(tmp_path / "pt.json"), "--tt-settings", "4", "--tt-budget", "4",
-                    "--out-dir", str(tmp_path), "--out-name", "pt")
+                    "--tt-journal", journals, "--out-dir", str(tmp_path), "--out-name", "pt")
     assert added.returncode == 0, added.stderr[-2000:]
     after = json.loads((tmp_path / "pt.json").read_text())
     tt_rows = [r for r in after["rows"] if r["method"] == TT]
@@ -42,11 +43,26 @@ def test_tt_rows_are_added_to_a_finished_table_and_a_second_run_resumes(tmp_path
     md = (tmp_path / "pt.md").read_text()
     assert f"| `{TT}` |" in md and "a later run" in md
 
-    again = _tables("--quick", "--tt-from", str(tmp_path / "pt.json"), "--tt-settings", "4",
-                    "--out-dir", str(tmp_path), "--out-name", "pt")
+    assert next(m for m in after["settings"] if m["setting"] == "4")["tt"] == {
+        "budget": 4, "precision": "float32", "images": None}
+    assert len(list((tmp_path / "journals").glob("tt-*.journal"))) == 1
+
+    again = _tables("--quick", "--tt-from", str(tmp_path / "pt.json"), "--tt-settings", "4", "--tt-budget", "4",
+                    "--tt-journal", journals, "--out-dir", str(tmp_path), "--out-name", "pt")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already holds" in again.stderr + again.stdout
     assert json.loads((tmp_path / "pt.json").read_text())["rows"] == after["rows"]
+
+    # rows made with another budget or scorer are made again
+    faster = _tables("--quick", "--tt-from", str(tmp_path / "pt.json"), "--tt-settings", "4", "--tt-budget", "6",
+                     "--tt-precision", "bfloat16", "--tt-images", "8", "--tt-journal", journals,
+                     "--out-dir", str(tmp_path), "--out-name", "pt")
+    assert faster.returncode == 0, faster.stderr[-2000:]
+    redone = json.loads((tmp_path / "pt.json").read_text())
+    assert next(m for m in redone["settings"] if m["setting"] == "4")["tt"] == {
+        "budget": 6, "precision": "bfloat16", "images": 8}
+    assert [(r["setting"], r["seed"]) for r in redone["rows"] if r["method"] == TT] == [("4", 0)]
+    assert "bfloat16 on 8 of the validation images" in (tmp_path / "pt.md").read_text()
 
 
 def test_tt_from_refuses_a_file_that_is_not_a_results_table(tmp_path: Path) -> None:

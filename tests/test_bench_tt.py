@@ -66,10 +66,11 @@ def test_ceiling_is_naive_time_over_the_least_time_exact_fp32_could_take() -> No
 def test_make_bench_tt_passes_the_scoring_device() -> None:
     import torch
 
-    dry = subprocess.run(["make", "-n", "bench-tt", "TT_DEVICE=auto"], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout
-    line = next(ln for ln in dry.splitlines() if "benchmarks/tt_refine.py" in ln)
-    assert line.split()[-2:] == ["--device", "auto"]
+    for target, script in (("bench-tt", "tt_scorer.py"), ("bench-tt-refine", "tt_refine.py")):
+        dry = subprocess.run(["make", "-n", target, "TT_DEVICE=auto"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout
+        line = next(ln for ln in dry.splitlines() if f"benchmarks/{script}" in ln)
+        assert line.split()[-2:] == ["--device", "auto"]
     tt_refine = _tt_refine_module()
     want = "cuda" if torch.cuda.is_available() else "cpu"
     assert tt_refine.scoring_device("auto").type == want
@@ -128,15 +129,15 @@ def test_a_bundle_runs_the_tt_benchmark_from_its_own_wheel(tmp_path: Path) -> No
     assert not (tmp_path / "gpu.partial").exists()
     res = tmp_path / "res"
     run = subprocess.run(["bash", "benchmarks/gpu_tt.sh", str(bundle), str(res), "--quick", "--out-name", "tt",
-                          "--threads", "1"],
+                          "--threads", "1", "--masks", "8", "--old-masks", "2", "--images", "8"],
                          cwd=ROOT, capture_output=True, text=True, timeout=900,
                          env={**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu"})
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads((res / "tt.json").read_text())
-    assert report["scores_equal"] is True and report["machine"]["scoring_device"] == "cpu"
-    assert not report["machine"]["qprune_from"].startswith(str(ROOT))  # the wheel, not this checkout
-    assert report["checkpoint"]["path"] == str(bundle / "checkpoint.pt")
-    assert report["settings"]["threads"] == 1  # options after OUTDIR reach tt_refine.py
+    assert report["device"] == "cpu" and report["masks"] == 8
+    assert not report["qprune_from"].startswith(str(ROOT))  # the wheel, not this checkout
+    assert report["checkpoint"] == str(bundle / "checkpoint.pt")
+    assert report["threads"] == 1  # options after OUTDIR reach tt_scorer.py
 
 
 def test_speed_masks_come_from_groups_spread_over_the_run() -> None:
@@ -157,3 +158,25 @@ def test_speed_masks_come_from_groups_spread_over_the_run() -> None:
     got = pick(shrinking, 60)  # small late groups give what they have, the others make up the rest
     assert sum(len(g) for g in got) == 60 and [int(g[0, 0]) for g in got] == [0, 2, 4]
     assert [len(g) for g in got] == [45, 10, 5]
+
+
+def test_tt_scorer_quick_compares_old_and_new_scorers_on_the_same_masks(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "benchmarks/tt_scorer.py", "--quick", "--masks", "10", "--old-masks", "3",
+                          "--images", "16,8", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    r = json.loads((tmp_path / "tt_scorer.json").read_text())
+    rows = {x["name"]: x for x in r["rows"]}
+    assert list(rows) == ["old", "exact", "bf16", "bf16-16", "bf16-8", "bf16, no tree"]
+    assert r["masks"] == 10 and rows["old"]["masks"] == 3 and rows["exact"]["masks"] == 10
+    # the old scorer reads the metric another way, not another value: its scores are the exact ones
+    assert rows["old"]["scores"] == pytest.approx(rows["exact"]["scores"][:3], abs=1e-4)
+    assert rows["exact"]["rho"] == pytest.approx(1.0) and rows["exact"]["max_abs_diff_db"] == 0.0
+    assert rows["bf16"]["max_abs_diff_db"] > 0.0 and rows["bf16-8"]["images"] == 8
+    assert all(x["s_per_eval"] > 0 for x in rows.values())
+    md = (tmp_path / "tt_scorer.md").read_text()
+    assert "| old | float32 | 64 | yes |" in md and "**Goal: x10 per evaluation" in md
+    bad = subprocess.run([sys.executable, "benchmarks/tt_scorer.py", "--quick", "--images", "65",
+                          "--out", str(tmp_path / "never")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--images 65: the validation split has 64 images" in bad.stderr
+    assert not (tmp_path / "never").exists()

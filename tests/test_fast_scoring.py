@@ -11,7 +11,6 @@ import torch
 
 from qprune.errors import QpruneError
 from qprune.model.space import build_space
-from qprune.problems.halfunet import HalfUNet
 from qprune.refine import MaskScorer, ScoreJournal, naive_score, refine, search_subset
 
 
@@ -20,16 +19,10 @@ def _psnr(out: torch.Tensor, target: torch.Tensor) -> float:
     return float(-10 * torch.log10(mse))
 
 
-@pytest.fixture(scope="module")
-def net() -> SimpleNamespace:
-    torch.manual_seed(0)
-    model = HalfUNet(width=8).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("beta", "gamma")):
-                p.normal_(0, 0.5)
-    g = torch.Generator().manual_seed(0)
-    batches = [(torch.rand(4, 3, 16, 16, generator=g), torch.rand(4, 3, 16, 16, generator=g)) for _ in range(3)]
+@pytest.fixture()
+def net(small_unet) -> SimpleNamespace:
+    model, make_batches = small_unet
+    batches = make_batches(3, 4)
     space = build_space(model, batches[0][0][:1], exclude=("ending",), min_keep=1)
     k = space.N // 3
     masks = np.stack([space.random_mask(k, seed=s).astype(np.int8) for s in range(12)])
@@ -126,3 +119,19 @@ def test_refine_mask_rescores_a_fast_search_exactly(net: SimpleNamespace, tmp_pa
     if info["kept_seed"]:
         assert np.array_equal(res.x, seed)
     assert info["journal"]["computed"] == res.evaluations
+
+
+def test_method_options_and_cli_flags_carry_the_tt_scorer() -> None:
+    from qprune.commands._common import method_options
+    from qprune.cli import build_parser
+    from qprune.pipeline.methods import MethodOptions
+
+    opts = MethodOptions(tt_precision="bfloat16", tt_images=16, tt_journal="j")
+    assert (opts.tt_precision, opts.tt_images, opts.tt_journal) == ("bfloat16", 16, "j")
+    with pytest.raises(QpruneError, match="tt_precision must be one of float32, bfloat16, got 'half'"):
+        MethodOptions(tt_precision="half")
+    with pytest.raises(QpruneError, match="tt_images must be a positive integer or None, got 0"):
+        MethodOptions(tt_images=0)
+    args = build_parser().parse_args(["prune", "--refine", "tt", "--tt-precision", "bfloat16", "--tt-images", "8"])
+    got = method_options(args)
+    assert (got.refine, got.tt_precision, got.tt_images) == ("tt", "bfloat16", 8)

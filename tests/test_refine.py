@@ -240,24 +240,17 @@ def test_protes_import_leaves_rcparams_alone() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_refine_mask_on_a_model_keeps_caps_and_never_loses() -> None:
+def test_refine_mask_on_a_model_keeps_caps_and_never_loses(small_unet) -> None:
     """The pipeline hook: scorer from the workload's validation batches + primary metric."""
     from types import SimpleNamespace
 
     import torch
-    from qprune.problems.halfunet import HalfUNet
 
     from qprune.refine import naive_score, refine_mask
     from qprune.model.space import build_space
 
-    torch.manual_seed(0)
-    model = HalfUNet(width=8).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("beta", "gamma")):
-                p.normal_(0, 0.5)
-    g = torch.Generator().manual_seed(0)
-    batches = [(torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g))]
+    model, make_batches = small_unet
+    batches = make_batches(1, 2)
 
     def metrics(out, target):
         mse = ((out.clamp(0, 1) - target) ** 2).mean()
