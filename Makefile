@@ -122,8 +122,7 @@ bench-paper-fisher: $(STAMP)
 	$(VPY) benchmarks/paper_tables.py --checkpoint $(SIDD_CKPT) --add-to benchmarks/results/paper_tables_fisher.json --methods fisher-qubo --out-name paper_tables_fisher
 
 bench-paper-tt: $(STAMP)
-	$(VPY) benchmarks/paper_tables.py --tt-from benchmarks/results/paper_tables.json --tt-budget $(TT_BUDGET) \
-	    --tt-precision $(TT_PRECISION) --tt-images $(TT_IMAGES)
+	$(VPY) benchmarks/paper_tables.py --tt-from benchmarks/results/paper_tables.json --tt-budget $(TT_BUDGET) --tt-precision $(TT_PRECISION) --tt-images $(TT_IMAGES)
 
 # torch-pruning 1.6.1's own criteria (its groups, its MetaPruner) beside taylor-greedy and hybrid-qubo at the
 # full-model k of the F = 64 model; writes benchmarks/results/peers.{json,md}. A hybrid row with the weights in
