@@ -492,6 +492,9 @@ def render_markdown(payload: dict[str, Any]) -> str:
                        f"{_num(a.get('params'))} | {a['select_s']:.1f} | "
                        f"{w.get('tune_s', 0.0):.0f} | {_paper(PAPER.get(s, {}).get(m))} |")
         out.append("")
+        if (tt := meta.get("tt")) and (s, TT_METHOD) in by:
+            scorer = f"{tt['precision']}, " + (f"{tt['images']} validation images" if tt["images"] else "all validation images")
+            out += [f"`{TT_METHOD}`: {tt['budget']} TT evaluations per run, masks scored in {scorer}.", ""]
         if meta["weights"]:
             out += ["QUBO weights used:", ""]
             for m, w in meta["weights"].items():
@@ -690,9 +693,12 @@ def add_tt(args: argparse.Namespace, model: Any, problem: Any, n_layers: int, so
     methods = list(source["methods"]) + ([TT_METHOD] if TT_METHOD not in source["methods"] else [])
     t0 = t_start - float(source.get("total_s", 0.0))  # the file's total wall time includes both runs
     want = tt_record(args)
+    for m in metas:  # rows made before the record existed: the file's budget, the exact scorer
+        if "tt" not in m and any(r["setting"] == m["setting"] and r["method"] == TT_METHOD for r in rows):
+            m["tt"] = {"budget": source.get("tt_budget"), "precision": "float32", "images": None}
     todo = [i for i, m in enumerate(metas) if m["setting"] in names
             and ({r["seed"] for r in rows if r["setting"] == m["setting"] and r["method"] == TT_METHOD} != set(seeds)
-                 or m.get("tt", {"budget": source.get("tt_budget"), "precision": "float32", "images": None}) != want)]
+                 or m.get("tt") != want)]
     for n, i in enumerate(todo):
         meta = metas[i]
         st = make_settings([meta["setting"]], n_layers)[0]
@@ -782,7 +788,8 @@ def write_results(args: argparse.Namespace, ckpt: Path, note: str, problem: Any,
                   + (f"{args.tt_images} of the validation images" if args.tt_images else "the validation batches")
                   + ("; the winner and the seed re-scored in float32 on the whole split, the winner kept only if "
                      "better there" if args.tt_precision != "float32" or args.tt_images else ""))
-        notes.append(f"{TT_METHOD}: budget {args.tt_budget} evaluations (paper 20,000), {scorer}; "
+        notes.append(f"{TT_METHOD}: budget {args.tt_budget} evaluations (paper 20,000), {scorer}, unless its "
+                     "setting says otherwise (rows made by an earlier run keep their own budget and scorer); "
                      "starting from the hybrid-qubo mask of the same seed; its `select s` includes that solve.")
     if getattr(args, "tt_from", None):
         notes.append(f"The {TT_METHOD} rows were added by a later run (`--tt-from`; its arguments are `tt_argv`): "
