@@ -154,3 +154,17 @@ def test_no_file_cites_a_document_outside_the_project() -> None:
             and p.suffix in {".py", ".md", ".txt", ".toml", ".cfg", ".yml", ".yaml", ".json", ""}
             and cited in p.read_text(errors="ignore")]
     assert not hits, hits
+
+
+def test_every_package_folder_is_installed() -> None:
+    """pyproject.toml lists its packages one by one: a subpackage missing there installs without its
+    files (an editable install hides it; a wheel, e.g. make gpu-bundle's, does not)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join([pkg, *init.parent.relative_to(src).parts])
+        for pkg, src in SOURCES.items() for init in src.rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert found - listed == set(), f"package folders missing from pyproject.toml's packages: {sorted(found - listed)}"
