@@ -31,7 +31,7 @@ from qprune.pipeline.methods import MethodOptions
 from qprune.pipeline.report import machine_info
 from qprune.pipeline.run import prepare, select_mask
 from qprune.qubo.presets import Weights
-from qprune.refine import MaskScorer, refine_mask
+from qprune.refine import MaskScorer, read_journal, refine_mask
 
 # helper module beside this script (benchmarks/)
 from common import BRANCHES, RESULTS, ROOT, load_sidd, logger
@@ -55,20 +55,9 @@ def paper_weights() -> tuple[Weights, str]:
     return Weights(**w), "the weights paper_tables.json chose for the 16-layer setting"
 
 
-def journal_masks(path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The journal's masks ``[E, n]`` and scores ``[E]`` in evaluation order."""
-    keys, values = [], []
-    for line in path.read_text().splitlines()[1:]:
-        parts = line.split()
-        if len(parts) == 2:
-            keys.append(np.unpackbits(np.frombuffer(bytes.fromhex(parts[0]), dtype=np.uint8))[:n])
-            values.append(float(parts[1]))
-    return np.asarray(keys, dtype=np.int8).reshape(-1, n), np.asarray(values)
-
-
 def curve(prep: Any, problem: Any, journal: Path, x0: np.ndarray) -> list[dict[str, Any]]:
     """Per budget reached: the best mask so far, its search score, exact validation and test PSNR."""
-    M, v = journal_masks(journal, prep.space.N)
+    M, v = read_journal(journal, prep.space.N)
     exact = MaskScorer(prep.model, prep.space, problem.validation_batches(), problem.metric, progress=False)
     on_test = MaskScorer(prep.model, prep.space, problem.test_batches(), problem.metric, progress=False)
 

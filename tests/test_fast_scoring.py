@@ -11,7 +11,7 @@ import torch
 
 from qprune.errors import QpruneError
 from qprune.model.space import build_space
-from qprune.refine import MaskScorer, ScoreJournal, naive_score, refine, search_subset
+from qprune.refine import MaskScorer, ScoreJournal, naive_score, read_journal, refine, search_subset
 
 
 def _psnr(out: torch.Tensor, target: torch.Tensor) -> float:
@@ -96,9 +96,11 @@ def test_journal_refuses_another_search_and_drops_a_cut_line(tmp_path) -> None:
         ScoreJournal(lambda X: np.zeros(len(X)), path, 8)
     path.write_text(path.read_text() + "00ff 1.")  # a write cut short by a crash
     j = ScoreJournal(lambda X: np.ones(len(X)), path, 16)
-    assert len(j.values) == 2 and path.read_text().endswith("\n")
+    assert len(j.cache) == 2 and path.read_text().endswith("\n")
     assert j(np.eye(16, dtype=np.int8)[:3]).tolist() == [0.0, 0.0, 1.0]
-    assert len(ScoreJournal(lambda X: np.ones(len(X)), path, 16).values) == 3
+    assert len(ScoreJournal(lambda X: np.ones(len(X)), path, 16).cache) == 3
+    masks, scores = read_journal(path, 16)  # what a report reads: the masks in the order they were scored
+    assert np.array_equal(masks, np.eye(16, dtype=np.int8)[:3]) and scores.tolist() == [0.0, 0.0, 1.0]
 
 
 def test_refine_mask_rescores_a_fast_search_exactly(net: SimpleNamespace, tmp_path) -> None:

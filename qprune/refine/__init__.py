@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from qprune.refine.cache import MaskCache
 from qprune.refine.chunked import layer_chunks, refine_chunked
-from qprune.refine.journal import ScoreJournal
+from qprune.refine.journal import ScoreJournal, read_journal
 from qprune.refine.on_model import refine_mask, search_subset
 from qprune.refine.result import Objective, RefineResult
 from qprune.refine.scoring import MaskScorer, ScorerStats, naive_score
@@ -27,5 +27,5 @@ from qprune.refine.tt import refine
 
 __all__ = [
     "MaskCache", "MaskScorer", "Objective", "RefineResult", "ScoreJournal", "ScorerStats", "layer_chunks",
-    "naive_score", "refine", "refine_chunked", "refine_mask", "search_subset",
+    "naive_score", "read_journal", "refine", "refine_chunked", "refine_mask", "search_subset",
 ]

@@ -15,10 +15,40 @@ from pathlib import Path
 import numpy as np
 
 from qprune.errors import QpruneError
-from qprune.refine.cache import mask_keys
+from qprune.refine.cache import MaskCache, mask_keys
 from qprune.refine.result import Objective
 
-__all__ = ["ScoreJournal"]
+__all__ = ["ScoreJournal", "read_journal"]
+
+
+def _header(n: int) -> str:
+    return f"# qprune score journal, masks of {n}"
+
+
+def _entries(text: str, path: Path, n: int) -> dict[bytes, float]:
+    """The scores of a journal's text by mask key, in the order they were written."""
+    lines = text.splitlines()
+    if not lines or lines[0] != _header(n):
+        raise QpruneError(f"{path} is not a score journal for masks of {n} units "
+                          f"(first line {lines[0] if lines else ''!r}); give another path")
+    out: dict[bytes, float] = {}
+    for line in lines[1:]:
+        parts = line.split()
+        if len(parts) != 2:
+            continue  # a line cut short by a crash
+        try:
+            out[bytes.fromhex(parts[0])] = float(parts[1])
+        except ValueError:
+            continue
+    return out
+
+
+def read_journal(path: str | os.PathLike[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A journal's masks ``int8 [E, n]`` and scores ``[E]``, in the order they were scored."""
+    path = Path(path)
+    entries = _entries(path.read_text(), path, n)
+    keys = np.frombuffer(b"".join(entries), dtype=np.uint8).reshape(len(entries), (n + 7) // 8)
+    return np.unpackbits(keys, axis=1)[:, :n].astype(np.int8), np.fromiter(entries.values(), dtype=np.float64)
 
 
 class ScoreJournal:
@@ -27,12 +57,12 @@ class ScoreJournal:
 
     The file belongs to one search (same objective, mask length and seed); its first line records
     the mask length, and a file for another length is refused. A last line cut short by a crash is
-    ignored (and rewritten when that mask is scored again).
+    dropped (and written again when that mask is scored again).
     """
 
     def __init__(self, objective: Objective, path: str | os.PathLike[str], n: int) -> None:
         self.objective, self.path, self.n = objective, Path(path), int(n)
-        self.values: dict[bytes, float] = {}
+        self.cache = MaskCache()
         self.replayed = 0  # scores served from the file
         self.computed = 0
         self._read()
@@ -40,39 +70,28 @@ class ScoreJournal:
     def _read(self) -> None:
         if not self.path.is_file():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(f"# qprune score journal, masks of {self.n}\n")
+            self.path.write_text(_header(self.n) + "\n")
             return
         text = self.path.read_text()
         if not text.endswith("\n"):  # a last line cut short by a crash: drop it before appending
             text = text[:text.rfind("\n") + 1]
             self.path.write_text(text)
-        lines = text.splitlines()
-        if not lines or lines[0] != f"# qprune score journal, masks of {self.n}":
-            raise QpruneError(f"{self.path} is not a score journal for masks of {self.n} units "
-                              f"(first line {lines[0] if lines else ''!r}); give another path")
-        for line in lines[1:]:
-            parts = line.split()
-            if len(parts) != 2:
-                continue  # a line cut short by a crash
-            try:
-                self.values[bytes.fromhex(parts[0])] = float(parts[1])
-            except ValueError:
-                continue
+        entries = _entries(text, self.path, self.n)
+        self.cache.store(entries, entries.values())
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X)
         keys = mask_keys(X)
-        todo = [i for i, key in enumerate(keys) if key not in self.values]
+        todo = self.cache.new(keys)
         self.replayed += len(keys) - len(todo)
         if todo:
-            values = np.asarray(self.objective(X[todo]), dtype=np.float64).reshape(-1)
+            values = np.asarray(self.objective(X[list(todo.values())]), dtype=np.float64).reshape(-1)
             if values.shape[0] != len(todo):
                 raise QpruneError(f"the objective returned {values.shape[0]} values for {len(todo)} masks")
+            self.cache.store(todo, values.tolist())
             with self.path.open("a") as fh:
-                for i, v in zip(todo, values):
-                    self.values[keys[i]] = float(v)
-                    fh.write(f"{keys[i].hex()} {float(v)!r}\n")
+                fh.writelines(f"{key.hex()} {float(v)!r}\n" for key, v in zip(todo, values))
                 fh.flush()
                 os.fsync(fh.fileno())
             self.computed += len(todo)
-        return np.array([self.values[key] for key in keys], dtype=np.float64)
+        return self.cache.lookup(keys)

@@ -139,9 +139,8 @@ class MaskScorer:
         out_mb: memory for the outputs kept while a batch is scored in pieces (masks are then
             scored in groups whose outputs fit).
         progress: progress bar over masks with the best score so far.
-        precision: ``"float32"`` (exact) or ``"bfloat16"`` (a bfloat16 copy of the model scores
-            the passes under autocast: faster on CPUs with AMX and on GPUs, scores rounded; see the
-            module notes).
+        precision: ``"float32"`` (exact) or ``"bfloat16"`` (the passes under bfloat16 autocast:
+            faster on CPUs with AMX and on GPUs, scores rounded; see the module notes).
     """
 
     def __init__(
@@ -166,10 +165,10 @@ class MaskScorer:
             raise QpruneError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         dtype, rtol = PRECISIONS[precision]
         self.precision = precision
+        self._reduced = dtype if dtype != torch.float32 else None  # the autocast dtype, if any
         self.batches = [(x, y) for x, y in batches]
         _check_options(self.batches, chunk, images_per_pass, prefix, physical)
         self.model, self.space, self.metric = model, space, metric
-        self._dtype = dtype
         self.weights = [int(x.shape[0]) for x, _ in self.batches]
         self.chunk, self.use_cache, self.prefix = chunk, cache, prefix
         self._cuda = any(x.is_cuda for x, _ in self.batches)
@@ -273,9 +272,8 @@ class MaskScorer:
     @contextlib.contextmanager
     def _session(self) -> Iterator[Session]:
         """Our gates on the model (others off), the chosen layout, the recorder's hooks."""
-        reduced = self._dtype != torch.float32
         with isolated(self.model), ieee_fp32(self._cuda), torch.autocast(
-                "cuda" if self._cuda else "cpu", dtype=self._dtype, enabled=reduced):
+                "cuda" if self._cuda else "cpu", dtype=self._reduced, enabled=self._reduced is not None):
             gates = Gates(self.model, self.space)
             try:
                 self.planner.plan(gates)
@@ -305,7 +303,7 @@ class MaskScorer:
         out = np.empty(len(X), dtype=np.float64)
         pieces = self.planner.pieces(x)
         session.share = 1.0 / len(pieces)
-        layout, reduced = bool(self.layout), self.precision != "float32"
+        layout, reduced = bool(self.layout), self._reduced is not None
 
         def std(o: Any) -> Any:  # what the metric sees: standard layout, float32
             o = contiguous(o) if layout else o
