@@ -289,6 +289,7 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
         residual_branches=BRANCHES, setting=st.name, remove=False, progress=False, draws=draws,
         options=MethodOptions(backend=args.backend, strategy=args.strategy, capacity=args.capacity,
                               tt_budget=args.tt_budget, tt_precision=args.tt_precision, tt_images=args.tt_images,
+                              tt_crop=args.tt_crop,
                               tt_journal=args.tt_journal),
         weights={m: Weights(**w["weights"]) for m, w in meta_weights.items()})
     rows = [paper_row(r, deterministic=method_spec(r["method"]).kind == "greedy" and draws is None) for r in found]
@@ -494,6 +495,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
         out.append("")
         if (tt := meta.get("tt")) and (s, TT_METHOD) in by:
             scorer = f"{tt['precision']}, " + (f"{tt['images']} validation images" if tt["images"] else "all validation images")
+            scorer += f" (their central {tt['crop']}x{tt['crop']} pixels)" if tt.get("crop") else ""
             out += [f"`{TT_METHOD}`: {tt['budget']} TT evaluations per run, masks scored in {scorer}.", ""]
         if meta["weights"]:
             out += ["QUBO weights used:", ""]
@@ -557,6 +559,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tt-precision", choices=("float32", "bfloat16"), default="float32",
                    help="arithmetic of the TT's mask scorer (default float32; the winner is re-scored in float32)")
     p.add_argument("--tt-images", type=int, help="validation images the TT scores masks on (default all)")
+    p.add_argument("--tt-crop", type=int, help="the TT scores the central C x C pixels of those images (default whole)")
     p.add_argument("--tt-journal", default=str(ROOT / "benchmarks" / "journals" / "paper_tables"),
                    help="directory of the TT score journals: a stopped run resumes each TT run where it was")
     p.add_argument("--seeds", help="comma list of seeds (default 0,1,2,3,4; --quick: 0)")
@@ -704,25 +707,39 @@ def add_tt(args: argparse.Namespace, model: Any, problem: Any, n_layers: int, so
         st = make_settings([meta["setting"]], n_layers)[0]
         new_rows, new_meta = run_setting(model, problem, st, ["hybrid-qubo", TT_METHOD], seeds, args,
                                          weights={m: w for m, w in meta["weights"].items() if m == "hybrid-qubo"})
-        recorded = {r["seed"]: r["mask_sha1"] for r in rows
-                    if r["setting"] == meta["setting"] and r["method"] == "hybrid-qubo"}
-        for r in new_rows:
-            if r["method"] == "hybrid-qubo" and recorded.get(r["seed"]) != r["mask_sha1"]:
-                die(f"setting {meta['setting']} seed {r['seed']}: hybrid-qubo mask {r['mask_sha1']} is not the "
-                    f"recorded {recorded.get(r['seed'])} (another calibration draw or solver); run the whole table")
-        rows = [r for r in rows if not (r["setting"] == meta["setting"] and r["method"] == TT_METHOD)]
-        rows += [r for r in new_rows if r["method"] == TT_METHOD]
+        rerun = rerun_changes(rows, new_rows, meta["setting"])
+        # TT must refine the mask its paired hybrid-qubo row reports: where today's code solves a seed to
+        # another mask than the recorded one, the re-run's hybrid-qubo row replaces the recorded row
+        replaced = {(r["seed"], "hybrid-qubo") for r in rerun} | {(sd, TT_METHOD) for sd in seeds}
+        rows = [r for r in rows if not (r["setting"] == meta["setting"] and (r["seed"], r["method"]) in replaced)]
+        rows += [r for r in new_rows if (r["seed"], r["method"]) in replaced]
         metas[i] = dict(meta, weights=dict(meta["weights"], **{TT_METHOD: new_meta["weights"][TT_METHOD]}),
-                        tt_signals_s=new_meta["signals_s"], tt=want)
+                        tt_signals_s=new_meta["signals_s"], tt=want, hybrid_rerun=rerun)
         write_results(args, Path(source["checkpoint"]), source["checkpoint_note"], problem, methods, seeds,
                       *splits, rows, metas, t0, load_start, argv, final=n == len(todo) - 1)
     if not todo:
         log(f"{args.tt_from} already holds {TT_METHOD} rows for every seed of settings {sorted(names)}")
 
 
+def rerun_changes(rows: list[dict], new_rows: list[dict], setting: str) -> list[dict[str, Any]]:
+    """The seeds whose re-run ``hybrid-qubo`` mask differs from the recorded one (a code change since
+    the first run can move a near-tie of the solver), with both masks' hashes and test PSNRs."""
+    recorded = {r["seed"]: r for r in rows if r["setting"] == setting and r["method"] == "hybrid-qubo"}
+    out = []
+    for r in new_rows:
+        old = recorded.get(r["seed"])
+        if r["method"] == "hybrid-qubo" and (old is None or old["mask_sha1"] != r["mask_sha1"]):
+            out.append({"seed": r["seed"], "recorded": old and old["mask_sha1"], "now": r["mask_sha1"],
+                        "psnr_recorded": old and old.get("psnr"), "psnr_now": r.get("psnr")})
+            log(f"  setting {setting} seed {r['seed']}: hybrid-qubo now solves to mask {r['mask_sha1']}, not the "
+                f"recorded {old and old['mask_sha1']}; its row is replaced by the re-run's")
+    return out
+
+
 def tt_record(args: argparse.Namespace) -> dict[str, Any]:
     """How the TT rows of a setting were made (a file whose rows were made otherwise gets new ones)."""
-    return {"budget": args.tt_budget, "precision": args.tt_precision, "images": args.tt_images}
+    record = {"budget": args.tt_budget, "precision": args.tt_precision, "images": args.tt_images}
+    return record | ({"crop": args.tt_crop} if args.tt_crop else {})  # records made before crops still match
 
 
 def add_methods(args: argparse.Namespace, model: Any, problem: Any, n_layers: int, source: dict[str, Any],
@@ -786,22 +803,29 @@ def write_results(args: argparse.Namespace, ckpt: Path, note: str, problem: Any,
     if TT_METHOD in methods:
         scorer = (f"masks scored in {args.tt_precision} on "
                   + (f"{args.tt_images} of the validation images" if args.tt_images else "the validation batches")
+                  + (f" (their central {args.tt_crop}x{args.tt_crop} pixels)" if args.tt_crop else "")
                   + ("; the winner and the seed re-scored in float32 on the whole split, the winner kept only if "
-                     "better there" if args.tt_precision != "float32" or args.tt_images else ""))
+                     "better there" if args.tt_precision != "float32" or args.tt_images or args.tt_crop else ""))
         notes.append(f"{TT_METHOD}: budget {args.tt_budget} evaluations (paper 20,000), {scorer}, unless its "
                      "setting says otherwise (rows made by an earlier run keep their own budget and scorer); "
                      "starting from the hybrid-qubo mask of the same seed; its `select s` includes that solve.")
     if getattr(args, "tt_from", None):
+        moved = [f"setting {m['setting']} seed {c['seed']}" for m in metas for c in m.get("hybrid_rerun", [])]
         notes.append(f"The {TT_METHOD} rows were added by a later run (`--tt-from`; its arguments are `tt_argv`): "
-                     "it re-ran hybrid-qubo per seed with the recorded weights and got the recorded masks "
-                     "(mask_sha1 equal), then refined them; the other rows are the first run's.")
+                     "it re-ran hybrid-qubo per seed with the recorded weights and refined the mask it got; the "
+                     "other rows are the first run's"
+                     + (f", except the hybrid-qubo rows of {', '.join(moved)}: the re-run solved those to another "
+                        "mask than the recorded one, so its row replaces the recorded row (both masks are in "
+                        "the setting's `hybrid_rerun`)." if moved else
+                        " (every re-run hybrid-qubo mask equals the recorded one)."))
     payload: dict[str, Any] = {
         "quick": bool(args.quick), "checkpoint": str(ckpt), "checkpoint_note": note,
         "checkpoint_meta": getattr(problem, "checkpoint_meta", {}),
         "problem_config": problem.config, "seeds": seeds, "methods": methods,
         "backend": args.backend, "strategy": args.strategy, "tune": args.tune, "tune_sampler": args.tune_sampler,
         "vary_calibration": bool(args.vary_calibration), "tt_budget": args.tt_budget if TT_METHOD in methods else None,
-        "tt_scorer": {"precision": args.tt_precision, "images": args.tt_images} if TT_METHOD in methods else None,
+        "tt_scorer": ({"precision": args.tt_precision, "images": args.tt_images, "crop": args.tt_crop}
+                      if TT_METHOD in methods else None),
         "test_samples": sum(int(x.shape[0]) for x, _ in test), "val_samples": sum(int(x.shape[0]) for x, _ in val),
         "calib_samples": sum(int(x.shape[0]) for x, _ in problem.calibration_batches()),
         "unpruned": unpruned, "settings": metas, "rows": all_rows, "aggregate": aggs,

@@ -87,7 +87,9 @@ def markdown(r: dict[str, Any]) -> str:
         "# TT refinement at the paper's budget (`make bench-tt-budget`)", "",
         f"Model `{r['checkpoint']}`, the 16-layer sub-problem ({r['units']} units, k = {r['k']}); seed mask: "
         f"{METHOD} (seed 0, {r['weights_source']}). TT seed 0, budget {r['budget']}; masks scored by the fast "
-        f"scorer ({r['precision']}, {r['search_images']} validation images); evaluations done: "
+        f"scorer ({r['precision']}, {r['search_images']} validation images"
+        + (f", their central {r['search_crop']}x{r['search_crop']} pixels" if r.get("search_crop") else "")
+        + "); evaluations done: "
         f"**{r['evaluations']} of {r['budget']}**{' (run complete)' if r['complete'] else ' (run not finished)'}.",
         f"Seed mask: validation {pts[0]['seed_val']:.4f} dB, test {pts[0]['seed_test']:.4f} dB (float32, whole splits).",
         "",
@@ -131,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--search-images", type=int, default=32,
                     help="validation images the search scores on (32: the fewest whose ranking kept rho >= 0.99 "
                          "in make bench-tt)")
+    ap.add_argument("--search-crop", type=int, help="score the central C x C pixels of those images (default whole)")
     ap.add_argument("--journal", help="score journal (resumes from it; default "
-                                      "benchmarks/journals/tt_budget-PRECISION-IMAGES.journal)")
+                                      "benchmarks/journals/tt_budget-PRECISION-IMAGES[@CROP].journal)")
     ap.add_argument("--report-only", action="store_true", help="write the curve from the journal as it stands")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS))
@@ -140,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.budget < 1:
         ap.error(f"--budget must be positive, got {args.budget}")
+    crop = f"@{args.search_crop}" if args.search_crop else ""
     journal = Path(args.journal or ROOT / "benchmarks" / "journals"
-                   / f"tt_budget-{args.precision}-{args.search_images}.journal")
+                   / f"tt_budget-{args.precision}-{args.search_images}{crop}.journal")
     if args.report_only and not journal.is_file():
         ap.error(f"--report-only: no journal at {journal}")
     torch.set_num_threads(args.threads)
@@ -158,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         t1 = time.perf_counter()
         res = refine_mask(prep.model, prep.space, problem, x0, k, budget=args.budget, seed=0, progress=True,
-                          precision=args.precision, search_images=args.search_images, journal=journal)
+                          precision=args.precision, search_images=args.search_images,
+                          search_crop=args.search_crop, journal=journal)
         j = res.info["journal"]
         complete = True
         timing = (f"this run {time.perf_counter() - t1:.0f} s for {j['computed']} new evaluations "
@@ -166,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     points = curve(prep, problem, journal, x0)
     r = {"checkpoint": "problems/checkpoints/denoise_sidd_f64.pt", "units": int(prep.space.N), "k": k,
          "budget": args.budget, "precision": args.precision, "search_images": args.search_images,
+         "search_crop": args.search_crop,
          "weights_source": source, "evaluations": int(points[-1]["evaluations"]),
          "complete": complete or points[-1]["evaluations"] >= args.budget, "points": points, "timing": timing,
          "machine": machine_info(), "load": [round(v, 2) for v in os.getloadavg()]}

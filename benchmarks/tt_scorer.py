@@ -14,7 +14,8 @@ scorer of :data:`SCORERS`, one after the other:
   the seed, where the TT spends most of its budget).
 * ``bf16``: the same under bfloat16 autocast, with the prefix tree and without (is the tree still
   worth its code?); ``bf16-N``: bfloat16 on ``N`` validation images spread over the split
-  (:func:`qprune.refine.search_subset`).
+  (:func:`qprune.refine.search_subset`); ``bf16-N@C``: the central ``C x C`` pixels of ``N`` images
+  (``--crops``): the same pixel count from more photos.
 
 The goal: a scorer at least ``GOAL`` x faster per evaluation than ``old`` whose ranking keeps
 rho >= ``RHO_GOAL``. Output: ``benchmarks/results/tt_scorer.{json,md}`` (``--out-name``).
@@ -52,14 +53,18 @@ LAYERS, COUNT, FILTERS = 16, 480, 1024  # the paper's 16-layer setting: 480 of 1
 log = logger("tt_scorer", clock=True)
 
 
-def scorers(images: list[int]) -> list[dict[str, Any]]:
-    """The scorers compared: name, precision, validation images (None: all), prefix tree, metric."""
-    out = [dict(name="old", precision="float32", images=None, prefix=True, metric="metrics"),
-           dict(name="exact", precision="float32", images=None, prefix=True, metric="metric"),
-           dict(name="bf16", precision="bfloat16", images=None, prefix=True, metric="metric")]
+def scorers(images: list[int], crops: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """The scorers compared: name, precision, validation images (None: all), central crop (None:
+    whole images), prefix tree, metric."""
+    out = [dict(name="old", precision="float32", images=None, crop=None, prefix=True, metric="metrics"),
+           dict(name="exact", precision="float32", images=None, crop=None, prefix=True, metric="metric"),
+           dict(name="bf16", precision="bfloat16", images=None, crop=None, prefix=True, metric="metric")]
     for n in images:
-        out.append(dict(name=f"bf16-{n}", precision="bfloat16", images=n, prefix=True, metric="metric"))
-    out.append(dict(name="bf16, no tree", precision="bfloat16", images=None, prefix=False, metric="metric"))
+        out.append(dict(name=f"bf16-{n}", precision="bfloat16", images=n, crop=None, prefix=True, metric="metric"))
+    for n, c in crops:
+        out.append(dict(name=f"bf16-{n}@{c}", precision="bfloat16", images=n, crop=c, prefix=True, metric="metric"))
+    out.append(dict(name="bf16, no tree", precision="bfloat16", images=None, crop=None, prefix=False,
+                    metric="metric"))
     return out
 
 
@@ -87,7 +92,8 @@ def tt_masks(prep: Any, k: int, val: list, metric: Any, count: int, images: int,
 
 def run_scorer(spec: dict[str, Any], prep: Any, problem: Any, val: list, M: np.ndarray) -> dict[str, Any]:
     """Score ``M`` with a fresh scorer of ``spec``: its scores, seconds per mask, set-up seconds."""
-    batches = val if spec["images"] is None else search_subset(val, spec["images"])
+    whole = spec["images"] is None and spec["crop"] is None
+    batches = val if whole else search_subset(val, spec["images"], spec["crop"])
     if spec["metric"] == "metrics":
         def metric(out: Any, target: Any) -> float:
             return problem.metrics(out, target)[problem.primary_metric]
@@ -127,13 +133,14 @@ def markdown(r: dict[str, Any]) -> str:
         f"evaluated, {r['near']} of them within {NEAR} swaps of the seed. Validation split: {r['val_images']} "
         f"images of {r['patch']}x{r['patch']}. Scored on {r['device']}; torch {r['machine'].get('torch')}, {r['threads']} thread(s); load "
         f"average {r['load_start']} at the start, {r['load_end']} at the end. Wall time {r['wall_s']:.0f} s.", "",
-        "| scorer | precision | images | prefix tree | s / evaluation | speed-up vs old | Spearman rho (all) "
+        "| scorer | precision | images | pixels | prefix tree | s / evaluation | speed-up vs old | Spearman rho (all) "
         "| rho (near seed) | largest |diff| dB | masks timed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for x in r["rows"]:
         lines.append(
-            f"| {x['name']} | {x['precision']} | {x['images'] or r['val_images']} | {'yes' if x['prefix'] else 'no'} "
+            f"| {x['name']} | {x['precision']} | {x['images'] or r['val_images']} "
+            f"| {'x'.join([str(x.get('crop') or r['patch'])] * 2)} | {'yes' if x['prefix'] else 'no'} "
             f"| {x['s_per_eval']:.3f} | x{old / x['s_per_eval']:.2f} | {x['rho']:.4f} | {x['rho_near']:.4f} "
             f"| {x['max_abs_diff_db']:.4f} | {x['masks']} |")
     best = r["verdict"]
@@ -169,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--masks", type=int, default=220, help="distinct TT masks scored (>= 200 for the rank check)")
     ap.add_argument("--old-masks", type=int, default=60, help="masks the old scorer is timed on")
     ap.add_argument("--images", default="32,16,8", help="validation image counts of the bf16-N rows")
+    ap.add_argument("--crops", default="64@64,40@80,36@80,32@80",
+                    help="N@C pairs of the bf16-N@C rows: the central C x C pixels of N images ('' for none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared box)")
     ap.add_argument("--device", default="cpu", help="where masks are scored: cpu, cuda[:i], or auto (CUDA if seen)")
@@ -177,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-name", default="tt_scorer")
     args = ap.parse_args(argv)
     images = [int(s) for s in args.images.split(",") if s.strip()]
+    try:
+        crops = [(int(n), int(c)) for n, c in (s.split("@") for s in args.crops.split(",") if s.strip())]
+    except ValueError:
+        ap.error(f"--crops {args.crops!r}: give N@C pairs such as 40@80")
     try:
         device = scoring_device(args.device)
     except ValueError as exc:
@@ -196,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     n_val = sum(int(x.shape[0]) for x, _ in val)
     if max(images) > n_val:
         ap.error(f"--images {max(images)}: the validation split has {n_val} images")
+    side = min(int(val[0][0].shape[-1]), int(val[0][0].shape[-2]))
+    if any(not (1 <= n <= n_val and 1 <= c <= side) for n, c in crops):
+        ap.error(f"--crops {args.crops!r}: the validation split has {n_val} images of {side}x{side} pixels")
     prep = prepare(model, problem, methods=("taylor-greedy",), layers=LAYERS, residual_branches=BRANCHES,
                    progress=False)
     prep.model.to(device)  # the calibration pass ran on the CPU; the scoring runs here
@@ -206,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     near = (np.abs(M - x0[None, :]).sum(axis=1) // 2) <= NEAR
     log(f"{len(M)} TT masks, {int(near.sum())} within {NEAR} swaps of the seed")
     rows = []
-    for spec in scorers(images):
+    for spec in scorers(images, crops):
         masks = M[:args.old_masks] if spec["name"] == "old" else M
         rows.append(run_scorer(spec, prep, problem, val, masks))
         log(f"{spec['name']}: {rows[-1]['s_per_eval']:.3f} s per evaluation")

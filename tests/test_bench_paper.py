@@ -64,6 +64,25 @@ def test_tt_rows_are_added_to_a_finished_table_and_a_second_run_resumes(tmp_path
     assert [(r["setting"], r["seed"]) for r in redone["rows"] if r["method"] == TT] == [("4", 0)]
     assert "bfloat16 on 8 of the validation images" in (tmp_path / "pt.md").read_text()
 
+    # a recorded hybrid-qubo mask that today's code no longer solves to: the re-run's row replaces it, so the
+    # TT row refines the mask its paired row reports; and a crop of the images is a scorer of its own
+    moved = dict(redone, rows=[dict(r, mask_sha1="000000000000") if (r["setting"], r["method"]) == ("4", "hybrid-qubo")
+                               else r for r in redone["rows"]])
+    (tmp_path / "pt.json").write_text(json.dumps(moved))
+    cropped = _tables("--quick", "--tt-from", str(tmp_path / "pt.json"), "--tt-settings", "4", "--tt-budget", "6",
+                      "--tt-precision", "bfloat16", "--tt-images", "8", "--tt-crop", "32", "--tt-journal", journals,
+                      "--out-dir", str(tmp_path), "--out-name", "pt")
+    assert cropped.returncode == 0, cropped.stderr[-2000:]
+    last = json.loads((tmp_path / "pt.json").read_text())
+    meta4 = next(m for m in last["settings"] if m["setting"] == "4")
+    assert meta4["tt"] == {"budget": 6, "precision": "bfloat16", "images": 8, "crop": 32}
+    hybrid = next(r for r in last["rows"] if (r["setting"], r["method"]) == ("4", "hybrid-qubo"))
+    assert meta4["hybrid_rerun"] == [{"seed": 0, "recorded": "000000000000", "now": hybrid["mask_sha1"],
+                                      "psnr_recorded": hybrid["psnr"], "psnr_now": hybrid["psnr"]}]
+    assert hybrid["mask_sha1"] != "000000000000"
+    md = (tmp_path / "pt.md").read_text()
+    assert "(their central 32x32 pixels)" in md and "except the hybrid-qubo rows of setting 4 seed 0" in md
+
 
 def test_tt_from_refuses_a_file_that_is_not_a_results_table(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"

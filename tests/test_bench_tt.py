@@ -91,6 +91,10 @@ def test_tt_refine_rejects_a_data_folder_that_is_not_there(tmp_path: Path) -> No
                           "--out", str(tmp_path / "never")], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "--data" in bad.stderr and "nope" in bad.stderr
     assert not (tmp_path / "never").exists()
+    crop = subprocess.run([sys.executable, "benchmarks/tt_scorer.py", "--quick", "--crops", "8@4096",
+                           "--out", str(tmp_path / "never")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert crop.returncode == 2 and "--crops '8@4096': the validation split has 64 images of" in crop.stderr
+    assert not (tmp_path / "never").exists()
 
 
 def test_gpu_bundle_and_runner_refuse_bad_input(tmp_path: Path) -> None:
@@ -162,12 +166,13 @@ def test_speed_masks_come_from_groups_spread_over_the_run() -> None:
 
 def test_tt_scorer_quick_compares_old_and_new_scorers_on_the_same_masks(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "benchmarks/tt_scorer.py", "--quick", "--masks", "10", "--old-masks", "3",
-                          "--images", "16,8", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          "--images", "16,8", "--crops", "32@32", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     r = json.loads((tmp_path / "tt_scorer.json").read_text())
     rows = {x["name"]: x for x in r["rows"]}
-    assert list(rows) == ["old", "exact", "bf16", "bf16-16", "bf16-8", "bf16, no tree"]
+    assert list(rows) == ["old", "exact", "bf16", "bf16-16", "bf16-8", "bf16-32@32", "bf16, no tree"]
+    assert rows["bf16-32@32"]["crop"] == 32 and rows["bf16-32@32"]["images"] == 32
     assert r["masks"] == 10 and rows["old"]["masks"] == 3 and rows["exact"]["masks"] == 10
     # the old scorer reads the metric another way, not another value: its scores are the exact ones
     assert rows["old"]["scores"] == pytest.approx(rows["exact"]["scores"][:3], abs=1e-4)
@@ -175,7 +180,8 @@ def test_tt_scorer_quick_compares_old_and_new_scorers_on_the_same_masks(tmp_path
     assert rows["bf16"]["max_abs_diff_db"] > 0.0 and rows["bf16-8"]["images"] == 8
     assert all(x["s_per_eval"] > 0 for x in rows.values())
     md = (tmp_path / "tt_scorer.md").read_text()
-    assert "| old | float32 | 64 | yes |" in md and "**Goal: x10 per evaluation" in md
+    assert f"| old | float32 | 64 | {r['patch']}x{r['patch']} | yes |" in md and "**Goal: x10 per evaluation" in md
+    assert "| bf16-32@32 | bfloat16 | 32 | 32x32 | yes |" in md
     bad = subprocess.run([sys.executable, "benchmarks/tt_scorer.py", "--quick", "--images", "65",
                           "--out", str(tmp_path / "never")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "--images 65: the validation split has 64 images" in bad.stderr

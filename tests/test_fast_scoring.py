@@ -3,6 +3,7 @@ the winner, and the score journal that makes a long search resumable."""
 
 from __future__ import annotations
 
+import hashlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -60,6 +61,25 @@ def test_search_subset_spreads_the_images_and_checks_the_count(net: SimpleNamesp
     for bad in (0, 13, True):
         with pytest.raises(QpruneError, match=f"between 1 and the 12 validation images, got {bad!r}"):
             search_subset(net.batches, bad)
+
+
+def test_search_subset_crops_the_centre_of_input_and_target(net: SimpleNamespace) -> None:
+    xs = torch.cat([x for x, _ in net.batches])
+    ys = torch.cat([y for _, y in net.batches])
+    sub = search_subset(net.batches, 5, crop=8)  # 16x16 images: rows and columns 4..11
+    idx = [int(i) for i in np.linspace(0, 11, 5).round()]
+    assert torch.equal(torch.cat([x for x, _ in sub]), xs[idx][..., 4:12, 4:12])
+    assert torch.equal(torch.cat([y for _, y in sub]), ys[idx][..., 4:12, 4:12])
+    whole = search_subset(net.batches, None, crop=16)  # every image, the whole window
+    assert torch.equal(torch.cat([x for x, _ in whole]), xs)
+    odd = search_subset(net.batches, None, crop=5)  # an odd margin: the extra row and column at the end
+    assert torch.equal(odd[0][0], net.batches[0][0][..., 5:10, 5:10])
+    for bad in (0, 17, True):
+        with pytest.raises(QpruneError, match=rf"search_crop must be between 1 and the images' smaller side \(16\), got {bad!r}"):
+            search_subset(net.batches, 4, crop=bad)
+    labels = [(x, torch.zeros(len(x), dtype=torch.long)) for x, _ in net.batches]  # a classifier's targets
+    with pytest.raises(QpruneError, match=r"search_crop needs image batches \[B, C, H, W\].*got shape \[12\]"):
+        search_subset(labels, 4, crop=8)
 
 
 def test_journal_replays_a_stopped_search_and_continues_it(tmp_path) -> None:
@@ -121,6 +141,10 @@ def test_refine_mask_rescores_a_fast_search_exactly(net: SimpleNamespace, tmp_pa
     if info["kept_seed"]:
         assert np.array_equal(res.x, seed)
     assert info["journal"]["computed"] == res.evaluations
+    cropped = refine_mask(net.model, net.space, work, seed, net.k, budget=20, seed=0, progress=False, batch=10,
+                          search_crop=8)
+    assert cropped.info["scorer"]["crop"] == 8 and cropped.info["scorer"]["images"] == 12
+    assert cropped.info["exact"]["seed"] == pytest.approx(exact[0], abs=1e-4)  # re-scored on whole images
 
 
 def test_method_options_and_cli_flags_carry_the_tt_scorer() -> None:
@@ -134,6 +158,21 @@ def test_method_options_and_cli_flags_carry_the_tt_scorer() -> None:
         MethodOptions(tt_precision="half")
     with pytest.raises(QpruneError, match="tt_images must be a positive integer or None, got 0"):
         MethodOptions(tt_images=0)
-    args = build_parser().parse_args(["prune", "--refine", "tt", "--tt-precision", "bfloat16", "--tt-images", "8"])
+    with pytest.raises(QpruneError, match="tt_crop must be a positive integer or None, got 0"):
+        MethodOptions(tt_crop=0)
+    args = build_parser().parse_args(["prune", "--refine", "tt", "--tt-precision", "bfloat16", "--tt-images", "8",
+                                      "--tt-crop", "64"])
     got = method_options(args)
-    assert (got.refine, got.tt_precision, got.tt_images) == ("tt", "bfloat16", 8)
+    assert (got.refine, got.tt_precision, got.tt_images, got.tt_crop) == ("tt", "bfloat16", 8, 64)
+
+
+def test_journal_names_tell_scorers_apart_and_keep_the_names_made_before_crops() -> None:
+    from qprune.pipeline.methods import MethodOptions
+    from qprune.pipeline.run import _journal_path
+
+    x = np.array([1, 0, 1, 1, 0, 0, 0, 1, 0], dtype=np.int8)
+    name = {c: _journal_path(MethodOptions(tt_journal="j", tt_precision="bfloat16", tt_images=32, tt_crop=c), x).name
+            for c in (None, 64, 80)}
+    assert len(set(name.values())) == 3
+    tag = b"0/bfloat16/32"  # the name a journal got before the crop option: a stopped run still resumes
+    assert name[None] == f"tt-{hashlib.sha1(np.packbits(x).tobytes() + tag).hexdigest()[:16]}.journal"

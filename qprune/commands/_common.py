@@ -63,6 +63,9 @@ def add_solver_args(p: argparse.ArgumentParser, *, method: bool = True, default_
                         "winner is re-scored in float32)")
     p.add_argument("--tt-images", type=int, metavar="N",
                    help="validation images --refine tt scores masks on (default all)")
+    p.add_argument("--tt-crop", type=int, metavar="PX",
+                   help="--refine tt scores only the central PX x PX pixels of each validation image "
+                        "(default: whole images)")
 
 
 def add_budget_args(p: argparse.ArgumentParser) -> None:
@@ -172,7 +175,8 @@ def method_options(args: argparse.Namespace, weights: Any = None) -> Any:
                          weights=weights, fisher=args.fisher, capacity=getattr(args, "capacity", "params"),
                          seed=getattr(args, "seed", 0), steps=getattr(args, "steps", None),
                          tt_budget=getattr(args, "tt_budget", 2000),
-                         tt_precision=getattr(args, "tt_precision", "float32"), tt_images=getattr(args, "tt_images", None))
+                         tt_precision=getattr(args, "tt_precision", "float32"), tt_images=getattr(args, "tt_images", None),
+                         tt_crop=getattr(args, "tt_crop", None))
 
 
 def check_output(path: str | None, flag: str) -> None:

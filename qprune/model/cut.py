@@ -8,8 +8,10 @@ pruned network is the original parameters index-selected along those dimensions.
 swaps such views in (``param.data``) for one mask, adjusts what a layer reads from its own
 attributes rather than from its weights (the ``groups`` of a depthwise or grouped convolution, the
 ``num_groups`` of a GroupNorm) and slices the running statistics of norm layers along with their
-affine parameters; a cut branch end's output is scattered back to the trunk's width (a forward
-hook, as :class:`qprune.model.residual.ChannelScatter` does in the removed model) and attention
+affine parameters; a branch end (a layer whose output is added to the trunk) keeps the trunk's
+width, its pruned output rows zero (the removed model scatters instead,
+:class:`qprune.model.residual.ChannelScatter`: here a few more output rows of one layer are cheaper
+than scattering its output back, a strided copy per pass) and attention
 modules with head units run their routed forward, which reads the head count from the cut
 weights (:mod:`qprune.model.attention`); on exit everything is put back.
 
@@ -59,7 +61,10 @@ class ChannelCut:
         modules = dict(model.named_modules())
         owners = _slice_owners(space, tensors)
         _add_running_stats(owners, tensors, modules)
-        self._plan = [(tensors[name], sorted(dims.items())) for name, dims in owners.items()]
+        # branch ends (output module -> trunk width): their output dim is zeroed, not cut
+        ends = {f"{e}.{leaf}" for e in space.producer_channels for leaf in ("weight", "bias")}
+        self._plan = [(tensors[name], [(dim, owner, name in ends and dim == 0) for dim, owner in sorted(dims.items())])
+                      for name, dims in owners.items()]
         # the units each tensor depends on: a tensor whose units' bits did not change since the
         # last set() keeps its cut (consecutive masks of a search mostly differ in a few layers)
         self._deps = [np.unique(np.concatenate([o[o >= 0] for o in dims.values()]))
@@ -69,21 +74,10 @@ class ChannelCut:
         self._depthwise = [modules[p] for p in touched if is_depthwise(modules.get(p))]
         self._grouped = [modules[p] for p in touched if is_grouped(modules.get(p))]
         self._groupnorms = [modules[p] for p in touched if isinstance(modules.get(p), nn.GroupNorm)]
-        # branch ends: output module -> (channel dim, full width, unit owning each channel)
-        self._scatter: dict[nn.Module, tuple[int, int, np.ndarray]] = {}
-        for e, width in space.producer_channels.items():
-            own = np.full(width, -1, dtype=np.int64)
-            for u, unit in enumerate(space.units):
-                for path, c in unit.outputs:
-                    if path == e:
-                        own[c] = u
-            self._scatter[modules[e]] = (-1 if isinstance(modules[e], nn.Linear) else 1, int(width), own)
-        self._scatter_index: dict[nn.Module, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self._heads = [modules[p] for p in space.attention if p in modules]
         self._index: dict[bytes, torch.Tensor] = {}
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._attrs: list[tuple[nn.Module, str, Any]] = []
-        self._handles: list[Any] = []
         self._routes: attention.routed | None = None
 
     def __enter__(self) -> ChannelCut:  # noqa: PYI034 - typing.Self needs Python 3.11
@@ -93,8 +87,6 @@ class ChannelCut:
                        for a in ("groups", "in_channels", "out_channels")]
         self._attrs += [(m, a, getattr(m, a)) for m in self._groupnorms
                         for a in ("num_groups", "num_channels")]
-        self._scatter_index = {m: None for m in self._scatter}
-        self._handles = [m.register_forward_hook(self._scatter_back) for m in self._scatter]
         self._routes = attention.routed(self._heads)
         return self
 
@@ -103,25 +95,9 @@ class ChannelCut:
             t.data = data
         for m, attr, value in self._attrs:
             setattr(m, attr, value)
-        for h in self._handles:
-            h.remove()
         if self._routes is not None:
             self._routes.close()
-        self._saved, self._attrs, self._handles, self._routes = None, [], [], None
-
-    def _scatter_back(self, module: nn.Module, args: tuple, out: Any) -> Any:
-        """A cut branch end's output at its kept channels of a zero tensor of the trunk's width."""
-        idx = self._scatter_index.get(module)
-        if idx is None or not isinstance(out, torch.Tensor):
-            return None
-        dim, width, _ = self._scatter[module]
-        shape = list(out.shape)
-        shape[dim] = width
-        # each element written once; in the output's own layout: a standard-layout tensor added to a
-        # channels-last trunk sends the residual add (and this copy) down a strided path ~5x slower
-        fmt = torch.channels_last if channels_last(out) else torch.contiguous_format
-        full = torch.empty(shape, dtype=out.dtype, device=out.device, memory_format=fmt)
-        return full.index_copy_(dim, idx[0].to(out.device), out).index_fill_(dim, idx[1].to(out.device), 0.0)
+        self._saved, self._attrs, self._routes = None, [], None
 
     def set(self, mask: np.ndarray | torch.Tensor) -> ChannelCut:
         """Cut every listed tensor to the channels of ``mask`` (``[N]`` 0/1, 1 = pruned)."""
@@ -136,11 +112,14 @@ class ChannelCut:
                 continue
             self._last[i] = key
             out = base
-            for dim, owner in dims:
+            for dim, owner, zeroed in dims:
                 keep = (owner < 0) | ~m[np.maximum(owner, 0)]
                 if keep.all():
                     continue
-                out = out.index_select(dim, self._indices(keep, base.device))
+                if zeroed:
+                    out = out.index_fill(dim, self._indices(~keep, base.device), 0.0)
+                else:
+                    out = out.index_select(dim, self._indices(keep, base.device))
             if out is not base and channels_last(base):
                 out = out.contiguous(memory_format=torch.channels_last)
             t.data = out
@@ -154,10 +133,6 @@ class ChannelCut:
         for mod in self._groupnorms:
             mod.num_channels = int(mod.weight.shape[0])
             mod.num_groups = orig[(id(mod), "num_groups")] * mod.num_channels // orig[(id(mod), "num_channels")]
-        for mod, (_, _, own) in self._scatter.items():
-            keep = (own < 0) | ~m[np.maximum(own, 0)]
-            self._scatter_index[mod] = None if keep.all() else (
-                self._indices(keep, torch.device("cpu")), self._indices(~keep, torch.device("cpu")))
         return self
 
     def _indices(self, keep: np.ndarray, device: torch.device) -> torch.Tensor:

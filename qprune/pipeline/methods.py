@@ -67,6 +67,8 @@ class MethodOptions:
         tt_precision: ``"float32"`` or ``"bfloat16"``: the arithmetic the TT's mask scorer runs in
             (:class:`qprune.refine.MaskScorer`); its winner is re-scored in float32 either way.
         tt_images: validation images the TT scores masks on (None: all of them).
+        tt_crop: the TT scores only the central ``tt_crop x tt_crop`` pixels of those images (None: whole
+            images; see :func:`qprune.refine.search_subset`).
         tt_journal: a directory for the TT's score journals (None: none): one file per seed mask, TT
             seed and scorer, so a stopped refinement started again resumes where it was. For one
             model and problem: the file names do not identify them.
@@ -85,6 +87,7 @@ class MethodOptions:
     tt_budget: int = 2_000
     tt_precision: str = "float32"
     tt_images: int | None = None
+    tt_crop: int | None = None
     tt_journal: str | None = None
     sampler_params: Mapping[str, Any] | None = None
     solver_options: Mapping[str, Any] | None = None
@@ -106,6 +109,8 @@ class MethodOptions:
             raise QpruneError(f"tt_precision must be one of {', '.join(PRECISIONS)}, got {self.tt_precision!r}")
         if self.tt_images is not None and (isinstance(self.tt_images, bool) or int(self.tt_images) < 1):
             raise QpruneError(f"tt_images must be a positive integer or None, got {self.tt_images!r}")
+        if self.tt_crop is not None and (isinstance(self.tt_crop, bool) or int(self.tt_crop) < 1):
+            raise QpruneError(f"tt_crop must be a positive integer or None, got {self.tt_crop!r}")
         if self.weights is not None and not isinstance(self.weights, Weights):
             raise QpruneError(f"weights must be a qprune.Weights, got {type(self.weights).__name__}")
 

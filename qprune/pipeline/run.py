@@ -268,7 +268,7 @@ def select_mask(prep: Prepared, method: str, k: int, options: MethodOptions | No
         t0 = time.perf_counter()
         refined = refine_mask(prep.model, prep.space, prep.work, x, k, budget=options.tt_budget, seed=options.seed,
                               progress=progress, precision=options.tt_precision, search_images=options.tt_images,
-                              journal=_journal_path(options, x))
+                              search_crop=options.tt_crop, journal=_journal_path(options, x))
         x = np.asarray(refined.x, dtype=np.int8)
         out.setdefault("info", {})["refine"] = refined.summary()
         out["timings"]["refine"] = time.perf_counter() - t0
@@ -282,6 +282,8 @@ def _journal_path(options: MethodOptions, x: np.ndarray) -> Path | None:
     if options.tt_journal is None:
         return None
     tag = f"{options.seed}/{options.tt_precision}/{options.tt_images}".encode()
+    if options.tt_crop is not None:  # appended only when set, so journals made before the option still match
+        tag += f"/{options.tt_crop}".encode()
     return Path(options.tt_journal) / f"tt-{hashlib.sha1(np.packbits(x).tobytes() + tag).hexdigest()[:16]}.journal"
 
 

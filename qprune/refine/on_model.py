@@ -39,6 +39,7 @@ def refine_mask(
     scorer_options: Mapping[str, Any] | None = None,
     precision: str = "float32",
     search_images: int | None = None,
+    search_crop: int | None = None,
     journal: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> RefineResult:
@@ -57,7 +58,8 @@ def refine_mask(
 
     A faster, approximate search: ``precision="bfloat16"`` (the scorer's passes under bfloat16
     autocast) and ``search_images`` (score masks on that many validation images, spread evenly over
-    the split, :func:`search_subset`). Either way the search's winner and the seed are then scored
+    the split, :func:`search_subset`), ``search_crop`` (score the central ``crop x crop`` pixels of
+    each of those images). Either way the search's winner and the seed are then scored
     exactly (float32, the whole validation split) and the winner is kept only if it beats the seed
     there; ``info["exact"]`` holds both exact scores and ``info["kept_seed"]`` says whether the
     seed was kept. ``journal``: a file that keeps every score of the search
@@ -70,7 +72,8 @@ def refine_mask(
         raise QpruneError(f"seed mask has {x0.size} entries, the filter space {space.N}")
     if constraint is None:
         constraint = ExactK.for_space(space, k)
-    search = search_subset(val_batches, search_images) if search_images is not None else val_batches
+    reduced = search_images is not None or search_crop is not None
+    search = search_subset(val_batches, search_images, search_crop) if reduced else val_batches
     scorer = MaskScorer(model, space, search, metric_fn, progress=False, precision=precision,
                         **dict(scorer_options or {}))
     objective = scorer if journal is None else ScoreJournal(scorer, journal, space.N)
@@ -85,7 +88,7 @@ def refine_mask(
     finally:
         scorer.close()
     result.info["scorer"] = {**scorer.stats(), "precision": precision,
-                             "images": sum(int(x.shape[0]) for x, _ in search)}
+                             "images": sum(int(x.shape[0]) for x, _ in search), "crop": search_crop}
     if isinstance(objective, ScoreJournal):
         result.info["journal"] = {"path": str(journal), "replayed": objective.replayed,
                                   "computed": objective.computed}
@@ -109,18 +112,40 @@ def _exact_final(result: RefineResult, x0: np.ndarray, exact: MaskScorer) -> Non
         result.x, result.value = x0.copy(), result.seed_value
 
 
-def search_subset(batches: Sequence[Any], images: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``images`` of the validation images, evenly spaced over the split (neighbouring patches often
-    come from one photo), in batches of the original batch size."""
+def search_subset(batches: Sequence[Any], images: int | None,
+                  crop: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``images`` of the validation images (None: all), evenly spaced over the split (neighbouring
+    patches often come from one photo), in batches of the original batch size.
+
+    ``crop``: keep only the central ``crop x crop`` pixels of each image (input and target). For
+    the same pixels scored, many central crops rank masks closer to the whole split than a few whole
+    images (the pixels come from more photos); corners rank worse (the missing context is on two
+    sides). The model must accept that size (a U-Net: a multiple of its total downsampling).
+    """
     batches = list(batches)
     if not all(isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) for x, y in batches):
         raise QpruneError("search_images needs validation batches of (input, target) tensors")
     xs, ys = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    images = len(xs) if images is None else images
     if isinstance(images, bool) or not 1 <= int(images) <= len(xs):
         raise QpruneError(f"search_images must be between 1 and the {len(xs)} validation images, got {images!r}")
+    if crop is not None:
+        xs, ys = _central(xs, crop), _central(ys, crop)
     idx = torch.from_numpy(np.linspace(0, len(xs) - 1, int(images)).round().astype(np.int64))
     size = int(batches[0][0].shape[0])
     return [(xs[idx[i:i + size]], ys[idx[i:i + size]]) for i in range(0, len(idx), size)]
+
+
+def _central(t: torch.Tensor, crop: int) -> torch.Tensor:
+    """The central ``crop x crop`` window of images ``[B, C, H, W]`` (a copy, so the rest is freed)."""
+    if t.dim() != 4:
+        raise QpruneError(f"search_crop needs image batches [B, C, H, W] as input and target, got shape "
+                          f"{list(t.shape)}")
+    h, w = int(t.shape[-2]), int(t.shape[-1])
+    if isinstance(crop, bool) or not 1 <= int(crop) <= min(h, w):
+        raise QpruneError(f"search_crop must be between 1 and the images' smaller side ({min(h, w)}), got {crop!r}")
+    top, left = (h - int(crop)) // 2, (w - int(crop)) // 2
+    return t[..., top:top + int(crop), left:left + int(crop)].contiguous()
 
 
 def _validation_of(
