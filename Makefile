@@ -106,13 +106,15 @@ train-sidd: $(STAMP)
 
 # The paper tables use the shipped F = 64 SIDD model (train-sidd makes it again). bench-paper-tt then adds the
 # hybrid-qubo+tt rows of the 4/8/16-layer sub-problems to that finished file: TT_BUDGET evaluations per run, the
-# masks scored in TT_PRECISION on TT_IMAGES validation images (make bench-tt measures what that costs in ranking),
-# the winner re-scored in float32 on the whole split. Resumable: per setting, and each run from its score journal
-# in benchmarks/journals/paper_tables/.
+# masks scored in TT_PRECISION on TT_IMAGES validation images (TT_CROP: their central TT_CROP x TT_CROP pixels; make
+# bench-tt measures what each costs in ranking), the winner re-scored in float32 on the whole split. Resumable: per
+# setting, and each run from its score journal in benchmarks/journals/paper_tables/ (the 1,000-evaluation runs
+# began on whole images before crops existed, so TT_CROP stays empty until they are done).
 PAPER_TT ?=
 TT_BUDGET ?= 1000
 TT_PRECISION ?= bfloat16
 TT_IMAGES ?= 32
+TT_CROP ?=
 bench-paper: $(STAMP)
 	$(VPY) benchmarks/paper_tables.py --checkpoint $(SIDD_CKPT) --vary-calibration --seeds 0,1,2,3,4 --methods taylor-greedy,l1-qubo,hybrid-qubo,random,fisher-qubo --tune 12 $(PAPER_TT)
 
@@ -122,7 +124,7 @@ bench-paper-fisher: $(STAMP)
 	$(VPY) benchmarks/paper_tables.py --checkpoint $(SIDD_CKPT) --add-to benchmarks/results/paper_tables_fisher.json --methods fisher-qubo --out-name paper_tables_fisher
 
 bench-paper-tt: $(STAMP)
-	$(VPY) benchmarks/paper_tables.py --tt-from benchmarks/results/paper_tables.json --tt-budget $(TT_BUDGET) --tt-precision $(TT_PRECISION) --tt-images $(TT_IMAGES)
+	$(VPY) benchmarks/paper_tables.py --tt-from benchmarks/results/paper_tables.json --tt-budget $(TT_BUDGET) --tt-precision $(TT_PRECISION) --tt-images $(TT_IMAGES) $(if $(TT_CROP),--tt-crop $(TT_CROP))
 
 # torch-pruning 1.6.1's own criteria (its groups, its MetaPruner) beside taylor-greedy and hybrid-qubo at the
 # full-model k of the F = 64 model; writes benchmarks/results/peers.{json,md}. A hybrid row with the weights in

@@ -471,6 +471,8 @@ def render_markdown(payload: dict[str, Any]) -> str:
               if (tt := payload.get("tt_run")) else "")),
            *([] if payload.get("complete", True) else
              ["", f"**PARTIAL: the run stopped after setting(s) {', '.join(m['setting'] for m in payload['settings'])}.**"]),
+           *([f"- the `{TT_METHOD}` rows of setting(s) {', '.join(pend)} are still the earlier run's (see each "
+              "setting's budget below); `make bench-paper-tt` goes on with them"] if (pend := payload.get("tt_pending")) else []),
            "", "## Result", "", payload["ordering"], "", "## Tables (test split; mean ± std over seeds)", ""]
     for meta in payload["settings"]:
         s = meta["setting"]
@@ -715,8 +717,10 @@ def add_tt(args: argparse.Namespace, model: Any, problem: Any, n_layers: int, so
         rows += [r for r in new_rows if (r["seed"], r["method"]) in replaced]
         metas[i] = dict(meta, weights=dict(meta["weights"], **{TT_METHOD: new_meta["weights"][TT_METHOD]}),
                         tt_signals_s=new_meta["signals_s"], tt=want, hybrid_rerun=rerun)
+        # the table stays whole (every setting keeps its rows); what is still to be redone is named
         write_results(args, Path(source["checkpoint"]), source["checkpoint_note"], problem, methods, seeds,
-                      *splits, rows, metas, t0, load_start, argv, final=n == len(todo) - 1)
+                      *splits, rows, metas, t0, load_start, argv, final=source.get("complete", True),
+                      tt_pending=[metas[j]["setting"] for j in todo[n + 1:]])
     if not todo:
         log(f"{args.tt_from} already holds {TT_METHOD} rows for every seed of settings {sorted(names)}")
 
@@ -771,8 +775,9 @@ def add_methods(args: argparse.Namespace, model: Any, problem: Any, n_layers: in
 def write_results(args: argparse.Namespace, ckpt: Path, note: str, problem: Any, methods: list[str],
                   seeds: list[int], test: list, val: list, unpruned: dict[str, float], all_rows: list[dict],
                   metas: list[dict], t_start: float, load_start: list | None, argv: Sequence[str] | None,
-                  *, final: bool) -> None:
-    """Aggregate, test and write the JSON and Markdown of the settings done so far."""
+                  *, final: bool, tt_pending: Sequence[str] = ()) -> None:
+    """Aggregate, test and write the JSON and Markdown of the settings done so far (``tt_pending``:
+    settings whose TT rows a ``--tt-from`` run has still to redo)."""
     keys = [k for k in ("psnr", "ssim", "params", "macs", "select_s") if k in all_rows[0]]
     aggs = aggregate(all_rows, keys)
     for a in aggs:
@@ -844,13 +849,14 @@ def write_results(args: argparse.Namespace, ckpt: Path, note: str, problem: Any,
     payload["paired"] = paired_tests(all_rows, metas)
     payload["ordering"] = ordering_paragraph(aggs, metas, seeds, payload["paired"])
     payload["complete"] = final
+    payload["tt_pending"] = list(tt_pending)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / f"{args.out_name}.json", payload)
     md = render_markdown(payload)
     with atomic_open(out_dir / f"{args.out_name}.md") as fh:
         fh.write(md)
-    if final:
+    if final and not tt_pending:
         print(md)
     log(f"wrote {out_dir / (args.out_name + '.json')} and .md in {payload['total_s']:.0f} s")
 

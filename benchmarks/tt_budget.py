@@ -3,7 +3,8 @@
 One TT run of ``--budget`` evaluations (the paper's 20,000) on the paper's 16-layer sub-problem of
 the shipped F = 64 SIDD model, from the hybrid-qubo mask of seed 0 with the weights the paper
 tables chose (``benchmarks/results/paper_tables.json``; defaults when that file is absent). The
-masks are scored by the fast scorer (``--precision``, ``--search-images``: see ``make bench-tt``).
+masks are scored by the fast scorer (``--precision``, ``--search-images``, ``--search-crop``: see
+``make bench-tt``).
 
 Every score goes to a journal (``--journal``, :class:`qprune.refine.ScoreJournal`): the run is
 resumable (started again, it replays the journal and goes on), and the curve is read from it: at
@@ -130,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget", type=int, default=20000, help="TT evaluations (the paper's 20,000)")
     ap.add_argument("--precision", choices=("float32", "bfloat16"), default="bfloat16")
-    ap.add_argument("--search-images", type=int, default=32,
-                    help="validation images the search scores on (32: the fewest whose ranking kept rho >= 0.99 "
-                         "in make bench-tt)")
-    ap.add_argument("--search-crop", type=int, help="score the central C x C pixels of those images (default whole)")
+    ap.add_argument("--search-images", type=int, default=36,
+                    help="validation images the search scores on (default 36; with --search-crop 80 the fastest "
+                         "scorer whose ranking kept rho >= 0.99 in make bench-tt)")
+    ap.add_argument("--search-crop", type=int, default=80,
+                    help="score the central C x C pixels of those images (default 80; 0: whole images)")
     ap.add_argument("--journal", help="score journal (resumes from it; default "
                                       "benchmarks/journals/tt_budget-PRECISION-IMAGES[@CROP].journal)")
     ap.add_argument("--report-only", action="store_true", help="write the curve from the journal as it stands")
@@ -143,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.budget < 1:
         ap.error(f"--budget must be positive, got {args.budget}")
+    args.search_crop = args.search_crop or None
     crop = f"@{args.search_crop}" if args.search_crop else ""
     journal = Path(args.journal or ROOT / "benchmarks" / "journals"
                    / f"tt_budget-{args.precision}-{args.search_images}{crop}.journal")

@@ -82,6 +82,15 @@ def test_tt_rows_are_added_to_a_finished_table_and_a_second_run_resumes(tmp_path
     assert hybrid["mask_sha1"] != "000000000000"
     md = (tmp_path / "pt.md").read_text()
     assert "(their central 32x32 pixels)" in md and "except the hybrid-qubo rows of setting 4 seed 0" in md
+    assert last["complete"] and last["tt_pending"] == []
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import paper_tables
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    # a --tt-from run between settings: the table is whole, and it says which TT rows are the earlier run's
+    assert f"the `{TT}` rows of setting(s) 8, 16 are still the earlier run's" in paper_tables.render_markdown(
+        dict(last, tt_pending=["8", "16"]))
 
 
 def test_tt_from_refuses_a_file_that_is_not_a_results_table(tmp_path: Path) -> None:

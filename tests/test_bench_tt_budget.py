@@ -21,7 +21,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_a_stopped_budget_run_resumes_from_its_journal(shared_data: Path, tmp_path: Path) -> None:
     journal = tmp_path / "j.journal"
-    common = ("--search-images", "8", "--journal", str(journal), "--out", str(tmp_path))
+    common = ("--search-images", "8", "--search-crop", "64", "--journal", str(journal), "--out", str(tmp_path))
     first = _run("--budget", "12", *common)
     assert first.returncode == 0, first.stderr[-2000:]
     r1 = json.loads((tmp_path / "tt_budget.json").read_text())
@@ -35,5 +35,7 @@ def test_a_stopped_budget_run_resumes_from_its_journal(shared_data: Path, tmp_pa
     assert seed["val_gain"] == 0.0 and seed["swaps_from_seed"] == 0
     assert r2["points"][-1]["search"] >= seed["search"]
     assert (tmp_path / "tt_budget.png").stat().st_size > 0
+    assert r2["search_crop"] == 64 and "8 validation images, their central 64x64 pixels" in (
+        tmp_path / "tt_budget.md").read_text()
     bad = _run("--budget", "0", "--out", str(tmp_path / "never"))
     assert bad.returncode == 2 and "--budget must be positive, got 0" in bad.stderr
