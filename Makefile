@@ -64,13 +64,17 @@ bench-scale: $(STAMP)
 bench-budgets: $(STAMP)
 	$(VPY) benchmarks/budgets.py
 
-# How fast the TT scores a mask: the old scorer (float32, the whole validation split) against bfloat16 and
-# fewer validation images, on the F = 64 model's 16-layer problem, with the rank correlation of each against
-# exact scores; writes benchmarks/results/tt_scorer.{json,md}. TT_DEVICE=auto scores on a CUDA device when
-# torch sees one.
+# How fast the TT scores a mask: the old scorer (the code of commit TT_OLD_REF, the last before the fast scorer:
+# float32, the whole validation split) against bfloat16, fewer validation images and central crops, on the F = 64
+# model's 16-layer problem, with the rank correlation of each against exact scores; writes
+# benchmarks/results/tt_scorer.{json,md}. TT_DEVICE=auto scores on a CUDA device when torch sees one.
 TT_DEVICE ?= cpu
+TT_OLD_REF ?= 5d593bc
+TT_OLD_DIR := .bench/qprune-$(TT_OLD_REF)
 bench-tt: $(STAMP)
-	$(VPY) benchmarks/tt_scorer.py --device $(TT_DEVICE)
+	rm -rf $(TT_OLD_DIR) && mkdir -p $(TT_OLD_DIR) && git archive $(TT_OLD_REF) | tar -x -C $(TT_OLD_DIR)
+	ln -s ../backends $(TT_OLD_DIR)/qprune/backends && ln -s ../problems $(TT_OLD_DIR)/qprune/problems
+	$(VPY) benchmarks/tt_scorer.py --old-code $(TT_OLD_DIR) --device $(TT_DEVICE)
 
 # The exact scorer against one gated pass per mask, and TT from the hybrid-qubo mask on the sub-problem and the
 # chunked full model; writes benchmarks/results/tt_refine.{json,md}.
@@ -151,4 +155,4 @@ bench-train: $(STAMP)
 bench: bench-quality bench-finetune bench-qubo bench-speed bench-backends bench-tt bench-paper bench-paper-tt bench-peers bench-ablation bench-budgets bench-rounding bench-scale bench-train
 
 clean:
-	rm -rf $(VENV) out *.egg-info .gpu
+	rm -rf $(VENV) out *.egg-info .gpu .bench

@@ -6,9 +6,12 @@ a TT run from the taylor-greedy mask, scored with the fast scorer, records the d
 evaluates (``--masks``, at least 200). Those masks are then scored again, from a cold start, by each
 scorer of :data:`SCORERS`, one after the other:
 
-* ``old``: what the TT ran before: :class:`qprune.refine.MaskScorer` in float32 on the whole
-  validation split, the metric read from ``problem.metrics()`` (PSNR and SSIM computed, SSIM
-  dropped). Timed on the first ``--old-masks`` masks (its scores equal ``exact``'s).
+* ``old``: what the TT ran before: with ``--old-code DIR`` (``make bench-tt`` unpacks the commit
+  ``TT_OLD_REF`` there), that version's own scorer and defaults, run by ``old_scorer.py`` in a
+  subprocess on the same masks; without it, this tree's :class:`qprune.refine.MaskScorer` in
+  float32 on the whole validation split with the metric read from ``problem.metrics()`` (PSNR and
+  SSIM computed, SSIM dropped), which already has this version's exact speed-ups. Timed on the
+  first ``--old-masks`` masks (its scores equal ``exact``'s up to float rounding).
 * ``exact``: float32, the whole split, PSNR alone: the reference every other scorer's ranking is
   compared with (Spearman's rho over all the masks, and over the masks within ``NEAR`` swaps of
   the seed, where the TT spends most of its budget).
@@ -25,8 +28,11 @@ rho >= ``RHO_GOAL``. Output: ``benchmarks/results/tt_scorer.{json,md}`` (``--out
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +49,8 @@ from qprune.refine import MaskScorer, refine, search_subset
 from qprune.solve.constraint import ExactK
 
 # helper module beside this script (benchmarks/)
-from common import BRANCHES, QUICK_CKPT, RESULTS, SIDD_CKPT, load_checkpoint, load_sidd, logger, scoring_device
+from common import (BRANCHES, QUICK_CKPT, RESULTS, SIDD_CKPT, SIDD_DATA, load_checkpoint, load_sidd, logger,
+                    scoring_device)
 
 GOAL = 10.0
 RHO_GOAL = 0.99
@@ -113,6 +120,24 @@ def run_scorer(spec: dict[str, Any], prep: Any, problem: Any, val: list, M: np.n
             "images_per_pass": st.get("images_per_pass"), "work_vs_naive": st.get("work_vs_naive")}
 
 
+def run_old_code(code: Path, spec: dict[str, Any], prep: Any, M: np.ndarray, ckpt: Path, data: str | None,
+                 threads: int, device: torch.device) -> dict[str, Any]:
+    """Score ``M`` with the qprune source tree ``code`` (``old_scorer.py`` in a subprocess)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        masks, out = Path(tmp) / "masks.npz", Path(tmp) / "old.json"
+        np.savez(masks, masks=M, labels=np.asarray(list(prep.space.labels)))
+        cmd = [sys.executable, str(Path(__file__).with_name("old_scorer.py")), "--masks", str(masks),
+               "--checkpoint", str(ckpt), "--layers", str(LAYERS), "--branches", str(BRANCHES),
+               "--threads", str(threads), "--device", str(device), "--out", str(out)]
+        env = dict(os.environ, PYTHONPATH=str(code.resolve()))
+        run = subprocess.run(cmd + (["--data", data] if data else []), env=env, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise SystemExit(f"tt_scorer: the old scorer in {code} failed:\n{run.stderr[-3000:]}")
+        got = json.loads(out.read_text())
+    return {**spec, "masks": int(len(M)), "s_per_eval": got["seconds"] / len(M), "setup_s": got["setup_s"],
+            "scores": got["scores"], "code": got["qprune"]}
+
+
 def ranks(rows: list[dict[str, Any]], near: np.ndarray) -> None:
     """Spearman's rho of every row's scores with the exact ones (all masks, and the near ones)."""
     ref = np.asarray(next(r for r in rows if r["name"] == "exact")["scores"])
@@ -145,9 +170,14 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {x['max_abs_diff_db']:.4f} | {x['masks']} |")
     best = r["verdict"]
     lines += ["", f"**Goal: x{GOAL:.0f} per evaluation with rho >= {RHO_GOAL} (all masks). " + best + "**", "",
-              "* `old` reads the metric through `problem.metrics()`, as the TT did before: PSNR and SSIM computed, "
-              "SSIM thrown away; every other row computes PSNR alone (`problem.metric`). `old` is timed on the first "
-              f"{r['old_masks']} masks; its scores equal `exact`'s.",
+              (f"* `old` is the scorer the TT ran before, run from the earlier source tree `{r['old_code']}` (its "
+               "code and defaults: float32, the whole split, its metric computing PSNR and SSIM) in a subprocess; "
+               if r.get("old_code") else
+               "* `old` is this tree's scorer with the TT's former settings (float32, the whole split, the metric "
+               "read through `problem.metrics()`: PSNR and SSIM computed, SSIM thrown away), so it already has this "
+               "version's exact speed-ups; ")
+              + "every other row computes PSNR alone (`problem.metric`). `old` is timed on the first "
+              f"{r['old_masks']} masks; its scores equal `exact`'s up to float rounding.",
               "* `near seed`: masks within 4 swaps of the seed, where the TT spends most of its budget and the "
               "score differences are smallest.",
               "* A search on a reduced scorer keeps its winner only if it beats the seed when both are scored "
@@ -178,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", default="32,16,8", help="validation image counts of the bf16-N rows")
     ap.add_argument("--crops", default="64@64,40@80,36@80,32@80",
                     help="N@C pairs of the bf16-N@C rows: the central C x C pixels of N images ('' for none)")
+    ap.add_argument("--old-code", metavar="DIR",
+                    help="an earlier qprune source tree whose scorer is the old row (make bench-tt: TT_OLD_REF)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared box)")
     ap.add_argument("--device", default="cpu", help="where masks are scored: cpu, cuda[:i], or auto (CUDA if seen)")
@@ -201,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     if not ckpt.is_file():
         ap.error(f"checkpoint {ckpt} does not exist (make train-sidd makes the F = 64 one)")
     t_start, load_start = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
+    if args.old_code and not (Path(args.old_code) / "qprune" / "__init__.py").is_file():
+        ap.error(f"--old-code {args.old_code}: not a qprune source tree (no qprune/__init__.py)")
     if args.data and not Path(args.data).is_dir():
         ap.error(f"--data {args.data} is not a folder")
     problem, model = (load_sidd() if ckpt == SIDD_CKPT and not args.data
@@ -224,7 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for spec in scorers(images, crops):
         masks = M[:args.old_masks] if spec["name"] == "old" else M
-        rows.append(run_scorer(spec, prep, problem, val, masks))
+        if spec["name"] == "old" and args.old_code:
+            data = args.data or (str(SIDD_DATA) if ckpt == SIDD_CKPT else None)
+            rows.append(run_old_code(Path(args.old_code), spec, prep, masks, ckpt, data, args.threads, device))
+        else:
+            rows.append(run_scorer(spec, prep, problem, val, masks))
         log(f"{spec['name']}: {rows[-1]['s_per_eval']:.3f} s per evaluation")
     ranks(rows, near)
     text, best = verdict(rows)
@@ -236,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(), "load_start": load_start,
         "load_end": [round(v, 2) for v in os.getloadavg()],
         "wall_s": time.perf_counter() - t_start, "rows": rows, "verdict": text, "best": best,
-        "goal": GOAL, "rho_goal": RHO_GOAL, "quick": args.quick,
+        "goal": GOAL, "rho_goal": RHO_GOAL, "quick": args.quick, "old_code": args.old_code,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
