@@ -186,3 +186,38 @@ def test_tt_scorer_quick_compares_old_and_new_scorers_on_the_same_masks(tmp_path
                           "--out", str(tmp_path / "never")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "--images 65: the validation split has 64 images" in bad.stderr
     assert not (tmp_path / "never").exists()
+
+
+def _make_old_tree(dest: Path) -> str:
+    """The tree make bench-tt builds for its old row: TT_OLD_REF unpacked, its mapped packages linked."""
+    dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", "bench-tt"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    ref = next(ln for ln in dry.splitlines() if "git archive" in ln).split("git archive ")[1].split()[0]
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"this checkout has no commit {ref} (a shallow clone): {archive.stderr.decode()[-200:]}")
+    dest.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    for pkg in ("backends", "problems"):
+        (dest / "qprune" / pkg).symlink_to(Path("..") / pkg)
+    return ref
+
+
+@pytest.mark.slow
+def test_tt_scorer_old_row_is_the_earlier_commits_scorer(tmp_path: Path) -> None:
+    ref = _make_old_tree(tmp_path / "old")
+    run = subprocess.run([sys.executable, "benchmarks/tt_scorer.py", "--quick", "--masks", "8", "--old-masks", "4",
+                          "--images", "16", "--crops", "", "--old-code", str(tmp_path / "old"),
+                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    r = json.loads((tmp_path / "tt_scorer.json").read_text())
+    rows = {x["name"]: x for x in r["rows"]}
+    assert rows["old"]["code"] == str((tmp_path / "old" / "qprune").resolve()) and r["old_code"] == str(tmp_path / "old")
+    # the same masks, the same metric value: the earlier scorer differs in speed, not in what it computes
+    assert rows["old"]["scores"] == pytest.approx(rows["exact"]["scores"][:4], abs=1e-3)
+    assert f"run from the earlier source tree `{tmp_path / 'old'}`" in (tmp_path / "tt_scorer.md").read_text()
+    assert len(ref) >= 7
+    bad = subprocess.run([sys.executable, "benchmarks/tt_scorer.py", "--quick", "--old-code", str(tmp_path),
+                          "--out", str(tmp_path / "never")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and f"--old-code {tmp_path}: not a qprune source tree" in bad.stderr
+    assert not (tmp_path / "never").exists()
