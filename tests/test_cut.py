@@ -101,3 +101,27 @@ def test_cut_refuses_misuse() -> None:
         cut.set(np.zeros(space.N))
     with cut, pytest.raises(QpruneError, match=rf"mask must have shape \[{space.N}\], got \[3\]"):
         cut.set(np.zeros(3))
+
+
+def test_a_cut_branch_end_keeps_the_trunk_width_with_its_pruned_rows_zero() -> None:
+    from qprune.problems.halfunet import HalfUNet
+
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    model = _randomised(HalfUNet(width=8), 3)
+    space = build_space(model, x[:1], exclude=("ending",), residual_branches=True)
+    assert space.producer_channels  # the trunk's channels are units: branch ends exist
+    conv3 = dict(model.named_modules())["enc1.0.conv3"]
+    mask = space.random_mask(space.N // 3, seed=7)
+    mask[[u for u, unit in enumerate(space.units) if any(p == "enc1.0.conv3" for p, _ in unit.outputs)][:2]] = 1
+    out_units = {c: u for u, unit in enumerate(space.units) for p, c in unit.outputs if p == "enc1.0.conv3"}
+    pruned_rows = [c for c, u in out_units.items() if mask[u]]
+    with torch.inference_mode():
+        with Gates(model, space) as gates:
+            gates.set(mask)
+            ref = model(x)
+        with ChannelCut(model, space) as cut:
+            cut.set(mask)
+            assert conv3.weight.shape[0] == 8  # the trunk's width: added to it, not scattered back
+            assert pruned_rows and not conv3.weight[pruned_rows].any() and not conv3.bias[pruned_rows].any()
+            out = model(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

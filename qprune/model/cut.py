@@ -61,10 +61,14 @@ class ChannelCut:
         modules = dict(model.named_modules())
         owners = _slice_owners(space, tensors)
         _add_running_stats(owners, tensors, modules)
-        # branch ends (output module -> trunk width): their output dim is zeroed, not cut
-        ends = {f"{e}.{leaf}" for e in space.producer_channels for leaf in ("weight", "bias")}
-        self._plan = [(tensors[name], [(dim, owner, name in ends and dim == 0) for dim, owner in sorted(dims.items())])
+        ends = _branch_end_outputs(space)
+        self._plan = [(tensors[name], [(dim, owner, _is_output(ends.get(name.rpartition(".")[0]), owner))
+                                       for dim, owner in sorted(dims.items())])
                       for name, dims in owners.items()]
+        found = {name.rpartition(".")[0] for name, dims in owners.items()
+                 if any(_is_output(ends.get(name.rpartition(".")[0]), o) for o in dims.values())}
+        if lost := sorted(set(ends) - found):  # it would be cut narrower than the trunk it is added to
+            raise QpruneError(f"branch end(s) {', '.join(lost)}: no parameter dim holds their output units")
         # the units each tensor depends on: a tensor whose units' bits did not change since the
         # last set() keeps its cut (consecutive masks of a search mostly differ in a few layers)
         self._deps = [np.unique(np.concatenate([o[o >= 0] for o in dims.values()]))
@@ -143,6 +147,25 @@ class ChannelCut:
                 self._index.clear()
             idx = self._index[key] = torch.from_numpy(np.flatnonzero(keep)).to(device)
         return idx
+
+
+def _branch_end_outputs(space: FilterSpace) -> dict[str, np.ndarray]:
+    """Per branch end (a module whose output is added to the trunk): the unit owning each of its
+    output channels (-1: none). Its parameters' dim with these owners is zeroed, not cut."""
+    ends = {}
+    for e, width in space.producer_channels.items():
+        own = ends[e] = np.full(width, -1, dtype=np.int64)
+        for u, unit in enumerate(space.units):
+            for path, c in unit.outputs:
+                if path == e:
+                    own[c] = u
+    return ends
+
+
+def _is_output(end: np.ndarray | None, owner: np.ndarray) -> bool:
+    """Whether a parameter dim with ``owner`` is its branch end's output dim (found by its owners,
+    not by position: a transposed convolution keeps its outputs in dim 1)."""
+    return end is not None and np.array_equal(end, owner)
 
 
 def _slice_owners(space: FilterSpace, tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[int, np.ndarray]]:
