@@ -49,7 +49,7 @@ from qprune.refine import MaskScorer, refine, search_subset
 from qprune.solve.constraint import ExactK
 
 # helper module beside this script (benchmarks/)
-from common import (BRANCHES, QUICK_CKPT, RESULTS, SIDD_CKPT, SIDD_DATA, load_checkpoint, load_sidd, logger,
+from common import (BRANCHES, QUICK_CKPT, RESULTS, ROOT, SIDD_CKPT, SIDD_DATA, load_checkpoint, load_sidd, logger,
                     scoring_device)
 
 GOAL = 10.0
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     ranks(rows, near)
     text, best = verdict(rows)
     result = {
-        "checkpoint": str(ckpt), "units": int(prep.space.N), "layers": len(prep.space.layers), "k": k,
+        "checkpoint": str(ckpt.resolve().relative_to(ROOT) if ckpt.resolve().is_relative_to(ROOT) else ckpt), "units": int(prep.space.N), "layers": len(prep.space.layers), "k": k,
         "masks": int(len(M)), "near": int(near.sum()), "old_masks": min(args.old_masks, len(M)), "seed": args.seed,
         "val_images": n_val, "patch": int(val[0][0].shape[-1]), "threads": args.threads, "device": str(device),
         "qprune_from": str(Path(qprune.__file__).resolve().parent),
