@@ -9,7 +9,8 @@ order, scores the masks of ``--masks`` (``.npz``: ``masks`` and ``labels``) and 
 ``{"scores", "seconds", "setup_s", "qprune"}`` as JSON to ``--out``.
 
 It imports only what that version already had (``qprune.problems.load_checkpoint``,
-``qprune.pipeline.run.prepare``, ``qprune.refine.MaskScorer``), nothing from this folder.
+``qprune.pipeline.run.prepare``, ``qprune.refine.MaskScorer``) and, from this folder, only
+``scorer_timing`` (which imports nothing from qprune).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,9 @@ import qprune
 from qprune.pipeline.run import prepare
 from qprune.problems import load_checkpoint
 from qprune.refine import MaskScorer
+
+# helper module beside this script (benchmarks/)
+from scorer_timing import timed_scores
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,14 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     prep.model.to(device)
     val = [(x.to(device), y.to(device)) for x, y in problem.validation_batches()]
-    scorer = MaskScorer(prep.model, prep.space, val, problem.metric, progress=False)
-    t0 = time.perf_counter()
-    scorer.prepare()
-    setup = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    scores = scorer(masks)
-    seconds = time.perf_counter() - t0
-    Path(args.out).write_text(json.dumps({"scores": np.asarray(scores, dtype=float).tolist(), "seconds": seconds,
+    scores, setup, seconds = timed_scores(MaskScorer(prep.model, prep.space, val, problem.metric, progress=False),
+                                          masks)
+    Path(args.out).write_text(json.dumps({"scores": scores.tolist(), "seconds": seconds,
                                           "setup_s": setup, "qprune": str(Path(qprune.__file__).parent)}))
     return 0
 

@@ -51,6 +51,7 @@ from qprune.solve.constraint import ExactK
 # helper module beside this script (benchmarks/)
 from common import (BRANCHES, QUICK_CKPT, RESULTS, ROOT, SIDD_CKPT, SIDD_DATA, load_checkpoint, load_sidd, logger,
                     scoring_device)
+from scorer_timing import timed_scores
 
 GOAL = 10.0
 RHO_GOAL = 0.99
@@ -108,12 +109,7 @@ def run_scorer(spec: dict[str, Any], prep: Any, problem: Any, val: list, M: np.n
         metric = problem.metric
     sc = MaskScorer(prep.model, prep.space, batches, metric, progress=False, precision=spec["precision"],
                     prefix=spec["prefix"])
-    t0 = time.perf_counter()
-    sc.prepare()
-    setup = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    scores = sc(M)
-    seconds = time.perf_counter() - t0
+    scores, setup, seconds = timed_scores(sc, M)
     st = sc.stats()
     return {**spec, "masks": int(len(M)), "s_per_eval": seconds / len(M), "setup_s": setup,
             "scores": scores.tolist(), "channels_last": st.get("channels_last"),
