@@ -110,15 +110,15 @@ train-sidd: $(STAMP)
 
 # The paper tables use the shipped F = 64 SIDD model (train-sidd makes it again). bench-paper-tt then adds the
 # hybrid-qubo+tt rows of the 4/8/16-layer sub-problems to that finished file: TT_BUDGET evaluations per run, the
-# masks scored in TT_PRECISION on TT_IMAGES validation images (TT_CROP: their central TT_CROP x TT_CROP pixels; make
-# bench-tt measures what each costs in ranking), the winner re-scored in float32 on the whole split. Resumable: per
-# setting, and each run from its score journal in benchmarks/journals/paper_tables/ (the 1,000-evaluation runs
-# began on whole images before crops existed, so TT_CROP stays empty until they are done).
+# masks scored in TT_PRECISION on TT_IMAGES validation images, their central TT_CROP x TT_CROP pixels (empty: whole
+# images; make bench-tt measures what each costs in ranking), the winner re-scored in float32 on the whole split.
+# Resumable: per setting, and each run from its score journal in benchmarks/journals/paper_tables/; a setting whose
+# TT rows were made with another budget or scorer is made again.
 PAPER_TT ?=
 TT_BUDGET ?= 1000
 TT_PRECISION ?= bfloat16
-TT_IMAGES ?= 32
-TT_CROP ?=
+TT_IMAGES ?= 36
+TT_CROP ?= 80
 bench-paper: $(STAMP)
 	$(VPY) benchmarks/paper_tables.py --checkpoint $(SIDD_CKPT) --vary-calibration --seeds 0,1,2,3,4 --methods taylor-greedy,l1-qubo,hybrid-qubo,random,fisher-qubo --tune 12 $(PAPER_TT)
 
