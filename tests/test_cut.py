@@ -125,3 +125,41 @@ def test_a_cut_branch_end_keeps_the_trunk_width_with_its_pruned_rows_zero() -> N
             assert pruned_rows and not conv3.weight[pruned_rows].any() and not conv3.bias[pruned_rows].any()
             out = model(x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+class BNBranch(nn.Module):
+    """A ResNet-style branch: conv -> BatchNorm, the BatchNorm's result added to the trunk, so a
+    branch unit owns rows of both the conv and the BatchNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.c1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        return self.head(h + self.bn(self.c2(torch.relu(self.c1(h)))))
+
+
+def test_a_branch_ending_in_a_batchnorm_keeps_its_width_through_the_conv_before_it() -> None:
+    model = _randomised(BNBranch(), 4)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    space = build_space(model, x[:1], exclude=("head",), residual_branches=True)
+    branch = [u for u, unit in enumerate(space.units) if unit.kind == "branch"]
+    assert space.producer_channels == {"bn": 8} and len(branch) == 8
+    mask = np.zeros(space.N, dtype=np.int8)
+    mask[branch[:3]] = 1
+    mask[space.random_mask(2, seed=0).astype(bool) & ~np.isin(np.arange(space.N), branch)] = 1
+    with torch.inference_mode():
+        with Gates(model, space) as gates:
+            gates.set(mask)
+            ref = model(x)
+        with ChannelCut(model, space) as cut:
+            cut.set(mask)
+            assert model.c2.weight.shape[0] == model.bn.weight.shape[0] == 8
+            assert not model.bn.weight[:3].any() and not model.bn.bias[:3].any()
+            out = model(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

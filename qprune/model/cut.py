@@ -8,10 +8,10 @@ pruned network is the original parameters index-selected along those dimensions.
 swaps such views in (``param.data``) for one mask, adjusts what a layer reads from its own
 attributes rather than from its weights (the ``groups`` of a depthwise or grouped convolution, the
 ``num_groups`` of a GroupNorm) and slices the running statistics of norm layers along with their
-affine parameters; a branch end (a layer whose output is added to the trunk) keeps the trunk's
-width, its pruned output rows zero (the removed model scatters instead,
-:class:`qprune.model.residual.ChannelScatter`: here a few more output rows of one layer are cheaper
-than scattering its output back, a strided copy per pass) and attention
+affine parameters; the tensors of branch units (channels of a result added to a residual trunk)
+keep their width with the pruned units' rows zero, so the branch's result stays as wide as the
+trunk (the removed model scatters it back instead, :class:`qprune.model.residual.ChannelScatter`:
+here a few more rows of a layer or two are cheaper than a strided copy per pass) and attention
 modules with head units run their routed forward, which reads the head count from the cut
 weights (:mod:`qprune.model.attention`); on exit everything is put back.
 
@@ -61,14 +61,11 @@ class ChannelCut:
         modules = dict(model.named_modules())
         owners = _slice_owners(space, tensors)
         _add_running_stats(owners, tensors, modules)
-        ends = _branch_end_outputs(space)
-        self._plan = [(tensors[name], [(dim, owner, _is_output(ends.get(name.rpartition(".")[0]), owner))
-                                       for dim, owner in sorted(dims.items())])
+        # a branch unit's tensors keep their width, its rows zero: the branch's result stays as wide
+        # as the trunk it is added to (cut, it would have to be scattered back on every pass)
+        branch = np.array([u.kind == "branch" for u in space.units], dtype=bool)
+        self._plan = [(tensors[name], [(dim, owner, _owned_by(branch, owner)) for dim, owner in sorted(dims.items())])
                       for name, dims in owners.items()]
-        found = {name.rpartition(".")[0] for name, dims in owners.items()
-                 if any(_is_output(ends.get(name.rpartition(".")[0]), o) for o in dims.values())}
-        if lost := sorted(set(ends) - found):  # it would be cut narrower than the trunk it is added to
-            raise QpruneError(f"branch end(s) {', '.join(lost)}: no parameter dim holds their output units")
         # the units each tensor depends on: a tensor whose units' bits did not change since the
         # last set() keeps its cut (consecutive masks of a search mostly differ in a few layers)
         self._deps = [np.unique(np.concatenate([o[o >= 0] for o in dims.values()]))
@@ -149,23 +146,11 @@ class ChannelCut:
         return idx
 
 
-def _branch_end_outputs(space: FilterSpace) -> dict[str, np.ndarray]:
-    """Per branch end (a module whose output is added to the trunk): the unit owning each of its
-    output channels (-1: none). Its parameters' dim with these owners is zeroed, not cut."""
-    ends = {}
-    for e, width in space.producer_channels.items():
-        own = ends[e] = np.full(width, -1, dtype=np.int64)
-        for u, unit in enumerate(space.units):
-            for path, c in unit.outputs:
-                if path == e:
-                    own[c] = u
-    return ends
-
-
-def _is_output(end: np.ndarray | None, owner: np.ndarray) -> bool:
-    """Whether a parameter dim with ``owner`` is its branch end's output dim (found by its owners,
-    not by position: a transposed convolution keeps its outputs in dim 1)."""
-    return end is not None and np.array_equal(end, owner)
+def _owned_by(kinds: np.ndarray, owner: np.ndarray) -> bool:
+    """Whether every unit that owns indices of a tensor dim (``owner``: unit per index, -1 none) is
+    of the kinds flagged in ``kinds``."""
+    owned = owner[owner >= 0]
+    return bool(owned.size) and bool(kinds[owned].all())
 
 
 def _slice_owners(space: FilterSpace, tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[int, np.ndarray]]:
