@@ -496,9 +496,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
                        f"{w.get('tune_s', 0.0):.0f} | {_paper(PAPER.get(s, {}).get(m))} |")
         out.append("")
         if (tt := meta.get("tt")) and (s, TT_METHOD) in by:
-            scorer = f"{tt['precision']}, " + (f"{tt['images']} validation images" if tt["images"] else "all validation images")
-            scorer += f" (their central {tt['crop']}x{tt['crop']} pixels)" if tt.get("crop") else ""
-            out += [f"`{TT_METHOD}`: {tt['budget']} TT evaluations per run, masks scored in {scorer}.", ""]
+            out += [f"`{TT_METHOD}`: {tt['budget']} TT evaluations per run, masks scored in {tt_scorer_words(tt)}.", ""]
         if meta["weights"]:
             out += ["QUBO weights used:", ""]
             for m, w in meta["weights"].items():
@@ -740,6 +738,13 @@ def rerun_changes(rows: list[dict], new_rows: list[dict], setting: str) -> list[
     return out
 
 
+def tt_scorer_words(tt: dict[str, Any]) -> str:
+    """How a :func:`tt_record` scored masks, in words."""
+    return (f"{tt['precision']} on " + (f"{tt['images']} of the validation images" if tt["images"] else
+                                         "the whole validation split")
+            + (f" (their central {tt['crop']}x{tt['crop']} pixels)" if tt.get("crop") else ""))
+
+
 def tt_record(args: argparse.Namespace) -> dict[str, Any]:
     """How the TT rows of a setting were made (a file whose rows were made otherwise gets new ones)."""
     record = {"budget": args.tt_budget, "precision": args.tt_precision, "images": args.tt_images}
@@ -806,9 +811,7 @@ def write_results(args: argparse.Namespace, ckpt: Path, note: str, problem: Any,
         "tries the same candidate weights; the one kept is the best on validation for that setting."),
     ]
     if TT_METHOD in methods:
-        scorer = (f"masks scored in {args.tt_precision} on "
-                  + (f"{args.tt_images} of the validation images" if args.tt_images else "the validation batches")
-                  + (f" (their central {args.tt_crop}x{args.tt_crop} pixels)" if args.tt_crop else "")
+        scorer = (f"masks scored in {tt_scorer_words(tt_record(args))}"
                   + ("; the winner and the seed re-scored in float32 on the whole split, the winner kept only if "
                      "better there" if args.tt_precision != "float32" or args.tt_images or args.tt_crop else ""))
         notes.append(f"{TT_METHOD}: budget {args.tt_budget} evaluations (paper 20,000), {scorer}, unless its "
