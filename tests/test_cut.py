@@ -115,16 +115,12 @@ def test_a_cut_branch_end_keeps_the_trunk_width_with_its_pruned_rows_zero() -> N
     mask[[u for u, unit in enumerate(space.units) if any(p == "enc1.0.conv3" for p, _ in unit.outputs)][:2]] = 1
     out_units = {c: u for u, unit in enumerate(space.units) for p, c in unit.outputs if p == "enc1.0.conv3"}
     pruned_rows = [c for c, u in out_units.items() if mask[u]]
-    with torch.inference_mode():
-        with Gates(model, space) as gates:
-            gates.set(mask)
-            ref = model(x)
-        with ChannelCut(model, space) as cut:
-            cut.set(mask)
-            assert conv3.weight.shape[0] == 8  # the trunk's width: added to it, not scattered back
-            assert pruned_rows and not conv3.weight[pruned_rows].any() and not conv3.bias[pruned_rows].any()
-            out = model(x)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+    def while_cut() -> None:
+        assert conv3.weight.shape[0] == 8  # the trunk's width: added to it, not scattered back
+        assert pruned_rows and not conv3.weight[pruned_rows].any() and not conv3.bias[pruned_rows].any()
+
+    _cut_matches_gates(model, space, mask, x, while_cut)
 
 
 class BNBranch(nn.Module):
@@ -153,13 +149,22 @@ def test_a_branch_ending_in_a_batchnorm_keeps_its_width_through_the_conv_before_
     mask = np.zeros(space.N, dtype=np.int8)
     mask[branch[:3]] = 1
     mask[space.random_mask(2, seed=0).astype(bool) & ~np.isin(np.arange(space.N), branch)] = 1
+
+    def while_cut() -> None:
+        assert model.c2.weight.shape[0] == model.bn.weight.shape[0] == 8
+        assert not model.bn.weight[:3].any() and not model.bn.bias[:3].any()
+
+    _cut_matches_gates(model, space, mask, x, while_cut)
+
+
+def _cut_matches_gates(model: nn.Module, space, mask: np.ndarray, x: torch.Tensor, while_cut) -> None:
+    """The cut model's output equals the gated one's for ``mask``; ``while_cut`` checks the cut tensors."""
     with torch.inference_mode():
         with Gates(model, space) as gates:
             gates.set(mask)
             ref = model(x)
         with ChannelCut(model, space) as cut:
             cut.set(mask)
-            assert model.c2.weight.shape[0] == model.bn.weight.shape[0] == 8
-            assert not model.bn.weight[:3].any() and not model.bn.bias[:3].any()
+            while_cut()
             out = model(x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
