@@ -82,7 +82,8 @@ bench-tt-refine: $(STAMP)
 	$(VPY) benchmarks/tt_refine.py --device $(TT_DEVICE)
 
 # One TT run at the paper's 20,000 evaluations on the 16-layer problem, the gain against the evaluation count;
-# resumable (a score journal in benchmarks/journals/); writes benchmarks/results/tt_budget.{json,md,png}.
+# resumable (a score journal in benchmarks/journals/, committed so that a fresh checkout goes on from it);
+# writes benchmarks/results/tt_budget.{json,md,png}.
 bench-tt-budget: $(STAMP)
 	$(VPY) benchmarks/tt_budget.py
 
@@ -113,10 +114,14 @@ train-sidd: $(STAMP)
 # masks scored in TT_PRECISION on TT_IMAGES validation images, their central TT_CROP x TT_CROP pixels (empty: whole
 # images; make bench-tt measures what each costs in ranking), the winner re-scored in float32 on the whole split.
 # Resumable: per setting, and each run from its score journal in benchmarks/journals/paper_tables/; a setting whose
-# TT rows were made with another budget or scorer is made again.
+# TT rows were made with another budget or scorer is made again. float32: the shipped 8- and 16-layer rows were made
+# on a CPU without native bfloat16, where float32 is the faster (TT_PRECISION=bfloat16 on one with AMX).
+# TT_SETTINGS runs only some settings; TT_TAKE=file.json takes settings that another such run wrote beside it.
 PAPER_TT ?=
 TT_BUDGET ?= 1000
-TT_PRECISION ?= bfloat16
+TT_PRECISION ?= float32
+TT_SETTINGS ?= 4,8,16
+TT_TAKE ?=
 TT_IMAGES ?= 36
 TT_CROP ?= 80
 bench-paper: $(STAMP)
@@ -128,7 +133,7 @@ bench-paper-fisher: $(STAMP)
 	$(VPY) benchmarks/paper_tables.py --checkpoint $(SIDD_CKPT) --add-to benchmarks/results/paper_tables_fisher.json --methods fisher-qubo --out-name paper_tables_fisher
 
 bench-paper-tt: $(STAMP)
-	$(VPY) benchmarks/paper_tables.py --tt-from benchmarks/results/paper_tables.json --tt-budget $(TT_BUDGET) --tt-precision $(TT_PRECISION) --tt-images $(TT_IMAGES) $(if $(TT_CROP),--tt-crop $(TT_CROP))
+	$(VPY) benchmarks/paper_tables.py --tt-from benchmarks/results/paper_tables.json --tt-budget $(TT_BUDGET) --tt-precision $(TT_PRECISION) --tt-images $(TT_IMAGES) $(if $(TT_CROP),--tt-crop $(TT_CROP)) --tt-settings $(TT_SETTINGS) $(foreach f,$(TT_TAKE),--tt-take $(f))
 
 # torch-pruning 1.6.1's own criteria (its groups, its MetaPruner) beside taylor-greedy and hybrid-qubo at the
 # full-model k of the F = 64 model; writes benchmarks/results/peers.{json,md}. A hybrid row with the weights in

@@ -496,7 +496,9 @@ def render_markdown(payload: dict[str, Any]) -> str:
                        f"{w.get('tune_s', 0.0):.0f} | {_paper(PAPER.get(s, {}).get(m))} |")
         out.append("")
         if (tt := meta.get("tt")) and (s, TT_METHOD) in by:
-            out += [f"`{TT_METHOD}`: {tt['budget']} TT evaluations per run, masks scored in {tt_scorer_words(tt)}.", ""]
+            out += [f"`{TT_METHOD}`: {tt['budget']} TT evaluations per run, masks scored in {tt_scorer_words(tt)}"
+                    + (f" (run beside the others, by the run that wrote `{src}`; its time is not in this file's)"
+                       if (src := meta.get("tt_taken_from")) else "") + ".", ""]
         if meta["weights"]:
             out += ["QUBO weights used:", ""]
             for m, w in meta["weights"].items():
@@ -580,6 +582,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tt-from", metavar="JSON",
                    help=f"add the {TT_METHOD} rows of --tt-settings to this finished results file (its model, "
                         "seeds and weights; resumes when some settings already have them) and rewrite it")
+    p.add_argument("--tt-take", metavar="JSON", action="append", default=[],
+                   help="with --tt-from: results of another --tt-from run of the same file (one setting per core, "
+                        "say); a setting it holds with this budget and scorer for every seed is taken from it, "
+                        "not run again (repeatable)")
     p.add_argument("--test-batches", type=int, help="use only the first N test batches (default: the whole split)")
     p.add_argument("--vary-calibration", action="store_true",
                    help="draw another calibration subset per seed (one calibration pass per seed and setting)")
@@ -615,6 +621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.tt_from and args.add_to:
         die("give --tt-from or --add-to, not both")
+    if args.tt_take and not args.tt_from:
+        die("--tt-take goes with --tt-from (it takes TT rows made from the same file)")
     if args.add_to:
         args.tt_from, adding = args.add_to, methods
     else:
@@ -704,17 +712,21 @@ def add_tt(args: argparse.Namespace, model: Any, problem: Any, n_layers: int, so
                  or m.get("tt") != want)]
     for n, i in enumerate(todo):
         meta = metas[i]
-        st = make_settings([meta["setting"]], n_layers)[0]
-        new_rows, new_meta = run_setting(model, problem, st, ["hybrid-qubo", TT_METHOD], seeds, args,
-                                         weights={m: w for m, w in meta["weights"].items() if m == "hybrid-qubo"})
-        rerun = rerun_changes(rows, new_rows, meta["setting"])
-        # TT must refine the mask its paired hybrid-qubo row reports: where today's code solves a seed to
-        # another mask than the recorded one, the re-run's hybrid-qubo row replaces the recorded row
-        replaced = {(r["seed"], "hybrid-qubo") for r in rerun} | {(sd, TT_METHOD) for sd in seeds}
-        rows = [r for r in rows if not (r["setting"] == meta["setting"] and (r["seed"], r["method"]) in replaced)]
-        rows += [r for r in new_rows if (r["seed"], r["method"]) in replaced]
-        metas[i] = dict(meta, weights=dict(meta["weights"], **{TT_METHOD: new_meta["weights"][TT_METHOD]}),
-                        tt_signals_s=new_meta["signals_s"], tt=want, hybrid_rerun=rerun)
+        if taken := taken_setting(args.tt_take, meta["setting"], source, want):
+            setting_rows, metas[i] = taken
+            rows = [r for r in rows if r["setting"] != meta["setting"]] + setting_rows
+        else:
+            st = make_settings([meta["setting"]], n_layers)[0]
+            new_rows, new_meta = run_setting(model, problem, st, ["hybrid-qubo", TT_METHOD], seeds, args,
+                                             weights={m: w for m, w in meta["weights"].items() if m == "hybrid-qubo"})
+            rerun = rerun_changes(rows, new_rows, meta["setting"])
+            # TT must refine the mask its paired hybrid-qubo row reports: where today's code solves a seed to
+            # another mask than the recorded one, the re-run's hybrid-qubo row replaces the recorded row
+            replaced = {(r["seed"], "hybrid-qubo") for r in rerun} | {(sd, TT_METHOD) for sd in seeds}
+            rows = [r for r in rows if not (r["setting"] == meta["setting"] and (r["seed"], r["method"]) in replaced)]
+            rows += [r for r in new_rows if (r["seed"], r["method"]) in replaced]
+            metas[i] = dict(meta, weights=dict(meta["weights"], **{TT_METHOD: new_meta["weights"][TT_METHOD]}),
+                            tt_signals_s=new_meta["signals_s"], tt=want, hybrid_rerun=rerun)
         # the table stays whole (every setting keeps its rows); what is still to be redone is named
         write_results(args, Path(source["checkpoint"]), source["checkpoint_note"], problem, methods, seeds,
                       *splits, rows, metas, t0, load_start, argv, final=source.get("complete", True),
@@ -736,6 +748,27 @@ def rerun_changes(rows: list[dict], new_rows: list[dict], setting: str) -> list[
             log(f"  setting {setting} seed {r['seed']}: hybrid-qubo now solves to mask {r['mask_sha1']}, not the "
                 f"recorded {old and old['mask_sha1']}; its row is replaced by the re-run's")
     return out
+
+
+def taken_setting(paths: Sequence[str], setting: str, source: dict[str, Any],
+                  want: dict[str, Any]) -> tuple[list[dict], dict[str, Any]] | None:
+    """``setting``'s rows and record from the first ``--tt-take`` file whose TT rows of it were made
+    as ``want`` says for every seed (None: no such file); a file of another model or seeds is refused."""
+    for path in paths:
+        try:
+            other = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            die(f"--tt-take {path}: cannot read it as a results JSON ({exc})")
+        if (other.get("checkpoint"), other.get("seeds")) != (source["checkpoint"], source["seeds"]):
+            die(f"--tt-take {path}: made with checkpoint {other.get('checkpoint')} and seeds {other.get('seeds')}, "
+                f"not the --tt-from file's {source['checkpoint']} and {source['seeds']}")
+        meta = next((m for m in other.get("settings", []) if m["setting"] == setting), None)
+        rows = [r for r in other["rows"] if r["setting"] == setting]
+        tt_seeds = {r["seed"] for r in rows if r["method"] == TT_METHOD}
+        if meta and meta.get("tt") == want and tt_seeds == set(source["seeds"]):
+            log(f"setting {setting}: its rows taken from {path} (a run beside this one)")
+            return rows, dict(meta, tt_taken_from=Path(path).name)
+    return None
 
 
 def tt_scorer_words(tt: dict[str, Any]) -> str:

@@ -61,7 +61,8 @@ LAYERS, COUNT, FILTERS = 16, 480, 1024  # the paper's 16-layer setting: 480 of 1
 log = logger("tt_scorer", clock=True)
 
 
-def scorers(images: list[int], crops: list[tuple[int, int]]) -> list[dict[str, Any]]:
+def scorers(images: list[int], crops: list[tuple[int, int]],
+            f32_crops: list[tuple[int, int]] = ()) -> list[dict[str, Any]]:
     """The scorers compared: name, precision, validation images (None: all), central crop (None:
     whole images), prefix tree, metric."""
     out = [dict(name="old", precision="float32", images=None, crop=None, prefix=True, metric="metrics"),
@@ -71,6 +72,8 @@ def scorers(images: list[int], crops: list[tuple[int, int]]) -> list[dict[str, A
         out.append(dict(name=f"bf16-{n}", precision="bfloat16", images=n, crop=None, prefix=True, metric="metric"))
     for n, c in crops:
         out.append(dict(name=f"bf16-{n}@{c}", precision="bfloat16", images=n, crop=c, prefix=True, metric="metric"))
+    for n, c in f32_crops:  # where bfloat16 is emulated (no AMX / AVX512-BF16), crops alone may be the faster way
+        out.append(dict(name=f"f32-{n}@{c}", precision="float32", images=n, crop=c, prefix=True, metric="metric"))
     out.append(dict(name="bf16, no tree", precision="bfloat16", images=None, crop=None, prefix=False,
                     metric="metric"))
     return out
@@ -178,6 +181,11 @@ def markdown(r: dict[str, Any]) -> str:
               "score differences are smallest.",
               "* A search on a reduced scorer keeps its winner only if it beats the seed when both are scored "
               "again in float32 on the whole split (`refine_mask` does this)."]
+    if "native_bfloat16" in r["machine"]:  # files written before the machine record had it
+        lines.append(f"* CPU: {r['machine']['cpu_capability']} kernels, bfloat16 "
+                     + ("native (AVX512-BF16 or AMX)." if r["machine"]["native_bfloat16"] else
+                        "emulated (neither AVX512-BF16 nor AMX): the bfloat16 rows run slower than they would "
+                        "on a CPU that has it, and can be slower than float32."))
     return "\n".join(lines) + "\n"
 
 
@@ -195,6 +203,14 @@ def verdict(rows: list[dict[str, Any]]) -> tuple[str, str | None]:
             f"x{old / best['s_per_eval']:.2f} (rho {best['rho']:.4f}).", best["name"])
 
 
+def crop_pairs(ap: argparse.ArgumentParser, flag: str, text: str) -> list[tuple[int, int]]:
+    """``"40@80,36@80"`` as ``[(40, 80), (36, 80)]``; a usage error naming ``flag`` otherwise."""
+    try:
+        return [(int(n), int(c)) for n, c in (s.split("@") for s in text.split(",") if s.strip())]
+    except ValueError:
+        ap.error(f"{flag} {text!r}: give N@C pairs such as 40@80")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", help="denoise checkpoint (default: the shipped F = 64 SIDD model)")
@@ -204,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", default="32,16,8", help="validation image counts of the bf16-N rows")
     ap.add_argument("--crops", default="64@64,40@80,36@80,32@80",
                     help="N@C pairs of the bf16-N@C rows: the central C x C pixels of N images ('' for none)")
+    ap.add_argument("--f32-crops", default="36@80",
+                    help="N@C pairs of the f32-N@C rows: the same crops scored in float32 ('' for none)")
     ap.add_argument("--old-code", metavar="DIR",
                     help="an earlier qprune source tree whose scorer is the old row (make bench-tt: TT_OLD_REF)")
     ap.add_argument("--seed", type=int, default=0)
@@ -214,10 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-name", default="tt_scorer")
     args = ap.parse_args(argv)
     images = [int(s) for s in args.images.split(",") if s.strip()]
-    try:
-        crops = [(int(n), int(c)) for n, c in (s.split("@") for s in args.crops.split(",") if s.strip())]
-    except ValueError:
-        ap.error(f"--crops {args.crops!r}: give N@C pairs such as 40@80")
+    crops, f32_crops = crop_pairs(ap, "--crops", args.crops), crop_pairs(ap, "--f32-crops", args.f32_crops)
     try:
         device = scoring_device(args.device)
     except ValueError as exc:
@@ -240,8 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     if max(images) > n_val:
         ap.error(f"--images {max(images)}: the validation split has {n_val} images")
     side = min(int(val[0][0].shape[-1]), int(val[0][0].shape[-2]))
-    if any(not (1 <= n <= n_val and 1 <= c <= side) for n, c in crops):
-        ap.error(f"--crops {args.crops!r}: the validation split has {n_val} images of {side}x{side} pixels")
+    for flag, pairs in (("--crops", crops), ("--f32-crops", f32_crops)):
+        if any(not (1 <= n <= n_val and 1 <= c <= side) for n, c in pairs):
+            ap.error(f"{flag} {getattr(args, flag[2:].replace('-', '_'))!r}: the validation split has {n_val} "
+                     f"images of {side}x{side} pixels")
     prep = prepare(model, problem, methods=("taylor-greedy",), layers=LAYERS, residual_branches=BRANCHES,
                    progress=False)
     prep.model.to(device)  # the calibration pass ran on the CPU; the scoring runs here
@@ -252,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     near = (np.abs(M - x0[None, :]).sum(axis=1) // 2) <= NEAR
     log(f"{len(M)} TT masks, {int(near.sum())} within {NEAR} swaps of the seed")
     rows = []
-    for spec in scorers(images, crops):
+    for spec in scorers(images, crops, f32_crops):
         masks = M[:args.old_masks] if spec["name"] == "old" else M
         if spec["name"] == "old" and args.old_code:
             data = args.data or (str(SIDD_DATA) if ckpt == SIDD_CKPT else None)

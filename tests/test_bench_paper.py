@@ -83,6 +83,18 @@ def test_tt_rows_are_added_to_a_finished_table_and_a_second_run_resumes(tmp_path
     md = (tmp_path / "pt.md").read_text()
     assert "(their central 32x32 pixels)" in md and "except the hybrid-qubo rows of setting 4 seed 0" in md
     assert last["complete"] and last["tt_pending"] == []
+    # a setting run beside this one (another --tt-from run of the same file) is taken from its results, not run
+    (tmp_path / "src.json").write_text(json.dumps(before))
+    taken = _tables("--quick", "--tt-from", str(tmp_path / "src.json"), "--tt-settings", "4", "--tt-budget", "6",
+                    "--tt-precision", "bfloat16", "--tt-images", "8", "--tt-crop", "32",
+                    "--tt-journal", str(tmp_path / "none"), "--tt-take", str(tmp_path / "pt.json"),
+                    "--out-dir", str(tmp_path), "--out-name", "merged")
+    assert taken.returncode == 0, taken.stderr[-2000:]
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert [r for r in merged["rows"] if r["setting"] == "4"] == [r for r in last["rows"] if r["setting"] == "4"]
+    assert next(m for m in merged["settings"] if m["setting"] == "4") == dict(meta4, tt_taken_from="pt.json")
+    assert not (tmp_path / "none").exists()  # nothing was scored
+    assert "by the run that wrote `pt.json`" in (tmp_path / "merged.md").read_text()
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import paper_tables
@@ -99,4 +111,12 @@ def test_tt_from_refuses_a_file_that_is_not_a_results_table(tmp_path: Path) -> N
     run = _tables("--tt-from", str(bad), "--out-dir", str(tmp_path))
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1].startswith(f"paper_tables: --tt-from {bad}")
+    assert not list(tmp_path.glob("paper_tables*"))
+
+
+def test_tt_take_needs_tt_from(tmp_path: Path) -> None:
+    run = _tables("--tt-take", str(tmp_path / "other.json"), "--out-dir", str(tmp_path))
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == ("paper_tables: --tt-take goes with --tt-from "
+                                                   "(it takes TT rows made from the same file)")
     assert not list(tmp_path.glob("paper_tables*"))

@@ -166,13 +166,17 @@ def test_speed_masks_come_from_groups_spread_over_the_run() -> None:
 
 def test_tt_scorer_quick_compares_old_and_new_scorers_on_the_same_masks(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "benchmarks/tt_scorer.py", "--quick", "--masks", "10", "--old-masks", "3",
-                          "--images", "16,8", "--crops", "32@32", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          "--images", "16,8", "--crops", "32@32", "--f32-crops", "32@32", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     r = json.loads((tmp_path / "tt_scorer.json").read_text())
     rows = {x["name"]: x for x in r["rows"]}
-    assert list(rows) == ["old", "exact", "bf16", "bf16-16", "bf16-8", "bf16-32@32", "bf16, no tree"]
+    assert list(rows) == ["old", "exact", "bf16", "bf16-16", "bf16-8", "bf16-32@32", "f32-32@32", "bf16, no tree"]
     assert rows["bf16-32@32"]["crop"] == 32 and rows["bf16-32@32"]["images"] == 32
+    assert rows["f32-32@32"]["precision"] == "float32" and rows["f32-32@32"]["crop"] == 32
+    # float32 on the same pixels: only the crop moves its scores, not rounding
+    assert rows["f32-32@32"]["scores"] != pytest.approx(rows["bf16-32@32"]["scores"], abs=1e-6)
     assert r["masks"] == 10 and rows["old"]["masks"] == 3 and rows["exact"]["masks"] == 10
     # the old scorer reads the metric another way, not another value: its scores are the exact ones
     assert rows["old"]["scores"] == pytest.approx(rows["exact"]["scores"][:3], abs=1e-4)
@@ -181,7 +185,8 @@ def test_tt_scorer_quick_compares_old_and_new_scorers_on_the_same_masks(tmp_path
     assert all(x["s_per_eval"] > 0 for x in rows.values())
     md = (tmp_path / "tt_scorer.md").read_text()
     assert f"| old | float32 | 64 | {r['patch']}x{r['patch']} | yes |" in md and "**Goal: x10 per evaluation" in md
-    assert "| bf16-32@32 | bfloat16 | 32 | 32x32 | yes |" in md
+    assert "| bf16-32@32 | bfloat16 | 32 | 32x32 | yes |" in md and "| f32-32@32 | float32 | 32 | 32x32 | yes |" in md
+    assert "* CPU: " in md and ("native (AVX512-BF16 or AMX)" in md) is r["machine"]["native_bfloat16"]
     bad = subprocess.run([sys.executable, "benchmarks/tt_scorer.py", "--quick", "--images", "65",
                           "--out", str(tmp_path / "never")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "--images 65: the validation split has 64 images" in bad.stderr
@@ -207,7 +212,7 @@ def _make_old_tree(dest: Path) -> str:
 def test_tt_scorer_old_row_is_the_earlier_commits_scorer(tmp_path: Path) -> None:
     ref = _make_old_tree(tmp_path / "old")
     run = subprocess.run([sys.executable, "benchmarks/tt_scorer.py", "--quick", "--masks", "8", "--old-masks", "4",
-                          "--images", "16", "--crops", "", "--old-code", str(tmp_path / "old"),
+                          "--images", "16", "--crops", "", "--f32-crops", "", "--old-code", str(tmp_path / "old"),
                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
     r = json.loads((tmp_path / "tt_scorer.json").read_text())

@@ -4,6 +4,7 @@ the winner, and the score journal that makes a long search resumable."""
 from __future__ import annotations
 
 import hashlib
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -48,6 +49,30 @@ def test_bfloat16_scores_are_close_to_exact_and_leave_the_model_as_it_was(net: S
 def test_precision_is_checked(net: SimpleNamespace) -> None:
     with pytest.raises(QpruneError, match="precision must be one of float32, bfloat16, got 'fp8'"):
         MaskScorer(net.model, net.space, net.batches, _psnr, precision="fp8")
+
+
+def test_bfloat16_on_a_cpu_without_native_bfloat16_warns_that_float32_is_faster(net: SimpleNamespace,
+                                                                                monkeypatch) -> None:
+    import qprune.refine.scoring.scorer as scorer_module
+
+    monkeypatch.setattr(scorer_module, "native_bfloat16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="without native bfloat16.*float32' is faster"):
+        MaskScorer(net.model, net.space, net.batches, _psnr, progress=False, precision="bfloat16")
+    monkeypatch.setattr(scorer_module, "native_bfloat16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MaskScorer(net.model, net.space, net.batches, _psnr, progress=False, precision="bfloat16")
+    monkeypatch.setattr(scorer_module, "native_bfloat16", lambda: False)
+    with warnings.catch_warnings():  # float32 never emulates anything
+        warnings.simplefilter("error")
+        MaskScorer(net.model, net.space, net.batches, _psnr, progress=False)
+
+
+def test_native_bfloat16_reads_the_cpu_flags_torch_reports() -> None:
+    from qprune.refine.scoring.forward import native_bfloat16
+
+    flags = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    assert native_bfloat16() is bool(flags)
 
 
 def test_search_subset_spreads_the_images_and_checks_the_count(net: SimpleNamespace) -> None:
@@ -160,6 +185,14 @@ def test_method_options_and_cli_flags_carry_the_tt_scorer() -> None:
         MethodOptions(tt_images=0)
     with pytest.raises(QpruneError, match="tt_crop must be a positive integer or None, got 0"):
         MethodOptions(tt_crop=0)
+    # refused, not truncated: int(2.5) would quietly run a budget of 2
+    with pytest.raises(QpruneError, match=r"tt_budget must be a positive integer, got 2\.5"):
+        MethodOptions(tt_budget=2.5)
+    with pytest.raises(QpruneError, match="tt_images must be a positive integer or None, got '8'"):
+        MethodOptions(tt_images="8")
+    with pytest.raises(QpruneError, match="steps must be a positive integer or None, got True"):
+        MethodOptions(steps=True)
+    assert MethodOptions(tt_budget=np.int64(3), tt_crop=np.int32(40)).tt_budget == 3
     args = build_parser().parse_args(["prune", "--refine", "tt", "--tt-precision", "bfloat16", "--tt-images", "8",
                                       "--tt-crop", "64"])
     got = method_options(args)

@@ -100,19 +100,23 @@ class MethodOptions:
             raise QpruneError(f"unknown fisher choice {self.fisher!r}; choose one of {', '.join(FISHER_CHOICES)}")
         if self.capacity not in CAPACITY_REWARDS:
             raise QpruneError(f"unknown capacity reward {self.capacity!r}; choose one of {', '.join(CAPACITY_REWARDS)}")
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
-                                       or self.steps < 1):
-            raise QpruneError(f"steps must be a positive integer, got {self.steps!r}")
-        if isinstance(self.tt_budget, bool) or int(self.tt_budget) < 1:
-            raise QpruneError(f"tt_budget must be a positive integer, got {self.tt_budget!r}")
+        _check_positive_int("steps", self.steps, optional=True)
+        _check_positive_int("tt_budget", self.tt_budget, optional=False)
         if self.tt_precision not in PRECISIONS:
             raise QpruneError(f"tt_precision must be one of {', '.join(PRECISIONS)}, got {self.tt_precision!r}")
-        if self.tt_images is not None and (isinstance(self.tt_images, bool) or int(self.tt_images) < 1):
-            raise QpruneError(f"tt_images must be a positive integer or None, got {self.tt_images!r}")
-        if self.tt_crop is not None and (isinstance(self.tt_crop, bool) or int(self.tt_crop) < 1):
-            raise QpruneError(f"tt_crop must be a positive integer or None, got {self.tt_crop!r}")
+        _check_positive_int("tt_images", self.tt_images, optional=True)
+        _check_positive_int("tt_crop", self.tt_crop, optional=True)
         if self.weights is not None and not isinstance(self.weights, Weights):
             raise QpruneError(f"weights must be a qprune.Weights, got {type(self.weights).__name__}")
+
+
+def _check_positive_int(name: str, value: Any, *, optional: bool) -> None:
+    """Raise naming ``name`` unless ``value`` is a positive int (or None where ``optional``); a bool, a
+    float or a string is refused rather than truncated, so ``tt_budget=2.5`` does not quietly run 2."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise QpruneError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
 
 
 def method_weights(spec: MethodSpec) -> tuple[str, ...]:

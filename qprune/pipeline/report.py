@@ -20,6 +20,8 @@ def machine_info() -> dict[str, Any]:
     import scipy
     from dwave import samplers
 
+    from qprune.refine.scoring.forward import native_bfloat16
+
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -28,6 +30,9 @@ def machine_info() -> dict[str, Any]:
         # figures from a shared machine mean little without its load
         "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "torch_threads": torch.get_num_threads(),
+        # bfloat16 figures depend on it: emulated bfloat16 runs slower than float32
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bfloat16": native_bfloat16(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "scipy": scipy.__version__,

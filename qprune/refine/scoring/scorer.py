@@ -25,11 +25,13 @@ Where the speed comes from, all exact (each in its own module):
 One option trades exactness for speed: ``precision="bfloat16"`` runs the passes under
 ``torch.autocast`` to bfloat16 (convolutions and matrix products in bfloat16, normalisations and
 residual sums in float32, as autocast chooses; the metric sees float32 outputs). On a CPU with AMX
-that runs the F=64 Half-UNet's cut passes ~1.4x faster than float32. Its scores differ from the
-exact ones by rounding, so it is for ranking masks in a search, whose winner is then scored again
-in float32 (:func:`qprune.refine.refine_mask` does). A whole bfloat16 copy of the model would be
-faster still, but rounds the residual stream (values near 1, steps of 1/128) and moved scores by
-up to 0.05 dB, ten times more.
+that runs the F=64 Half-UNet's cut passes ~1.4x faster than float32; on one without native
+bfloat16 (neither AMX nor AVX512-BF16) oneDNN emulates it and the same passes ran ~2x slower than
+float32 (a ``RuntimeWarning`` says so). Its scores differ from the exact ones by rounding, so it is
+for ranking masks in a search, whose winner is then scored again in float32
+(:func:`qprune.refine.refine_mask` does). A whole bfloat16 copy of the model would be faster
+still, but rounds the residual stream (values near 1, steps of 1/128) and moved scores by up to
+0.05 dB, ten times more.
 
 On a CUDA device both scorers run convolutions and matrix products in IEEE float32: cuDNN's
 default is TF32, at which a batched pass and a one-mask pass would not round alike.
@@ -55,8 +57,8 @@ from qprune.model.masking import Gates, isolated
 from qprune.refine.cache import MaskCache, mask_keys
 from qprune.refine.scoring.costs import PassCosts
 from qprune.refine.scoring.forward import (
-    Layout, as_float32, as_masks, cat_outputs, contiguous, ieee_fp32, replicate, split_output, sync_clock,
-    weighted_mean,
+    Layout, as_float32, as_masks, cat_outputs, contiguous, ieee_fp32, native_bfloat16, replicate, split_output,
+    sync_clock, weighted_mean,
 )
 from qprune.refine.scoring.planner import Planner
 from qprune.refine.scoring.recorder import Recorder
@@ -140,7 +142,8 @@ class MaskScorer:
             scored in groups whose outputs fit).
         progress: progress bar over masks with the best score so far.
         precision: ``"float32"`` (exact) or ``"bfloat16"`` (the passes under bfloat16 autocast:
-            faster on CPUs with AMX and on GPUs, scores rounded; see the module notes).
+            faster on CPUs with AMX or AVX512-BF16 and on GPUs, scores rounded; see the module notes;
+            on a CPU with neither it is emulated, slower than float32, and a ``RuntimeWarning`` says so).
     """
 
     def __init__(
@@ -172,6 +175,10 @@ class MaskScorer:
         self.weights = [int(x.shape[0]) for x, _ in self.batches]
         self.chunk, self.use_cache, self.prefix = chunk, cache, prefix
         self._cuda = any(x.is_cuda for x, _ in self.batches)
+        if self._reduced is not None and not self._cuda and not native_bfloat16():
+            warnings.warn("precision='bfloat16' on a CPU without native bfloat16 (no AVX512-BF16 or AMX): the "
+                          "passes are emulated and run slower than in float32 here; precision='float32' is "
+                          "faster on this CPU, and exact", RuntimeWarning, stacklevel=2)
         if physical is None:
             physical = not self._cuda and chunk in (None, 1)
         if target_mb is None:  # CPU: stay near the caches; GPU: an eighth of the free memory
