@@ -710,9 +710,10 @@ def add_tt(args: argparse.Namespace, model: Any, problem: Any, n_layers: int, so
     todo = [i for i, m in enumerate(metas) if m["setting"] in names
             and ({r["seed"] for r in rows if r["setting"] == m["setting"] and r["method"] == TT_METHOD} != set(seeds)
                  or m.get("tt") != want)]
+    takes = [(path, read_take(path, source)) for path in args.tt_take] if todo else []
     for n, i in enumerate(todo):
         meta = metas[i]
-        if taken := taken_setting(args.tt_take, meta["setting"], source, want):
+        if taken := taken_setting(takes, meta["setting"], want, seeds):
             setting_rows, metas[i] = taken
             rows = [r for r in rows if r["setting"] != meta["setting"]] + setting_rows
         else:
@@ -750,22 +751,27 @@ def rerun_changes(rows: list[dict], new_rows: list[dict], setting: str) -> list[
     return out
 
 
-def taken_setting(paths: Sequence[str], setting: str, source: dict[str, Any],
-                  want: dict[str, Any]) -> tuple[list[dict], dict[str, Any]] | None:
+def read_take(path: str, source: dict[str, Any]) -> dict[str, Any]:
+    """A ``--tt-take`` results file; one of another model or seeds than ``source`` is refused."""
+    try:
+        other = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        die(f"--tt-take {path}: cannot read it as a results JSON ({exc})")
+    if (other.get("checkpoint"), other.get("seeds")) != (source["checkpoint"], source["seeds"]):
+        die(f"--tt-take {path}: made with checkpoint {other.get('checkpoint')} and seeds {other.get('seeds')}, "
+            f"not the --tt-from file's {source['checkpoint']} and {source['seeds']}")
+    return other
+
+
+def taken_setting(takes: Sequence[tuple[str, dict[str, Any]]], setting: str, want: dict[str, Any],
+                  seeds: Sequence[int]) -> tuple[list[dict], dict[str, Any]] | None:
     """``setting``'s rows and record from the first ``--tt-take`` file whose TT rows of it were made
-    as ``want`` says for every seed (None: no such file); a file of another model or seeds is refused."""
-    for path in paths:
-        try:
-            other = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            die(f"--tt-take {path}: cannot read it as a results JSON ({exc})")
-        if (other.get("checkpoint"), other.get("seeds")) != (source["checkpoint"], source["seeds"]):
-            die(f"--tt-take {path}: made with checkpoint {other.get('checkpoint')} and seeds {other.get('seeds')}, "
-                f"not the --tt-from file's {source['checkpoint']} and {source['seeds']}")
+    as ``want`` says for every seed (None: no such file)."""
+    for path, other in takes:
         meta = next((m for m in other.get("settings", []) if m["setting"] == setting), None)
         rows = [r for r in other["rows"] if r["setting"] == setting]
         tt_seeds = {r["seed"] for r in rows if r["method"] == TT_METHOD}
-        if meta and meta.get("tt") == want and tt_seeds == set(source["seeds"]):
+        if meta and meta.get("tt") == want and tt_seeds == set(seeds):
             log(f"setting {setting}: its rows taken from {path} (a run beside this one)")
             return rows, dict(meta, tt_taken_from=Path(path).name)
     return None

@@ -255,10 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     if max(images) > n_val:
         ap.error(f"--images {max(images)}: the validation split has {n_val} images")
     side = min(int(val[0][0].shape[-1]), int(val[0][0].shape[-2]))
-    for flag, pairs in (("--crops", crops), ("--f32-crops", f32_crops)):
+    for flag, text, pairs in (("--crops", args.crops, crops), ("--f32-crops", args.f32_crops, f32_crops)):
         if any(not (1 <= n <= n_val and 1 <= c <= side) for n, c in pairs):
-            ap.error(f"{flag} {getattr(args, flag[2:].replace('-', '_'))!r}: the validation split has {n_val} "
-                     f"images of {side}x{side} pixels")
+            ap.error(f"{flag} {text!r}: the validation split has {n_val} images of {side}x{side} pixels")
     prep = prepare(model, problem, methods=("taylor-greedy",), layers=LAYERS, residual_branches=BRANCHES,
                    progress=False)
     prep.model.to(device)  # the calibration pass ran on the CPU; the scoring runs here
