@@ -10,7 +10,7 @@ TORCH   := torch==2.13.0
 # so it goes in without deps; tests/conftest.py defines the two op schemas its import needs.
 TVISION := torchvision==0.28.0
 
-.PHONY: demo test test-slow install bench bench-quality bench-finetune bench-qubo bench-speed bench-backends bench-tt bench-tt-refine bench-tt-budget bench-paper bench-paper-tt bench-paper-fisher bench-ablation bench-peers bench-train bench-scale bench-budgets bench-rounding gpu-bundle train-sidd clean
+.PHONY: demo test test-slow install bench bench-quality bench-finetune bench-qubo bench-speed bench-backends bench-tt bench-tt-refine bench-tt-budget bench-paper bench-paper-tt bench-paper-fisher bench-paper-fisher-tt bench-ablation bench-peers bench-train bench-scale bench-budgets bench-rounding gpu-bundle train-sidd clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -117,6 +117,7 @@ train-sidd: $(STAMP)
 # TT rows were made with another budget or scorer is made again. float32: the shipped 8- and 16-layer rows were made
 # on a CPU without native bfloat16, where float32 is the faster (TT_PRECISION=bfloat16 on one with AMX).
 # TT_SETTINGS runs only some settings; TT_TAKE=file.json takes settings that another such run wrote beside it.
+# bench-paper-fisher-tt does the same for the fisher-qubo rows of paper_tables_fisher.json (fisher-qubo+tt).
 PAPER_TT ?=
 TT_BUDGET ?= 1000
 TT_PRECISION ?= float32
@@ -124,6 +125,7 @@ TT_SETTINGS ?= 4,8,16
 TT_TAKE ?=
 TT_IMAGES ?= 36
 TT_CROP ?= 80
+TT_ARGS = --tt-budget $(TT_BUDGET) --tt-precision $(TT_PRECISION) --tt-images $(TT_IMAGES) $(if $(TT_CROP),--tt-crop $(TT_CROP)) --tt-settings $(TT_SETTINGS) $(foreach f,$(TT_TAKE),--tt-take $(f))
 bench-paper: $(STAMP)
 	$(VPY) benchmarks/paper_tables.py --checkpoint $(SIDD_CKPT) --vary-calibration --seeds 0,1,2,3,4 --methods taylor-greedy,l1-qubo,hybrid-qubo,random,fisher-qubo --tune 12 $(PAPER_TT)
 
@@ -133,7 +135,10 @@ bench-paper-fisher: $(STAMP)
 	$(VPY) benchmarks/paper_tables.py --checkpoint $(SIDD_CKPT) --add-to benchmarks/results/paper_tables_fisher.json --methods fisher-qubo --out-name paper_tables_fisher
 
 bench-paper-tt: $(STAMP)
-	$(VPY) benchmarks/paper_tables.py --tt-from benchmarks/results/paper_tables.json --tt-budget $(TT_BUDGET) --tt-precision $(TT_PRECISION) --tt-images $(TT_IMAGES) $(if $(TT_CROP),--tt-crop $(TT_CROP)) --tt-settings $(TT_SETTINGS) $(foreach f,$(TT_TAKE),--tt-take $(f))
+	$(VPY) benchmarks/paper_tables.py --tt-from benchmarks/results/paper_tables.json $(TT_ARGS)
+
+bench-paper-fisher-tt: $(STAMP)
+	$(VPY) benchmarks/paper_tables.py --tt-from benchmarks/results/paper_tables_fisher.json --tt-base fisher-qubo --out-name paper_tables_fisher $(TT_ARGS)
 
 # torch-pruning 1.6.1's own criteria (its groups, its MetaPruner) beside taylor-greedy and hybrid-qubo at the
 # full-model k of the F = 64 model; writes benchmarks/results/peers.{json,md}. A hybrid row with the weights in

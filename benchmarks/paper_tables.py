@@ -10,7 +10,8 @@ pruning method, at exactly the same number k of pruned units per setting:
 
 Methods (rows): ``taylor-greedy``, ``l1-qubo``, ``hybrid-qubo`` (the paper's three), plus
 ``gradient-qubo`` and ``random`` as extra rows; ``--tt`` adds ``hybrid-qubo+tt`` (PROTES refinement
-of the hybrid mask on the validation metric; slow). Every method prunes exactly the same k in a
+of the hybrid mask on the validation metric; slow; ``--tt-base fisher-qubo`` refines fisher-qubo's
+mask instead, the ``fisher-qubo+tt`` row). Every method prunes exactly the same k in a
 setting (asserted per row and per setting).
 
 Counts. The paper's Half-UNet has "64 filters per layer", so its L-layer sub-problems hold 64 L
@@ -36,7 +37,7 @@ trials of :func:`qprune.pipeline.run.tune_weights` (Optuna random sampler by def
 ``--tune-sampler tpe`` for TPE) per (setting, QUBO method) on the VALIDATION split, with gamma
 searched to exact k in every trial and the solver seed = the first run seed; the default weights
 (all 1) are scored too, and whichever is better on validation is used for every seed. ``--tune 0``
-uses the defaults. ``hybrid-qubo+tt`` uses the weights chosen for ``hybrid-qubo``. The weights and
+uses the defaults. A ``+tt`` row uses the weights chosen for the method it refines. The weights and
 their validation PSNR are in the output.
 
 Model. ``--checkpoint PATH``, else the shipped F = 64 SIDD model
@@ -54,11 +55,14 @@ minutes, NOT a paper comparison. It writes ``paper_tables_quick.{json,md}`` so t
 overwrites the real results; the full run writes ``benchmarks/results/paper_tables.{json,md}``
 (``--out-name`` changes the stem, ``--out-dir`` the folder).
 
-``--tt-from JSON``: add the ``hybrid-qubo+tt`` rows to a finished results file instead of running the
-table again (the TT refinement is the slow part, so the table runs first without it). It takes the
-file's checkpoint, seeds, solver and weight search, re-runs hybrid-qubo per seed with the recorded
-weights, stops with exit 2 unless it gets the recorded masks back, refines them with
-``--tt-budget`` evaluations, and rewrites the file after every setting (a stopped run resumes).
+``--tt-from JSON``: add the ``+tt`` rows of ``--tt-base`` (default hybrid-qubo) to a finished results
+file instead of running the table again (the TT refinement is the slow part, so the table runs first
+without it). It takes the file's checkpoint, seeds, solver and weight search, re-runs the base method
+per seed with the recorded weights (where today's code solves a seed to another mask, that row is
+replaced, so TT refines the mask the table reports), refines the masks with ``--tt-budget``
+evaluations, and rewrites the file after every setting (a stopped run resumes). Each setting keeps,
+per ``+tt`` method, how its rows were made (``tt``: budget and scorer, calibration time, re-run
+base masks).
 
 Wall time per method: ``select_s`` = choosing the mask (formulate + exact-k solve [+ TT]), mean
 over seeds; the calibration pass (``signals_s``, one pass per setting collecting what all methods
@@ -111,7 +115,8 @@ from common import (
 PAPER_FILTERS_PER_LAYER = 64
 PAPER_SUB_COUNTS = {4: 60, 8: 200, 16: 480}
 DEFAULT_METHODS = ("taylor-greedy", "l1-qubo", "hybrid-qubo", "gradient-qubo", "random")
-TT_METHOD = "hybrid-qubo+tt"
+TT_METHOD = "hybrid-qubo+tt"  # the paper's refined row
+TT_BASES = ("hybrid-qubo", "fisher-qubo")  # the methods --tt-base can refine (their "+tt" rows)
 
 # The paper's Tables 1-4 (PSNR dB / SSIM on its test split; "-" = not reported).
 PAPER = {
@@ -253,14 +258,15 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
     draws = (lambda seed: Draw(problem, seed)) if args.vary_calibration else None
     first = problem if draws is None else draws(seeds[0])
     tt_here = st.name in {t.strip() for t in args.tt_settings.split(",")}
-    methods = [m for m in methods if m != TT_METHOD or tt_here]
+    methods = [m for m in methods if not method_spec(m).refine or tt_here]
     meta_weights = dict(weights or {})
     to_tune = [m for m in methods if method_weights(method_spec(m)) and not method_spec(m).refine
                and m not in meta_weights]
-    tt_weights = TT_METHOD in methods and TT_METHOD not in meta_weights
-    # +tt without a hybrid-qubo row to take its weights from: they are searched for it, as for the hybrid
-    tt_alone = tt_weights and "hybrid-qubo" not in to_tune and "hybrid-qubo" not in meta_weights
-    searched = (to_tune + (["hybrid-qubo"] if tt_alone else [])) if args.tune > 0 else []
+    tt_weights = [m for m in methods if method_spec(m).refine and method_weights(method_spec(m))
+                  and m not in meta_weights]
+    # a +tt row without its base's row to take the weights from: they are searched for it, as for the base
+    alone = [tt_base(m) for m in tt_weights if tt_base(m) not in to_tune and tt_base(m) not in meta_weights]
+    searched = (to_tune + alone) if args.tune > 0 else []
     # the first seed's space for k (and, where weights are searched, its signals for the search)
     prep0 = prepare(model, first, methods=searched or ["random"], layers=st.layers, residual_branches=BRANCHES,
                     progress=False)
@@ -275,13 +281,13 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
         if args.tune > 0:
             log(f"  {m}: weights {w['source']}; val PSNR default {w['val_psnr_default']:.3f}, "
                 f"best trial {w['val_psnr_best_trial']:.3f} ({w['tune_s']:.0f} s)")
-    if tt_weights:
-        base = meta_weights.get("hybrid-qubo")
-        if base is not None:  # tuned once for hybrid-qubo; no extra search time for the +tt row
-            meta_weights[TT_METHOD] = dict(base, source="the weights chosen for hybrid-qubo", tune_s=0.0)
+    for m in tt_weights:
+        base = meta_weights.get(b := tt_base(m))
+        if base is not None:  # tuned once for the base method; no extra search time for the +tt row
+            meta_weights[m] = dict(base, source=f"the weights chosen for {b}", tune_s=0.0)
         else:
-            w = choose_weights(prep0, "hybrid-qubo", k, args, seeds[0])
-            meta_weights[TT_METHOD] = dict(w, source=f"tuned as for hybrid-qubo: {w['source']}")
+            w = choose_weights(prep0, b, k, args, seeds[0])
+            meta_weights[m] = dict(w, source=f"tuned as for {b}: {w['source']}")
     layers_used = list(prep0.space.layers)
     del prep0
     found = compare_rows(
@@ -304,9 +310,20 @@ def run_setting(model: Any, problem: Any, st: Setting, methods: Sequence[str], s
         "fraction": st.fraction, "rule": st.rule, "weights": meta_weights,
         "signals_s": signals if draws is not None else signals[str(seeds[0])],
     }
-    if TT_METHOD in methods:
-        meta["tt"] = tt_record(args)
+    tt_rows = [m for m in methods if method_spec(m).refine]
+    if tt_rows:
+        meta["tt"] = {m: {"made": tt_record(args), "signals_s": meta["signals_s"]} for m in tt_rows}
     return rows, meta
+
+
+def tt_base(method: str) -> str:
+    """The method whose mask a ``+tt`` row refines."""
+    return method.removesuffix("+tt")
+
+
+def tt_made(meta: dict[str, Any], method: str) -> dict[str, Any] | None:
+    """How the ``method`` (+tt) rows of a setting were made (:func:`tt_record`; None: not recorded)."""
+    return (meta.get("tt") or {}).get(method, {}).get("made")
 
 
 def paper_row(r: dict[str, Any], deterministic: bool) -> dict[str, Any]:
@@ -383,7 +400,8 @@ def ordering_paragraph(aggs: list[dict], settings_meta: list[dict], seeds: Seque
     return "\n\n".join(lines)
 
 
-PAIRS = (("hybrid-qubo", "taylor-greedy"), ("hybrid-qubo", "l1-qubo"), (TT_METHOD, "hybrid-qubo"))
+PAIRS = (("hybrid-qubo", "taylor-greedy"), ("hybrid-qubo", "l1-qubo"),
+         *((f"{b}+tt", b) for b in TT_BASES), ("fisher-qubo", "hybrid-qubo"))
 
 
 def paired_tests(rows: list[dict], settings_meta: list[dict], key: str = "psnr") -> list[dict[str, Any]]:
@@ -466,13 +484,13 @@ def render_markdown(payload: dict[str, Any]) -> str:
            (f"- machine: {payload['machine']['platform']}, {payload['machine']['cpu_count']} CPUs, torch "
            f"{payload['machine']['torch']} with {payload['machine']['torch_threads']} thread(s); "
            f"load average at start {payload['loadavg_start']}; total wall time {payload['total_s']:.0f} s"
-           + (f" (the {TT_METHOD} rows: {tt['wall_s']:.0f} s of it, a later run with "
+           + (f" (the +tt rows: {tt['wall_s']:.0f} s of it, made by a later run with "
               f"{tt['machine']['torch_threads']} torch thread(s), load average at start {tt['loadavg_start']})"
               if (tt := payload.get("tt_run")) else "")),
            *([] if payload.get("complete", True) else
              ["", f"**PARTIAL: the run stopped after setting(s) {', '.join(m['setting'] for m in payload['settings'])}.**"]),
-           *([f"- the `{TT_METHOD}` rows of setting(s) {', '.join(pend)} are still the earlier run's (see each "
-              "setting's budget below); `make bench-paper-tt` goes on with them"] if (pend := payload.get("tt_pending")) else []),
+           *[f"- the `{m}` rows of setting(s) {', '.join(pend)} are still the earlier run's (see each setting's "
+             "budget below); the same `--tt-from` run goes on with them" for m, pend in payload.get("tt_pending", {}).items()],
            "", "## Result", "", payload["ordering"], "", "## Tables (test split; mean ± std over seeds)", ""]
     for meta in payload["settings"]:
         s = meta["setting"]
@@ -495,10 +513,12 @@ def render_markdown(payload: dict[str, Any]) -> str:
                        f"{_num(a.get('params'))} | {a['select_s']:.1f} | "
                        f"{w.get('tune_s', 0.0):.0f} | {_paper(PAPER.get(s, {}).get(m))} |")
         out.append("")
-        if (tt := meta.get("tt")) and (s, TT_METHOD) in by:
-            out += [f"`{TT_METHOD}`: {tt['budget']} TT evaluations per run, masks scored in {tt_scorer_words(tt)}"
-                    + (f" (run beside the others, by the run that wrote `{src}`; its time is not in this file's)"
-                       if (src := meta.get("tt_taken_from")) else "") + ".", ""]
+        for m, rec in (meta.get("tt") or {}).items():
+            if (s, m) in by:
+                out += [f"`{m}`: {rec['made']['budget']} TT evaluations per run, masks scored in "
+                        f"{tt_scorer_words(rec['made'])}"
+                        + (f" (run beside the others, by the run that wrote `{src}`; its time is not in this file's)"
+                           if (src := rec.get("taken_from")) else "") + ".", ""]
         if meta["weights"]:
             out += ["QUBO weights used:", ""]
             for m, w in meta["weights"].items():
@@ -556,7 +576,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-epochs", type=int, default=100, help="epochs for --train (default 100, the paper's)")
     p.add_argument("--settings", default="full,4,8,16", help="comma list of full,4,8,16 (default all)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma list (default {','.join(DEFAULT_METHODS)})")
-    p.add_argument("--tt", action="store_true", help=f"add {TT_METHOD} (PROTES refinement; slow)")
+    p.add_argument("--tt", action="store_true", help="add the --tt-base method's +tt row (PROTES refinement; slow)")
+    p.add_argument("--tt-base", choices=TT_BASES, default="hybrid-qubo",
+                   help="the method whose mask --tt and --tt-from refine (default hybrid-qubo: the paper's +tt row)")
     p.add_argument("--tt-budget", type=int, default=2000, help="TT evaluations per run (paper 20000; default 2000)")
     p.add_argument("--tt-precision", choices=("float32", "bfloat16"), default="float32",
                    help="arithmetic of the TT's mask scorer (default float32; the winner is re-scored in float32)")
@@ -580,7 +602,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="add the rows of --methods to a finished results file (its model, seeds, calibration "
                         "draws and solver), replacing any it holds for them; resumable per setting")
     p.add_argument("--tt-from", metavar="JSON",
-                   help=f"add the {TT_METHOD} rows of --tt-settings to this finished results file (its model, "
+                   help="add the --tt-base +tt rows of --tt-settings to this finished results file (its model, "
                         "seeds and weights; resumes when some settings already have them) and rewrite it")
     p.add_argument("--tt-take", metavar="JSON", action="append", default=[],
                    help="with --tt-from: results of another --tt-from run of the same file (one setting per core, "
@@ -599,6 +621,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.tune is None:
         args.tune = 2 if args.quick else 10
     args.out_name = args.out_name or ("paper_tables_quick" if args.quick else "paper_tables")
+    args.tt_method = f"{args.tt_base}+tt"
     return args
 
 
@@ -609,8 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if args.tt and TT_METHOD not in methods:
-        methods.append(TT_METHOD)
+    if args.tt and args.tt_method not in methods:
+        methods.append(args.tt_method)
     for m in methods:
         if m not in METHODS:
             die(f"unknown method {m!r}; known: {', '.join(METHODS)}")
@@ -690,63 +713,61 @@ def adopt_source(args: argparse.Namespace) -> dict[str, Any]:
 def add_tt(args: argparse.Namespace, model: Any, problem: Any, n_layers: int, source: dict[str, Any],
            splits: tuple[list, list, dict], t_start: float, load_start: list | None,
            argv: Sequence[str] | None) -> None:
-    """Add the ``hybrid-qubo+tt`` rows to a finished results file, leaving its other rows as they are.
+    """Add the ``--tt-base`` method's ``+tt`` rows to a finished results file, leaving its other rows as they are.
 
-    Per setting in ``--tt-settings`` (skipped when the file already holds its TT rows, so a stopped
-    run resumes): the recorded ``hybrid-qubo`` weights, ``hybrid-qubo`` re-run per seed as a check
-    (its mask must equal the recorded one: the same calibration draw and solve, so TT refines the
-    very mask the table reports), then TT from it. Results are rewritten after every setting.
+    Per setting in ``--tt-settings`` (skipped when the file already holds those rows, made with this
+    budget and scorer, so a stopped run resumes): the base method re-run per seed with its recorded
+    weights, then TT from the mask it got. Results are rewritten after every setting.
     """
     names = {t.strip() for t in args.tt_settings.split(",")}
+    tt, base = args.tt_method, args.tt_base
     seeds = list(source["seeds"])
     rows = list(source["rows"])
     metas = [dict(m) for m in source["settings"]]
-    methods = list(source["methods"]) + ([TT_METHOD] if TT_METHOD not in source["methods"] else [])
+    methods = list(source["methods"]) + ([tt] if tt not in source["methods"] else [])
     t0 = t_start - float(source.get("total_s", 0.0))  # the file's total wall time includes both runs
     want = tt_record(args)
-    for m in metas:  # rows made before the record existed: the file's budget, the exact scorer
-        if "tt" not in m and any(r["setting"] == m["setting"] and r["method"] == TT_METHOD for r in rows):
-            m["tt"] = {"budget": source.get("tt_budget"), "precision": "float32", "images": None}
     todo = [i for i, m in enumerate(metas) if m["setting"] in names
-            and ({r["seed"] for r in rows if r["setting"] == m["setting"] and r["method"] == TT_METHOD} != set(seeds)
-                 or m.get("tt") != want)]
+            and ({r["seed"] for r in rows if r["setting"] == m["setting"] and r["method"] == tt} != set(seeds)
+                 or tt_made(m, tt) != want)]
     takes = [(path, read_take(path, source)) for path in args.tt_take] if todo else []
     for n, i in enumerate(todo):
         meta = metas[i]
-        if taken := taken_setting(takes, meta["setting"], want, seeds):
+        if taken := taken_setting(takes, meta["setting"], tt, want, seeds):
             setting_rows, metas[i] = taken
             rows = [r for r in rows if r["setting"] != meta["setting"]] + setting_rows
         else:
             st = make_settings([meta["setting"]], n_layers)[0]
-            new_rows, new_meta = run_setting(model, problem, st, ["hybrid-qubo", TT_METHOD], seeds, args,
-                                             weights={m: w for m, w in meta["weights"].items() if m == "hybrid-qubo"})
-            rerun = rerun_changes(rows, new_rows, meta["setting"])
-            # TT must refine the mask its paired hybrid-qubo row reports: where today's code solves a seed to
-            # another mask than the recorded one, the re-run's hybrid-qubo row replaces the recorded row
-            replaced = {(r["seed"], "hybrid-qubo") for r in rerun} | {(sd, TT_METHOD) for sd in seeds}
+            new_rows, new_meta = run_setting(model, problem, st, [base, tt], seeds, args,
+                                             weights={m: w for m, w in meta["weights"].items() if m == base})
+            rerun = rerun_changes(rows, new_rows, meta["setting"], base)
+            # TT must refine the mask its paired base row reports: where today's code solves a seed to
+            # another mask than the recorded one, the re-run's row replaces the recorded row
+            replaced = {(r["seed"], base) for r in rerun} | {(sd, tt) for sd in seeds}
             rows = [r for r in rows if not (r["setting"] == meta["setting"] and (r["seed"], r["method"]) in replaced)]
             rows += [r for r in new_rows if (r["seed"], r["method"]) in replaced]
-            metas[i] = dict(meta, weights=dict(meta["weights"], **{TT_METHOD: new_meta["weights"][TT_METHOD]}),
-                            tt_signals_s=new_meta["signals_s"], tt=want, hybrid_rerun=rerun)
+            weights = dict(meta["weights"], **{m: w for m, w in new_meta["weights"].items() if m == tt})
+            metas[i] = dict(meta, weights=weights, tt={**(meta.get("tt") or {}),
+                                                       tt: dict(new_meta["tt"][tt], base_rerun=rerun)})
         # the table stays whole (every setting keeps its rows); what is still to be redone is named
         write_results(args, Path(source["checkpoint"]), source["checkpoint_note"], problem, methods, seeds,
                       *splits, rows, metas, t0, load_start, argv, final=source.get("complete", True),
-                      tt_pending=[metas[j]["setting"] for j in todo[n + 1:]])
+                      tt_pending={tt: [metas[j]["setting"] for j in todo[n + 1:]]})
     if not todo:
-        log(f"{args.tt_from} already holds {TT_METHOD} rows for every seed of settings {sorted(names)}")
+        log(f"{args.tt_from} already holds {tt} rows for every seed of settings {sorted(names)}")
 
 
-def rerun_changes(rows: list[dict], new_rows: list[dict], setting: str) -> list[dict[str, Any]]:
-    """The seeds whose re-run ``hybrid-qubo`` mask differs from the recorded one (a code change since
-    the first run can move a near-tie of the solver), with both masks' hashes and test PSNRs."""
-    recorded = {r["seed"]: r for r in rows if r["setting"] == setting and r["method"] == "hybrid-qubo"}
+def rerun_changes(rows: list[dict], new_rows: list[dict], setting: str, base: str) -> list[dict[str, Any]]:
+    """The seeds whose re-run ``base`` mask differs from the recorded one (a code change since the
+    first run can move a near-tie of the solver), with both masks' hashes and test PSNRs."""
+    recorded = {r["seed"]: r for r in rows if r["setting"] == setting and r["method"] == base}
     out = []
     for r in new_rows:
         old = recorded.get(r["seed"])
-        if r["method"] == "hybrid-qubo" and (old is None or old["mask_sha1"] != r["mask_sha1"]):
+        if r["method"] == base and (old is None or old["mask_sha1"] != r["mask_sha1"]):
             out.append({"seed": r["seed"], "recorded": old and old["mask_sha1"], "now": r["mask_sha1"],
                         "psnr_recorded": old and old.get("psnr"), "psnr_now": r.get("psnr")})
-            log(f"  setting {setting} seed {r['seed']}: hybrid-qubo now solves to mask {r['mask_sha1']}, not the "
+            log(f"  setting {setting} seed {r['seed']}: {base} now solves to mask {r['mask_sha1']}, not the "
                 f"recorded {old and old['mask_sha1']}; its row is replaced by the re-run's")
     return out
 
@@ -763,17 +784,17 @@ def read_take(path: str, source: dict[str, Any]) -> dict[str, Any]:
     return other
 
 
-def taken_setting(takes: Sequence[tuple[str, dict[str, Any]]], setting: str, want: dict[str, Any],
+def taken_setting(takes: Sequence[tuple[str, dict[str, Any]]], setting: str, tt: str, want: dict[str, Any],
                   seeds: Sequence[int]) -> tuple[list[dict], dict[str, Any]] | None:
-    """``setting``'s rows and record from the first ``--tt-take`` file whose TT rows of it were made
-    as ``want`` says for every seed (None: no such file)."""
+    """``setting``'s rows and record from the first ``--tt-take`` file whose ``tt`` rows of it were
+    made as ``want`` says for every seed (None: no such file)."""
     for path, other in takes:
         meta = next((m for m in other.get("settings", []) if m["setting"] == setting), None)
         rows = [r for r in other["rows"] if r["setting"] == setting]
-        tt_seeds = {r["seed"] for r in rows if r["method"] == TT_METHOD}
-        if meta and meta.get("tt") == want and tt_seeds == set(seeds):
+        tt_seeds = {r["seed"] for r in rows if r["method"] == tt}
+        if meta and tt_made(meta, tt) == want and tt_seeds == set(seeds):
             log(f"setting {setting}: its rows taken from {path} (a run beside this one)")
-            return rows, dict(meta, tt_taken_from=Path(path).name)
+            return rows, dict(meta, tt={**meta["tt"], tt: dict(meta["tt"][tt], taken_from=Path(path).name)})
     return None
 
 
@@ -816,12 +837,35 @@ def add_methods(args: argparse.Namespace, model: Any, problem: Any, n_layers: in
         log(f"{args.add_to} already holds {adding} rows for every seed of every setting")
 
 
+def tt_notes(args: argparse.Namespace, tt_methods: Sequence[str], metas: list[dict]) -> list[str]:
+    """The notes on the ``+tt`` rows: what they refine, and what a ``--tt-from`` run re-ran."""
+    notes = [f"{m}: the {tt_base(m)} mask of the same seed refined by TT (PROTES) on the validation metric; "
+             "each setting says its budget (paper: 20,000 evaluations) and how the masks were scored; where that "
+             "is not float32 on the whole validation split, the winner and the seed are re-scored so and the "
+             "winner kept only if better there. Its `select s` includes the solve." for m in tt_methods]
+    if getattr(args, "tt_from", None):
+        def listed(recorded: bool) -> list[str]:
+            return [f"the {tt_base(tm)} rows of setting {m['setting']} (seeds {', '.join(str(c['seed']) for c in rr)})"
+                    for m in metas for tm, rec in (m.get("tt") or {}).items()
+                    if (rr := [c for c in rec.get("base_rerun", []) if bool(c["recorded"]) == recorded])]
+        moved, added = listed(True), listed(False)
+        notes.append("The +tt rows were added by a later run (`--tt-from`; its arguments are `tt_argv`): it re-ran "
+                     "the method each refines per seed with the recorded weights and refined the mask it got; the "
+                     "other rows are the first run's"
+                     + (f", except {'; '.join(moved)}: the re-run solved those to another mask than the recorded "
+                        "one, so its row replaces the recorded row (both masks are in the setting's "
+                        "`tt.<method>.base_rerun`)." if moved else
+                        " (every re-run mask equals the recorded one).")
+                     + (f" It added {'; '.join(added)}: the first run had none." if added else ""))
+    return notes
+
+
 def write_results(args: argparse.Namespace, ckpt: Path, note: str, problem: Any, methods: list[str],
                   seeds: list[int], test: list, val: list, unpruned: dict[str, float], all_rows: list[dict],
                   metas: list[dict], t_start: float, load_start: list | None, argv: Sequence[str] | None,
-                  *, final: bool, tt_pending: Sequence[str] = ()) -> None:
+                  *, final: bool, tt_pending: dict[str, list[str]] | None = None) -> None:
     """Aggregate, test and write the JSON and Markdown of the settings done so far (``tt_pending``:
-    settings whose TT rows a ``--tt-from`` run has still to redo)."""
+    +tt method -> the settings whose rows a ``--tt-from`` run has still to redo)."""
     keys = [k for k in ("psnr", "ssim", "params", "macs", "select_s") if k in all_rows[0]]
     aggs = aggregate(all_rows, keys)
     for a in aggs:
@@ -849,30 +893,14 @@ def write_results(args: argparse.Namespace, ckpt: Path, note: str, problem: Any,
         ("The weight search uses the first seed for both Optuna's sampler and the QUBO solver, so every setting "
         "tries the same candidate weights; the one kept is the best on validation for that setting."),
     ]
-    if TT_METHOD in methods:
-        scorer = (f"masks scored in {tt_scorer_words(tt_record(args))}"
-                  + ("; the winner and the seed re-scored in float32 on the whole split, the winner kept only if "
-                     "better there" if args.tt_precision != "float32" or args.tt_images or args.tt_crop else ""))
-        notes.append(f"{TT_METHOD}: budget {args.tt_budget} evaluations (paper 20,000), {scorer}, unless its "
-                     "setting says otherwise (rows made by an earlier run keep their own budget and scorer); "
-                     "starting from the hybrid-qubo mask of the same seed; its `select s` includes that solve.")
-    if getattr(args, "tt_from", None):
-        moved = [f"setting {m['setting']} seed {c['seed']}" for m in metas for c in m.get("hybrid_rerun", [])]
-        notes.append(f"The {TT_METHOD} rows were added by a later run (`--tt-from`; its arguments are `tt_argv`): "
-                     "it re-ran hybrid-qubo per seed with the recorded weights and refined the mask it got; the "
-                     "other rows are the first run's"
-                     + (f", except the hybrid-qubo rows of {', '.join(moved)}: the re-run solved those to another "
-                        "mask than the recorded one, so its row replaces the recorded row (both masks are in "
-                        "the setting's `hybrid_rerun`)." if moved else
-                        " (every re-run hybrid-qubo mask equals the recorded one)."))
+    tt_methods = [m for m in methods if method_spec(m).refine]
+    notes += tt_notes(args, tt_methods, metas)
     payload: dict[str, Any] = {
         "quick": bool(args.quick), "checkpoint": str(ckpt), "checkpoint_note": note,
         "checkpoint_meta": getattr(problem, "checkpoint_meta", {}),
         "problem_config": problem.config, "seeds": seeds, "methods": methods,
         "backend": args.backend, "strategy": args.strategy, "tune": args.tune, "tune_sampler": args.tune_sampler,
-        "vary_calibration": bool(args.vary_calibration), "tt_budget": args.tt_budget if TT_METHOD in methods else None,
-        "tt_scorer": ({"precision": args.tt_precision, "images": args.tt_images, "crop": args.tt_crop}
-                      if TT_METHOD in methods else None),
+        "vary_calibration": bool(args.vary_calibration),
         "test_samples": sum(int(x.shape[0]) for x, _ in test), "val_samples": sum(int(x.shape[0]) for x, _ in val),
         "calib_samples": sum(int(x.shape[0]) for x, _ in problem.calibration_batches()),
         "unpruned": unpruned, "settings": metas, "rows": all_rows, "aggregate": aggs,
@@ -891,14 +919,14 @@ def write_results(args: argparse.Namespace, ckpt: Path, note: str, problem: Any,
     payload["paired"] = paired_tests(all_rows, metas)
     payload["ordering"] = ordering_paragraph(aggs, metas, seeds, payload["paired"])
     payload["complete"] = final
-    payload["tt_pending"] = list(tt_pending)
+    payload["tt_pending"] = {m: list(v) for m, v in (tt_pending or {}).items() if v}
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / f"{args.out_name}.json", payload)
     md = render_markdown(payload)
     with atomic_open(out_dir / f"{args.out_name}.md") as fh:
         fh.write(md)
-    if final and not tt_pending:
+    if final and not payload["tt_pending"]:
         print(md)
     log(f"wrote {out_dir / (args.out_name + '.json')} and .md in {payload['total_s']:.0f} s")
 

@@ -43,7 +43,7 @@ def test_tt_rows_are_added_to_a_finished_table_and_a_second_run_resumes(tmp_path
     md = (tmp_path / "pt.md").read_text()
     assert f"| `{TT}` |" in md and "a later run" in md
 
-    assert next(m for m in after["settings"] if m["setting"] == "4")["tt"] == {
+    assert next(m for m in after["settings"] if m["setting"] == "4")["tt"][TT]["made"] == {
         "budget": 4, "precision": "float32", "images": None}
     assert len(list((tmp_path / "journals").glob("tt-*.journal"))) == 1
 
@@ -59,7 +59,7 @@ def test_tt_rows_are_added_to_a_finished_table_and_a_second_run_resumes(tmp_path
                      "--out-dir", str(tmp_path), "--out-name", "pt")
     assert faster.returncode == 0, faster.stderr[-2000:]
     redone = json.loads((tmp_path / "pt.json").read_text())
-    assert next(m for m in redone["settings"] if m["setting"] == "4")["tt"] == {
+    assert next(m for m in redone["settings"] if m["setting"] == "4")["tt"][TT]["made"] == {
         "budget": 6, "precision": "bfloat16", "images": 8}
     assert [(r["setting"], r["seed"]) for r in redone["rows"] if r["method"] == TT] == [("4", 0)]
     assert "bfloat16 on 8 of the validation images" in (tmp_path / "pt.md").read_text()
@@ -75,14 +75,14 @@ def test_tt_rows_are_added_to_a_finished_table_and_a_second_run_resumes(tmp_path
     assert cropped.returncode == 0, cropped.stderr[-2000:]
     last = json.loads((tmp_path / "pt.json").read_text())
     meta4 = next(m for m in last["settings"] if m["setting"] == "4")
-    assert meta4["tt"] == {"budget": 6, "precision": "bfloat16", "images": 8, "crop": 32}
+    assert meta4["tt"][TT]["made"] == {"budget": 6, "precision": "bfloat16", "images": 8, "crop": 32}
     hybrid = next(r for r in last["rows"] if (r["setting"], r["method"]) == ("4", "hybrid-qubo"))
-    assert meta4["hybrid_rerun"] == [{"seed": 0, "recorded": "000000000000", "now": hybrid["mask_sha1"],
+    assert meta4["tt"][TT]["base_rerun"] == [{"seed": 0, "recorded": "000000000000", "now": hybrid["mask_sha1"],
                                       "psnr_recorded": hybrid["psnr"], "psnr_now": hybrid["psnr"]}]
     assert hybrid["mask_sha1"] != "000000000000"
     md = (tmp_path / "pt.md").read_text()
-    assert "(their central 32x32 pixels)" in md and "except the hybrid-qubo rows of setting 4 seed 0" in md
-    assert last["complete"] and last["tt_pending"] == []
+    assert "(their central 32x32 pixels)" in md and "except the hybrid-qubo rows of setting 4 (seeds 0)" in md
+    assert last["complete"] and last["tt_pending"] == {}
     # a setting run beside this one (another --tt-from run of the same file) is taken from its results, not run
     (tmp_path / "src.json").write_text(json.dumps(before))
     taken = _tables("--quick", "--tt-from", str(tmp_path / "src.json"), "--tt-settings", "4", "--tt-budget", "6",
@@ -92,7 +92,8 @@ def test_tt_rows_are_added_to_a_finished_table_and_a_second_run_resumes(tmp_path
     assert taken.returncode == 0, taken.stderr[-2000:]
     merged = json.loads((tmp_path / "merged.json").read_text())
     assert [r for r in merged["rows"] if r["setting"] == "4"] == [r for r in last["rows"] if r["setting"] == "4"]
-    assert next(m for m in merged["settings"] if m["setting"] == "4") == dict(meta4, tt_taken_from="pt.json")
+    assert next(m for m in merged["settings"] if m["setting"] == "4") == dict(
+        meta4, tt={TT: dict(meta4["tt"][TT], taken_from="pt.json")})
     assert not (tmp_path / "none").exists()  # nothing was scored
     assert "by the run that wrote `pt.json`" in (tmp_path / "merged.md").read_text()
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -102,7 +103,28 @@ def test_tt_rows_are_added_to_a_finished_table_and_a_second_run_resumes(tmp_path
         sys.path.remove(str(ROOT / "benchmarks"))
     # a --tt-from run between settings: the table is whole, and it says which TT rows are the earlier run's
     assert f"the `{TT}` rows of setting(s) 8, 16 are still the earlier run's" in paper_tables.render_markdown(
-        dict(last, tt_pending=["8", "16"]))
+        dict(last, tt_pending={TT: ["8", "16"]}))
+
+    # the fisher-qubo+tt rows go beside them: fisher-qubo solved per seed (the table had no row of it), then
+    # refined; the hybrid rows and their record stay as they were
+    fisher = _tables("--quick", "--tt-from", str(tmp_path / "pt.json"), "--tt-base", "fisher-qubo",
+                     "--tt-settings", "4", "--tt-budget", "4", "--tt-journal", journals,
+                     "--out-dir", str(tmp_path), "--out-name", "pt")
+    assert fisher.returncode == 0, fisher.stderr[-2000:]
+    both = json.loads((tmp_path / "pt.json").read_text())
+    assert [r for r in both["rows"] if not r["method"].startswith("fisher")] == last["rows"]
+    assert {(r["setting"], r["method"], r["seed"]) for r in both["rows"] if r["method"].startswith("fisher")} == {
+        ("4", "fisher-qubo", 0), ("4", "fisher-qubo+tt", 0)}
+    meta4b = next(m for m in both["settings"] if m["setting"] == "4")
+    assert meta4b["tt"][TT] == meta4["tt"][TT]
+    assert meta4b["tt"]["fisher-qubo+tt"]["made"] == {"budget": 4, "precision": "float32", "images": None}
+    assert [c["recorded"] for c in meta4b["tt"]["fisher-qubo+tt"]["base_rerun"]] == [None]
+    assert both["methods"][-1] == "fisher-qubo+tt"
+    assert {(p["a"], p["b"]) for p in both["paired"] if p["setting"] == "4"} >= {
+        (TT, "hybrid-qubo"), ("fisher-qubo+tt", "fisher-qubo"), ("fisher-qubo", "hybrid-qubo")}
+    md = (tmp_path / "pt.md").read_text()
+    assert "| `fisher-qubo+tt` |" in md and "`fisher-qubo+tt`: 4 TT evaluations per run" in md
+    assert "It added the fisher-qubo rows of setting 4 (seeds 0): the first run had none." in md
 
 
 def test_tt_from_refuses_a_file_that_is_not_a_results_table(tmp_path: Path) -> None:

@@ -120,9 +120,11 @@ def test_readme_make_targets_exist_and_bench_paper_uses_the_shipped_checkpoint()
     tt = paper_tables.parse_args(shlex.split(next(line for line in dry if "paper_tables.py" in line))[2:])
     results = json.loads((ROOT / tt.tt_from).read_text())
     assert (ROOT / results["checkpoint"]).resolve() == shipped and results["complete"]
+    metas = {m["setting"]: m for m in results["settings"]}
     for setting in tt.tt_settings.split(","):
         seeds = {r["seed"] for r in results["rows"] if r["setting"] == setting and r["method"] == "hybrid-qubo+tt"}
         assert seeds == set(results["seeds"]), setting
+        assert paper_tables.tt_made(metas[setting], "hybrid-qubo+tt")["budget"] == tt.tt_budget, setting
     # train-sidd remakes that file, resumably, with the recipe the README states
     dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", "train-sidd"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout.splitlines()
