@@ -123,3 +123,31 @@ def test_compare_rows_with_a_calibration_draw_per_seed_and_weights_per_method(cl
     alone = compare_rows(model, _CalibrationDraw(problem, 0), methods=["taylor-greedy"], sparsities=[0.3],
                          remove=False, progress=False)
     assert alone[0]["mask"] == greedy[0]["mask"]
+
+
+def test_a_tt_variant_refines_the_mask_its_method_just_solved(classify, monkeypatch):
+    import qprune.pipeline.run as run
+
+    problem, model = classify
+    prep = prepare(model, problem, methods=["hybrid-qubo"], progress=False)
+    solves: list[int] = []
+    real = run._qubo_mask
+    monkeypatch.setattr(run, "_qubo_mask", lambda *a, **kw: solves.append(1) or real(*a, **kw))
+    tt = MethodOptions(seed=2, tt_budget=8)
+    x, out = run.select_mask(prep, "hybrid-qubo", 12, MethodOptions(seed=2))
+    y, out_tt = run.select_mask(prep, "hybrid-qubo+tt", 12, tt)
+    assert len(solves) == 1 and out_tt["info"]["reused"] and "reused" not in out.get("info", {})
+    assert out_tt["timings"]["solve"] == out["timings"]["solve"] and out_tt["gamma"] == out["gamma"]
+    assert out_tt["info"]["refine"]["seed_value"] <= out_tt["info"]["refine"]["value"]
+    assert int(y.sum()) == 12
+    # what the unrefined row records is its own: the refinement added nothing to it
+    assert "refine" not in out.get("info", {}) and "refine" not in prep.last_qubo[2]["info"]
+    # another seed, k or weights is another solve; so is a repeat of the unrefined method
+    run.select_mask(prep, "hybrid-qubo+tt", 12, MethodOptions(seed=3, tt_budget=8))
+    run.select_mask(prep, "hybrid-qubo+tt", 13, MethodOptions(seed=3, tt_budget=8))
+    run.select_mask(prep, "hybrid-qubo+tt", 13, MethodOptions(seed=3, tt_budget=8, weights=Weights(alpha=2.0)))
+    run.select_mask(prep, "hybrid-qubo", 13, MethodOptions(seed=3, weights=Weights(alpha=2.0)))
+    assert len(solves) == 5
+    # fresh, the refined call gives what it gave after the shared solve
+    again = prepare(model, problem, methods=["hybrid-qubo"], progress=False)
+    np.testing.assert_array_equal(run.select_mask(again, "hybrid-qubo+tt", 12, tt)[0], y)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -133,6 +133,10 @@ class Prepared:
     timings: dict[str, float]
     space_options: dict[str, Any] = field(default_factory=dict)  # the build_space keywords (for recipes)
     before: tuple[dict[str, float], dict[str, float]] | None = None  # the unpruned model's (metrics, stats)
+    # the last QUBO solve on this model (what it depended on, its mask, its record): a method's "+tt" variant
+    # run right after it starts from that mask instead of solving again (see select_mask); one slot, so a
+    # long comparison holds one solve per prepared model, not all of them
+    last_qubo: tuple[str, np.ndarray, dict[str, Any]] | None = field(default=None, repr=False)
 
     def signals_at(self, mask: np.ndarray, needs: frozenset[str]) -> Signals:
         """The signals ``needs`` of the model with ``mask``'s units gated off (one calibration pass)."""
@@ -256,14 +260,21 @@ def select_mask(prep: Prepared, method: str, k: int, options: MethodOptions | No
     if do_refine and spec.kind != "qubo":
         raise QpruneError(f"--refine tt needs a QUBO method, not {method!r}")
     out: dict[str, Any] = {"timings": {}}
-    t0 = time.perf_counter()
+    t0, reused = time.perf_counter(), None
     if spec.kind == "random":
         x = random_prune(prep.space.N, k, seed=options.seed, constraint=constraint)
     elif spec.kind == "greedy":
         x = greedy_prune(prep.signals.vector(spec.score or "l1"), k, constraint=constraint)
+    elif do_refine and (reused := _reused_solve(prep, _solve_key(spec, k, options), out)) is not None:
+        x = reused
     else:
         x = _qubo_mask(prep, spec, constraint, options, out, progress)
-    out["timings"]["solve"] = time.perf_counter() - t0
+    if reused is None:  # a reused solve keeps the time it took
+        out["timings"]["solve"] = time.perf_counter() - t0
+    if spec.kind == "qubo" and reused is None:
+        # copies: the refinement below adds to this call's timings and info, not to the solve's record
+        prep.last_qubo = (_solve_key(spec, k, options), x.copy(),
+                          dict(out, timings=dict(out["timings"]), info=dict(out.get("info", {}))))
     if do_refine:
         t0 = time.perf_counter()
         refined = refine_mask(prep.model, prep.space, prep.work, x, k, budget=options.tt_budget, seed=options.seed,
@@ -275,6 +286,25 @@ def select_mask(prep: Prepared, method: str, k: int, options: MethodOptions | No
     if int(x.sum()) != k:  # every method promises exactly k: this is a bug if it fires
         raise RuntimeError(f"{method} returned {int(x.sum())} pruned units, expected {k}")
     return x, out
+
+
+def _solve_key(spec: MethodSpec, k: int, options: MethodOptions) -> str:
+    """What a QUBO solve depends on: the method less its refinement, k, and every option but the TT's."""
+    solve_options = {f.name: getattr(options, f.name) for f in fields(options)
+                     if f.name != "refine" and not f.name.startswith("tt_")}
+    return repr((replace(spec, name="", description="", refine=False), k, solve_options))
+
+
+def _reused_solve(prep: Prepared, key: str, out: dict[str, Any]) -> np.ndarray | None:
+    """For a refining call: the mask of ``prep``'s last QUBO solve when it was the same solve (its
+    record copied into ``out``, marked ``reused``); None otherwise. A method and its "+tt" variant
+    on the same seed then share one solve, and the refinement starts from the very mask the
+    unrefined row reports. (An unrefined call always solves: a repeat is a repeat.)"""
+    if prep.last_qubo is None or prep.last_qubo[0] != key:
+        return None
+    _, x, record = prep.last_qubo
+    out.update(record, timings=dict(record["timings"]), info=dict(record.get("info", {}), reused=True))
+    return x.copy()
 
 
 def _journal_path(options: MethodOptions, x: np.ndarray) -> Path | None:
