@@ -130,7 +130,9 @@ def plot(r: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget", type=int, default=20000, help="TT evaluations (the paper's 20,000)")
-    ap.add_argument("--precision", choices=("float32", "bfloat16"), default="bfloat16")
+    ap.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                    help="arithmetic of the search's scorer (default float32: exact, and on a CPU without native "
+                         "bfloat16 the faster; bfloat16 pays only with AMX / AVX512-BF16 or on a GPU)")
     ap.add_argument("--search-images", type=int, default=36,
                     help="validation images the search scores on (default 36; with --search-crop 80 the fastest "
                          "scorer whose ranking kept rho >= 0.99 in make bench-tt)")
