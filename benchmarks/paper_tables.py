@@ -489,8 +489,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
               if (tt := payload.get("tt_run")) else "")),
            *([] if payload.get("complete", True) else
              ["", f"**PARTIAL: the run stopped after setting(s) {', '.join(m['setting'] for m in payload['settings'])}.**"]),
-           *[f"- the `{m}` rows of setting(s) {', '.join(pend)} are still the earlier run's (see each setting's "
-             "budget below); the same `--tt-from` run goes on with them" for m, pend in payload.get("tt_pending", {}).items()],
+           *pending_lines(payload.get("tt_pending", {}), by),
            "", "## Result", "", payload["ordering"], "", "## Tables (test split; mean ± std over seeds)", ""]
     for meta in payload["settings"]:
         s = meta["setting"]
@@ -548,6 +547,20 @@ def render_markdown(payload: dict[str, Any]) -> str:
                    + ("–" if paper_s is None else f"{paper_s:g}") + " |")
     out += ["", "## Notes", ""] + [f"- {n}" for n in payload["notes"]]
     return "\n".join(out) + "\n"
+
+
+def pending_lines(pending: dict[str, list[str]], by: dict[tuple[str, str], Any]) -> list[str]:
+    """What a stopped ``--tt-from`` run has still to do, per +tt method: settings whose rows are an
+    earlier run's, and settings that have none yet."""
+    out = []
+    for m, settings in pending.items():
+        earlier = [s for s in settings if (s, m) in by]
+        if earlier:
+            out.append(f"- the `{m}` rows of setting(s) {', '.join(earlier)} are still the earlier run's (see each "
+                       "setting's budget below); the same `--tt-from` run goes on with them")
+        if missing := [s for s in settings if (s, m) not in by]:
+            out.append(f"- setting(s) {', '.join(missing)} have no `{m}` rows yet; the same `--tt-from` run makes them")
+    return out
 
 
 def _fmt_signals(v: Any) -> str:

@@ -102,8 +102,10 @@ def test_tt_rows_are_added_to_a_finished_table_and_a_second_run_resumes(tmp_path
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     # a --tt-from run between settings: the table is whole, and it says which TT rows are the earlier run's
-    assert f"the `{TT}` rows of setting(s) 8, 16 are still the earlier run's" in paper_tables.render_markdown(
-        dict(last, tt_pending={TT: ["8", "16"]}))
+    # and which settings have none yet
+    pending = paper_tables.render_markdown(dict(last, tt_pending={TT: ["4", "8", "16"]}))
+    assert f"the `{TT}` rows of setting(s) 4 are still the earlier run's" in pending
+    assert f"setting(s) 8, 16 have no `{TT}` rows yet; the same `--tt-from` run makes them" in pending
 
     # the fisher-qubo+tt rows go beside them: fisher-qubo solved per seed (the table had no row of it), then
     # refined; the hybrid rows and their record stay as they were
